@@ -1,0 +1,28 @@
+# Everything a newcomer needs: `make demo` and `make test`. Nothing is installed by hand.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+EDGEQ  := $(VENV)/bin/edgeq
+STAMP  := $(VENV)/.edgeq-installed
+DEMO_RECIPE ?= recipes/minilm-int8-cpu.yaml
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# torch first, pinned to the local CPU build: an unpinned torch pulls several GB of CUDA packages.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[export,models,test]'
+	touch $(STAMP)
+
+demo: install
+	$(EDGEQ) build $(DEMO_RECIPE)
+
+test: install
+	$(PY) -m pytest
+
+clean:
+	rm -rf build .pytest_cache

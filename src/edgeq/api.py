@@ -1,0 +1,149 @@
+"""The Python API: what the CLI calls, and what users can import.
+
+    import edgeq.api as edgeq
+    result = edgeq.build("recipes/minilm-int8-cpu.yaml")
+    print(result.report["validations"][-1]["metrics"])
+
+Every function raises an `edgeq.errors.EdgeqError` subclass with a one-line message on bad input.
+Heavy libraries (onnxruntime, torch, transformers) are imported only by the functions that need them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeq.devices import DeviceProfile, list_devices, load_device
+from edgeq.errors import DataError, OutputError
+from edgeq.recipe.schema import DataSource, QuantizationConfig, Thresholds
+
+DEFAULT_DEVICE = "x86-avx512-vnni"
+
+
+def build(recipe: str | Path, output: str | Path | None = None, force: bool = False):
+    """Run a recipe end to end. Returns a BuildResult (report dict, build folder, exit code 0 or 3)."""
+    from edgeq.pipeline import plan_build, run_build
+
+    return run_build(plan_build(recipe, output), force=force)
+
+
+def export(source: str, output: str | Path, task: str = "feature-extraction", opset: int = 17,
+           batch_size: int | None = None, sequence_length: int | None = None,
+           trust_remote_code: bool = False) -> Path:  # fmt: skip
+    """Export a Hugging Face model (folder, `pkg:<module>` or hub id) to OUTPUT/model.onnx."""
+    from edgeq.atomic import atomic_dir
+    from edgeq.export import export_onnx, resolve_source
+
+    out = _output_folder(output)
+    model_dir = resolve_source(source)
+    with atomic_dir(out) as folder:
+        export_onnx(model_dir, folder, task, opset, batch_size, sequence_length, trust_remote_code)
+    return out / "model.onnx"
+
+
+def quantize(model: str | Path, output: str | Path, config: QuantizationConfig,
+             calibration: DataSource | None = None, samples: int = 128, sequence_length: int = 128,
+             tokenizer: str | Path | None = None, device: str = DEFAULT_DEVICE) -> Path:  # fmt: skip
+    """Quantize any ONNX file into OUTPUT/model.onnx (companion files of its folder are copied along)."""
+    from edgeq.artifact import load_onnx
+    from edgeq.atomic import atomic_dir
+    from edgeq.data import load_texts
+    from edgeq.pipeline import copy_companions
+    from edgeq.quantize import check_against_device, quantize_model, resolve_op_types
+    from edgeq.text import TextEncoder
+
+    model_path = Path(model)
+    onnx_model = load_onnx(model_path, load_weights=False)
+    profile = load_device(device)
+    static_shapes = _has_static_shapes(onnx_model)
+    check_against_device(config, profile, static_shapes)
+    texts = encoder = None
+    if config.mode == "static":
+        if calibration is None:
+            raise DataError("static quantization needs calibration data", "Pass --calibration FILE")
+        texts = load_texts(calibration, samples, key="--calibration")
+        encoder = TextEncoder(Path(tokenizer) if tokenizer else model_path.parent, sequence_length, static_shapes)
+    out = _output_folder(output)
+    with atomic_dir(out) as folder:
+        quantize_model(model_path, folder / "model.onnx", config, resolve_op_types(config, [profile]), texts, encoder)
+        copy_companions(model_path.parent, folder)
+    return out / "model.onnx"
+
+
+def validate(model: str | Path, reference: str | Path, data: DataSource, device: str = DEFAULT_DEVICE,
+             task: str = "feature-extraction", samples: int | None = None, sequence_length: int = 128,
+             batch_size: int = 1, thresholds: Thresholds | None = None,
+             tokenizer: str | Path | None = None) -> dict:  # fmt: skip
+    """Compare MODEL against REFERENCE on DEVICE over the texts of DATA; the validation entry of MODEL."""
+    from edgeq.artifact import load_onnx
+    from edgeq.data import load_texts
+    from edgeq.text import TextEncoder
+    from edgeq.validate import validate_models
+
+    model_path, reference_path = Path(model), Path(reference)
+    static = _has_static_shapes(load_onnx(model_path, load_weights=False))
+    load_onnx(reference_path, load_weights=False)
+    profile = load_device(device)
+    texts = load_texts(data, samples, key="--data")
+    encoder = TextEncoder(Path(tokenizer) if tokenizer else reference_path.parent, sequence_length, static)
+    limits = (thresholds or Thresholds()).model_dump(exclude_none=True)
+    models = {"reference": reference_path, "candidate": model_path}
+    results = validate_models(models, "reference", profile, texts, encoder, task, batch_size,
+                              thresholds={"candidate": limits})  # fmt: skip
+    return results[-1]
+
+
+def profile(model: str | Path, device: str = DEFAULT_DEVICE, runs: int = 50, warmup: int = 5,
+            batch_size: int = 1, sequence_length: int = 128) -> dict:  # fmt: skip
+    """Profile MODEL on DEVICE: the profile JSON of DESIGN.md."""
+    from edgeq.profile import profile_local
+
+    return profile_local(Path(model), load_device(device), runs, warmup, batch_size, sequence_length)
+
+
+def inspect(model: str | Path) -> dict:
+    """Inputs, outputs, opsets, op histogram, size and precision summary of an ONNX file."""
+    from edgeq.artifact import inspect_model
+
+    return inspect_model(model)
+
+
+def devices() -> list[DeviceProfile]:
+    return list_devices()
+
+
+def device(device_id: str) -> DeviceProfile:
+    return load_device(device_id)
+
+
+def recipes(folder: str | Path | None = None) -> list[dict]:
+    """Every recipe in FOLDER (default: ./recipes if present, else the bundled ones), valid or not."""
+    from edgeq.errors import EdgeqError
+    from edgeq.recipe import load_recipe
+    from edgeq.resources import bundled_dir
+
+    root = Path(folder) if folder else (Path("recipes") if Path("recipes").is_dir() else bundled_dir("recipes"))
+    found = []
+    for file in sorted(root.glob("*.yaml")):
+        try:
+            r = load_recipe(file)
+            found.append({"file": str(file), "name": r.name, "description": r.description, "targets": r.targets})
+        except EdgeqError as exc:
+            found.append({"file": str(file), "name": file.stem, "description": f"invalid: {exc}", "targets": []})
+    return found
+
+
+def _output_folder(output: str | Path) -> Path:
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output path '{out}' is an existing file", "Give a folder path with -o/--output")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _has_static_shapes(model) -> bool:
+    inits = {t.name for t in model.graph.initializer}
+    dims = [d for i in model.graph.input if i.name not in inits for d in i.type.tensor_type.shape.dim]
+    return bool(dims) and all(d.dim_value > 0 for d in dims)
+
+
+__all__ = ["build", "device", "devices", "export", "inspect", "profile", "quantize", "recipes", "validate"]

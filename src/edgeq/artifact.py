@@ -1,0 +1,168 @@
+"""A built model: where it is, what it weighs, its content hash and in which precision each node computes."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto
+
+from edgeq.errors import ModelError
+
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+INTEGER_OPS = {
+    "MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "QGemm", "QAttention", "QLinearAdd",
+    "QLinearMul", "QLinearSigmoid", "QLinearSoftmax", "QLinearConcat", "QLinearAveragePool", "QLinearLeakyRelu",
+    "QEmbedLayerNormalization", "DynamicQuantizeMatMul", "QLinearGlobalAveragePool", "QLinearReduceMean",
+}  # fmt: skip
+BITS = {TensorProto.INT8: 8, TensorProto.UINT8: 8, TensorProto.INT16: 16, TensorProto.UINT16: 16,
+        TensorProto.INT4: 4, TensorProto.UINT4: 4}  # fmt: skip
+
+
+def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
+    """Load an ONNX file, or raise ModelError naming the file when it is missing or not ONNX."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model '{path}' not found", "Give the path of an .onnx file")
+    try:
+        model = onnx.load(str(path), load_external_data=load_weights)
+    except Exception:  # protobuf raises several unrelated types for garbage input
+        model = None
+    if model is None or model.ir_version <= 0 or not model.graph.node:
+        raise ModelError(f"'{path}' is not an ONNX model", "Give an .onnx file, e.g. one made by `edgeq export`")
+    return model
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_tree(folder: str | Path) -> str:
+    """One hash over every file's relative name and bytes: the identity of a model folder."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(folder)).encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def node_precisions(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name -> the precision it computes in: `fp32`, `int8`, `int16`, `int4` or `mixed-8/16`.
+
+    A node is quantized when it is an integer op, when an input comes from a DequantizeLinear (QDQ), or when
+    it reads a low-bit initializer (dynamic Gather). Q/DQ conversion nodes themselves are left out.
+    """
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    dq_bits = {}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear":
+            dq_bits[node.output[0]] = _tensor_bits(model, node.input[0], inits)
+    result = {}
+    for node in model.graph.node:
+        if node.op_type in QDQ_OPS:
+            continue
+        if node.op_type == "MatMulNBits":
+            bits = {next((a.i for a in node.attribute if a.name == "bits"), 4)}
+        elif node.op_type in INTEGER_OPS:
+            bits = {8}
+        else:
+            bits = {dq_bits[i] for i in node.input if i in dq_bits}
+            bits |= {BITS[inits[i]] for i in node.input if inits.get(i) in BITS}
+        result[node.name] = _label(bits)
+    return result
+
+
+def precision_summary(model: onnx.ModelProto) -> dict[str, int]:
+    counts = Counter(node_precisions(model).values())
+    counts["qdq"] = sum(1 for node in model.graph.node if node.op_type in QDQ_OPS)
+    return {key: value for key, value in sorted(counts.items()) if value}
+
+
+def _tensor_bits(model: onnx.ModelProto, name: str, inits: dict[str, int]) -> int:
+    if name in inits:
+        return BITS.get(inits[name], 8)
+    for node in model.graph.node:
+        if name in node.output and node.op_type == "QuantizeLinear" and len(node.input) > 2:
+            zero_point = node.input[2]
+            return BITS.get(inits.get(zero_point, TensorProto.UINT8), 8)
+    return 8
+
+
+def _label(bits: set[int]) -> str:
+    if not bits:
+        return "fp32"
+    if len(bits) == 1:
+        return f"int{bits.pop()}"
+    return "mixed-" + "/".join(str(b) for b in sorted(bits))
+
+
+def describe(path: str | Path, name: str | None = None, relative_to: Path | None = None) -> dict:
+    """The report.json entry of one artifact."""
+    path = Path(path)
+    model = load_onnx(path)
+    return {
+        "name": name or path.parent.name,
+        "path": str(path.relative_to(relative_to)) if relative_to else str(path),
+        "size_bytes": model_size(path),
+        "sha256": sha256_file(path),
+        "precision": precision_summary(model),
+        "nodes": len(model.graph.node),
+    }
+
+
+def model_size(path: str | Path) -> int:
+    """Bytes of the model file plus any external-data files beside it."""
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    external = {
+        entry.value
+        for tensor in model.graph.initializer
+        if tensor.data_location == TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return path.stat().st_size + sum((path.parent / f).stat().st_size for f in external)
+
+
+def inspect_model(path: str | Path) -> dict:
+    """What `edgeq inspect` prints: inputs, outputs, opset, op histogram, size and precision summary."""
+    path = Path(path)
+    model = load_onnx(path)
+
+    def signature(values):
+        return [
+            {
+                "name": v.name,
+                "type": TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower(),
+                "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+            }
+            for v in values
+        ]
+
+    init_names = {t.name for t in model.graph.initializer}
+    return {
+        "path": str(path),
+        "size_bytes": model_size(path),
+        "ir_version": model.ir_version,
+        "opsets": {imp.domain or "ai.onnx": imp.version for imp in model.opset_import},
+        "inputs": signature([i for i in model.graph.input if i.name not in init_names]),
+        "outputs": signature(model.graph.output),
+        "nodes": len(model.graph.node),
+        "parameters": sum(_numel(t) for t in model.graph.initializer),
+        "op_types": dict(Counter(n.op_type for n in model.graph.node).most_common()),
+        "precision": precision_summary(model),
+    }
+
+
+def _numel(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count

@@ -1,0 +1,304 @@
+"""The `edgeq` command: a thin click layer over edgeq.api. Parse, call, render.
+
+Library errors become one `Error: …` line on stderr and exit 1; usage errors exit 2; a build whose final
+model falls below the recipe's thresholds exits 3. Imports stay light: no torch, no transformers, and
+onnxruntime only inside the commands that run a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from edgeq import __version__
+from edgeq.errors import EdgeqError
+
+EXIT_BELOW_THRESHOLDS = 3
+DEFAULT_DEVICE = "x86-avx512-vnni"
+
+
+class EdgeqGroup(click.Group):
+    """Turns every EdgeqError (and any unexpected exception) into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except EdgeqError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Error: interrupted; nothing half-written was kept", err=True)
+            ctx.exit(130)
+        except Exception as exc:
+            if os.environ.get("EDGEQ_DEBUG"):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0]
+            click.echo(f"Error: internal error ({type(exc).__name__}: {first}). Run with EDGEQ_DEBUG=1 for the "
+                       "traceback and please report it", err=True)  # fmt: skip
+            ctx.exit(1)
+
+
+@click.group(cls=EdgeqGroup)
+@click.version_option(__version__, prog_name="edgeq")
+def cli() -> None:
+    """edgeq: export, quantize and validate a transformer for an edge device, honestly measured."""
+
+
+def main() -> None:
+    cli(prog_name="edgeq")
+
+
+def _echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+# ---------------------------------------------------------------------------------------------- build
+@cli.command()
+@click.argument("recipe")
+@click.option("-o", "--output", help="Build folder. Default: build/<recipe name>.")
+@click.option("--force", is_flag=True, help="Rebuild every stage, ignoring the cache.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
+def build(recipe: str, output: str | None, force: bool, as_json: bool) -> None:
+    """Run RECIPE: export, quantize, validate on every target, write the build folder and report."""
+    from edgeq import api
+
+    result = api.build(recipe, output, force)
+    if as_json:
+        _echo_json(result.report)
+    else:
+        click.echo((result.out_dir / "report.md").read_text())
+        click.echo(f"\nreport: {result.out_dir / 'report.json'}\nfinal model: {result.out_dir / 'final' / 'model.onnx'}")
+    if result.exit_code == EXIT_BELOW_THRESHOLDS:
+        failures = [f"{v['artifact']} on {v['device']}: {'; '.join(v['failures'])}"
+                    for v in result.report["validations"] if v["artifact"] == result.report["final_artifact"]
+                    and v["failures"]]  # fmt: skip
+        click.echo(f"Below thresholds: built, but {' | '.join(failures)}", err=True)
+        sys.exit(EXIT_BELOW_THRESHOLDS)
+
+
+# --------------------------------------------------------------------------------------------- export
+@cli.command()
+@click.argument("source")
+@click.option("-o", "--output", required=True, help="Folder for model.onnx, config.json and tokenizer files.")
+@click.option("--task", type=click.Choice(["feature-extraction", "text-classification"]),
+              default="feature-extraction", show_default=True)  # fmt: skip
+@click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), help="Fix the batch dimension (static shapes).")
+@click.option("--sequence-length", type=click.IntRange(min=1), help="Fix the sequence dimension.")
+@click.option("--trust-remote-code", is_flag=True, help="Let the model folder's own code run.")
+def export(source, output, task, opset, batch_size, sequence_length, trust_remote_code) -> None:
+    """Export SOURCE (a model folder, pkg:<module> or a hub id) to ONNX."""
+    from edgeq import api
+
+    path = api.export(source, output, task, opset, batch_size, sequence_length, trust_remote_code)
+    click.echo(f"exported: {path}")
+
+
+# ------------------------------------------------------------------------------------------- quantize
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--output", required=True, help="Folder for the quantized model.onnx.")
+@click.option("--mode", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), help="Static only. Default qdq.")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True)
+@click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True)
+@click.option("--activation-type", type=click.Choice(["uint8", "int8", "uint16", "int16"]), help="Static only.")
+@click.option("--op-types", help="Comma-separated op types to quantize, e.g. MatMul,Gather.")
+@click.option("--exclude", "exclude", multiple=True, help="Node name to keep in FP32 (repeatable).")
+@click.option("--calibration", type=click.Path(path_type=Path), help="Calibration texts (.txt/.jsonl/.csv).")
+@click.option("--field", help="JSON key or CSV column of the calibration texts.")
+@click.option("--samples", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--sequence-length", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--tokenizer", type=click.Path(path_type=Path), help="Folder with tokenizer.json. Default: MODEL's folder.")
+@click.option("--device", default=DEFAULT_DEVICE, show_default=True, help="Device whose rules apply.")
+def quantize(model, output, mode, fmt, per_channel, weight_type, activation_type, op_types, exclude, calibration,
+             field, samples, sequence_length, batch_size, method, tokenizer, device) -> None:  # fmt: skip
+    """Quantize any ONNX MODEL (static mode needs --calibration)."""
+    from edgeq import api
+    from edgeq.recipe.schema import CalibrationConfig, QuantizationConfig
+
+    data = _data_source(calibration, field, "--calibration") if calibration else None
+    calib = CalibrationConfig(data=data, samples=samples, batch_size=batch_size, method=method) if data else None
+    config = _build(QuantizationConfig, mode=mode, format=fmt, per_channel=per_channel, weight_type=weight_type,
+                    activation_type=activation_type, calibration=calib, nodes_to_exclude=list(exclude),
+                    op_types=[t.strip() for t in op_types.split(",") if t.strip()] if op_types else None)  # fmt: skip
+    path = api.quantize(model, output, config, data, samples, sequence_length, tokenizer, device)
+    click.echo(f"quantized: {path}")
+
+
+# ------------------------------------------------------------------------------------------- validate
+@cli.command()
+@click.argument("model")
+@click.option("--reference", required=True, help="The FP32 ONNX model to compare against.")
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path), help="Validation texts.")
+@click.option("--field", help="JSON key or CSV column of the texts.")
+@click.option("--device", default=DEFAULT_DEVICE, show_default=True)
+@click.option("--task", type=click.Choice(["feature-extraction", "text-classification"]),
+              default="feature-extraction", show_default=True)  # fmt: skip
+@click.option("--samples", type=click.IntRange(min=1), help="Use the first N texts.")
+@click.option("--sequence-length", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--min-cosine-mean", type=float, default=0.99, show_default=True)
+@click.option("--min-cosine-min", type=float)
+@click.option("--tokenizer", type=click.Path(path_type=Path), help="Folder with tokenizer.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print the validation entry as JSON.")
+def validate(model, reference, data_path, field, device, task, samples, sequence_length, batch_size,
+             min_cosine_mean, min_cosine_min, tokenizer, as_json) -> None:  # fmt: skip
+    """Compare MODEL with REFERENCE on DEVICE; exit 3 when below the thresholds."""
+    from edgeq import api
+    from edgeq.recipe.schema import Thresholds
+
+    limits = _build(Thresholds, cosine_mean=min_cosine_mean, cosine_min=min_cosine_min)
+    result = api.validate(model, reference, _data_source(data_path, field, "--data"), device, task, samples,
+                          sequence_length, batch_size, limits, tokenizer)  # fmt: skip
+    if as_json:
+        _echo_json(result)
+    else:
+        from edgeq.report import validation_table
+
+        click.echo(validation_table([result]))
+    if not result["passed"]:
+        click.echo(f"Below thresholds: {'; '.join(result['failures'])}", err=True)
+        sys.exit(EXIT_BELOW_THRESHOLDS)
+
+
+# -------------------------------------------------------------------------------------------- profile
+@cli.command()
+@click.argument("model")
+@click.option("--device", default=DEFAULT_DEVICE, show_default=True)
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--sequence-length", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--json", "json_file", help="Write the profile JSON to this file ('-' for stdout).")
+def profile(model, device, runs, warmup, batch_size, sequence_length, json_file) -> None:
+    """Measure MODEL on DEVICE: load, first run, latency percentiles, memory, per-op time, placement."""
+    from edgeq import api
+
+    result = api.profile(model, device, runs, warmup, batch_size, sequence_length)
+    if json_file == "-":
+        _echo_json(result)
+        return
+    if json_file:
+        from edgeq.atomic import write_text
+
+        write_text(Path(json_file), json.dumps(result, indent=2) + "\n")
+    lat = result["latency_ms"]
+    click.echo(f"{result['model']} on {result['device']} ({result['mode']}, {result['provider']}, "
+               f"{result['environment']['machine']}, onnxruntime {result['environment']['onnxruntime']})")  # fmt: skip
+    click.echo(f"latency ms  min {lat['min']:.2f}  p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}"
+               f"  max {lat['max']:.2f}  mean {lat['mean']:.2f}  over {result['runs']} runs")  # fmt: skip
+    click.echo(f"throughput {result['throughput_per_s']:.1f}/s  load {result['load_ms']:.0f} ms  first run "
+               f"{result['first_run_ms']:.1f} ms  peak RSS {result['peak_rss_mb']:.0f} MB")  # fmt: skip
+    click.echo("placement: " + ", ".join(f"{ep} {n}" for ep, n in result["placement"].items())
+               + f"  (fallbacks {result['fallback_nodes']})")  # fmt: skip
+    for op in result["ops"][:8]:
+        click.echo(f"  {op['op_type']:<28} {op['ms']:8.3f} ms  {op['share']:6.1%}")
+
+
+# -------------------------------------------------------------------------------------------- inspect
+@cli.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def inspect(model: str, as_json: bool) -> None:
+    """Inputs, outputs, opsets, op histogram, size and precision summary of an ONNX MODEL."""
+    from edgeq import api
+
+    info = api.inspect(model)
+    if as_json:
+        _echo_json(info)
+        return
+    click.echo(f"{info['path']}: {info['size_bytes'] / 1e6:.2f} MB, {info['nodes']} nodes, "
+               f"{info['parameters']:,} parameters, IR {info['ir_version']}, opsets {info['opsets']}")  # fmt: skip
+    for kind in ("inputs", "outputs"):
+        for v in info[kind]:
+            click.echo(f"  {kind[:-1]:<6} {v['name']:<24} {v['type']:<8} {v['shape']}")
+    click.echo("precision: " + ", ".join(f"{k} {v}" for k, v in info["precision"].items()))
+    click.echo("ops: " + ", ".join(f"{k} {v}" for k, v in info["op_types"].items()))
+
+
+# -------------------------------------------------------------------------------------------- devices
+@cli.group()
+def devices() -> None:
+    """Device profiles (devices/*.yaml and $EDGEQ_DEVICES_PATH)."""
+
+
+@devices.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def devices_list(as_json: bool) -> None:
+    """List the known devices."""
+    from edgeq import api
+
+    found = api.devices()
+    if as_json:
+        _echo_json([d.model_dump(mode="json") for d in found])
+        return
+    for d in found:
+        click.echo(f"{d.id:<20} {d.device_class:<11} {d.arch:<8} {d.execution_provider.name:<26} {d.description}")
+
+
+@devices.command("show")
+@click.argument("device_id")
+@click.option("--json", "as_json", is_flag=True)
+def devices_show(device_id: str, as_json: bool) -> None:
+    """Show one device profile."""
+    import yaml
+
+    from edgeq import api
+
+    data = api.device(device_id).model_dump(mode="json")
+    click.echo(json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False).rstrip())
+
+
+# -------------------------------------------------------------------------------------------- recipes
+@cli.group()
+def recipes() -> None:
+    """Recipes."""
+
+
+@recipes.command("list")
+@click.argument("folder", required=False)
+@click.option("--json", "as_json", is_flag=True)
+def recipes_list(folder: str | None, as_json: bool) -> None:
+    """List recipes in FOLDER (default ./recipes, else the bundled ones)."""
+    from edgeq import api
+
+    found = api.recipes(folder)
+    if as_json:
+        _echo_json(found)
+        return
+    for r in found:
+        click.echo(f"{r['name']:<24} {','.join(r['targets']):<24} {r['file']}  {r['description']}")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _data_source(path: Path, field: str | None, option: str):
+    from edgeq.recipe.schema import DataSource
+
+    return _build(DataSource, path=path, field=field, option=option)
+
+
+def _build(model_cls, option: str | None = None, **values):
+    """Build a schema object from CLI values; a schema error becomes an EdgeqError naming the option."""
+    from pydantic import ValidationError
+
+    from edgeq.errors import EdgeqError
+
+    try:
+        return model_cls(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = option or "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
+        raise EdgeqError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+if __name__ == "__main__":
+    main()

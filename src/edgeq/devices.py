@@ -1,0 +1,103 @@
+"""Device profiles: what a target runs (execution provider, session settings) and what it allows (quantization
+constraints). Profiles are YAML files named `<id>.yaml`, found in $EDGEQ_DEVICES_PATH folders, then in the
+bundled `devices/` folder."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+
+from edgeq.errors import DeviceError
+from edgeq.recipe.schema import ACTIVATION_TYPES, WEIGHT_TYPES, Strict
+from edgeq.resources import bundled_dir
+
+
+class ExecutionProvider(Strict):
+    name: str = Field(description="onnxruntime execution provider, e.g. CPUExecutionProvider.")
+    options: dict[str, str | int | float | bool] = Field(default={}, description="Provider options.")
+
+
+class QuantizationConstraints(Strict):
+    modes: list[Literal["dynamic", "static"]] = Field(
+        default=["dynamic", "static"], description="Quantization modes the device can run."
+    )
+    formats: list[Literal["qdq", "qoperator"]] = Field(
+        default=["qdq", "qoperator"], description="Static model formats the device accepts."
+    )
+    activation_types: list[Literal["uint8", "int8", "uint16", "int16"]] = Field(
+        default=list(ACTIVATION_TYPES), description="Allowed activation integer types."
+    )
+    weight_types: list[Literal["int8", "uint8"]] = Field(
+        default=list(WEIGHT_TYPES), description="Allowed weight integer types."
+    )
+    symmetric_weights: bool = Field(default=False, description="Weights must have zero point 0.")
+    symmetric_activations: bool = Field(default=False, description="Activations must have zero point 0.")
+    per_channel: bool = Field(default=True, description="Per-channel weight scales are allowed.")
+    power_of_two_scales: bool = Field(default=False, description="Every scale must be a power of two.")
+    static_shapes: bool = Field(default=False, description="The model must have fixed input shapes.")
+    supported_ops: list[str] | None = Field(
+        default=None, description="Op types the device runs quantized. Unset: anything onnxruntime quantizes."
+    )
+
+
+class DeviceProfile(Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="Device id; the file is <id>.yaml.")
+    description: str = Field(description="What the device is, in a line.")
+    device_class: Literal["cpu", "mobile-npu", "mobile-gpu", "fpga", "npu"] = Field(description="Kind of device.")
+    arch: Literal["x86_64", "aarch64"] = Field(description="CPU architecture of the device.")
+    cpu_features: list[str] = Field(
+        default=[], description="CPU flags the device has (as in /proc/cpuinfo); a host without them is no stand-in."
+    )
+    execution_provider: ExecutionProvider = Field(description="Where the model runs on the device.")
+    session_config: dict[str, str] = Field(default={}, description="onnxruntime session config entries.")
+    threads: int | None = Field(default=None, ge=1, description="Intra-op threads. Unset: onnxruntime decides.")
+    memory_budget_mb: int | None = Field(default=None, ge=1, description="Memory the model may use on the device.")
+    quantization: QuantizationConstraints = Field(
+        default=QuantizationConstraints(), description="What the device allows."
+    )
+
+
+def search_dirs() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("EDGEQ_DEVICES_PATH", "").split(os.pathsep) if p]
+    return [*extra, bundled_dir("devices")]
+
+
+def device_files() -> dict[str, Path]:
+    """Device id -> profile file; a folder earlier in the search path wins."""
+    found: dict[str, Path] = {}
+    for folder in search_dirs():
+        for file in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+            found.setdefault(file.stem, file)
+    return found
+
+
+def list_devices() -> list[DeviceProfile]:
+    return [load_device(device_id) for device_id in device_files()]
+
+
+def load_device(device_id: str) -> DeviceProfile:
+    files = device_files()
+    if device_id not in files:
+        known = ", ".join(files) or "none"
+        raise DeviceError(f"unknown device '{device_id}'", f"Known devices: {known}")
+    return _load_file(files[device_id])
+
+
+@cache
+def _load_file(path: Path) -> DeviceProfile:
+    from edgeq.recipe.load import parse_yaml
+
+    data = parse_yaml(path.read_text(encoding="utf-8"), path)
+    try:
+        profile = DeviceProfile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise DeviceError(f"device profile '{path}': key '{key}': {err['msg']}") from None
+    if profile.id != path.stem:
+        raise DeviceError(f"device profile '{path}': id '{profile.id}' does not match the file name '{path.stem}'")
+    return profile

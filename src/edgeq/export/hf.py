@@ -1,0 +1,77 @@
+"""Export a local Hugging Face model folder to ONNX with optimum-onnx, optionally with fixed shapes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+from edgeq.errors import StageError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def export_onnx(
+    model_dir: Path,
+    out_dir: Path,
+    task: str,
+    opset: int,
+    batch_size: int | None = None,
+    sequence_length: int | None = None,
+    trust_remote_code: bool = False,
+) -> Path:
+    """Write out_dir/model.onnx plus config.json and tokenizer files; return the model path."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the folder is local: never reach for the hub
+    from optimum.exporters.onnx import main_export
+
+    _quiet_libraries()
+    log = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log):
+            warnings.simplefilter("ignore")
+            main_export(
+                str(model_dir),
+                output=str(out_dir),
+                task=task,
+                opset=opset,
+                do_validation=False,
+                library_name="transformers",
+                trust_remote_code=trust_remote_code,
+                local_files_only=True,
+            )
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StageError(f"export of '{model_dir}' failed: {first}", "Is the model's architecture supported?") from exc
+    model_path = out_dir / "model.onnx"
+    for name in TOKENIZER_FILES:  # optimum copies these; make sure the tokenizer travels with the model
+        if not (out_dir / name).exists() and (model_dir / name).exists():
+            shutil.copy2(model_dir / name, out_dir / name)
+    if batch_size or sequence_length:
+        fix_shapes(model_path, batch_size, sequence_length)
+    return model_path
+
+
+def fix_shapes(model_path: Path, batch_size: int | None, sequence_length: int | None) -> None:
+    """Replace the batch/sequence dim params of every input with fixed sizes (static shapes for NPUs)."""
+    import onnx
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
+
+    model = onnx.load(str(model_path))
+    for param, value in (("batch_size", batch_size), ("sequence_length", sequence_length)):
+        if value:
+            make_dim_param_fixed(model.graph, param, value)
+    fix_output_shapes(model)
+    onnx.save(model, str(model_path))
+
+
+def _quiet_libraries() -> None:
+    for name in ("transformers", "optimum", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with contextlib.suppress(ImportError):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()

@@ -1,0 +1,264 @@
+"""The build: check every input first, then run the stages in order into the build folder.
+
+Each artifact stage writes its folder atomically with an `edgeq-stage.json` holding a cache key: the hash of
+the stage's recipe section, its input's key (so the model's bytes flow through), its data and the tool
+versions. An unchanged stage is served from that folder and says so. Validation is never cached: every
+number in the report was measured by this run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from edgeq import __version__
+from edgeq.artifact import sha256_file, sha256_tree
+from edgeq.atomic import atomic_dir, remove_leftovers
+from edgeq.data import load_texts
+from edgeq.devices import DeviceProfile, load_device
+from edgeq.errors import OutputError, StageError
+from edgeq.progress import say
+from edgeq.quantize import check_against_device, resolve_op_types
+from edgeq.recipe import Recipe, load_recipe
+
+STAGE_FILE = "edgeq-stage.json"
+MODEL_FILE = "model.onnx"
+TOOLS = ("onnx", "onnxruntime", "optimum-onnx", "transformers", "torch")
+EXPORT_CHECK_TEXTS = 8
+
+
+@dataclass
+class Plan:
+    """Everything a build needs, checked before anything is written."""
+
+    recipe_path: Path
+    recipe: Recipe
+    devices: list[DeviceProfile]
+    op_types: list[str] | None
+    validation_texts: list[str]
+    calibration_texts: list[str] | None
+    out_dir: Path
+    model_dir: Path
+    model_hash: str
+
+
+@dataclass
+class StageResult:
+    name: str
+    folder: Path | None
+    key: str | None
+    seconds: float
+    cached: bool
+    details: dict = field(default_factory=dict)
+
+    def record(self) -> dict:
+        return {"name": self.name, "seconds": round(self.seconds, 2), "cached": self.cached, **self.details}
+
+
+@dataclass
+class BuildResult:
+    report: dict
+    out_dir: Path
+    exit_code: int
+
+
+def plan_build(recipe_path: str | Path, output: str | Path | None = None) -> Plan:
+    """Load and check the recipe, devices, data, output path and model source; write nothing."""
+    from edgeq.export.source import resolve_source
+
+    recipe = load_recipe(recipe_path)
+    devices = [load_device(target) for target in recipe.targets]
+    for device in devices:
+        check_against_device(recipe.quantization, device, recipe.static_shapes)
+    validation = load_texts(recipe.validation.data, recipe.validation.samples, key="validation.data")
+    calib = recipe.quantization.calibration
+    calibration = load_texts(calib.data, calib.samples, key="quantization.calibration.data") if calib else None
+    out_dir = Path(output) if output else Path("build") / recipe.name
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"output path '{out_dir}' is an existing file", "Choose a folder with --output")
+    model_dir = resolve_source(recipe.model.source)
+    return Plan(
+        recipe_path=Path(recipe_path),
+        recipe=recipe,
+        devices=devices,
+        op_types=resolve_op_types(recipe.quantization, devices),
+        validation_texts=validation,
+        calibration_texts=calibration,
+        out_dir=out_dir,
+        model_dir=model_dir,
+        model_hash=sha256_tree(model_dir),
+    )
+
+
+def run_build(plan: Plan, force: bool = False) -> BuildResult:
+    from edgeq.report import build_report, write_report
+
+    started = time.perf_counter()
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(plan.out_dir)
+    say(f"[bold]edgeq build[/bold] {plan.recipe.name} → {plan.out_dir}")
+    stages = [export_stage(plan, force)]
+    source = stages[0]
+    if plan.recipe.optimize.enabled:
+        stages.append(optimize_stage(plan, source, force))
+        source = stages[-1]
+    quantized = quantize_stage(plan, source, force)
+    stages.append(quantized)
+    candidates = {s.folder.name: s.folder / MODEL_FILE for s in stages if s.folder is not None}
+    validation = validate_stage(plan, candidates, reference="fp32")
+    stages.append(validation)
+    final = finalize(plan, quantized)
+    report = build_report(plan, stages, final_artifact=quantized.folder.name, total=time.perf_counter() - started)
+    write_report(plan.out_dir, plan.recipe, report)
+    return BuildResult(report=report, out_dir=plan.out_dir, exit_code=0 if report["passed"] else 3)
+
+
+def export_stage(plan: Plan, force: bool) -> StageResult:
+    from edgeq.export import export_onnx
+    from edgeq.export.check import check_export
+
+    recipe, exp = plan.recipe, plan.recipe.export
+    check_texts = plan.validation_texts[:EXPORT_CHECK_TEXTS]
+    seq = exp.sequence_length or 128
+
+    def produce(folder: Path) -> dict:
+        model = export_onnx(plan.model_dir, folder, recipe.model.task, exp.opset, exp.batch_size,
+                            exp.sequence_length, recipe.model.trust_remote_code)  # fmt: skip
+        check = check_export(plan.model_dir, model, recipe.model.task, check_texts, seq, recipe.static_shapes,
+                             recipe.model.trust_remote_code)  # fmt: skip
+        if check["cosine_min"] < 0.99:
+            raise StageError(f"the exported ONNX model disagrees with PyTorch (cosine min {check['cosine_min']})")
+        return {"source": recipe.model.source, "task": recipe.model.task, "export_check": check}
+
+    key = {"model": plan.model_hash, "model_config": recipe.model.model_dump(mode="json"),
+           "export": exp.model_dump(mode="json"), "check_texts": check_texts}  # fmt: skip
+    return cached_stage(plan.out_dir / "fp32", "export", key, produce, force)
+
+
+def optimize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
+    from edgeq.optimize import fuse_transformer
+
+    opt = plan.recipe.optimize
+
+    def produce(folder: Path) -> dict:
+        fused = fuse_transformer(source.folder / MODEL_FILE, folder / MODEL_FILE, opt.model_type, opt.opt_level)
+        copy_companions(source.folder, folder)
+        return {"fused_operators": fused}
+
+    key = {"input": source.key, "optimize": opt.model_dump(mode="json")}
+    return cached_stage(plan.out_dir / "optimized", "optimize", key, produce, force)
+
+
+def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
+    from edgeq.quantize import quantize_model
+    from edgeq.text import TextEncoder
+
+    q = plan.recipe.quantization
+    name = "w8a16" if q.mode == "static" and q.resolved_activation_type.endswith("16") else "int8"
+    calib_texts = plan.calibration_texts if q.mode == "static" else None
+
+    def produce(folder: Path) -> dict:
+        encoder = None
+        if calib_texts is not None:
+            seq = plan.recipe.sequence_length_for(q.calibration)
+            encoder = TextEncoder(source.folder, seq, pad_to_length=plan.recipe.static_shapes)
+        quantize_model(source.folder / MODEL_FILE, folder / MODEL_FILE, q, plan.op_types, calib_texts, encoder)
+        copy_companions(source.folder, folder)
+        return {
+            "mode": q.mode,
+            "format": q.resolved_format,
+            "op_types": plan.op_types or "onnxruntime default",
+            "calibration_samples": len(calib_texts) if calib_texts else 0,
+        }
+
+    key = {"input": source.key, "quantization": q.model_dump(mode="json"), "op_types": plan.op_types,
+           "calibration": calib_texts,
+           "calibration_shape": [plan.recipe.static_shapes, q.calibration and plan.recipe.sequence_length_for(q.calibration)]}  # fmt: skip
+    return cached_stage(plan.out_dir / name, "quantize", key, produce, force)
+
+
+def validate_stage(plan: Plan, models: dict[str, Path], reference: str) -> StageResult:
+    from edgeq.text import TextEncoder
+    from edgeq.validate import validate_models
+
+    val = plan.recipe.validation
+    limits = val.thresholds.model_dump(exclude_none=True)
+    thresholds = {name: limits for name in models if name != reference}
+    encoder = TextEncoder(models[reference].parent, plan.recipe.sequence_length_for(val), plan.recipe.static_shapes)
+    say(f"▶ validate on {', '.join(d.id for d in plan.devices)} ({len(plan.validation_texts)} texts)")
+    start = time.perf_counter()
+    results = []
+    for device in plan.devices:
+        results += validate_models(models, reference, device, plan.validation_texts, encoder, plan.recipe.model.task,
+                                   val.batch_size, val.warmup, thresholds)  # fmt: skip
+    seconds = time.perf_counter() - start
+    say(f"  validate: {seconds:.1f}s (measured now, never cached)")
+    return StageResult("validate", None, None, seconds, False, {"validations": results})
+
+
+def finalize(plan: Plan, chosen: StageResult) -> Path:
+    """Copy the chosen artifact's folder to final/ (model, config.json, tokenizer files)."""
+    final = plan.out_dir / "final"
+    with atomic_dir(final) as folder:
+        shutil.copy2(chosen.folder / MODEL_FILE, folder / MODEL_FILE)
+        copy_companions(chosen.folder, folder)
+    return final
+
+
+def cached_stage(folder: Path, stage: str, key_material: dict, produce: Callable[[Path], dict], force: bool) -> StageResult:
+    """Serve the stage from `folder` when its key matches, else run `produce` into a fresh folder atomically."""
+    key = digest({"stage": stage, "edgeq": __version__, "tools": tool_versions(), **key_material})
+    record = None if force else read_stage_record(folder, key)
+    if record is not None:
+        say(f"✓ {stage}: cached ({folder.name}/, built in {record['seconds']:.1f}s)")
+        return StageResult(stage, folder, key, 0.0, True, record["details"])
+    say(f"▶ {stage} → {folder.name}/")
+    start = time.perf_counter()
+    with atomic_dir(folder) as scratch:
+        details = produce(scratch)
+        seconds = time.perf_counter() - start
+        record = {"stage": stage, "key": key, "seconds": round(seconds, 2), "details": details,
+                  "files": {MODEL_FILE: sha256_file(scratch / MODEL_FILE)}}  # fmt: skip
+        (scratch / STAGE_FILE).write_text(json.dumps(record, indent=2))
+    say(f"  {stage}: {seconds:.1f}s")
+    return StageResult(stage, folder, key, seconds, False, details)
+
+
+def read_stage_record(folder: Path, key: str) -> dict | None:
+    try:
+        record = json.loads((folder / STAGE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("key") != key:
+        return None
+    for name, sha in record.get("files", {}).items():
+        if not (folder / name).is_file() or sha256_file(folder / name) != sha:
+            return None
+    return record
+
+
+def copy_companions(source: Path, target: Path) -> None:
+    """config.json, tokenizer and other small files that travel with a model (not the model, not the record)."""
+    for file in source.iterdir():
+        if file.is_file() and file.suffix != ".onnx" and file.name != STAGE_FILE:
+            shutil.copy2(file, target / file.name)
+
+
+def tool_versions() -> dict[str, str | None]:
+    versions = {}
+    for tool in TOOLS:
+        try:
+            versions[tool] = metadata.version(tool)
+        except metadata.PackageNotFoundError:
+            versions[tool] = None
+    return versions
+
+
+def digest(material: dict) -> str:
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,39 @@
+"""Model inputs built from the model's own input signature: token ids inside the vocabulary for text models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+ORT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
+             "tensor(float16)": np.float16, "tensor(bool)": np.bool_}  # fmt: skip
+
+
+def synthetic_feed(input_specs, batch_size: int, sequence_length: int, vocab_size: int, seed: int = 0) -> dict:
+    """Fixed dims are kept; the first free dim is the batch, the others the sequence length."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for spec in input_specs:
+        shape = [d if isinstance(d, int) and d > 0 else None for d in spec.shape]
+        shape = [d if d is not None else (batch_size if i == 0 else sequence_length) for i, d in enumerate(shape)]
+        dtype = ORT_TYPES.get(spec.type, np.float32)
+        if spec.name == "input_ids":
+            feed[spec.name] = rng.integers(1000 if vocab_size > 1000 else 1, vocab_size, size=shape).astype(dtype)
+        elif spec.name == "attention_mask":
+            feed[spec.name] = np.ones(shape, dtype=dtype)
+        elif np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+            feed[spec.name] = np.zeros(shape, dtype=dtype)
+        else:
+            feed[spec.name] = rng.standard_normal(shape).astype(dtype)
+    return feed
+
+
+def vocab_size_near(model_path: Path, default: int = 1000) -> int:
+    """Vocabulary size of the tokenizer.json beside the model, if any."""
+    file = Path(model_path).parent / "tokenizer.json"
+    if not file.is_file():
+        return default
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(file)).get_vocab_size()

@@ -1,0 +1,124 @@
+"""Read a recipe file into a `Recipe`: safe YAML only, errors that name the file, the line and the key."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from edgeq.errors import RecipeError
+from edgeq.recipe.schema import Recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Load and validate a recipe. Raises RecipeError with one readable line on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        where = "is a folder" if path.is_dir() else "not found"
+        raise RecipeError(f"recipe '{path}' {where}", "Give the path of a .yaml recipe (see `edgeq recipes list`)")
+    text = path.read_text(encoding="utf-8")
+    data = parse_yaml(text, path)
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe '{path}': the top level must be a mapping of keys, not {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data, context={"base_dir": path.parent.resolve()})
+    except ValidationError as exc:
+        raise _explain(exc, text, path) from None
+
+
+def parse_yaml(text: str, path: Path) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise RecipeError(
+            f"recipe '{path}' line {line}: YAML tag not allowed ({exc.problem})",
+            "Recipes are plain data; tags that construct objects are refused and nothing was run",
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"recipe '{path}'{line}: cannot parse YAML ({problem})") from None
+
+
+def _explain(exc: ValidationError, text: str, path: Path) -> RecipeError:
+    """The first validation error as one line: file, line, dotted key, what is wrong, and a hint."""
+    err = exc.errors()[0]
+    loc = [str(part) for part in err["loc"]]
+    key = ".".join(loc) or "(top level)"
+    line = _line_of(text, loc)
+    where = f"recipe '{path}'" + (f" line {line}" if line else "")
+    if err["type"] == "extra_forbidden":
+        parent, name = loc[:-1], loc[-1]
+        valid = _fields_at(parent)
+        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+        hint = f"Did you mean '{close[0]}'?" if close else f"Valid keys here: {', '.join(valid)}"
+        return RecipeError(f"{where}: unknown key '{key}'", hint)
+    if err["type"] == "missing":
+        return RecipeError(f"{where}: missing required key '{key}'", _doc_hint(loc))
+    message = err["msg"].removeprefix("Value error, ")
+    if loc:
+        value = err.get("input")
+        shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
+        return RecipeError(f"{where}: key '{key}': {message}{shown}")
+    return RecipeError(f"{where}: {message}")
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    """Names of the valid keys of the schema section at `loc` (list indexes are skipped)."""
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        if part.isdigit():
+            continue
+        annotation = model.model_fields[part].annotation
+        nested = _model_in(annotation)
+        if nested is None:
+            return []
+        model = nested
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _doc_hint(loc: list[str]) -> str | None:
+    try:
+        parent, name = loc[:-1], loc[-1]
+        model: type[BaseModel] = Recipe
+        for part in parent:
+            model = _model_in(model.model_fields[part].annotation)  # type: ignore[assignment]
+        return f"'{name}': {model.model_fields[name].description}"
+    except (KeyError, AttributeError, TypeError):
+        return None
+
+
+def _line_of(text: str, loc: list[str]) -> int | None:
+    """1-based line of the deepest key of `loc` that exists in the YAML text (None when unknown)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == part), None)
+            if match is None:
+                break
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line

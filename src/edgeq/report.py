@@ -1,0 +1,102 @@
+"""report.json (the contract in DESIGN.md) and report.md (the same, as tables a person reads)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from edgeq import __version__
+from edgeq.artifact import describe
+from edgeq.atomic import write_text
+
+RESOLVED_RECIPE = "recipe.resolved.yaml"
+
+
+def build_report(plan, stages, final_artifact: str, total: float) -> dict:
+    artifacts = [describe(s.folder / "model.onnx", s.folder.name, plan.out_dir) for s in stages if s.folder]
+    reference_size = artifacts[0]["size_bytes"]
+    for artifact in artifacts:
+        artifact["size_ratio"] = round(artifact["size_bytes"] / reference_size, 4)
+    validations = [v for s in stages for v in s.details.get("validations", [])]
+    final_checks = [v for v in validations if v["artifact"] == final_artifact]
+    return {
+        "edgeq_version": __version__,
+        "recipe": plan.recipe.model_dump(mode="json"),
+        "recipe_file": str(plan.recipe_path),
+        "stages": [{k: v for k, v in s.record().items() if k != "validations"} for s in stages],
+        "artifacts": artifacts,
+        "validations": validations,
+        "final": "final/model.onnx",
+        "final_artifact": final_artifact,
+        "passed": all(v["passed"] for v in final_checks),
+        "total_seconds": round(total, 2),
+    }
+
+
+def write_report(out_dir: Path, recipe, report: dict) -> None:
+    write_text(out_dir / RESOLVED_RECIPE, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    write_text(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    write_text(out_dir / "report.md", render_markdown(report))
+
+
+def render_markdown(report: dict) -> str:
+    recipe = report["recipe"]
+    lines = [
+        f"# edgeq report: {recipe['name']}",
+        "",
+        f"Model `{recipe['model']['source']}` ({recipe['model']['task']}), "
+        f"final artifact **{report['final_artifact']}** → `{report['final']}`: "
+        f"**{'PASSED' if report['passed'] else 'FAILED'}** ({report['total_seconds']:.1f} s in all).",
+        "",
+        "## Stages",
+        "",
+        table(["stage", "seconds", "cached"],
+              [[s["name"], f"{s['seconds']:.2f}", "yes" if s["cached"] else "no"] for s in report["stages"]]),
+        "",
+        "## Artifacts",
+        "",
+        table(["artifact", "path", "size (MB)", "size vs fp32", "precision (nodes)"],
+              [[a["name"], f"`{a['path']}`", f"{a['size_bytes'] / 1e6:.2f}", f"{a['size_ratio']:.1%}",
+                ", ".join(f"{k} {v}" for k, v in a["precision"].items())] for a in report["artifacts"]]),
+        "",
+        "## Validations",
+        "",
+        "Every figure was measured by this build; `mode` says where: `on-host` (the device's own execution "
+        "provider on this machine), `emulated` (a stand-in), `remote` (the real device).",
+        "",
+        validation_table(report["validations"]),
+    ]  # fmt: skip
+    failures = [f"- {v['artifact']} on {v['device']}: {'; '.join(v['failures'])}"
+                for v in report["validations"] if v["failures"]]  # fmt: skip
+    if failures:
+        lines += ["", "## Below thresholds", "", *failures]
+    checks = [s for s in report["stages"] if "export_check" in s]
+    if checks:
+        c = checks[0]["export_check"]
+        lines += ["", f"Export check against PyTorch on {c['samples']} texts: cosine min {c['cosine_min']:.6f}, "
+                      f"max abs error {c['max_abs_error']:.2e}."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def validation_table(validations: list[dict]) -> str:
+    rows = []
+    for v in validations:
+        m = v["metrics"]
+        placement = ", ".join(f"{ep.removesuffix('ExecutionProvider')} {n}" for ep, n in v["placement"].items())
+        rows.append([
+            v["artifact"], v["device"], v["mode"], f"{m['cosine_mean']:.4f}", f"{m['cosine_min']:.4f}",
+            f"{m['max_abs_error']:.4f}", f"{m['sqnr_db']:.1f}" if m["sqnr_db"] is not None else "exact", f"{v['latency_ms']['p50']:.2f}",
+            f"{v['latency_ms']['p90']:.2f}", f"{v['latency_ratio_to_reference']:.2f}", placement,
+            str(v["fallback_nodes"]), "pass" if v["passed"] else "FAIL",
+        ])  # fmt: skip
+    header = ["artifact", "device", "mode", "cos mean", "cos min", "max abs err", "SQNR dB", "p50 ms", "p90 ms",
+              "p50 vs fp32", "placement (nodes)", "fallbacks", "result"]  # fmt: skip
+    return table(header, rows)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(out)

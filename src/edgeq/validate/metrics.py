@@ -1,0 +1,59 @@
+"""Fidelity metrics of a candidate's task vectors against the reference's, and the pass/fail judgement."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Metrics where higher is better; a threshold on them is a minimum. The others are maximums.
+HIGHER_IS_BETTER = {"cosine_mean", "cosine_min", "sqnr_db", "top1_agreement"}
+
+
+def cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    ref = reference.reshape(len(reference), -1).astype(np.float64)
+    cand = candidate.reshape(len(candidate), -1).astype(np.float64)
+    denom = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    return (ref * cand).sum(axis=1) / np.maximum(denom, 1e-12)
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, classification: bool = False) -> dict[str, float]:
+    """cosine mean/min, max/mean abs error and SQNR (dB); top-1 agreement for classification logits."""
+    cos = cosines(reference, candidate)
+    error = candidate.astype(np.float64) - reference.astype(np.float64)
+    noise = float((error**2).sum())
+    signal = float((reference.astype(np.float64) ** 2).sum())
+    metrics = {
+        "cosine_mean": _finite(cos.mean(), 6),
+        "cosine_min": _finite(cos.min(), 6),
+        "max_abs_error": _finite(np.abs(error).max(), 6),
+        "mean_abs_error": _finite(np.abs(error).mean(), 6),
+        "sqnr_db": _finite(10 * np.log10(signal / noise), 2) if noise > 0 else EXACT,
+    }
+    if classification:
+        agree = reference.argmax(axis=-1) == candidate.argmax(axis=-1)
+        metrics["top1_agreement"] = round(float(agree.mean()), 6)
+    return metrics
+
+
+EXACT = None  # sqnr_db of an identical output: no noise at all
+
+
+def _finite(value, digits: int) -> float | None:
+    """A rounded float, or None for NaN/inf (a model that outputs NaN); None never passes a threshold."""
+    value = float(value)
+    return round(value, digits) if np.isfinite(value) else None
+
+
+def judge(metrics: dict[str, float], thresholds: dict[str, float]) -> list[str]:
+    """The thresholds the metrics break, in words ('cosine_mean 0.981 < 0.99'); empty means passed."""
+    failures = []
+    for name, limit in thresholds.items():
+        value = metrics.get(name)
+        if name == "sqnr_db" and name in metrics and value is EXACT and metrics.get("max_abs_error") == 0:
+            continue
+        if value is None:
+            failures.append(f"{name} not measured or not finite (threshold {limit})")
+        elif name in HIGHER_IS_BETTER and value < limit:
+            failures.append(f"{name} {value:g} < {limit:g}")
+        elif name not in HIGHER_IS_BETTER and value > limit:
+            failures.append(f"{name} {value:g} > {limit:g}")
+    return failures
