@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeq.devices import DeviceProfile, list_devices, load_device
-from edgeq.errors import DataError, OutputError
+from edgeq.errors import OutputError
 from edgeq.recipe.schema import DataSource, QuantizationConfig, Thresholds
 
 DEFAULT_DEVICE = "x86-avx512-vnni"
@@ -41,27 +41,27 @@ def export(source: str, output: str | Path, task: str = "feature-extraction", op
 
 
 def quantize(model: str | Path, output: str | Path, config: QuantizationConfig,
-             calibration: DataSource | None = None, samples: int = 128, sequence_length: int = 128,
              tokenizer: str | Path | None = None, device: str = DEFAULT_DEVICE) -> Path:  # fmt: skip
-    """Quantize any ONNX file into OUTPUT/model.onnx (companion files of its folder are copied along)."""
+    """Quantize any ONNX file into OUTPUT/model.onnx (companion files of its folder are copied along).
+
+    Static mode calibrates on `config.calibration` (texts, samples, method, sequence length, batch size)."""
     from edgeq.artifact import load_onnx
     from edgeq.atomic import atomic_dir
     from edgeq.data import load_texts
     from edgeq.pipeline import copy_companions
     from edgeq.quantize import check_against_device, quantize_model, resolve_op_types
-    from edgeq.text import TextEncoder
+    from edgeq.quantize.calibration import calibration_encoder
 
     model_path = Path(model)
-    onnx_model = load_onnx(model_path, load_weights=False)
+    static_shapes = _has_static_shapes(load_onnx(model_path, load_weights=False))
     profile = load_device(device)
-    static_shapes = _has_static_shapes(onnx_model)
     check_against_device(config, profile, static_shapes)
     texts = encoder = None
     if config.mode == "static":
-        if calibration is None:
-            raise DataError("static quantization needs calibration data", "Pass --calibration FILE")
-        texts = load_texts(calibration, samples, key="--calibration")
-        encoder = TextEncoder(Path(tokenizer) if tokenizer else model_path.parent, sequence_length, static_shapes)
+        calib = config.calibration
+        texts = load_texts(calib.data, calib.samples, key="calibration")
+        tokenizer_dir = Path(tokenizer) if tokenizer else model_path.parent
+        encoder = calibration_encoder(tokenizer_dir, calib.method, calib.sequence_length or 128, static_shapes)
     out = _output_folder(output)
     with atomic_dir(out) as folder:
         quantize_model(model_path, folder / "model.onnx", config, resolve_op_types(config, [profile]), texts, encoder)

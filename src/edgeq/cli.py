@@ -125,12 +125,15 @@ def quantize(model, output, mode, fmt, per_channel, weight_type, activation_type
     from edgeq import api
     from edgeq.recipe.schema import CalibrationConfig, QuantizationConfig
 
+    if mode == "static" and not calibration:
+        raise EdgeqError("--mode static needs --calibration FILE", "Give texts to measure activation ranges on")
     data = _data_source(calibration, field, "--calibration") if calibration else None
-    calib = CalibrationConfig(data=data, samples=samples, batch_size=batch_size, method=method) if data else None
+    calib = _build(CalibrationConfig, data=data, samples=samples, batch_size=batch_size, method=method,
+                   sequence_length=sequence_length) if data else None  # fmt: skip
     config = _build(QuantizationConfig, mode=mode, format=fmt, per_channel=per_channel, weight_type=weight_type,
                     activation_type=activation_type, calibration=calib, nodes_to_exclude=list(exclude),
                     op_types=[t.strip() for t in op_types.split(",") if t.strip()] if op_types else None)  # fmt: skip
-    path = api.quantize(model, output, config, data, samples, sequence_length, tokenizer, device)
+    path = api.quantize(model, output, config, tokenizer, device)
     click.echo(f"quantized: {path}")
 
 
@@ -296,8 +299,9 @@ def _build(model_cls, option: str | None = None, **values):
         return model_cls(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = option or "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
-        raise EdgeqError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+        message = err["msg"].removeprefix("Value error, ")
+        where = option or ("--" + "-".join(str(p) for p in err["loc"]).replace("_", "-") if err["loc"] else "")
+        raise EdgeqError(f"{where}: {message}" if where else message) from None
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ def optimize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
 
 def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
     from edgeq.quantize import quantize_model
-    from edgeq.text import TextEncoder
+    from edgeq.quantize.calibration import calibration_encoder
 
     q = plan.recipe.quantization
     name = "w8a16" if q.mode == "static" and q.resolved_activation_type.endswith("16") else "int8"
@@ -167,7 +167,7 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
         encoder = None
         if calib_texts is not None:
             seq = plan.recipe.sequence_length_for(q.calibration)
-            encoder = TextEncoder(source.folder, seq, pad_to_length=plan.recipe.static_shapes)
+            encoder = calibration_encoder(source.folder, q.calibration.method, seq, plan.recipe.static_shapes)
         quantize_model(source.folder / MODEL_FILE, folder / MODEL_FILE, q, plan.op_types, calib_texts, encoder)
         copy_companions(source.folder, folder)
         return {

@@ -12,6 +12,12 @@ from edgeq.progress import track
 from edgeq.text import TextEncoder, batches, feed_for
 
 
+def calibration_encoder(tokenizer_dir, method: str, sequence_length: int, static_shapes: bool) -> TextEncoder:
+    """Histogram calibrators (entropy, percentile) stack every batch into one array, so their batches must
+    share one shape: pad those to the full length. MinMax keeps each batch to its longest text."""
+    return TextEncoder(tokenizer_dir, sequence_length, pad_to_length=static_shapes or method != "minmax")
+
+
 @dataclass(frozen=True)
 class InputSpec:
     name: str

@@ -42,12 +42,16 @@ def parse_yaml(text: str, path: Path) -> Any:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start:
+            problem += f", {context} started on line {start.line + 1}"
         raise RecipeError(f"recipe '{path}'{line}: cannot parse YAML ({problem})") from None
 
 
 def _explain(exc: ValidationError, text: str, path: Path) -> RecipeError:
     """The first validation error as one line: file, line, dotted key, what is wrong, and a hint."""
-    err = exc.errors()[0]
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a typo beats the key it hid
+    err = errors[0]
     loc = [str(part) for part in err["loc"]]
     key = ".".join(loc) or "(top level)"
     line = _line_of(text, loc)

@@ -1,0 +1,103 @@
+"""Fixtures: tiny random BERT models built from a config (no download), recipes written for them, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("EDGEQ_QUIET", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "recipes" / "data"
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _vocabulary() -> list[str]:
+    words = set()
+    for name in ("calibration.txt", "validation.txt"):
+        words |= set(re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]", (DATA / name).read_text().lower()))
+    return SPECIAL + sorted(words)
+
+
+def make_tiny_bert(folder: Path, task: str = "feature-extraction", seed: int = 0) -> Path:
+    """A 2-layer BERT (hidden 64) with random weights and a word-level tokenizer, saved with save_pretrained."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertForSequenceClassification
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(_vocabulary()) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True).save_pretrained(str(folder))
+    config = BertConfig(
+        vocab_size=len(_vocabulary()), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=128, num_labels=3,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = (BertForSequenceClassification if task == "text-classification" else BertModel)(config)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-classifier"), task="text-classification", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_bert, tmp_path_factory) -> Path:
+    """The tiny BERT exported once: a folder with model.onnx, config.json and tokenizer files."""
+    from edgeq import api
+
+    return api.export(str(tiny_bert), tmp_path_factory.mktemp("tiny-onnx") / "fp32")
+
+
+def base_recipe(model_source: str, **sections) -> dict:
+    recipe = {
+        "name": "tiny",
+        "model": {"source": model_source, "task": "feature-extraction"},
+        "quantization": {"mode": "dynamic", "op_types": ["MatMul", "Gather"]},
+        "validation": {"data": {"path": "data/validation.txt"}, "samples": 24, "warmup": 1,
+                       "thresholds": {"cosine_mean": 0.9}},
+        "targets": ["x86-avx512-vnni"],
+    }  # fmt: skip
+    for key, value in sections.items():
+        recipe[key] = value if not isinstance(value, dict) else {**recipe.get(key, {}), **value}
+    return recipe
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    """Write a recipe dict (or text) into tmp_path beside a copy of recipes/data; return its path."""
+    shutil.copytree(DATA, tmp_path / "data", dirs_exist_ok=True)
+
+    def write(recipe: dict | str, name: str = "recipe.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(recipe if isinstance(recipe, str) else yaml.safe_dump(recipe, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def run_cli():
+    """Invoke the edgeq CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
+    from click.testing import CliRunner
+
+    from edgeq.cli import cli
+
+    def run(*args: str):
+        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+    return run
