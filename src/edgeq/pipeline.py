@@ -110,11 +110,15 @@ def run_build(plan: Plan, force: bool = False) -> BuildResult:
         source = stages[-1]
     quantized = quantize_stage(plan, source, force)
     stages.append(quantized)
+    chosen = quantized
+    if plan.recipe.runs_mixed_precision:
+        chosen = mixed_precision_stage(plan, source, force)
+        stages.append(chosen)
     candidates = {s.folder.name: s.folder / MODEL_FILE for s in stages if s.folder is not None}
     validation = validate_stage(plan, candidates, reference="fp32")
     stages.append(validation)
-    final = finalize(plan, quantized)
-    report = build_report(plan, stages, final_artifact=quantized.folder.name, total=time.perf_counter() - started)
+    finalize(plan, chosen)
+    report = build_report(plan, stages, final_artifact=chosen.folder.name, total=time.perf_counter() - started)
     write_report(plan.out_dir, plan.recipe, report)
     return BuildResult(report=report, out_dir=plan.out_dir, exit_code=0 if report["passed"] else 3)
 
@@ -181,6 +185,29 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
            "calibration": calib_texts,
            "calibration_shape": [plan.recipe.static_shapes, q.calibration and plan.recipe.sequence_length_for(q.calibration)]}  # fmt: skip
     return cached_stage(plan.out_dir / name, "quantize", key, produce, force)
+
+
+def mixed_precision_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
+    from edgeq.artifact import sha256_file as file_hash
+    from edgeq.mixed_precision import MixedPrecisionJob, choose_precisions
+    from edgeq.text import TextEncoder
+
+    mp, q, val = plan.recipe.mixed_precision, plan.recipe.quantization, plan.recipe.validation
+    proxy_texts = (plan.calibration_texts or [])[: mp.proxy_samples]
+
+    def produce(folder: Path) -> dict:
+        encoder = TextEncoder(source.folder, plan.recipe.sequence_length_for(val), plan.recipe.static_shapes)
+        job = MixedPrecisionJob(source.folder / MODEL_FILE, folder, mp, plan.op_types, q.per_channel,
+                                plan.devices[0], plan.recipe.model.task, proxy_texts, plan.validation_texts, encoder)  # fmt: skip
+        section = choose_precisions(job)
+        copy_companions(source.folder, folder)
+        return {"mixed_precision": section}
+
+    pinned = file_hash(mp.overrides) if mp.overrides and Path(mp.overrides).is_file() else None
+    key = {"input": source.key, "mixed_precision": mp.model_dump(mode="json"), "pinned": pinned,
+           "op_types": plan.op_types, "per_channel": q.per_channel, "proxy": proxy_texts,
+           "validation": plan.validation_texts, "device": plan.devices[0].model_dump(mode="json")}  # fmt: skip
+    return cached_stage(plan.out_dir / "mixed", "mixed_precision", key, produce, force)
 
 
 def validate_stage(plan: Plan, models: dict[str, Path], reference: str) -> StageResult:

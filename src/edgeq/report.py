@@ -25,14 +25,19 @@ def build_report(plan, stages, final_artifact: str, total: float) -> dict:
         "edgeq_version": __version__,
         "recipe": plan.recipe.model_dump(mode="json"),
         "recipe_file": str(plan.recipe_path),
-        "stages": [{k: v for k, v in s.record().items() if k != "validations"} for s in stages],
+        "stages": [{k: v for k, v in s.record().items() if k not in ("validations", "mixed_precision")} for s in stages],
         "artifacts": artifacts,
         "validations": validations,
         "final": "final/model.onnx",
+        **({"mixed_precision": mp} if (mp := _mixed_precision(stages)) else {}),
         "final_artifact": final_artifact,
         "passed": all(v["passed"] for v in final_checks),
         "total_seconds": round(total, 2),
     }
+
+
+def _mixed_precision(stages) -> dict | None:
+    return next((s.details["mixed_precision"] for s in stages if "mixed_precision" in s.details), None)
 
 
 def write_report(out_dir: Path, recipe, report: dict) -> None:
@@ -72,12 +77,39 @@ def render_markdown(report: dict) -> str:
                 for v in report["validations"] if v["failures"]]  # fmt: skip
     if failures:
         lines += ["", "## Below thresholds", "", *failures]
+    if "mixed_precision" in report:
+        lines += ["", *mixed_precision_markdown(report["mixed_precision"])]
     checks = [s for s in report["stages"] if "export_check" in s]
     if checks:
         c = checks[0]["export_check"]
         lines += ["", f"Export check against PyTorch on {c['samples']} texts: cosine min {c['cosine_min']:.6f}, "
                       f"max abs error {c['max_abs_error']:.2e}."]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def mixed_precision_markdown(mp: dict) -> list[str]:
+    counts = ", ".join(f"{k} {v}" for k, v in mp["precision_counts"].items())
+    lines = [
+        "## Mixed precision",
+        "",
+        f"Islands: {counts}; size {mp['size_ratio']:.1%} of FP32; {mp['proxy_passes']} proxy passes, "
+        f"{mp['full_evaluations']} full evaluations, {mp['search_seconds']:.1f} s. Budget met: {mp['budget_met']}.",
+        *[f"- {note}" for note in mp["notes"]],
+        "",
+    ]
+    for e in mp.get("evaluations", []):
+        m = e["metrics"]
+        lines.append(f"- configuration {e['configuration']}: cosine mean {m['cosine_mean']:.4f}, min "
+                     f"{m['cosine_min']:.4f}, latency ratio {m.get('latency_ratio', float('nan')):.2f} → "
+                     f"{'meets' if e['passed'] else 'misses'} the budget")  # fmt: skip
+    rows = [[i["name"], f"{i['parameters']:,}", _fmt(i.get("output_sqnr_db"), ".1f"),
+             " ".join(f"{k} {v:+.5f}" for k, v in i.get("gain", {}).items()), f"**{i['precision']}**", i["reason"]]
+            for i in mp["islands"]]  # fmt: skip
+    return [*lines, "", table(["island", "params", "output SQNR dB", "proxy gain", "precision", "reason"], rows)]
+
+
+def _fmt(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
 
 
 def validation_table(validations: list[dict]) -> str:

@@ -190,6 +190,44 @@ class ValidationConfig(Strict):
     thresholds: Thresholds = Field(default=Thresholds(), description="Pass/fail limits for the final model.")
 
 
+class MixedPrecisionBudget(Strict):
+    min_cosine_mean: float | None = Field(
+        default=0.995, ge=-1, le=1, description="Fidelity floor: mean cosine vs FP32 on the validation texts."
+    )
+    min_cosine_min: float | None = Field(
+        default=None, ge=-1, le=1, description="Fidelity floor: worst-case cosine vs FP32 on the validation texts."
+    )
+    max_size_ratio: float | None = Field(
+        default=None, gt=0, le=1, description="Size ceiling as a share of the FP32 model; enforced exactly."
+    )
+    max_latency_ratio: float | None = Field(
+        default=None, gt=0, description="Latency ceiling as a share of FP32 (p50, measured interleaved); reported "
+        "as met or not, since latency on a shared machine is noisy.",
+    )
+
+
+class MixedPrecisionConfig(Strict):
+    enabled: bool = Field(default=True, description="Run the layer-wise mixed-precision search.")
+    candidates: list[Literal["int8", "w8", "fp32"]] = Field(
+        default=["int8", "w8", "fp32"], min_length=1,
+        description="Precisions an island may take, cheapest first: `int8` (dynamic INT8), `w8` (INT8 weights, "
+        "FP32 compute: same size, no activation quantization), `fp32`. The first one listed is the baseline.",
+    )
+    proxy_samples: PositiveInt = Field(
+        default=32, description="Calibration texts used for the per-island sensitivity passes."
+    )
+    budget: MixedPrecisionBudget = Field(default=MixedPrecisionBudget(), description="What the choice must meet.")
+    overrides: Path | None = Field(
+        default=None, description="An overrides.yaml from an earlier build: pins every island's precision (no search)."
+    )
+
+    @field_validator("overrides")
+    @classmethod
+    def _resolve_against_recipe(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        base = _base_dir(info)
+        return (base / path.expanduser()).resolve() if path is not None and base is not None else path
+
+
 class Recipe(Strict):
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
@@ -200,6 +238,9 @@ class Recipe(Strict):
     export: ExportConfig = Field(default=ExportConfig(), description="ONNX export options.")
     optimize: OptimizeConfig = Field(default=OptimizeConfig(), description="Graph fusions before quantization.")
     quantization: QuantizationConfig = Field(description="How the model is quantized.")
+    mixed_precision: MixedPrecisionConfig | None = Field(
+        default=None, description="Layer-wise mixed precision after quantization. Absent: uniform quantization."
+    )
     validation: ValidationConfig = Field(description="Held-out data and thresholds for validation.")
     targets: list[str] = Field(
         min_length=1, description="Device ids (see `edgeq devices list`) to validate the model on."
@@ -222,6 +263,23 @@ class Recipe(Strict):
                     f"{key}.batch_size is {section.batch_size} but export.batch_size fixes it to {fixed_batch}"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _mixed_precision_fits(self) -> Recipe:
+        mp, q = self.mixed_precision, self.quantization
+        if mp is None or not mp.enabled:
+            return self
+        if q.mode != "dynamic":
+            raise ValueError("mixed_precision works with quantization.mode: dynamic in this edgeq version")
+        if not q.symmetric_weights:
+            raise ValueError("mixed_precision needs quantization.symmetric_weights: true")
+        if q.calibration is None and mp.overrides is None:
+            raise ValueError("mixed_precision needs quantization.calibration: its texts drive the sensitivity passes")
+        return self
+
+    @property
+    def runs_mixed_precision(self) -> bool:
+        return self.mixed_precision is not None and self.mixed_precision.enabled
 
     def sequence_length_for(self, section: CalibrationConfig | ValidationConfig) -> int:
         return section.sequence_length or self.export.sequence_length or 128

@@ -30,7 +30,7 @@ def validate_models(
     """One report.json validation entry per model in `models` (the reference included, as the baseline).
 
     `thresholds` maps a model name to its limits; a model without limits passes by definition."""
-    sessions = {name: make_session(path, device) for name, path in models.items()}
+    sessions = {name: make_session(path, device, spinning=False) for name, path in models.items()}
     text_batches = [b for b in batches(texts, batch_size) if len(b) == batch_size] or [texts[:batch_size]]
     feeds = []
     for batch in text_batches:
@@ -66,7 +66,7 @@ def validate_models(
             "mode": mode_for(device),
             "placement": where,
             "fallback_nodes": sum(n for ep, n in where.items() if ep != device.execution_provider.name),
-            "environment": {**env, "threads": device.threads},
+            "environment": {**env, "threads": device.threads, "intra_op_spinning": False},
             "samples": int(len(ref_vectors)),
             "batch_size": batch_size,
             "metrics": metrics,

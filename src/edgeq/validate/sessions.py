@@ -15,11 +15,15 @@ NOTABLE_FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "a
 HOST_ARCH = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
 
 
-def session_options(device: DeviceProfile, profile_dir: Path | None = None):
+def session_options(device: DeviceProfile, profile_dir: Path | None = None, spinning: bool = True):
+    """Options from the device profile. `spinning=False` stops idle intra-op threads from busy-waiting, which
+    several sessions measured interleaved on a few cores need: a spinning session steals the others' cores."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if device.threads:
         options.intra_op_num_threads = device.threads
     for key, value in device.session_config.items():
@@ -30,7 +34,8 @@ def session_options(device: DeviceProfile, profile_dir: Path | None = None):
     return options
 
 
-def make_session(model_path: Path, device: DeviceProfile, profile_dir: Path | None = None):
+def make_session(model: Path | bytes, device: DeviceProfile, profile_dir: Path | None = None, spinning: bool = True):
+    """A session on the device's execution provider; `model` is a file or serialized bytes."""
     import onnxruntime as ort
 
     ep = device.execution_provider
@@ -41,7 +46,8 @@ def make_session(model_path: Path, device: DeviceProfile, profile_dir: Path | No
             f"Available: {', '.join(available)}",
         )
     providers = [(ep.name, dict(ep.options))] if ep.options else [ep.name]
-    return ort.InferenceSession(str(model_path), session_options(device, profile_dir), providers=providers)
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, session_options(device, profile_dir, spinning), providers=providers)
 
 
 def mode_for(device: DeviceProfile) -> str:

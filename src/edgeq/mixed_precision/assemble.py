@@ -1,0 +1,35 @@
+"""Assemble a model from the FP32 graph and one candidate per island."""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+from edgeq.mixed_precision.islands import MS_DOMAIN, Island
+
+
+def assemble(fp32: onnx.ModelProto, islands: list[Island], assignment: dict[str, str]) -> onnx.ModelProto:
+    """A new model where each island uses `assignment[island.name]` (default: fp32). The input is unchanged."""
+    by_node = {i.node_name: i for i in islands}
+    nodes, initializers = [], {}
+    replaced_weights = set()
+    for node in fp32.graph.node:
+        island = by_node.get(node.name)
+        choice = assignment.get(island.name, "fp32") if island else None
+        if island is None or choice == "fp32":
+            nodes.append(node)
+            continue
+        candidate = island.candidates[choice]
+        nodes.extend(candidate.nodes)
+        initializers.update({t.name: t for t in candidate.initializers})
+        replaced_weights.add(island.weight)
+    still_used = {name for node in nodes for name in node.input}
+    kept = [t for t in fp32.graph.initializer if t.name not in replaced_weights or t.name in still_used]
+    graph = helper.make_graph(nodes, fp32.graph.name, list(fp32.graph.input), list(fp32.graph.output),
+                              kept + list(initializers.values()), value_info=list(fp32.graph.value_info))  # fmt: skip
+    opsets = list(fp32.opset_import)
+    if not any(o.domain == MS_DOMAIN for o in opsets):
+        opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="edgeq")
+    model.ir_version = fp32.ir_version
+    return model

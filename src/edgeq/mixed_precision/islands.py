@@ -1,0 +1,139 @@
+"""Islands: the units that switch precision together, and the node groups that implement each candidate.
+
+An island is one weight-bearing node: a MatMul whose B is a constant matrix, or a Gather from a constant
+table (an embedding). Its candidates, from cheapest to most faithful:
+  int8  dynamic INT8: DynamicQuantizeMatMul with per-channel symmetric INT8 weights (activations quantized at
+        run time); for a Gather, INT8 rows with one scale per row.
+  w8    INT8 weights, FP32 compute: DequantizeLinear(per-channel) -> MatMul. Same size as int8, no
+        activation quantization error.
+  fp32  the original node.
+A Gather reads rows of its table and computes nothing, so its int8 and w8 candidates are the same.
+Each candidate is a self-contained replacement (nodes + initializers), so any assignment assembles quickly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+LADDER = ("int8", "w8", "fp32")
+MS_DOMAIN = "com.microsoft"
+
+
+@dataclass
+class Candidate:
+    nodes: list[onnx.NodeProto]
+    initializers: list[onnx.TensorProto]
+    size_bytes: int
+
+
+@dataclass
+class Island:
+    name: str  # readable, e.g. encoder.layer.0.attention.self.query
+    node_name: str  # the ONNX node it replaces
+    kind: str  # matmul | gather
+    weight: str  # initializer name
+    parameters: int
+    candidates: dict[str, Candidate] = field(default_factory=dict)
+
+
+def readable_name(node_name: str) -> str:
+    parts = [p for p in node_name.strip("/").split("/") if p]
+    return ".".join(parts[:-1]) if len(parts) > 1 else (parts[0] if parts else node_name)
+
+
+def find_islands(model: onnx.ModelProto, op_types: list[str] | None = None) -> list[Island]:
+    """Weight-bearing MatMul / Gather nodes of the FP32 model, in graph order."""
+    wanted = set(op_types or ("MatMul", "Gather"))
+    inits = {t.name: t for t in model.graph.initializer}
+    islands = []
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and "MatMul" in wanted and node.input[1] in inits:
+            weight = inits[node.input[1]]
+            if len(weight.dims) == 2 and weight.data_type == onnx.TensorProto.FLOAT:
+                islands.append(Island(readable_name(node.name), node.name, "matmul", weight.name, _numel(weight)))
+        elif node.op_type == "Gather" and "Gather" in wanted and node.input[0] in inits:
+            table = inits[node.input[0]]
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            if len(table.dims) == 2 and axis == 0 and table.data_type == onnx.TensorProto.FLOAT:
+                islands.append(Island(readable_name(node.name), node.name, "gather", table.name, _numel(table)))
+    return islands
+
+
+def build_candidates(model: onnx.ModelProto, islands: list[Island], per_channel: bool = True) -> None:
+    """Fill each island's candidates: int8, w8 and fp32."""
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    for island in islands:
+        node, weight = nodes[island.node_name], numpy_helper.to_array(inits[island.weight])
+        fp32 = Candidate([node], [inits[island.weight]], weight.nbytes)
+        if island.kind == "matmul":
+            island.candidates = {"int8": _matmul_int8(node, weight, per_channel),
+                                 "w8": _matmul_w8(node, weight, per_channel), "fp32": fp32}  # fmt: skip
+        else:
+            int8 = _gather_int8(node, weight)  # INT8 rows, FP32 out: already weight-only, so w8 is the same
+            island.candidates = {"int8": int8, "w8": int8, "fp32": fp32}
+
+
+def quantize_symmetric(weight: np.ndarray, axis: int, per_channel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """INT8 symmetric, one scale per index of `axis` (or one for the whole tensor when not per_channel):
+    returns (int8 values, float scales shaped [size of axis])."""
+    reduce_axes = tuple(i for i in range(weight.ndim) if i != axis)
+    scale = np.abs(weight).max(axis=reduce_axes) / 127.0
+    if not per_channel:
+        scale = np.full_like(scale, scale.max())
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def _int8_weight(node: onnx.NodeProto, weight: np.ndarray, per_channel: bool):
+    """(initializer names, initializers, bytes) of a MatMul weight in INT8, one scale per output column."""
+    q, scale = quantize_symmetric(weight, axis=1, per_channel=per_channel)
+    base = node.name.strip("/").replace("/", "_")
+    names = [f"{base}_W_int8", f"{base}_W_scale", f"{base}_W_zp"]
+    inits = [numpy_helper.from_array(q, names[0]), numpy_helper.from_array(scale, names[1]),
+             numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), names[2])]  # fmt: skip
+    return names, inits, q.nbytes + scale.nbytes * 2
+
+
+def _matmul_int8(node: onnx.NodeProto, weight: np.ndarray, per_channel: bool) -> Candidate:
+    names, inits, size = _int8_weight(node, weight, per_channel)
+    new = helper.make_node("DynamicQuantizeMatMul", [node.input[0], *names], list(node.output),
+                           name=node.name, domain=MS_DOMAIN)  # fmt: skip
+    return Candidate([new], inits, size)
+
+
+def _matmul_w8(node: onnx.NodeProto, weight: np.ndarray, per_channel: bool) -> Candidate:
+    names, inits, size = _int8_weight(node, weight, per_channel)
+    dequantized = f"{node.name.strip('/').replace('/', '_')}_W_dequantized"
+    dq = helper.make_node("DequantizeLinear", names, [dequantized], name=f"{node.name}_dequantize_weight", axis=1)
+    matmul = helper.make_node("MatMul", [node.input[0], dequantized], list(node.output), name=node.name)
+    return Candidate([dq, matmul], inits, size)
+
+
+def _gather_int8(node: onnx.NodeProto, table: np.ndarray) -> Candidate:
+    q, scale = quantize_symmetric(table, axis=0)
+    base = node.name.strip("/").replace("/", "_")
+    q_name, s_name = f"{base}_table_int8", f"{base}_row_scale"
+    inits = [numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale.reshape(-1, 1), s_name)]
+    rows, row_scales, as_float = f"{base}_rows_int8", f"{base}_rows_scale", f"{base}_rows_float"
+    axis = helper.make_attribute("axis", 0)
+    nodes = [
+        helper.make_node("Gather", [q_name, node.input[1]], [rows], name=node.name),
+        helper.make_node("Gather", [s_name, node.input[1]], [row_scales], name=f"{node.name}_scale"),
+        helper.make_node("Cast", [rows], [as_float], name=f"{node.name}_cast", to=onnx.TensorProto.FLOAT),
+        helper.make_node("Mul", [as_float, row_scales], list(node.output), name=f"{node.name}_dequantize"),
+    ]
+    nodes[0].attribute.append(axis)
+    nodes[1].attribute.append(axis)
+    return Candidate(nodes, inits, q.nbytes + scale.nbytes)
+
+
+def _numel(tensor: onnx.TensorProto) -> int:
+    return int(np.prod(tensor.dims)) if tensor.dims else 1
