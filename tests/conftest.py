@@ -25,8 +25,15 @@ def _vocabulary() -> list[str]:
     return SPECIAL + sorted(words)
 
 
-def make_tiny_bert(folder: Path, task: str = "feature-extraction", seed: int = 0) -> Path:
-    """A 2-layer BERT (hidden 64) with random weights and a word-level tokenizer, saved with save_pretrained."""
+PLANTED_ISLAND = "encoder.layer.1.output.dense"
+
+
+def make_tiny_bert(folder: Path, task: str = "feature-extraction", seed: int = 0, outlier: float = 0.0) -> Path:
+    """A 2-layer BERT (hidden 64) with random weights and a word-level tokenizer, saved with save_pretrained.
+
+    `outlier` > 0 plants a sensitive layer: one channel of layer 1's FFN activation is scaled up by that factor
+    (and the next weight scaled down to match), so per-tensor activation quantization of PLANTED_ISLAND's
+    input crushes every other channel."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
     from transformers import BertForSequenceClassification
@@ -41,6 +48,12 @@ def make_tiny_bert(folder: Path, task: str = "feature-extraction", seed: int = 0
     )  # fmt: skip
     torch.manual_seed(seed)
     model = (BertForSequenceClassification if task == "text-classification" else BertModel)(config)
+    if outlier:
+        layer = (model.bert if task == "text-classification" else model).encoder.layer[1]
+        with torch.no_grad():
+            layer.intermediate.dense.weight[5] *= outlier
+            layer.intermediate.dense.bias[5] = outlier
+            layer.output.dense.weight[:, 5] /= outlier
     model.save_pretrained(str(folder))
     return folder
 

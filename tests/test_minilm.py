@@ -21,8 +21,8 @@ def default_build(tmp_path_factory):
 def test_default_recipe_meets_its_goals(default_build):
     result, out = default_build
     report = json.loads((out / "report.json").read_text())
-    fp32, int8 = report["artifacts"]
-    assert int8["size_bytes"] <= 0.30 * fp32["size_bytes"]
+    fp32 = report["artifacts"][0]
+    assert all(a["size_bytes"] <= 0.30 * fp32["size_bytes"] for a in report["artifacts"][1:])
     final = [v for v in report["validations"] if v["artifact"] == report["final_artifact"]]
     assert final and all(v["passed"] for v in final)
     metrics = final[0]["metrics"]
@@ -35,4 +35,19 @@ def test_default_recipe_meets_its_goals(default_build):
 def test_default_recipe_rebuild_is_cached(default_build):
     _, out = default_build
     report = api.build(ROOT / "recipes" / "minilm-int8-cpu.yaml", output=out).report
-    assert [s["cached"] for s in report["stages"]] == [True, True, False]
+    assert {s["name"]: s["cached"] for s in report["stages"]} == {
+        "export": True, "quantize": True, "mixed_precision": True, "validate": False}
+
+
+def test_default_recipe_mixed_precision_within_budget(default_build):
+    _, out = default_build
+    report = json.loads((out / "report.json").read_text())
+    mp = report["mixed_precision"]
+    assert report["final_artifact"] == "mixed"
+    assert mp["budget_status"]["fidelity"] is True and mp["budget_status"]["size"] is True
+    latency = next(e for e in mp["evaluations"] if e["configuration"] == mp["chosen_configuration"])["metrics"]
+    assert mp["budget_status"]["latency"] is (latency["latency_ratio"] <= 0.5)
+    assert mp["size_ratio"] <= 0.26 and mp["search_seconds"] < 120
+    final = next(v for v in report["validations"] if v["artifact"] == "mixed")
+    assert final["metrics"]["cosine_mean"] >= 0.995 and final["metrics"]["cosine_min"] >= 0.985
+    assert (out / "final" / "model.onnx").read_bytes() == (out / "mixed" / "model.onnx").read_bytes()

@@ -93,7 +93,8 @@ def mixed_precision_markdown(mp: dict) -> list[str]:
         "## Mixed precision",
         "",
         f"Islands: {counts}; size {mp['size_ratio']:.1%} of FP32; {mp['proxy_passes']} proxy passes, "
-        f"{mp['full_evaluations']} full evaluations, {mp['search_seconds']:.1f} s. Budget met: {mp['budget_met']}.",
+        f"{mp['full_evaluations']} full evaluations, {mp['search_seconds']:.1f} s. Budget met: {mp['budget_met']} "
+        f"({', '.join(f'{k}: {v}' for k, v in (mp.get('budget_status') or {}).items())}).",
         *[f"- {note}" for note in mp["notes"]],
         "",
     ]

@@ -73,6 +73,7 @@ def section(islands: list[Island], assignment: dict[str, str], ladder: list[str]
         "full_evaluations": result.full_evaluations if result else 0,
         "search_seconds": round(result.seconds, 2) if result else 0.0,
         "budget_met": result.budget_met if result else None,
+        "budget_status": result.budget_status if result else None,
         "notes": result.notes if result else [f"pinned by {cfg.overrides}: no search"],
         "islands": [island_entry(i, assignment, result, ladder) for i in islands],
     }

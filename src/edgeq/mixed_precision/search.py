@@ -59,6 +59,7 @@ class SearchResult:
     proxy_passes: int
     full_evaluations: int
     budget_met: bool
+    budget_status: dict[str, bool | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -87,14 +88,20 @@ def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder:
         return not failures
 
     chosen, notes = bisect(len(configurations), evaluate)
-    met = evaluations and next(e for e in evaluations if e["configuration"] == chosen)["passed"]
+    fidelity = next(e for e in evaluations if e["configuration"] == chosen)["passed"]
     latency_note = _latency_check(budget, evaluations, chosen)
     notes += [latency_note] if latency_note else []
+    status = {
+        "fidelity": fidelity,
+        "size": None if budget.max_size_ratio is None else True,  # configurations over the ceiling were dropped
+        "latency": None if budget.max_latency_ratio is None else latency_note is None,
+    }
     return SearchResult(
         assignment=configurations[chosen]["assignment"], chosen_index=chosen,
         configurations=[{k: v for k, v in c.items() if k != "assignment"} for c in configurations],
         evaluations=evaluations, scores=scores, proxy_passes=passes, full_evaluations=len(evaluations),
-        budget_met=bool(met) and not latency_note, notes=notes, seconds=time.perf_counter() - started,
+        budget_met=all(v is not False for v in status.values()), budget_status=status, notes=notes,
+        seconds=time.perf_counter() - started,
     )  # fmt: skip
 
 

@@ -1,0 +1,107 @@
+"""Mixed precision on tiny models: the planted sensitive layer is kept, the budget holds, reasons are given,
+and the overrides file reproduces the model with no search."""
+
+from __future__ import annotations
+
+import math
+
+import onnx
+import pytest
+
+from conftest import PLANTED_ISLAND, base_recipe, make_tiny_bert
+from edgeq import api
+from edgeq.artifact import node_precisions
+from edgeq.errors import ConstraintError
+from edgeq.mixed_precision.islands import build_candidates, find_islands
+from edgeq.mixed_precision.overrides import resolve
+
+
+@pytest.fixture(scope="module")
+def planted_bert(tmp_path_factory):
+    return make_tiny_bert(tmp_path_factory.mktemp("planted"), seed=3, outlier=60.0)
+
+
+def mixed_recipe(model_dir, **mixed) -> dict:
+    return base_recipe(str(model_dir),
+                       quantization={"calibration": {"data": {"path": "data/calibration.txt"}, "samples": 16}},
+                       mixed_precision={"proxy_samples": 16, **mixed},
+                       validation={"samples": 48, "thresholds": {"cosine_mean": 0.9}})  # fmt: skip
+
+
+def test_planted_sensitive_layer_is_the_one_kept_in_higher_precision(planted_bert, write_recipe, tmp_path):
+    recipe = mixed_recipe(planted_bert, budget={"min_cosine_mean": 0.99995})
+    report = api.build(write_recipe(recipe), output=tmp_path / "out").report
+    mp = report["mixed_precision"]
+    islands = {i["name"]: i for i in mp["islands"]}
+    assert islands[PLANTED_ISLAND]["precision"] in ("w8", "fp32")
+    best = max(mp["islands"], key=lambda i: max(i["gain"].values()))
+    assert best["name"] == PLANTED_ISLAND
+    assert mp["evaluations"][0]["configuration"] == 0 and not mp["evaluations"][0]["passed"]
+    promoted = [i["name"] for i in mp["islands"] if i["precision"] != "int8"]
+    assert len(promoted) <= 3, promoted
+    assert all(i["reason"] for i in mp["islands"])
+    assert islands[PLANTED_ISLAND]["reason"].startswith("kept ") and "rank 1 of" in islands[PLANTED_ISLAND]["reason"]
+    assert mp["budget_met"] is True
+    k = len(mp["configurations"])
+    assert mp["full_evaluations"] <= math.ceil(math.log2(k)) + 2
+    assert mp["proxy_passes"] >= len(islands)
+    final = report["validations"][-1]
+    assert final["artifact"] == "mixed" and final["metrics"]["cosine_mean"] >= 0.99995
+    assert "## Mixed precision" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_size_ceiling_is_respected_when_fidelity_is_out_of_reach(planted_bert, write_recipe, tmp_path):
+    recipe = mixed_recipe(planted_bert, candidates=["int8", "fp32"],
+                          budget={"min_cosine_mean": 0.99999999, "max_size_ratio": 0.4})  # fmt: skip
+    out = tmp_path / "out"
+    report = api.build(write_recipe(recipe), output=out).report
+    mp = report["mixed_precision"]
+    fp32 = report["artifacts"][0]["size_bytes"]
+    mixed = next(a for a in report["artifacts"] if a["name"] == "mixed")
+    assert mixed["size_bytes"] <= 0.4 * fp32 * 1.01  # the exact weight bytes are ≤ 40%; 1% for graph overhead
+    assert mp["size_ratio"] <= 0.4
+    assert mp["budget_met"] is False and "no configuration meets the fidelity budget" in mp["notes"][0]
+    assert set(mp["precision_counts"]) == {"int8", "fp32"}
+
+
+def test_pinned_overrides_reproduce_the_model_with_no_search(planted_bert, write_recipe, tmp_path):
+    first = tmp_path / "first"
+    api.build(write_recipe(mixed_recipe(planted_bert, budget={"min_cosine_mean": 0.99995})), output=first)
+    overrides = first / "mixed" / "overrides.yaml"
+    assert overrides.read_text().startswith("# edgeq mixed-precision overrides")
+    pinned_recipe = mixed_recipe(planted_bert, overrides=str(overrides))
+    second = tmp_path / "second"
+    report = api.build(write_recipe(pinned_recipe, "pinned.yaml"), output=second).report
+    mp = report["mixed_precision"]
+    assert mp["proxy_passes"] == 0 and mp["full_evaluations"] == 0 and mp["pinned_overrides"] == str(overrides)
+    a = onnx.load(str(first / "mixed" / "model.onnx"))
+    b = onnx.load(str(second / "mixed" / "model.onnx"))
+    assert node_precisions(a) == node_precisions(b)
+    assert (first / "mixed" / "model.onnx").read_bytes() == (second / "mixed" / "model.onnx").read_bytes()
+
+
+def test_overrides_resolution_order_and_errors(tiny_onnx, tmp_path):
+    model = onnx.load(str(tiny_onnx))
+    islands = find_islands(model)
+    build_candidates(model, islands)
+    ladder = ["int8", "w8", "fp32"]
+    query = next(i for i in islands if i.name.endswith("layer.0.attention.self.query"))
+    overrides = {"_default": "int8", "re:.*intermediate.*": "w8", query.node_name: "fp32",
+                 "encoder.layer.1.intermediate.dense": "fp32"}  # fmt: skip
+    chosen = resolve(overrides, islands, ladder, tmp_path / "o.yaml")
+    assert chosen[query.name] == "fp32"
+    assert chosen["encoder.layer.0.intermediate.dense"] == "w8"
+    assert chosen["encoder.layer.1.intermediate.dense"] == "fp32"  # an exact name beats a pattern
+    assert chosen["encoder.layer.0.output.dense"] == "int8"
+    with pytest.raises(ConstraintError, match=r"no island named 'encoder.layer.0.atention.self.query'. Did you mean"):
+        resolve({"encoder.layer.0.atention.self.query": "w8"}, islands, ladder, tmp_path / "o.yaml")
+
+
+def test_mixed_precision_needs_dynamic_mode(run_cli, write_recipe, tiny_bert):
+    recipe = mixed_recipe(tiny_bert)
+    recipe["quantization"]["mode"] = "static"
+    path = write_recipe(recipe)
+    result = run_cli("build", path)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (f"Error: recipe '{path}': mixed_precision works with quantization.mode: "
+                                     "dynamic in this edgeq version")  # fmt: skip
