@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from edgeq.devices import load_device  # noqa: E402
 from edgeq.text import TextEncoder, feed_for, task_vectors  # noqa: E402
-from edgeq.validate.metrics import cosines  # noqa: E402
+from edgeq.validate.metrics import cosines, nearest_neighbours  # noqa: E402
 from edgeq.validate.sessions import make_session  # noqa: E402
 
 
@@ -78,13 +78,6 @@ def ort_stock_static(fp32: Path, out: Path, encoder: TextEncoder, texts: list[st
     quantize_static(str(prepared), str(target), Reader())
     prepared.unlink()
     return target
-
-
-def nearest_neighbours(vectors: np.ndarray) -> np.ndarray:
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    similarity = unit @ unit.T
-    np.fill_diagonal(similarity, -np.inf)
-    return similarity.argmax(axis=1)
 
 
 def measure(models: dict[str, Path], texts: list[str], encoder: TextEncoder, device, rounds: int) -> dict:

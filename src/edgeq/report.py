@@ -100,8 +100,9 @@ def mixed_precision_markdown(mp: dict) -> list[str]:
     ]
     for e in mp.get("evaluations", []):
         m = e["metrics"]
+        nn = f", NN agreement {m['nn_agreement']:.3f}" if "nn_agreement" in m else ""
         lines.append(f"- configuration {e['configuration']}: cosine mean {m['cosine_mean']:.4f}, min "
-                     f"{m['cosine_min']:.4f}, latency ratio {m.get('latency_ratio', float('nan')):.2f} → "
+                     f"{m['cosine_min']:.4f}{nn}, latency ratio {m.get('latency_ratio', float('nan')):.2f} → "
                      f"{'meets' if e['passed'] else 'misses'} the budget")  # fmt: skip
     rows = [[i["name"], f"{i['parameters']:,}", _fmt(i.get("output_sqnr_db"), ".1f"),
              " ".join(f"{k} {v:+.5f}" for k, v in i.get("gain", {}).items()), f"**{i['precision']}**", i["reason"]]

@@ -11,13 +11,14 @@ import onnx
 from edgeq.devices import DeviceProfile
 from edgeq.mixed_precision.assemble import assemble
 from edgeq.mixed_precision.evaluate import FullEvaluator, TextRunner
-from edgeq.mixed_precision.islands import LADDER, Island, build_candidates, find_islands
+from edgeq.mixed_precision.islands import LADDER, Island, build_candidates, find_islands, matmul_inputs
 from edgeq.mixed_precision.overrides import load_overrides, resolve, write_overrides
 from edgeq.mixed_precision.search import Budget, SearchResult, model_size, search
 from edgeq.text import TextEncoder
 
 OVERRIDES_FILE = "overrides.yaml"
 MEANING = {"int8": "dynamic INT8 (INT8 weights, activations quantized at run time)",
+           "int8s": "dynamic INT8 with SmoothQuant (activation outliers moved into the weights)",
            "w8": "INT8 weights with FP32 compute (no activation quantization)", "fp32": "FP32"}  # fmt: skip
 
 
@@ -41,14 +42,15 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
     fp32 = onnx.load(str(job.fp32_path))
     fp32_size = job.fp32_path.stat().st_size
     islands = find_islands(fp32, job.op_types)
-    build_candidates(fp32, islands, job.per_channel)
     ladder = [rung for rung in LADDER if rung in cfg.candidates]
+    proxy = TextRunner(job.encoder, job.proxy_texts, job.task, job.device)
+    absmax = activation_absmax(proxy, fp32, islands) if "int8s" in ladder else None
+    build_candidates(fp32, islands, job.per_channel, absmax, cfg.smooth_alpha)
     if cfg.overrides is not None:
         assignment = resolve(load_overrides(Path(cfg.overrides)), islands, ladder, Path(cfg.overrides))
         result = None
     else:
         budget = Budget(**cfg.budget.model_dump())
-        proxy = TextRunner(job.encoder, job.proxy_texts, job.task, job.device)
         full = FullEvaluator(job.encoder, job.validation_texts, job.task, job.device, fp32)
         result = search(fp32, fp32_size, islands, ladder, budget, proxy, full)
         assignment = result.assignment
@@ -59,11 +61,21 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
     return section(islands, assignment, ladder, result, cfg, fp32_size)
 
 
+def activation_absmax(proxy: TextRunner, fp32: onnx.ModelProto, islands: list[Island]) -> dict:
+    """Per-channel max |x| of every MatMul island's input over the proxy texts (SmoothQuant's statistics)."""
+    import numpy as np
+
+    tensors = proxy.tensors(fp32, matmul_inputs(fp32, islands))
+    return {name: np.max([np.abs(a).reshape(-1, a.shape[-1]).max(axis=0) for a in values], axis=0)
+            for name, values in tensors.items()}  # fmt: skip
+
+
 def section(islands: list[Island], assignment: dict[str, str], ladder: list[str], result: SearchResult | None,
             cfg, fp32_size: int) -> dict:  # fmt: skip
     counts = {rung: list(assignment.values()).count(rung) for rung in ladder}
     out = {
         "candidates": ladder,
+        "smooth_alpha": cfg.smooth_alpha if "int8s" in ladder else None,
         "budget": cfg.budget.model_dump(),
         "pinned_overrides": str(cfg.overrides) if cfg.overrides else None,
         "overrides_file": OVERRIDES_FILE,

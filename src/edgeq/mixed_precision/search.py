@@ -29,6 +29,7 @@ from edgeq.validate.metrics import cosines
 class Budget:
     min_cosine_mean: float | None = None
     min_cosine_min: float | None = None
+    min_nn_agreement: float | None = None
     max_size_ratio: float | None = None
     max_latency_ratio: float | None = None
 
@@ -38,6 +39,8 @@ class Budget:
             failures.append(f"cosine_mean {metrics['cosine_mean']:.4f} < {self.min_cosine_mean}")
         if self.min_cosine_min is not None and metrics["cosine_min"] < self.min_cosine_min:
             failures.append(f"cosine_min {metrics['cosine_min']:.4f} < {self.min_cosine_min}")
+        if self.min_nn_agreement is not None and metrics.get("nn_agreement", 0.0) < self.min_nn_agreement:
+            failures.append(f"nn_agreement {metrics.get('nn_agreement')} < {self.min_nn_agreement}")
         return failures
 
 
@@ -141,7 +144,9 @@ def island_output_sqnr(fp32, quantized, islands, proxy) -> dict[str, float]:
 
 
 def ordered_steps(islands, ladder, lowest, scores) -> list[Step]:
-    """Single promotions, best gain per extra byte first; a rung's gain counts over the rung before it."""
+    """Single promotions ordered by cost, then by benefit: the cheaper rung's steps first (int8s costs one
+    elementwise op, w8 FP32 compute, fp32 bytes), each tier by gain (per extra byte where it adds bytes).
+    A rung's gain counts over the best rung below it; steps that gain nothing are left out."""
     steps = []
     for island in islands:
         rungs = _rungs(island, ladder)
@@ -151,9 +156,9 @@ def ordered_steps(islands, ladder, lowest, scores) -> list[Step]:
             size = island.candidates[rung].size_bytes
             steps.append(Step(island.name, rung, gain - previous_gain, size - previous_size))
             previous_gain, previous_size = max(gain, previous_gain), size
-    free = sorted((s for s in steps if s.size_cost <= 0 and s.gain > 0), key=lambda s: -s.gain)
-    paid = sorted((s for s in steps if s.size_cost > 0 and s.gain > 0), key=lambda s: -s.gain / s.size_cost)
-    return free + paid
+    tier = {rung: i for i, rung in enumerate(LADDER)}
+    useful = [s for s in steps if s.gain > 0]
+    return sorted(useful, key=lambda s: (tier[s.to], -s.gain / s.size_cost if s.size_cost > 0 else -s.gain))
 
 
 def cumulative(lowest, steps, fp32_size, islands, budget: Budget) -> list[dict]:

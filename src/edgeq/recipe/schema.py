@@ -177,6 +177,11 @@ class Thresholds(Strict):
     top1_agreement: float | None = Field(
         default=None, ge=0, le=1, description="Classification: minimum share of inputs whose top-1 class matches FP32."
     )
+    nn_agreement: float | None = Field(
+        default=None, ge=0, le=1,
+        description="Feature extraction: minimum share of texts whose nearest other text (by embedding cosine) "
+        "is the same as with FP32.",
+    )
 
 
 class ValidationConfig(Strict):
@@ -197,6 +202,10 @@ class MixedPrecisionBudget(Strict):
     min_cosine_min: float | None = Field(
         default=None, ge=-1, le=1, description="Fidelity floor: worst-case cosine vs FP32 on the validation texts."
     )
+    min_nn_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="Fidelity floor (feature extraction): nearest-neighbour agreement with "
+        "FP32 on the validation texts.",
+    )
     max_size_ratio: float | None = Field(
         default=None, gt=0, le=1, description="Size ceiling as a share of the FP32 model; enforced exactly."
     )
@@ -208,10 +217,14 @@ class MixedPrecisionBudget(Strict):
 
 class MixedPrecisionConfig(Strict):
     enabled: bool = Field(default=True, description="Run the layer-wise mixed-precision search.")
-    candidates: list[Literal["int8", "w8", "fp32"]] = Field(
-        default=["int8", "w8", "fp32"], min_length=1,
-        description="Precisions an island may take, cheapest first: `int8` (dynamic INT8), `w8` (INT8 weights, "
-        "FP32 compute: same size, no activation quantization), `fp32`. The first one listed is the baseline.",
+    candidates: list[Literal["int8", "int8s", "w8", "fp32"]] = Field(
+        default=["int8", "int8s", "w8", "fp32"], min_length=1,
+        description="Precisions an island may take, cheapest first: `int8` (dynamic INT8), `int8s` (dynamic INT8 "
+        "with SmoothQuant: one extra elementwise op), `w8` (INT8 weights, FP32 compute: same size, no activation "
+        "quantization), `fp32`. The cheapest one listed is the baseline.",
+    )
+    smooth_alpha: float = Field(
+        default=0.8, ge=0, le=1, description="SmoothQuant migration strength for `int8s` (0: none, 1: all into weights)."
     )
     proxy_samples: PositiveInt = Field(
         default=32, description="Calibration texts used for the per-island sensitivity passes."
@@ -273,7 +286,7 @@ class Recipe(Strict):
             raise ValueError("mixed_precision works with quantization.mode: dynamic in this edgeq version")
         if not q.symmetric_weights:
             raise ValueError("mixed_precision needs quantization.symmetric_weights: true")
-        if q.calibration is None and mp.overrides is None:
+        if q.calibration is None:
             raise ValueError("mixed_precision needs quantization.calibration: its texts drive the sensitivity passes")
         return self
 

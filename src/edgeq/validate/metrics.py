@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 # Metrics where higher is better; a threshold on them is a minimum. The others are maximums.
-HIGHER_IS_BETTER = {"cosine_mean", "cosine_min", "sqnr_db", "top1_agreement"}
+HIGHER_IS_BETTER = {"cosine_mean", "cosine_min", "sqnr_db", "top1_agreement", "nn_agreement"}
 
 
 def cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
@@ -15,8 +15,22 @@ def cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     return (ref * cand).sum(axis=1) / np.maximum(denom, 1e-12)
 
 
+def nearest_neighbours(vectors: np.ndarray) -> np.ndarray:
+    """Index of each vector's most similar other vector (cosine)."""
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    return similarity.argmax(axis=1)
+
+
+def nn_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Share of inputs whose nearest other input (by cosine of embeddings) is the same as under the reference."""
+    return float((nearest_neighbours(reference) == nearest_neighbours(candidate)).mean())
+
+
 def compare(reference: np.ndarray, candidate: np.ndarray, classification: bool = False) -> dict[str, float]:
-    """cosine mean/min, max/mean abs error and SQNR (dB); top-1 agreement for classification logits."""
+    """cosine mean/min, max/mean abs error and SQNR (dB); top-1 agreement for classification logits,
+    nearest-neighbour agreement for embeddings (when there are at least 3)."""
     cos = cosines(reference, candidate)
     error = candidate.astype(np.float64) - reference.astype(np.float64)
     noise = float((error**2).sum())
@@ -31,6 +45,8 @@ def compare(reference: np.ndarray, candidate: np.ndarray, classification: bool =
     if classification:
         agree = reference.argmax(axis=-1) == candidate.argmax(axis=-1)
         metrics["top1_agreement"] = round(float(agree.mean()), 6)
+    elif len(reference) >= 3 and np.isfinite(candidate).all():
+        metrics["nn_agreement"] = round(nn_agreement(reference, candidate), 6)
     return metrics
 
 
