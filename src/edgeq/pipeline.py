@@ -151,7 +151,8 @@ def optimize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
     opt = plan.recipe.optimize
 
     def produce(folder: Path) -> dict:
-        fused = fuse_transformer(source.folder / MODEL_FILE, folder / MODEL_FILE, opt.model_type, opt.opt_level)
+        fused = fuse_transformer(source.folder / MODEL_FILE, folder / MODEL_FILE, opt.model_type, opt.opt_level,
+                                 opt.fuse_attention, opt.fuse_embed_layer_norm)  # fmt: skip
         copy_companions(source.folder, folder)
         return {"fused_operators": fused}
 

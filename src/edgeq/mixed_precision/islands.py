@@ -1,6 +1,7 @@
 """Islands: the units that switch precision together, and the node groups that implement each candidate.
 
-An island is one weight-bearing node: a MatMul whose B is a constant matrix, or a Gather from a constant
+An island is one weight-bearing node: a MatMul whose B is a constant matrix, a fused Attention (com.microsoft,
+from onnxruntime's transformer fusions: Q, K and V projections in one weight), or a Gather from a constant
 table (an embedding). Its candidates, from cheapest to most faithful:
   int8  dynamic INT8: DynamicQuantizeMatMul with per-channel symmetric INT8 weights (activations quantized at
         run time); for a Gather, INT8 rows with one scale per row.
@@ -8,7 +9,8 @@ table (an embedding). Its candidates, from cheapest to most faithful:
         multiplied into the weight rows, s = max|x|^a / max|w|^(1-a), so the run-time activation quantization
         loses less. Same size, one extra elementwise op.
   w8    INT8 weights, FP32 compute: DequantizeLinear(per-channel) -> MatMul. Same size as int8, no
-        activation quantization error.
+        activation quantization error. MatMul only: onnxruntime folds the weight DequantizeLinear into a
+        MatMul at load, but not into a fused Attention, where it would dequantize on every run.
   fp32  the original node.
 A Gather reads rows of its table and computes nothing, so its int8 and w8 candidates are the same.
 Each candidate is a self-contained replacement (nodes + initializers), so any assignment assembles quickly.
@@ -37,7 +39,7 @@ class Candidate:
 class Island:
     name: str  # readable, e.g. encoder.layer.0.attention.self.query
     node_name: str  # the ONNX node it replaces
-    kind: str  # matmul | gather
+    kind: str  # matmul | attention | gather
     weight: str  # initializer name
     parameters: int
     candidates: dict[str, Candidate] = field(default_factory=dict)
@@ -50,7 +52,7 @@ def readable_name(node_name: str) -> str:
 
 def find_islands(model: onnx.ModelProto, op_types: list[str] | None = None) -> list[Island]:
     """Weight-bearing MatMul / Gather nodes of the FP32 model, in graph order."""
-    wanted = set(op_types or ("MatMul", "Gather"))
+    wanted = set(op_types or ("MatMul", "Attention", "Gather"))
     inits = {t.name: t for t in model.graph.initializer}
     islands = []
     for node in model.graph.node:
@@ -58,6 +60,9 @@ def find_islands(model: onnx.ModelProto, op_types: list[str] | None = None) -> l
             weight = inits[node.input[1]]
             if len(weight.dims) == 2 and weight.data_type == onnx.TensorProto.FLOAT:
                 islands.append(Island(readable_name(node.name), node.name, "matmul", weight.name, _numel(weight)))
+        elif node.op_type == "Attention" and "Attention" in wanted and _plain_attention(node, inits):
+            weight = inits[node.input[1]]
+            islands.append(Island(readable_name(node.name), node.name, "attention", weight.name, _numel(weight)))
         elif node.op_type == "Gather" and "Gather" in wanted and node.input[0] in inits:
             table = inits[node.input[0]]
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
@@ -76,12 +81,14 @@ def build_candidates(model: onnx.ModelProto, islands: list[Island], per_channel:
     for island in islands:
         node, weight = nodes[island.node_name], numpy_helper.to_array(inits[island.weight])
         fp32 = Candidate([node], [inits[island.weight]], weight.nbytes)
-        if island.kind == "matmul":
+        if island.kind in ("matmul", "attention"):
             island.candidates = {"int8": _matmul_int8(node, weight, per_channel)}
             if activation_absmax is not None and node.input[0] in activation_absmax:
                 absmax = activation_absmax[node.input[0]]
                 island.candidates["int8s"] = _matmul_smoothed(node, weight, absmax, alpha, per_channel)
-            island.candidates.update(w8=_matmul_w8(node, weight, per_channel), fp32=fp32)
+            if island.kind == "matmul":  # onnxruntime folds a weight DequantizeLinear into MatMul, not into Attention
+                island.candidates["w8"] = _matmul_w8(node, weight, per_channel)
+            island.candidates["fp32"] = fp32
         else:
             int8 = _gather_int8(node, weight)  # INT8 rows, FP32 out: already weight-only, so w8 is the same
             island.candidates = {"int8": int8, "int8s": int8, "w8": int8, "fp32": fp32}
@@ -111,11 +118,34 @@ def _int8_weight(node: onnx.NodeProto, weight: np.ndarray, per_channel: bool, ta
     return names, inits, q.nbytes + scale.nbytes * 2
 
 
+def _int8_compute(node: onnx.NodeProto, activation: str, weight_names: list[str]) -> list[onnx.NodeProto]:
+    """The node(s) computing `node` in INT8 from a float activation and an INT8 weight with per-column scales:
+    DynamicQuantizeMatMul for a MatMul; DynamicQuantizeLinear + QAttention for a fused Attention."""
+    if node.op_type == "MatMul":
+        return [helper.make_node("DynamicQuantizeMatMul", [activation, *weight_names], list(node.output),
+                                 name=node.name, domain=MS_DOMAIN)]  # fmt: skip
+    base = node.name.strip("/").replace("/", "_")
+    q, scale, zero = f"{base}_input_q", f"{base}_input_scale", f"{base}_input_zp"
+    mask = node.input[3] if len(node.input) > 3 else ""
+    w_q, w_scale, w_zero = weight_names
+    attention = helper.make_node("QAttention", [q, w_q, node.input[2], scale, w_scale, mask, zero, w_zero],
+                                 node.output[:1], name=node.name, domain=MS_DOMAIN)  # fmt: skip
+    attention.attribute.extend(a for a in node.attribute if a.name in ("num_heads", "unidirectional"))
+    quantize = helper.make_node("DynamicQuantizeLinear", [activation], [q, scale, zero], name=f"{node.name}_quantize_input")
+    return [quantize, attention]
+
+
+def _plain_attention(node: onnx.NodeProto, inits: dict) -> bool:
+    """A fused Attention whose QKV weight is a constant 2-D float matrix, with no past state or extra inputs."""
+    weight = inits.get(node.input[1]) if len(node.input) > 1 else None
+    return (node.domain == MS_DOMAIN and weight is not None and len(weight.dims) == 2
+            and weight.data_type == onnx.TensorProto.FLOAT and node.input[2] in inits
+            and all(not name for name in node.input[4:]) and len([o for o in node.output if o]) == 1)  # fmt: skip
+
+
 def _matmul_int8(node: onnx.NodeProto, weight: np.ndarray, per_channel: bool) -> Candidate:
     names, inits, size = _int8_weight(node, weight, per_channel)
-    new = helper.make_node("DynamicQuantizeMatMul", [node.input[0], *names], list(node.output),
-                           name=node.name, domain=MS_DOMAIN)  # fmt: skip
-    return Candidate([new], inits, size)
+    return Candidate(_int8_compute(node, node.input[0], names), inits, size)
 
 
 def _matmul_smoothed(node: onnx.NodeProto, weight: np.ndarray, absmax: np.ndarray, alpha: float,
@@ -126,25 +156,24 @@ def _matmul_smoothed(node: onnx.NodeProto, weight: np.ndarray, absmax: np.ndarra
     base = node.name.strip("/").replace("/", "_")
     inverse, smoothed = f"{base}_inverse_smooth", f"{base}_smoothed_input"
     inits.append(numpy_helper.from_array((1.0 / smooth).astype(np.float32), inverse))
-    nodes = [
-        helper.make_node("Mul", [node.input[0], inverse], [smoothed], name=f"{node.name}_smooth"),
-        helper.make_node("DynamicQuantizeMatMul", [smoothed, *names], list(node.output), name=node.name, domain=MS_DOMAIN),
-    ]  # fmt: skip
-    return Candidate(nodes, inits, size + smooth.nbytes)
+    mul = helper.make_node("Mul", [node.input[0], inverse], [smoothed], name=f"{node.name}_smooth")
+    return Candidate([mul, *_int8_compute(node, smoothed, names)], inits, size + smooth.nbytes)
 
 
 def matmul_inputs(model: onnx.ModelProto, islands: list[Island]) -> list[str]:
-    """The activation tensors the MatMul islands read (what SmoothQuant needs statistics of)."""
+    """The activation tensors the MatMul and Attention islands read (what SmoothQuant needs statistics of)."""
     nodes = {n.name: n for n in model.graph.node}
-    return sorted({nodes[i.node_name].input[0] for i in islands if i.kind == "matmul"})
+    return sorted({nodes[i.node_name].input[0] for i in islands if i.kind != "gather"})
 
 
 def _matmul_w8(node: onnx.NodeProto, weight: np.ndarray, per_channel: bool) -> Candidate:
     names, inits, size = _int8_weight(node, weight, per_channel)
     dequantized = f"{node.name.strip('/').replace('/', '_')}_W_dequantized"
     dq = helper.make_node("DequantizeLinear", names, [dequantized], name=f"{node.name}_dequantize_weight", axis=1)
-    matmul = helper.make_node("MatMul", [node.input[0], dequantized], list(node.output), name=node.name)
-    return Candidate([dq, matmul], inits, size)
+    compute = onnx.NodeProto()
+    compute.CopyFrom(node)  # the same MatMul or Attention, reading the dequantized weight
+    compute.input[1] = dequantized
+    return Candidate([dq, compute], inits, size)
 
 
 def _gather_int8(node: onnx.NodeProto, table: np.ndarray) -> Candidate:

@@ -6,11 +6,17 @@ import logging
 from pathlib import Path
 
 
-def fuse_transformer(fp32_path: Path, out_path: Path, model_type: str, opt_level: int) -> dict[str, int]:
+def fuse_transformer(fp32_path: Path, out_path: Path, model_type: str, opt_level: int, attention: bool = True,
+                     embed_layer_norm: bool = False) -> dict[str, int]:  # fmt: skip
     """Write the fused model; return how many of each fused operator were made."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-    model = optimize_model(str(fp32_path), model_type=model_type, num_heads=0, hidden_size=0, opt_level=opt_level)
+    options = FusionOptions(model_type)
+    options.enable_attention = attention
+    options.enable_embed_layer_norm = embed_layer_norm
+    model = optimize_model(str(fp32_path), model_type=model_type, num_heads=0, hidden_size=0, opt_level=opt_level,
+                           optimization_options=options)  # fmt: skip
     model.save_model_to_file(str(out_path))
     return {op: count for op, count in model.get_fused_operator_statistics().items() if count}

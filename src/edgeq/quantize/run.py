@@ -39,8 +39,9 @@ def quantize_model(
             nodes_to_exclude=list(q.nodes_to_exclude),
         )
         if q.mode == "dynamic":
-            quantize_dynamic(str(prepared), str(out_path), extra_options={"WeightSymmetric": q.symmetric_weights},
-                             **common)  # fmt: skip
+            # DefaultTensorType: fused contrib ops (Attention, SkipLayerNormalization) defeat shape inference
+            extra = {"WeightSymmetric": q.symmetric_weights, "DefaultTensorType": onnx.TensorProto.FLOAT}
+            quantize_dynamic(str(prepared), str(out_path), extra_options=extra, **common)
         else:
             _quantize_static(prepared, out_path, q, common, calibration_texts or [], encoder)
     return out_path

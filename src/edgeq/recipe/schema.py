@@ -75,6 +75,14 @@ class OptimizeConfig(Strict):
         default="bert", description="Model family, which selects the fusion patterns."
     )
     opt_level: int = Field(default=1, ge=0, le=2, description="onnxruntime graph optimization level for fusions.")
+    fuse_attention: bool = Field(
+        default=True, description="Fuse each self-attention block into one Attention op (Q, K, V in one weight)."
+    )
+    fuse_embed_layer_norm: bool = Field(
+        default=False,
+        description="Fuse the embeddings and their LayerNorm into EmbedLayerNormalization. Off by default: the fused "
+        "op hides the embedding tables, which edgeq quantizes to INT8 row by row.",
+    )
 
 
 class DataSource(Strict):
