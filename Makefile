@@ -24,5 +24,9 @@ demo: install
 test: install
 	$(PY) -m pytest
 
+bench: install
+	$(EDGEQ) build $(DEMO_RECIPE) > /dev/null
+	$(PY) bench/compare_minilm.py
+
 clean:
 	rm -rf build .pytest_cache

@@ -105,3 +105,18 @@ def test_mixed_precision_needs_dynamic_mode(run_cli, write_recipe, tiny_bert):
     assert result.exit_code == 1
     assert result.stderr.strip() == (f"Error: recipe '{path}': mixed_precision works with quantization.mode: "
                                      "dynamic in this edgeq version")  # fmt: skip
+
+
+def test_fused_attention_islands_quantize_through_qattention(planted_bert, write_recipe, tmp_path):
+    recipe = mixed_recipe(planted_bert, budget={"min_cosine_mean": 0.99995})
+    recipe["optimize"] = {"enabled": True}
+    recipe["quantization"]["op_types"] = ["MatMul", "Attention", "Gather"]
+    out = tmp_path / "out"
+    report = api.build(write_recipe(recipe), output=out).report
+    kinds = {i["kind"] for i in report["mixed_precision"]["islands"]}
+    assert kinds == {"attention", "matmul", "gather"}
+    attention = [i for i in report["mixed_precision"]["islands"] if i["kind"] == "attention"]
+    assert len(attention) == 2 and all(set(i["gain"]) == {"int8s", "fp32"} for i in attention)  # no w8 for Attention
+    ops = {n.op_type for n in onnx.load(str(out / "mixed" / "model.onnx")).graph.node}
+    assert "QAttention" in ops or all(i["precision"] == "fp32" for i in attention)
+    assert report["validations"][-1]["metrics"]["cosine_mean"] >= 0.99995
