@@ -79,6 +79,12 @@ def node_precisions(model: onnx.ModelProto) -> dict[str, str]:
     return result
 
 
+def is_quantized(path: str | Path) -> bool:
+    """Whether any node of the model computes in an integer precision."""
+    model = onnx.load(str(path), load_external_data=False)
+    return any(p != "fp32" for p in node_precisions(model).values())
+
+
 def precision_summary(model: onnx.ModelProto) -> dict[str, int]:
     counts = Counter(node_precisions(model).values())
     counts["qdq"] = sum(1 for node in model.graph.node if node.op_type in QDQ_OPS)

@@ -19,6 +19,10 @@ from edgeq.resources import bundled_dir
 class ExecutionProvider(Strict):
     name: str = Field(description="onnxruntime execution provider, e.g. CPUExecutionProvider.")
     options: dict[str, str | int | float | bool] = Field(default={}, description="Provider options.")
+    plugin: str | None = Field(
+        default=None, description="Python module of a plugin EP library (with get_library_path()), e.g. onnxruntime_qnn."
+    )
+    package: str | None = Field(default=None, description="The pip package that provides this EP (for error hints).")
 
 
 class QuantizationConstraints(Strict):
@@ -42,6 +46,11 @@ class QuantizationConstraints(Strict):
     supported_ops: list[str] | None = Field(
         default=None, description="Op types the device runs quantized. Unset: anything onnxruntime quantizes."
     )
+    scheme: Literal["onnxruntime", "qnn"] = Field(
+        default="onnxruntime",
+        description="How static QDQ models are made: onnxruntime's quantizer, or its QNN rules (QNN preprocessing, "
+        "fixed 16-bit Sigmoid/Tanh output parameters, type converts between 8- and 16-bit regions).",
+    )
 
 
 class DeviceProfile(Strict):
@@ -56,6 +65,17 @@ class DeviceProfile(Strict):
     session_config: dict[str, str] = Field(default={}, description="onnxruntime session config entries.")
     threads: int | None = Field(default=None, ge=1, description="Intra-op threads. Unset: onnxruntime decides.")
     memory_budget_mb: int | None = Field(default=None, ge=1, description="Memory the model may use on the device.")
+    runs_float: bool = Field(default=True, description="The EP can run an FP32 model (an NPU such as the HTP cannot).")
+    stand_in: Literal["cpu"] | None = Field(
+        default=None, description="When the EP is not installed here: check numerics on the CPU EP (mode emulated)."
+    )
+    emulation_note: str = Field(default="", description="What a validation here covers and what it does not.")
+    coverage: Literal["nnapi", "coreml-mlprogram", "coreml-neuralnetwork"] | None = Field(
+        default=None, description="Estimate the EP's partitions with onnxruntime's mobile helpers."
+    )
+    ort_format: bool = Field(default=False, description="Also write the final model in ORT format (.ort) for mobile.")
+    max_opset: int | None = Field(default=None, description="Highest ai.onnx opset the device's runtime supports.")
+    control_flow: bool = Field(default=True, description="The EP runs Loop/If/Scan.")
     quantization: QuantizationConstraints = Field(
         default=QuantizationConstraints(), description="What the device allows."
     )

@@ -15,15 +15,16 @@ from edgeq.artifact import load_onnx
 from edgeq.devices import DeviceProfile
 from edgeq.profile.inputs import synthetic_feed, vocab_size_near
 from edgeq.progress import track
-from edgeq.validate.sessions import environment, make_session, mode_for, nodes_per_provider
+from edgeq.validate.sessions import Runtime, environment, make_session, placement_from_trace, runtime_for
 
 
 def profile_local(model_path: Path, device: DeviceProfile, runs: int = 50, warmup: int = 5,
                   batch_size: int = 1, sequence_length: int = 128) -> dict:  # fmt: skip
     """Load time, first run, latency distribution over `runs`, peak RSS, per-op time and placement."""
     load_onnx(model_path, load_weights=False)  # a clear error for a missing or non-ONNX file
+    runtime = runtime_for(device)
     start = time.perf_counter()
-    session = make_session(model_path, device)
+    session = make_session(model_path, device, runtime=runtime)
     load_ms = (time.perf_counter() - start) * 1000
     feed = synthetic_feed(session.get_inputs(), batch_size, sequence_length, vocab_size_near(model_path))
     start = time.perf_counter()
@@ -36,14 +37,14 @@ def profile_local(model_path: Path, device: DeviceProfile, runs: int = 50, warmu
         start = time.perf_counter()
         session.run(None, feed)
         timings.append((time.perf_counter() - start) * 1000)
-    ops, placement = op_breakdown(model_path, device, feed)
+    ops, where = op_breakdown(model_path, runtime, feed)
     values = np.array(timings)
     return {
         "model": str(model_path),
         "device": device.id,
         "transport": "local",
-        "mode": mode_for(device),
-        "provider": device.execution_provider.name,
+        "mode": runtime.mode,
+        "provider": runtime.provider,
         "runs": runs,
         "warmup": warmup,
         "batch_size": batch_size,
@@ -54,8 +55,9 @@ def profile_local(model_path: Path, device: DeviceProfile, runs: int = 50, warmu
         "first_run_ms": round(first_run_ms, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "ops": ops,
-        "placement": placement,
-        "fallback_nodes": sum(n for ep, n in placement.items() if ep != device.execution_provider.name),
+        "placement": where["nodes"],
+        "partitions": where["partitions"],
+        "fallback_nodes": sum(n for ep, n in where["nodes"].items() if ep != runtime.provider),
         "environment": {**environment(), "threads": device.threads},
     }
 
@@ -70,10 +72,10 @@ STATS = {
 }
 
 
-def op_breakdown(model_path: Path, device: DeviceProfile, feed: dict, runs: int = 3):
-    """Per-op-type time (ms per inference, share of the total) and nodes per provider, from the profiler."""
+def op_breakdown(model_path: Path, runtime: Runtime, feed: dict, runs: int = 3):
+    """Per-op-type time (ms per inference, share of the total) and placement, from the profiler."""
     with tempfile.TemporaryDirectory(prefix="edgeq-profile-") as tmp:
-        session = make_session(model_path, device, profile_dir=Path(tmp))
+        session = make_session(model_path, runtime.device, profile_dir=Path(tmp), runtime=runtime)
         for _ in range(runs):
             session.run(None, feed)
         trace = json.loads(Path(session.end_profiling()).read_text())
@@ -85,4 +87,4 @@ def op_breakdown(model_path: Path, device: DeviceProfile, feed: dict, runs: int 
     total = sum(per_op.values()) or 1.0
     ops = [{"op_type": op, "ms": round(ms, 4), "share": round(ms / total, 4)}
            for op, ms in sorted(per_op.items(), key=lambda item: -item[1])]  # fmt: skip
-    return ops, nodes_per_provider(trace)
+    return ops, placement_from_trace(trace, model_path, runtime)

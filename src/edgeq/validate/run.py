@@ -1,6 +1,9 @@
 """Run the reference and its candidates side by side on one device and report fidelity, latency, placement.
 
-Models run interleaved, batch by batch, so that a latency ratio is measured under the same machine load."""
+The FP32 reference always runs on this machine's CPU EP: it is the ground truth. Candidates run on the device's
+runtime (its EP, or a declared CPU stand-in). A device that cannot run float models (an NPU) validates only the
+quantized candidates. On a CPU device all models run interleaved, batch by batch, so that a latency ratio to
+FP32 is measured under the same machine load; elsewhere a ratio to the host's FP32 would mean nothing."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from edgeq.devices import DeviceProfile
 from edgeq.progress import track
 from edgeq.text import TextEncoder, batches, feed_for, task_vectors
 from edgeq.validate.metrics import compare, judge
-from edgeq.validate.sessions import environment, make_session, mode_for, placement
+from edgeq.validate.sessions import CPU_EP, environment, host_cpu, make_session, placement, runtime_for
 
 
 def validate_models(
@@ -27,46 +30,51 @@ def validate_models(
     warmup: int = 3,
     thresholds: dict[str, dict[str, float]] | None = None,
 ) -> list[dict]:
-    """One report.json validation entry per model in `models` (the reference included, as the baseline).
+    """One report.json validation entry per model validated on `device` (the reference included, as the
+    baseline, when the device runs float models). `thresholds` maps a model name to its limits."""
+    from edgeq.artifact import is_quantized
 
-    `thresholds` maps a model name to its limits; a model without limits passes by definition."""
-    sessions = {name: make_session(path, device, spinning=False) for name, path in models.items()}
-    text_batches = [b for b in batches(texts, batch_size) if len(b) == batch_size] or [texts[:batch_size]]
-    feeds = []
-    for batch in text_batches:
-        encoded = encoder.encode(batch)
-        feeds.append((encoded["attention_mask"], encoded))
-    for name, session in sessions.items():
+    runtime = runtime_for(device)
+    rows = [n for n in models if (device.runs_float or (n != reference and is_quantized(models[n])))]
+    sessions = {name: make_session(models[name], device, spinning=False, runtime=runtime) for name in rows}
+    comparable = runtime.provider == CPU_EP and runtime.mode == "on-host" and reference in sessions
+    reference_session = sessions[reference] if comparable else make_session(models[reference], host_cpu(device))
+    feeds = [encoder.encode(b) for b in batches(texts, batch_size) if len(b) == batch_size] or [encoder.encode(texts[:batch_size])]
+    for session in sessions.values():
         for _ in range(warmup):
-            session.run(None, feed_for(session.get_inputs(), feeds[0][1]))
-    vectors: dict[str, list[np.ndarray]] = {name: [] for name in models}
-    timings: dict[str, list[float]] = {name: [] for name in models}
-    for mask, encoded in track(feeds, f"validating on {device.id}", total=len(feeds)):
+            session.run(None, feed_for(session.get_inputs(), feeds[0]))
+    vectors: dict[str, list[np.ndarray]] = {name: [] for name in [*rows, reference]}
+    timings: dict[str, list[float]] = {name: [] for name in rows}
+    for encoded in track(feeds, f"validating on {device.id}", total=len(feeds)):
+        mask = encoded["attention_mask"]
         for name, session in sessions.items():
             feed = feed_for(session.get_inputs(), encoded)
             start = time.perf_counter()
             output = session.run(None, feed)[0]
             timings[name].append((time.perf_counter() - start) * 1000)
             vectors[name].append(task_vectors(output, mask, task))
+        if not comparable:
+            output = reference_session.run(None, feed_for(reference_session.get_inputs(), encoded))[0]
+            vectors[reference].append(task_vectors(output, mask, task))
     ref_vectors = np.concatenate(vectors[reference])
-    ref_p50 = float(np.percentile(timings[reference], 50))
-    env = environment()
+    ref_p50 = float(np.percentile(timings[reference], 50)) if comparable else None
+    env = {**environment(), "threads": device.threads, "intra_op_spinning": False}
     results = []
-    for name, path in models.items():
-        first_feed = feed_for(sessions[name].get_inputs(), feeds[0][1])
-        where = placement(path, device, first_feed)
+    for name in rows:
+        where = placement(models[name], runtime, feed_for(sessions[name].get_inputs(), feeds[0]))
         metrics = compare(ref_vectors, np.concatenate(vectors[name]), task == "text-classification")
         limits = (thresholds or {}).get(name) or {}
         failures = judge(metrics, limits)
         latency = _latency(timings[name])
-        results.append({
+        entry = {
             "artifact": name,
             "device": device.id,
-            "provider": device.execution_provider.name,
-            "mode": mode_for(device),
-            "placement": where,
-            "fallback_nodes": sum(n for ep, n in where.items() if ep != device.execution_provider.name),
-            "environment": {**env, "threads": device.threads, "intra_op_spinning": False},
+            "provider": runtime.provider,
+            "mode": runtime.mode,
+            "placement": where["nodes"],
+            "partitions": where["partitions"],
+            "fallback_nodes": sum(n for ep, n in where["nodes"].items() if ep != runtime.provider),
+            "environment": env,
             "samples": int(len(ref_vectors)),
             "batch_size": batch_size,
             "metrics": metrics,
@@ -76,7 +84,16 @@ def validate_models(
             "thresholds": limits,
             "passed": not failures,
             "failures": failures,
-        })  # fmt: skip
+        }
+        if runtime.note:
+            entry["note"] = runtime.note
+        if runtime.mode != "on-host":
+            entry["latency_note"] = f"measured on {runtime.provider} on this {env['machine']} host, not on the device"
+        if device.coverage:
+            from edgeq.validate.coverage import coverage_estimate
+
+            entry["coverage"] = coverage_estimate(models[name], device.coverage)
+        results.append(entry)
     return results
 
 

@@ -1,4 +1,5 @@
-"""onnxruntime sessions configured from a device profile, and where their nodes were placed."""
+"""onnxruntime sessions for a device: its execution provider (built in, or a plugin EP library such as
+onnxruntime-qnn), or a declared CPU stand-in when the EP is not installed; and where the nodes ran."""
 
 from __future__ import annotations
 
@@ -6,13 +7,72 @@ import json
 import platform
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-from edgeq.devices import DeviceProfile
+from edgeq.devices import DeviceProfile, ExecutionProvider
 from edgeq.errors import DeviceError
 
+CPU_EP = "CPUExecutionProvider"
 NOTABLE_FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "asimddp", "i8mm"}
 HOST_ARCH = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
+_registered_plugins: set[str] = set()
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where a device's validation actually runs, and how honest that is."""
+
+    device: DeviceProfile
+    provider: str
+    mode: str  # on-host | emulated
+    note: str
+
+    @property
+    def stand_in(self) -> bool:
+        return self.provider != self.device.execution_provider.name
+
+
+def runtime_for(device: DeviceProfile) -> Runtime:
+    """The device's EP when this onnxruntime has it; else its CPU stand-in (emulated); else a DeviceError."""
+    ep = device.execution_provider
+    if provider_available(ep):
+        mode = mode_for(device)
+        note = device.emulation_note if mode == "emulated" else ""
+        return Runtime(device, ep.name, mode, note)
+    if device.stand_in == "cpu":
+        note = f"{ep.name} is not installed here: numerics checked on the CPU EP. {device.emulation_note}".strip()
+        return Runtime(device, CPU_EP, "emulated", note)
+    hint = f"Install it: pip install {ep.package}" if ep.package else f"Available: {', '.join(_builtin_providers())}"
+    raise DeviceError(f"device '{device.id}' needs {ep.name}, which this onnxruntime does not have", hint)
+
+
+def provider_available(ep: ExecutionProvider) -> bool:
+    if ep.name in _builtin_providers():
+        return True
+    return ep.plugin is not None and _register_plugin(ep)
+
+
+def _builtin_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return ort.get_available_providers()
+
+
+def _register_plugin(ep: ExecutionProvider) -> bool:
+    import importlib
+
+    import onnxruntime as ort
+
+    if ep.name in _registered_plugins:
+        return True
+    try:
+        module = importlib.import_module(ep.plugin)
+        ort.register_execution_provider_library(ep.name, module.get_library_path())
+    except Exception:  # not installed, or a library this platform cannot load
+        return False
+    _registered_plugins.add(ep.name)
+    return True
 
 
 def session_options(device: DeviceProfile, profile_dir: Path | None = None, spinning: bool = True):
@@ -26,28 +86,47 @@ def session_options(device: DeviceProfile, profile_dir: Path | None = None, spin
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if device.threads:
         options.intra_op_num_threads = device.threads
-    for key, value in device.session_config.items():
-        options.add_session_config_entry(key, value)
     if profile_dir is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(profile_dir / "edgeq_profile")
     return options
 
 
-def make_session(model: Path | bytes, device: DeviceProfile, profile_dir: Path | None = None, spinning: bool = True):
-    """A session on the device's execution provider; `model` is a file or serialized bytes."""
+def make_session(model: Path | bytes, device: DeviceProfile, profile_dir: Path | None = None, spinning: bool = True,
+                 runtime: Runtime | None = None):  # fmt: skip
+    """A session on the device's runtime; `model` is a file or serialized bytes. On a stand-in, the device's
+    own session settings (e.g. disable_cpu_ep_fallback) do not apply."""
     import onnxruntime as ort
 
-    ep = device.execution_provider
-    available = ort.get_available_providers()
-    if ep.name not in available:
-        raise DeviceError(
-            f"device '{device.id}' needs {ep.name}, which this onnxruntime does not have",
-            f"Available: {', '.join(available)}",
-        )
-    providers = [(ep.name, dict(ep.options))] if ep.options else [ep.name]
+    runtime = runtime or runtime_for(device)
+    options = session_options(device, profile_dir, spinning)
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, session_options(device, profile_dir, spinning), providers=providers)
+    if runtime.stand_in:
+        return ort.InferenceSession(source, options, providers=[CPU_EP])
+    for key, value in device.session_config.items():
+        options.add_session_config_entry(key, value)
+    ep = device.execution_provider
+    if ep.name in _registered_plugins:
+        devices = [d for d in ort.get_ep_devices() if d.ep_name == ep.name]
+        options.add_provider_for_devices(devices, {k: str(v) for k, v in ep.options.items()})
+        return _create(ort, source, options, None, device)
+    providers = [(ep.name, dict(ep.options))] if ep.options else [ep.name]
+    return _create(ort, source, options, providers, device)
+
+
+def _create(ort, source, options, providers, device: DeviceProfile):
+    try:
+        return ort.InferenceSession(source, options, providers=providers)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DeviceError(f"{device.execution_provider.name} refused the model on device '{device.id}': {first[:300]}",
+                          "`edgeq inspect MODEL --device ID` lists what the device cannot run") from None  # fmt: skip
+
+
+def host_cpu(device: DeviceProfile) -> DeviceProfile:
+    """This machine's CPU EP with the device's thread count: where FP32 references run."""
+    return device.model_copy(update={"execution_provider": ExecutionProvider(name=CPU_EP), "session_config": {},
+                                     "stand_in": None, "runs_float": True})  # fmt: skip
 
 
 def mode_for(device: DeviceProfile) -> str:
@@ -90,15 +169,29 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def placement(model_path: Path, device: DeviceProfile, feed: dict) -> dict[str, int]:
-    """Nodes per execution provider, read from onnxruntime's profiler trace of one inference.
+def placement(model_path: Path, runtime: Runtime, feed: dict) -> dict:
+    """Nodes per execution provider and the EP's partitions, from onnxruntime's profiler trace of one run.
 
-    Counts the nodes of the graph onnxruntime actually ran (after its own graph optimizations)."""
+    On the CPU EP the trace names every node onnxruntime ran (after its own graph optimizations). An EP that
+    compiles partitions (QNN, NNAPI, ...) shows one fused node per partition, so its count is the model's nodes
+    less the nodes the trace saw on the CPU."""
     with tempfile.TemporaryDirectory(prefix="edgeq-placement-") as tmp:
-        session = make_session(model_path, device, profile_dir=Path(tmp))
+        session = make_session(model_path, runtime.device, profile_dir=Path(tmp), runtime=runtime)
         session.run(None, feed)
         trace = json.loads(Path(session.end_profiling()).read_text())
-    return nodes_per_provider(trace)
+    return placement_from_trace(trace, model_path, runtime)
+
+
+def placement_from_trace(trace: list[dict], model_path: Path, runtime: Runtime) -> dict:
+    counts = nodes_per_provider(trace)
+    if runtime.provider == CPU_EP:
+        return {"nodes": counts, "partitions": None}
+    import onnx
+
+    total = len(onnx.load(str(model_path), load_external_data=False).graph.node)
+    on_cpu = counts.get(CPU_EP, 0)
+    nodes = {runtime.provider: max(total - on_cpu, 0), **({CPU_EP: on_cpu} if on_cpu else {})}
+    return {"nodes": nodes, "partitions": counts.get(runtime.provider, 0)}
 
 
 def nodes_per_provider(trace: list[dict]) -> dict[str, int]:
