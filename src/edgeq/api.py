@@ -64,7 +64,8 @@ def quantize(model: str | Path, output: str | Path, config: QuantizationConfig,
         encoder = calibration_encoder(tokenizer_dir, calib.method, calib.sequence_length or 128, static_shapes)
     out = _output_folder(output)
     with atomic_dir(out) as folder:
-        quantize_model(model_path, folder / "model.onnx", config, resolve_op_types(config, [profile]), texts, encoder)
+        quantize_model(model_path, folder / "model.onnx", config, resolve_op_types(config, [profile]), texts, encoder,
+                       profile.quantization.scheme)  # fmt: skip
         copy_companions(model_path.parent, folder)
     return out / "model.onnx"
 

@@ -24,7 +24,7 @@ from edgeq.data import load_texts
 from edgeq.devices import DeviceProfile, load_device
 from edgeq.errors import OutputError, StageError
 from edgeq.progress import say
-from edgeq.quantize import check_against_device, resolve_op_types
+from edgeq.quantize import check_against_device, quantization_scheme, resolve_op_types
 from edgeq.recipe import Recipe, load_recipe
 
 STAGE_FILE = "edgeq-stage.json"
@@ -41,6 +41,7 @@ class Plan:
     recipe: Recipe
     devices: list[DeviceProfile]
     op_types: list[str] | None
+    scheme: str
     validation_texts: list[str]
     calibration_texts: list[str] | None
     out_dir: Path
@@ -88,6 +89,7 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None) -> Pla
         recipe=recipe,
         devices=devices,
         op_types=resolve_op_types(recipe.quantization, devices),
+        scheme=quantization_scheme(devices),
         validation_texts=validation,
         calibration_texts=calibration,
         out_dir=out_dir,
@@ -173,9 +175,11 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
         if calib_texts is not None:
             seq = plan.recipe.sequence_length_for(q.calibration)
             encoder = calibration_encoder(source.folder, q.calibration.method, seq, plan.recipe.static_shapes)
-        quantize_model(source.folder / MODEL_FILE, folder / MODEL_FILE, q, plan.op_types, calib_texts, encoder)
+        done = quantize_model(source.folder / MODEL_FILE, folder / MODEL_FILE, q, plan.op_types, calib_texts,
+                              encoder, plan.scheme)  # fmt: skip
         copy_companions(source.folder, folder)
         return {
+            **done,
             "mode": q.mode,
             "format": q.resolved_format,
             "op_types": plan.op_types or "onnxruntime default",
@@ -183,6 +187,7 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
         }
 
     key = {"input": source.key, "quantization": q.model_dump(mode="json"), "op_types": plan.op_types,
+           "scheme": plan.scheme,
            "calibration": calib_texts,
            "calibration_shape": [plan.recipe.static_shapes, q.calibration and plan.recipe.sequence_length_for(q.calibration)]}  # fmt: skip
     return cached_stage(plan.out_dir / name, "quantize", key, produce, force)

@@ -73,6 +73,12 @@ def render_markdown(report: dict) -> str:
         "",
         validation_table(report["validations"]),
     ]  # fmt: skip
+    notes = sorted({f"- {v['device']} ({v['mode']}): {v['note']}" for v in report["validations"] if v.get("note")})
+    if notes:
+        lines += ["", "Where the figures come from:", "", *notes]
+    coverage = [v for v in report["validations"] if v.get("coverage")]
+    if coverage:
+        lines += ["", "## Coverage estimates (not a run)", "", coverage_table(coverage)]
     failures = [f"- {v['artifact']} on {v['device']}: {'; '.join(v['failures'])}"
                 for v in report["validations"] if v["failures"]]  # fmt: skip
     if failures:
@@ -122,11 +128,21 @@ def validation_table(validations: list[dict]) -> str:
         rows.append([
             v["artifact"], v["device"], v["mode"], f"{m['cosine_mean']:.4f}", f"{m['cosine_min']:.4f}",
             f"{m['max_abs_error']:.4f}", f"{m['sqnr_db']:.1f}" if m["sqnr_db"] is not None else "exact", f"{v['latency_ms']['p50']:.2f}",
-            f"{v['latency_ms']['p90']:.2f}", f"{v['latency_ratio_to_reference']:.2f}", placement,
+            f"{v['latency_ms']['p90']:.2f}", _fmt(v["latency_ratio_to_reference"], ".2f"), placement,
             str(v["fallback_nodes"]), "pass" if v["passed"] else "FAIL",
         ])  # fmt: skip
     header = ["artifact", "device", "mode", "cos mean", "cos min", "max abs err", "SQNR dB", "p50 ms", "p90 ms",
               "p50 vs fp32", "placement (nodes)", "fallbacks", "result"]  # fmt: skip
+    return table(header, rows)
+
+
+def coverage_table(validations: list[dict]) -> str:
+    rows = [[v["artifact"], v["device"], v["coverage"]["ep"], f"{v['coverage']['supported_nodes']}/{v['coverage']['nodes']}",
+             str(v["coverage"]["partitions"]), ", ".join(v["coverage"]["unsupported_ops"]) or "none",
+             str(v["coverage"]["nodes_unsupported_due_to_dynamic_shape"]), v["coverage"]["suitability"]]
+            for v in validations]  # fmt: skip
+    header = ["artifact", "device", "EP", "nodes supported", "partitions", "unsupported ops", "dynamic-shape nodes",
+              "suitability"]  # fmt: skip
     return table(header, rows)
 
 

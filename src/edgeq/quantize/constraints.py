@@ -52,3 +52,13 @@ def resolve_op_types(q: QuantizationConfig, devices: list[DeviceProfile]) -> lis
     if not supported:
         return None
     return sorted(set.intersection(*supported))
+
+
+def quantization_scheme(devices: list[DeviceProfile]) -> str:
+    """The one static-quantization scheme all targets accept (a recipe cannot serve two)."""
+    schemes = {d.quantization.scheme for d in devices}
+    if len(schemes) > 1:
+        names = ", ".join(f"{d.id} ({d.quantization.scheme})" for d in devices)
+        raise ConstraintError(f"targets: the devices need different quantization schemes: {names}",
+                              "Write one recipe per scheme")  # fmt: skip
+    return schemes.pop()

@@ -23,13 +23,22 @@ def quantize_model(
     op_types: list[str] | None,
     calibration_texts: list[str] | None = None,
     encoder: TextEncoder | None = None,
-) -> Path:
-    """Write the quantized model to out_path. Static mode needs calibration texts and their encoder."""
+    scheme: str = "onnxruntime",
+) -> dict:
+    """Write the quantized model to out_path; return what was done beyond the config (for the report).
+
+    Static mode needs calibration texts and their encoder; `scheme` "qnn" applies onnxruntime's QNN rules."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's quantizer warns on the root logger
     with tempfile.TemporaryDirectory(prefix="edgeq-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
+        done = {"scheme": scheme if q.mode == "static" else "onnxruntime"}
+        if q.mode == "static" and q.attention_mask_fill is not None:
+            fp32_path, done["mask_fill_softened"] = _soften_mask(fp32_path, Path(tmp), q.attention_mask_fill)
+        if q.mode == "static" and scheme == "qnn":
+            _quantize_qnn(fp32_path, Path(tmp), out_path, q, op_types, calibration_texts or [], encoder)
+            return done
         prepare(fp32_path, prepared)
         common = dict(
             op_types_to_quantize=op_types,
@@ -44,7 +53,41 @@ def quantize_model(
             quantize_dynamic(str(prepared), str(out_path), extra_options=extra, **common)
         else:
             _quantize_static(prepared, out_path, q, common, calibration_texts or [], encoder)
-    return out_path
+    return done
+
+
+def _soften_mask(fp32_path: Path, tmp: Path, value: float) -> tuple[Path, int]:
+    from edgeq.optimize.mask import soften_mask_fill
+
+    model = onnx.load(str(fp32_path))
+    changed = soften_mask_fill(model, value)
+    if not changed:
+        return fp32_path, 0
+    softened = tmp / "mask_softened.onnx"
+    onnx.save(model, str(softened))
+    return softened, changed
+
+
+def _quantize_qnn(fp32_path, tmp, out_path, q, op_types, texts, encoder) -> None:
+    """onnxruntime's QNN recipe: QNN preprocessing, then get_qnn_qdq_config (which knows the HTP's rules: fixed
+    16-bit Sigmoid/Tanh output parameters, 8/16-bit type converts) with the recipe's types and calibration."""
+    from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
+
+    preprocessed = tmp / "qnn_preprocessed.onnx"
+    source = preprocessed if qnn_preprocess_model(str(fp32_path), str(preprocessed)) else fp32_path
+    model = onnx.load(str(source), load_external_data=False)
+    reader = TextCalibrationReader(input_specs(model), encoder, texts, q.calibration.batch_size)
+    config = get_qnn_qdq_config(
+        str(source), reader,
+        calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[q.calibration.method]),
+        activation_type=getattr(QuantType, QUANT_TYPES[q.resolved_activation_type]),
+        weight_type=getattr(QuantType, QUANT_TYPES[q.weight_type]),
+        per_channel=q.per_channel, activation_symmetric=q.symmetric_activations,
+        weight_symmetric=q.symmetric_weights, calibration_providers=["CPUExecutionProvider"],
+        op_types_to_quantize=op_types, nodes_to_exclude=list(q.nodes_to_exclude) or None,
+    )  # fmt: skip
+    quantize(str(source), str(out_path), config)
 
 
 def prepare(fp32_path: Path, prepared: Path) -> None:

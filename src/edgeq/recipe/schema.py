@@ -153,6 +153,11 @@ class QuantizationConfig(Strict):
         "quantize, restricted to what the target devices support.",
     )
     nodes_to_exclude: list[str] = Field(default=[], description="Exact node names kept in FP32.")
+    attention_mask_fill: float | None = Field(
+        default=-100.0, lt=0,
+        description="Static only: replace the export's attention-mask fill (-3.4e38, which no static activation scale "
+        "can share with real scores) by this value before calibration. null keeps the export's value.",
+    )
     calibration: CalibrationConfig | None = Field(default=None, description="Calibration data and method.")
 
     @model_validator(mode="after")
