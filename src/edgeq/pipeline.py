@@ -241,6 +241,11 @@ def finalize(plan: Plan, chosen: StageResult) -> Path:
     with atomic_dir(final) as folder:
         shutil.copy2(chosen.folder / MODEL_FILE, folder / MODEL_FILE)
         copy_companions(chosen.folder, folder)
+        if any(d.ort_format for d in plan.devices):
+            from edgeq.mobile import write_ort_format
+
+            say("▶ ORT format → final/model.ort (for onnxruntime-mobile)")
+            write_ort_format(folder / MODEL_FILE, folder / "model.ort")
     return final
 
 

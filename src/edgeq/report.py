@@ -29,6 +29,7 @@ def build_report(plan, stages, final_artifact: str, total: float) -> dict:
         "artifacts": artifacts,
         "validations": validations,
         "final": "final/model.onnx",
+        **({"final_ort": "final/model.ort"} if (plan.out_dir / "final" / "model.ort").is_file() else {}),
         **({"mixed_precision": mp} if (mp := _mixed_precision(stages)) else {}),
         "final_artifact": final_artifact,
         "passed": all(v["passed"] for v in final_checks),
