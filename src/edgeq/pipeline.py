@@ -169,6 +169,7 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
     q = plan.recipe.quantization
     name = "w8a16" if q.mode == "static" and q.resolved_activation_type.endswith("16") else "int8"
     calib_texts = plan.calibration_texts if q.mode == "static" else None
+    power_of_two = any(d.quantization.power_of_two_scales for d in plan.devices)
 
     def produce(folder: Path) -> dict:
         encoder = None
@@ -176,7 +177,7 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
             seq = plan.recipe.sequence_length_for(q.calibration)
             encoder = calibration_encoder(source.folder, q.calibration.method, seq, plan.recipe.static_shapes)
         done = quantize_model(source.folder / MODEL_FILE, folder / MODEL_FILE, q, plan.op_types, calib_texts,
-                              encoder, plan.scheme)  # fmt: skip
+                              encoder, plan.scheme, power_of_two)  # fmt: skip
         copy_companions(source.folder, folder)
         return {
             **done,
@@ -187,7 +188,7 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
         }
 
     key = {"input": source.key, "quantization": q.model_dump(mode="json"), "op_types": plan.op_types,
-           "scheme": plan.scheme,
+           "scheme": plan.scheme, "power_of_two": power_of_two,
            "calibration": calib_texts,
            "calibration_shape": [plan.recipe.static_shapes, q.calibration and plan.recipe.sequence_length_for(q.calibration)]}  # fmt: skip
     return cached_stage(plan.out_dir / name, "quantize", key, produce, force)

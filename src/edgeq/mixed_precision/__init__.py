@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from edgeq.devices import DeviceProfile
@@ -17,9 +18,11 @@ from edgeq.mixed_precision.search import Budget, SearchResult, model_size, searc
 from edgeq.text import TextEncoder
 
 OVERRIDES_FILE = "overrides.yaml"
-MEANING = {"int8": "dynamic INT8 (INT8 weights, activations quantized at run time)",
+MEANING = {"xint8": "static INT8 with power-of-two scales, on the DPU",
+           "int8": "dynamic INT8 (INT8 weights, activations quantized at run time)",
            "int8s": "dynamic INT8 with SmoothQuant (activation outliers moved into the weights)",
            "w8": "INT8 weights with FP32 compute (no activation quantization)", "fp32": "FP32"}  # fmt: skip
+ON_CPU = {"xint8": "FP32 on the CPU (the DPU does not take it)"}
 
 
 @dataclass
@@ -44,8 +47,10 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
     islands = find_islands(fp32, job.op_types)
     ladder = [rung for rung in LADDER if rung in cfg.candidates]
     proxy = TextRunner(job.encoder, job.proxy_texts, job.task, job.device)
-    absmax = activation_absmax(proxy, fp32, islands) if "int8s" in ladder else None
-    build_candidates(fp32, islands, job.per_channel, absmax, cfg.smooth_alpha)
+    inputs = proxy.tensors(fp32, matmul_inputs(fp32, islands)) if {"int8s", "xint8"} & set(ladder) else {}
+    absmax = activation_absmax(inputs) if "int8s" in ladder else None
+    samples = {k: np.concatenate([a.ravel() for a in v]) for k, v in inputs.items()} if "xint8" in ladder else None
+    build_candidates(fp32, islands, job.per_channel, absmax, cfg.smooth_alpha, samples)
     if cfg.overrides is not None:
         assignment = resolve(load_overrides(Path(cfg.overrides)), islands, ladder, Path(cfg.overrides))
         result = None
@@ -61,11 +66,8 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
     return section(islands, assignment, ladder, result, cfg, fp32_size)
 
 
-def activation_absmax(proxy: TextRunner, fp32: onnx.ModelProto, islands: list[Island]) -> dict:
+def activation_absmax(tensors: dict[str, list[np.ndarray]]) -> dict:
     """Per-channel max |x| of every MatMul island's input over the proxy texts (SmoothQuant's statistics)."""
-    import numpy as np
-
-    tensors = proxy.tensors(fp32, matmul_inputs(fp32, islands))
     return {name: np.max([np.abs(a).reshape(-1, a.shape[-1]).max(axis=0) for a in values], axis=0)
             for name, values in tensors.items()}  # fmt: skip
 
@@ -122,5 +124,6 @@ def reason(island: Island, choice: str, score: dict, result: SearchResult, ladde
         return (f"kept {choice}: {measured}promoting it alone would raise the proxy cosine by only {best:+.5f} "
                 f"(rank {rank} of {len(ranking)}), not needed to meet the budget")  # fmt: skip
     gain = score["gain"].get(choice, 0.0)
-    return (f"kept {MEANING[choice]}: {measured}promoting it alone raises the proxy cosine by {gain:+.5f} "
+    meaning = ON_CPU[ladder[0]] if ladder[0] in ON_CPU and choice == "fp32" else MEANING[choice]
+    return (f"kept {meaning}: {measured}promoting it alone raises the proxy cosine by {gain:+.5f} "
             f"(rank {rank} of {len(ranking)}); the search needed it to meet the budget")  # fmt: skip

@@ -3,6 +3,8 @@
 An island is one weight-bearing node: a MatMul whose B is a constant matrix, a fused Attention (com.microsoft,
 from onnxruntime's transformer fusions: Q, K and V projections in one weight), or a Gather from a constant
 table (an embedding). Its candidates, from cheapest to most faithful:
+  xint8 static INT8 for a DPU (Vitis AI XINT8): symmetric, per-tensor, power-of-two scales, Q/DQ around the
+        MatMul; the activation exponent minimises MSE over the calibration activations. MatMul only.
   int8  dynamic INT8: DynamicQuantizeMatMul with per-channel symmetric INT8 weights (activations quantized at
         run time); for a Gather, INT8 rows with one scale per row.
   int8s dynamic INT8 with SmoothQuant: per input channel, activation outliers are divided out (one Mul) and
@@ -24,7 +26,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-LADDER = ("int8", "int8s", "w8", "fp32")
+LADDER = ("xint8", "int8", "int8s", "w8", "fp32")
+STATIC_RUNGS = ("xint8", "fp32")
 MS_DOMAIN = "com.microsoft"
 
 
@@ -72,10 +75,13 @@ def find_islands(model: onnx.ModelProto, op_types: list[str] | None = None) -> l
 
 
 def build_candidates(model: onnx.ModelProto, islands: list[Island], per_channel: bool = True,
-                     activation_absmax: dict[str, np.ndarray] | None = None, alpha: float = 0.8) -> None:  # fmt: skip
-    """Fill each island's candidates: int8, int8s (when activation statistics are given), w8 and fp32.
+                     activation_absmax: dict[str, np.ndarray] | None = None, alpha: float = 0.8,
+                     activation_samples: dict[str, np.ndarray] | None = None) -> None:  # fmt: skip
+    """Fill each island's candidates: int8, int8s (when activation statistics are given), w8 and fp32, and
+    xint8 (when activation samples are given).
 
-    `activation_absmax` maps a MatMul input tensor to its per-channel max |x| over calibration texts."""
+    `activation_absmax` maps a MatMul input tensor to its per-channel max |x| over calibration texts;
+    `activation_samples` to sample values of it."""
     inits = {t.name: t for t in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
     for island in islands:
@@ -88,6 +94,8 @@ def build_candidates(model: onnx.ModelProto, islands: list[Island], per_channel:
                 island.candidates["int8s"] = _matmul_smoothed(node, weight, absmax, alpha, per_channel)
             if island.kind == "matmul":  # onnxruntime folds a weight DequantizeLinear into MatMul, not into Attention
                 island.candidates["w8"] = _matmul_w8(node, weight, per_channel)
+                if activation_samples is not None and node.input[0] in activation_samples:
+                    island.candidates["xint8"] = _matmul_xint8(node, weight, activation_samples[node.input[0]])
             island.candidates["fp32"] = fp32
         else:
             int8 = _gather_int8(node, weight)  # INT8 rows, FP32 out: already weight-only, so w8 is the same
@@ -158,6 +166,29 @@ def _matmul_smoothed(node: onnx.NodeProto, weight: np.ndarray, absmax: np.ndarra
     inits.append(numpy_helper.from_array((1.0 / smooth).astype(np.float32), inverse))
     mul = helper.make_node("Mul", [node.input[0], inverse], [smoothed], name=f"{node.name}_smooth")
     return Candidate([mul, *_int8_compute(node, smoothed, names)], inits, size + smooth.nbytes)
+
+
+def _matmul_xint8(node: onnx.NodeProto, weight: np.ndarray, samples: np.ndarray) -> Candidate:
+    from edgeq.quantize.pow2 import QMAX, QMIN, best_exponent
+
+    base = node.name.strip("/").replace("/", "_")
+    w_exp, x_exp = best_exponent(weight), best_exponent(samples)
+    w_q = np.clip(np.round(weight / 2.0**w_exp), QMIN, QMAX).astype(np.int8)
+    names = {k: f"{base}_{k}" for k in ("W_xint8", "W_scale", "X_scale", "zero", "X_q", "X_dq", "W_dq")}
+    inits = [numpy_helper.from_array(w_q, names["W_xint8"]),
+             numpy_helper.from_array(np.float32(2.0**w_exp), names["W_scale"]),
+             numpy_helper.from_array(np.float32(2.0**x_exp), names["X_scale"]),
+             numpy_helper.from_array(np.int8(0), names["zero"])]  # fmt: skip
+    nodes = [
+        helper.make_node("QuantizeLinear", [node.input[0], names["X_scale"], names["zero"]], [names["X_q"]],
+                         name=f"{node.name}_quantize_input"),
+        helper.make_node("DequantizeLinear", [names["X_q"], names["X_scale"], names["zero"]], [names["X_dq"]],
+                         name=f"{node.name}_dequantize_input"),
+        helper.make_node("DequantizeLinear", [names["W_xint8"], names["W_scale"], names["zero"]], [names["W_dq"]],
+                         name=f"{node.name}_dequantize_weight"),
+        helper.make_node("MatMul", [names["X_dq"], names["W_dq"]], list(node.output), name=node.name),
+    ]  # fmt: skip
+    return Candidate(nodes, inits, w_q.nbytes + 9)
 
 
 def matmul_inputs(model: onnx.ModelProto, islands: list[Island]) -> list[str]:

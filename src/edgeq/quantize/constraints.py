@@ -34,9 +34,10 @@ def check_against_device(q: QuantizationConfig, device: DeviceProfile, static_sh
     if rules.static_shapes and not static_shapes:
         refuse("export.sequence_length", "needs static input shapes",
                "Set export.batch_size and export.sequence_length")  # fmt: skip
-    if rules.power_of_two_scales:
-        refuse("targets", "needs power-of-two scales, which this edgeq version cannot produce yet",
-               "Validate on a CPU target for now")  # fmt: skip
+    if rules.power_of_two_scales and (q.mode != "static" or q.per_channel or not q.symmetric_activations
+                                      or not q.symmetric_weights or q.resolved_activation_type != "int8"):  # fmt: skip
+        refuse("quantization", "needs XINT8: static, int8 activations, symmetric, per-tensor (power-of-two scales)",
+               "Set mode: static, activation_type: int8, per_channel: false, symmetric_activations: true")  # fmt: skip
     if q.op_types and rules.supported_ops is not None:
         unsupported = sorted(set(q.op_types) - set(rules.supported_ops))
         if unsupported:

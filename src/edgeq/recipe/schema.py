@@ -230,11 +230,12 @@ class MixedPrecisionBudget(Strict):
 
 class MixedPrecisionConfig(Strict):
     enabled: bool = Field(default=True, description="Run the layer-wise mixed-precision search.")
-    candidates: list[Literal["int8", "int8s", "w8", "fp32"]] = Field(
+    candidates: list[Literal["xint8", "int8", "int8s", "w8", "fp32"]] = Field(
         default=["int8", "int8s", "w8", "fp32"], min_length=1,
         description="Precisions an island may take, cheapest first: `int8` (dynamic INT8), `int8s` (dynamic INT8 "
         "with SmoothQuant: one extra elementwise op), `w8` (INT8 weights, FP32 compute: same size, no activation "
-        "quantization), `fp32`. The cheapest one listed is the baseline.",
+        "quantization), `fp32`. With mode static: `xint8` (static INT8, symmetric, per-tensor, power-of-two "
+        "scales, for DPUs) and `fp32` (left to the CPU). The cheapest one listed is the baseline.",
     )
     smooth_alpha: float = Field(
         default=0.8, ge=0, le=1, description="SmoothQuant migration strength for `int8s` (0: none, 1: all into weights)."
@@ -295,8 +296,12 @@ class Recipe(Strict):
         mp, q = self.mixed_precision, self.quantization
         if mp is None or not mp.enabled:
             return self
-        if q.mode != "dynamic":
-            raise ValueError("mixed_precision works with quantization.mode: dynamic in this edgeq version")
+        static_rungs = {"xint8", "fp32"}
+        if q.mode == "static" and not set(mp.candidates) <= static_rungs:
+            raise ValueError("mixed_precision with quantization.mode: static takes candidates [xint8, fp32] "
+                             "(power-of-two INT8 for DPUs) in this edgeq version")
+        if q.mode == "dynamic" and "xint8" in mp.candidates:
+            raise ValueError("mixed_precision candidate xint8 needs quantization.mode: static")
         if not q.symmetric_weights:
             raise ValueError("mixed_precision needs quantization.symmetric_weights: true")
         if q.calibration is None:

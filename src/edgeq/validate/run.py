@@ -68,6 +68,15 @@ def validate_models(
         metrics = compare(ref_vectors, np.concatenate(vectors[name]), task == "text-classification")
         limits = (thresholds or {}).get(name) or {}
         failures = judge(metrics, limits)
+        compliance = None
+        if device.quantization.power_of_two_scales and name != reference:
+            import onnx
+
+            from edgeq.quantize.pow2 import dpu_compliance
+
+            compliance = dpu_compliance(onnx.load(str(models[name])), device.quantization.supported_ops)
+            if compliance["violations"]:
+                failures.append(f"{len(compliance['violations'])} {device.device_class.upper()} rule violations")
         latency = _latency(timings[name])
         entry = {
             "artifact": name,
@@ -92,6 +101,8 @@ def validate_models(
             entry["note"] = runtime.note
         if runtime.mode != "on-host":
             entry["latency_note"] = f"measured on {runtime.provider} on this {env['machine']} host, not on the device"
+        if compliance is not None:
+            entry["compliance"] = compliance
         if device.coverage:
             from edgeq.validate.coverage import coverage_estimate
 
