@@ -97,14 +97,14 @@ def test_overrides_resolution_order_and_errors(tiny_onnx, tmp_path):
         resolve({"encoder.layer.0.atention.self.query": "w8"}, islands, ladder, tmp_path / "o.yaml")
 
 
-def test_mixed_precision_needs_dynamic_mode(run_cli, write_recipe, tiny_bert):
+def test_static_mixed_precision_takes_only_dpu_candidates(run_cli, write_recipe, tiny_bert):
     recipe = mixed_recipe(tiny_bert)
     recipe["quantization"]["mode"] = "static"
     path = write_recipe(recipe)
     result = run_cli("build", path)
     assert result.exit_code == 1
-    assert result.stderr.strip() == (f"Error: recipe '{path}': mixed_precision works with quantization.mode: "
-                                     "dynamic in this edgeq version")  # fmt: skip
+    assert result.stderr.strip() == (f"Error: recipe '{path}': mixed_precision with quantization.mode: static takes "
+                                     "candidates [xint8, fp32] (power-of-two INT8 for DPUs) in this edgeq version")  # fmt: skip
 
 
 def test_fused_attention_islands_quantize_through_qattention(planted_bert, write_recipe, tmp_path):

@@ -87,6 +87,13 @@ def validate(model: str | Path, reference: str | Path, data: DataSource, device:
     texts = load_texts(data, samples, key="--data")
     encoder = TextEncoder(Path(tokenizer) if tokenizer else reference_path.parent, sequence_length, static)
     limits = (thresholds or Thresholds()).model_dump(exclude_none=True)
+    if not profile.runs_float:
+        from edgeq.artifact import is_quantized
+        from edgeq.errors import DeviceError
+
+        if not is_quantized(model_path):
+            raise DeviceError(f"device '{device}' runs quantized models only and '{model_path}' is FP32",
+                              f"Quantize it for the device first (see `edgeq inspect {model_path} --device {device}`)")  # fmt: skip
     models = {"reference": reference_path, "candidate": model_path}
     results = validate_models(models, "reference", profile, texts, encoder, task, batch_size,
                               thresholds={"candidate": limits})  # fmt: skip
@@ -106,6 +113,13 @@ def inspect(model: str | Path) -> dict:
     from edgeq.artifact import inspect_model
 
     return inspect_model(model)
+
+
+def preflight(model: str | Path, device: str) -> dict:
+    """What in MODEL will not run on DEVICE (shapes, ops, types, opset; DPU rules; mobile coverage)."""
+    from edgeq.preflight import preflight as check
+
+    return check(Path(model), load_device(device))
 
 
 def devices() -> list[DeviceProfile]:
@@ -147,4 +161,5 @@ def _has_static_shapes(model) -> bool:
     return bool(dims) and all(d.dim_value > 0 for d in dims)
 
 
-__all__ = ["build", "device", "devices", "export", "inspect", "profile", "quantize", "recipes", "validate"]
+__all__ = ["build", "device", "devices", "export", "inspect", "preflight", "profile", "quantize", "recipes",
+           "validate"]

@@ -210,11 +210,15 @@ def profile(model, device, runs, warmup, batch_size, sequence_length, json_file)
 # -------------------------------------------------------------------------------------------- inspect
 @cli.command()
 @click.argument("model")
+@click.option("--device", help="Pre-flight: list what will not run on this device (exit 3 if anything).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def inspect(model: str, as_json: bool) -> None:
+def inspect(model: str, device: str | None, as_json: bool) -> None:
     """Inputs, outputs, opsets, op histogram, size and precision summary of an ONNX MODEL."""
     from edgeq import api
 
+    if device:
+        _preflight(api.preflight(model, device), as_json)
+        return
     info = api.inspect(model)
     if as_json:
         _echo_json(info)
@@ -226,6 +230,29 @@ def inspect(model: str, as_json: bool) -> None:
             click.echo(f"  {kind[:-1]:<6} {v['name']:<24} {v['type']:<8} {v['shape']}")
     click.echo("precision: " + ", ".join(f"{k} {v}" for k, v in info["precision"].items()))
     click.echo("ops: " + ", ".join(f"{k} {v}" for k, v in info["op_types"].items()))
+
+
+def _preflight(result: dict, as_json: bool) -> None:
+    if as_json:
+        _echo_json(result)
+    else:
+        where = "installed here" if result["provider_available_here"] else (
+            f"not installed here (stand-in: {result['stand_in']})" if result["stand_in"] else "not installed here")
+        click.echo(f"{result['model']} on {result['device']} ({result['provider']}, {where})")
+        for problem in result["problems"]:
+            click.echo(f"  problem: {problem}")
+        if "compliance" in result:
+            c = result["compliance"]
+            click.echo(f"  DPU nodes {c['dpu_nodes']}; left to the CPU: "
+                       + ", ".join(f"{op} {n}" for op, n in c["cpu_nodes"].items()))  # fmt: skip
+        if "coverage" in result:
+            c = result["coverage"]
+            click.echo(f"  {c['ep']} estimate: {c['supported_nodes']}/{c['nodes']} nodes in {c['partitions']} "
+                       f"partitions; unsupported: {', '.join(c['unsupported_ops']) or 'none'}")  # fmt: skip
+        click.echo("  ok: nothing found that the device will refuse" if result["ok"] else
+                   f"  {len(result['problems'])} problem(s)")  # fmt: skip
+    if not result["ok"]:
+        sys.exit(EXIT_BELOW_THRESHOLDS)
 
 
 # -------------------------------------------------------------------------------------------- devices

@@ -1,0 +1,53 @@
+"""The three device recipes on the real all-MiniLM-L6-v2: Snapdragon HTP (real QNN backend, emulated), phones
+(coverage + .ort) and the Kria KV260 DPU (power-of-two XINT8)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from conftest import ROOT
+from edgeq import api
+
+pytestmark = pytest.mark.real_model
+
+
+def build(name: str, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp(name) / "build"
+    result = api.build(ROOT / "recipes" / f"{name}.yaml", output=out)
+    report = json.loads((out / "report.json").read_text())
+    assert result.exit_code == 0 and report["passed"], report["validations"]
+    return report | {"_out": out}
+
+
+def test_snapdragon_htp_reaches_099_with_every_node_on_the_htp(tmp_path_factory):
+    pytest.importorskip("onnxruntime_qnn")
+    report = build("minilm-snapdragon", tmp_path_factory)
+    (entry,) = report["validations"]
+    assert entry["provider"] == "QNNExecutionProvider" and entry["mode"] == "emulated"
+    assert entry["fallback_nodes"] == 0 and list(entry["placement"]) == ["QNNExecutionProvider"]
+    assert entry["metrics"]["cosine_mean"] >= 0.99
+
+
+def test_mobile_recipe_writes_ort_and_coverage(tmp_path_factory):
+    report = build("minilm-mobile", tmp_path_factory)
+    assert (report["_out"] / "final" / "model.ort").is_file()
+    final = [v for v in report["validations"] if v["artifact"] == report["final_artifact"]]
+    assert {v["device"] for v in final} == {"pixel-8", "iphone-15-pro"}
+    assert all(v["coverage"]["estimate"] and v["mode"] == "emulated" for v in final)
+
+
+def test_kv260_scales_are_powers_of_two_and_cosine_at_least_098(tmp_path_factory):
+    report = build("minilm-kv260", tmp_path_factory)
+    model = onnx.load(str(report["_out"] / "final" / "model.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in (n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")):
+        scale, zero = inits[node.input[1]], inits[node.input[2]]
+        assert scale.size == 1 and math.log2(float(scale)).is_integer() and zero.dtype == np.int8 and int(zero) == 0
+    final = next(v for v in report["validations"] if v["artifact"] == report["final_artifact"])
+    assert final["compliance"]["violations"] == [] and final["metrics"]["cosine_mean"] >= 0.98

@@ -1,0 +1,134 @@
+"""Mobile and FPGA targets on tiny models: the real QNN HTP backend (emulated) with CPU fallback disabled, NNAPI
+and CoreML coverage estimates with an ORT-format model, and the DPU's power-of-two rules."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from conftest import base_recipe
+from edgeq import api
+from edgeq.optimize.mask import soften_mask_fill
+from edgeq.quantize.pow2 import best_exponent, dpu_compliance
+
+CALIBRATION = {"data": {"path": "data/calibration.txt"}, "samples": 16}
+
+
+def static_recipe(model_dir, targets, **quantization) -> dict:
+    return base_recipe(str(model_dir), export={"batch_size": 1, "sequence_length": 32}, targets=targets,
+                       quantization={"mode": "static", "format": "qdq", "calibration": CALIBRATION, **quantization},
+                       validation={"samples": 12, "warmup": 1, "thresholds": {"cosine_mean": 0.98}})  # fmt: skip
+
+
+def test_qnn_htp_runs_every_node_with_cpu_fallback_disabled(tiny_bert, write_recipe, tmp_path):
+    pytest.importorskip("onnxruntime_qnn")
+    recipe = static_recipe(tiny_bert, ["snapdragon-8-gen-3"], activation_type="uint16", weight_type="uint8",
+                           symmetric_weights=False, op_types=None)  # every op quantized: the HTP runs no float  # fmt: skip
+    report = api.build(write_recipe(recipe), output=tmp_path / "out").report
+    (entry,) = report["validations"]  # the HTP cannot run FP32: only the quantized model is validated there
+    assert entry["artifact"] == "w8a16" and entry["provider"] == "QNNExecutionProvider"
+    assert entry["mode"] == "emulated" and "emulator" in entry["note"]
+    assert list(entry["placement"]) == ["QNNExecutionProvider"] and entry["fallback_nodes"] == 0
+    assert entry["partitions"] >= 1
+    assert entry["latency_ratio_to_reference"] is None and "not on the device" in entry["latency_note"]
+    assert entry["metrics"]["cosine_mean"] >= 0.99 and entry["passed"]
+    quantize = next(s for s in report["stages"] if s["name"] == "quantize")
+    assert quantize["scheme"] == "qnn" and quantize["mask_fill_softened"] >= 1
+
+
+def test_fp32_model_on_the_npu_is_refused_and_preflight_says_why(tiny_onnx, run_cli):
+    result = run_cli("validate", tiny_onnx, "--reference", tiny_onnx, "--data", "recipes/data/validation.txt",
+                     "--device", "snapdragon-8-gen-3")  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: device 'snapdragon-8-gen-3' runs quantized models only and '{tiny_onnx}' is FP32")
+    check = run_cli("inspect", tiny_onnx, "--device", "snapdragon-8-gen-3")
+    assert check.exit_code == 3
+    assert "input 'input_ids' has dynamic dimensions ['batch_size', 'sequence_length']" in check.stdout
+    assert "the model is not quantized: QNNExecutionProvider runs quantized models only" in check.stdout
+
+
+def test_mobile_targets_get_coverage_estimates_and_an_ort_model(tiny_bert, write_recipe, tmp_path):
+    import onnxruntime as ort
+
+    recipe = static_recipe(tiny_bert, ["pixel-8", "iphone-15-pro"], op_types=["MatMul", "Gather"])
+    out = tmp_path / "out"
+    report = api.build(write_recipe(recipe), output=out).report
+    assert report["final_ort"] == "final/model.ort"
+    session = ort.InferenceSession(str(out / "final" / "model.ort"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    final = [v for v in report["validations"] if v["artifact"] == "int8"]
+    assert {v["device"] for v in final} == {"pixel-8", "iphone-15-pro"}
+    for v in final:
+        assert v["mode"] == "emulated" and v["provider"] == "CPUExecutionProvider" and "not installed here" in v["note"]
+        cov = v["coverage"]
+        assert cov["estimate"] is True and 0 < cov["supported_nodes"] <= cov["nodes"] and cov["partitions"] >= 1
+    eps = {v["device"]: v["coverage"]["ep"] for v in final}
+    assert eps == {"pixel-8": "NNAPI", "iphone-15-pro": "CoreML (MLProgram)"}
+    assert "## Coverage estimates (not a run)" in (out / "report.md").read_text()
+
+
+def test_dpu_model_follows_the_xint8_rules(tiny_bert, write_recipe, tmp_path):
+    recipe = base_recipe(str(tiny_bert), targets=["kria-kv260"],
+                         quantization={"mode": "static", "format": "qdq", "activation_type": "int8", "per_channel": False,
+                                       "symmetric_activations": True, "op_types": ["MatMul"], "calibration": CALIBRATION},
+                         mixed_precision={"candidates": ["xint8", "fp32"], "proxy_samples": 8,
+                                          "budget": {"min_cosine_mean": 0.99}},
+                         validation={"samples": 24, "thresholds": {"cosine_mean": 0.98}})  # fmt: skip
+    out = tmp_path / "out"
+    report = api.build(write_recipe(recipe), output=out).report
+    model = onnx.load(str(out / "final" / "model.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq
+    for node in qdq:
+        scale, zero = inits[node.input[1]], inits[node.input[2]]
+        assert scale.size == 1 and math.log2(float(scale)).is_integer(), node.name
+        assert zero.dtype == np.int8 and int(zero) == 0, node.name
+    final = next(v for v in report["validations"] if v["artifact"] == "mixed")
+    assert final["compliance"]["violations"] == [] and final["compliance"]["dpu_nodes"] > 0
+    assert final["mode"] == "emulated" and "shift clamps" in final["note"]
+    assert final["metrics"]["cosine_mean"] >= 0.98 and final["passed"]
+    uniform = next(s for s in report["stages"] if s["name"] == "quantize")
+    assert uniform["power_of_two"]["weights"] > 0 and uniform["power_of_two"]["activations"] > 0
+
+
+def test_least_error_exponent_can_sit_below_the_no_overflow_one():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.standard_normal(10_000), [40.0]])  # a long tail: one outlier
+    no_overflow = math.ceil(math.log2(40.0 / 127))
+    assert best_exponent(values) < no_overflow
+    assert best_exponent(np.array([1.0, -0.5])) == math.ceil(math.log2(1 / 127))
+
+
+def test_compliance_names_each_broken_rule():
+    from onnx import TensorProto, helper
+
+    def init(name, value, dtype=np.float32):
+        return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q_bad_scale"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq_bad_scale"),
+             helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wd"], name="dq_per_channel"),
+             helper.make_node("LayerNormalization", ["xd", "g", "b"], ["y"], name="ln")]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+                              [init("s", 0.3), init("z", 0, np.int8), init("w", [1, 2], np.int8),
+                               init("sw", [0.5, 0.25]), init("zw", [3, 0], np.int8), init("g", [1.0] * 4),
+                               init("b", [0.0] * 4)])  # fmt: skip
+    report = dpu_compliance(helper.make_model(graph), ["MatMul"])
+    text = "\n".join(report["violations"])
+    assert "q_bad_scale: scale 0.3 is not a power of two" in text
+    assert "dq_per_channel: per-channel scale (2 values)" in text and "dq_per_channel: zero point" in text
+    assert "ln: LayerNormalization is quantized but the DPU does not run it" in text
+
+
+def test_mask_fill_is_softened(tiny_onnx):
+    model = onnx.load(str(tiny_onnx))
+    assert soften_mask_fill(model, -100.0) >= 1
+    for tensor in model.graph.initializer:
+        array = numpy_helper.to_array(tensor)
+        assert not (array.dtype.kind == "f" and array.size and (array < -1e30).any())
