@@ -6,7 +6,7 @@ EDGEQ  := $(VENV)/bin/edgeq
 STAMP  := $(VENV)/.edgeq-installed
 DEMO_RECIPE ?= recipes/minilm-int8-cpu.yaml
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean system-deps
 
 install: $(STAMP)
 
@@ -21,7 +21,10 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(EDGEQ) build $(DEMO_RECIPE)
 
-test: install
+system-deps:
+	bash scripts/system-deps.sh
+
+test: install system-deps
 	$(PY) -m pytest
 
 bench: install

@@ -100,12 +100,23 @@ def validate(model: str | Path, reference: str | Path, data: DataSource, device:
     return results[-1]
 
 
-def profile(model: str | Path, device: str = DEFAULT_DEVICE, runs: int = 50, warmup: int = 5,
-            batch_size: int = 1, sequence_length: int = 128) -> dict:  # fmt: skip
-    """Profile MODEL on DEVICE: the profile JSON of DESIGN.md."""
-    from edgeq.profile import profile_local
+def profile(models: str | Path | list, device: str = DEFAULT_DEVICE, runs: int = 100, min_seconds: float = 2.0,
+            warmup: int = 10, threads: int | None = None, batch_size: int = 1, sequence_length: int = 128,
+            inputs: str | Path | None = None, host: str | None = None, ssh_key: str | None = None,
+            known_hosts: str | None = None, remote_python: str | None = None, timeout: float = 900) -> dict:  # fmt: skip
+    """Profile one model (the profile JSON of DESIGN.md) or several, interleaved ({"profiles", "comparison"}),
+    on DEVICE: locally, or on a remote device over SSH (`host`, or the device profile's transport section)."""
+    from edgeq.profile import LocalTransport, SSHTransport, profile_models
 
-    return profile_local(Path(model), load_device(device), runs, warmup, batch_size, sequence_length)
+    profile_device = load_device(device)
+    paths = [Path(m) for m in (models if isinstance(models, list) else [models])]
+    transport = LocalTransport()
+    remote = profile_device.transport
+    if host or remote:
+        transport = SSHTransport.from_url(host or remote.host, ssh_key, known_hosts or (remote and remote.known_hosts),
+                                          remote_python or (remote and remote.remote_python))  # fmt: skip
+    return profile_models(paths, profile_device, transport, runs, min_seconds, warmup, threads, batch_size,
+                          sequence_length, Path(inputs) if inputs else None, timeout)  # fmt: skip
 
 
 def inspect(model: str | Path) -> dict:

@@ -175,18 +175,33 @@ def validate(model, reference, data_path, field, device, task, samples, sequence
 
 # -------------------------------------------------------------------------------------------- profile
 @cli.command()
-@click.argument("model")
+@click.argument("models", nargs=-1, required=True)
 @click.option("--device", default=DEFAULT_DEVICE, show_default=True)
-@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="At least this many runs.")
+@click.option("--min-seconds", type=click.FloatRange(min=0), default=2.0, show_default=True, help="And at least this long.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads. Default: the device profile's.")
+@click.option("--standard", is_flag=True, help="MLPerf Mobile's rule: at least 1024 runs and 60 s.")
+@click.option("--inputs", type=click.Path(path_type=Path), help=".npz with one array per model input.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--sequence-length", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--host", help="A remote device: ssh://user@host:port (key auth, strict host keys).")
+@click.option("--ssh-key", help="Private key for --host.")
+@click.option("--known-hosts", help="known_hosts file holding the device's host key.")
+@click.option("--remote-python", help="Python on the device (needs numpy and onnxruntime). Default python3.")
+@click.option("--timeout", type=click.FloatRange(min=10), default=900, show_default=True, help="Seconds for the run.")
 @click.option("--json", "json_file", help="Write the profile JSON to this file ('-' for stdout).")
-def profile(model, device, runs, warmup, batch_size, sequence_length, json_file) -> None:
-    """Measure MODEL on DEVICE: load, first run, latency percentiles, memory, per-op time, placement."""
+def profile(models, device, runs, min_seconds, warmup, threads, standard, inputs, batch_size, sequence_length, host,
+            ssh_key, known_hosts, remote_python, timeout, json_file) -> None:  # fmt: skip
+    """Measure MODELS on DEVICE: load, first run, latency percentiles, memory, per-op time, placement.
+    Several models run interleaved and are compared with the first."""
     from edgeq import api
+    from edgeq.profile import STANDARD
 
-    result = api.profile(model, device, runs, warmup, batch_size, sequence_length)
+    if standard:
+        runs, min_seconds = max(runs, STANDARD["runs"]), max(min_seconds, STANDARD["min_seconds"])
+    result = api.profile(list(models), device, runs, min_seconds, warmup, threads, batch_size, sequence_length, inputs,
+                         host, ssh_key, known_hosts, remote_python, timeout)  # fmt: skip
     if json_file == "-":
         _echo_json(result)
         return
@@ -194,17 +209,28 @@ def profile(model, device, runs, warmup, batch_size, sequence_length, json_file)
         from edgeq.atomic import write_text
 
         write_text(Path(json_file), json.dumps(result, indent=2) + "\n")
-    lat = result["latency_ms"]
-    click.echo(f"{result['model']} on {result['device']} ({result['mode']}, {result['provider']}, "
-               f"{result['environment']['machine']}, onnxruntime {result['environment']['onnxruntime']})")  # fmt: skip
-    click.echo(f"latency ms  min {lat['min']:.2f}  p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}"
-               f"  max {lat['max']:.2f}  mean {lat['mean']:.2f}  over {result['runs']} runs")  # fmt: skip
-    click.echo(f"throughput {result['throughput_per_s']:.1f}/s  load {result['load_ms']:.0f} ms  first run "
-               f"{result['first_run_ms']:.1f} ms  peak RSS {result['peak_rss_mb']:.0f} MB")  # fmt: skip
-    click.echo("placement: " + ", ".join(f"{ep} {n}" for ep, n in result["placement"].items())
+    for one in result.get("profiles", [result]):
+        _print_profile(one)
+    for pair in result.get("comparison", []):
+        click.echo(f"{pair['model']} vs {pair['against']}: p50 x{pair['p50_ratio']:.3f}, mean x{pair['mean_ratio']:.3f}, "
+                   f"min x{pair['min_ratio']:.3f} (interleaved)")  # fmt: skip
+
+
+def _print_profile(result: dict) -> None:
+    lat, env = result["latency_ms"], result["environment"]
+    where = f"{result['transport']}{' ' + result['host'] if 'host' in result else ''}"
+    click.echo(f"{result['model']} on {result['device']} ({result['mode']} via {where}, {result['provider']}, "
+               f"{env['machine']}, {env['cpu']}, onnxruntime {env['onnxruntime']}, {env['threads']} threads)")  # fmt: skip
+    click.echo(f"  latency ms  min {lat['min']:.3f}  p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}"
+               f"  max {lat['max']:.3f}  mean {lat['mean']:.3f}  ({result['runs']} runs, {result['seconds']:.1f} s)")  # fmt: skip
+    click.echo(f"  throughput {result['throughput_per_s']:.1f}/s  load {result['load_ms']:.0f} ms  first run "
+               f"{result['first_run_ms']:.1f} ms  warm-up {result['warmup']} runs  peak RSS {result['peak_rss_mb']:.0f} MB")  # fmt: skip
+    click.echo("  placement: " + ", ".join(f"{ep} {n}" for ep, n in result["placement"].items())
                + f"  (fallbacks {result['fallback_nodes']})")  # fmt: skip
-    for op in result["ops"][:8]:
-        click.echo(f"  {op['op_type']:<28} {op['ms']:8.3f} ms  {op['share']:6.1%}")
+    for op in result["ops"][:6]:
+        click.echo(f"    {op['op_type']:<28} {op['ms']:8.3f} ms  {op['share']:6.1%}")
+    if result.get("note"):
+        click.echo(f"  note: {result['note']}")
 
 
 # -------------------------------------------------------------------------------------------- inspect

@@ -25,6 +25,13 @@ class ExecutionProvider(Strict):
     package: str | None = Field(default=None, description="The pip package that provides this EP (for error hints).")
 
 
+class TransportConfig(Strict):
+    kind: Literal["ssh"] = Field(description="How to reach the real device.")
+    host: str = Field(description="ssh://user@host:port of the device.")
+    known_hosts: str | None = Field(default=None, description="known_hosts file holding the device's host key.")
+    remote_python: str = Field(default="python3", description="Python on the device (with numpy and onnxruntime).")
+
+
 class QuantizationConstraints(Strict):
     modes: list[Literal["dynamic", "static"]] = Field(
         default=["dynamic", "static"], description="Quantization modes the device can run."
@@ -76,6 +83,10 @@ class DeviceProfile(Strict):
     ort_format: bool = Field(default=False, description="Also write the final model in ORT format (.ort) for mobile.")
     max_opset: int | None = Field(default=None, description="Highest ai.onnx opset the device's runtime supports.")
     control_flow: bool = Field(default=True, description="The EP runs Loop/If/Scan.")
+    transport: TransportConfig | None = Field(
+        default=None, description="Where the real device is (profiling runs there, mode remote). No secrets here: "
+        "the key comes from --ssh-key or the SSH agent.",
+    )
     quantization: QuantizationConstraints = Field(
         default=QuantizationConstraints(), description="What the device allows."
     )

@@ -1,5 +1,7 @@
-"""Profile: run one model on a device and measure latency, load time, memory, per-op time and placement."""
+"""Profile: run models on a device, locally or over SSH, and measure latency, load time, memory, per-op time and
+placement. The runner (runner.py) is the only code that runs on the device."""
 
-from edgeq.profile.local import profile_local
+from edgeq.profile.run import STANDARD, profile_models
+from edgeq.profile.transport import LocalTransport, SSHTransport, TransportError
 
-__all__ = ["profile_local"]
+__all__ = ["STANDARD", "LocalTransport", "SSHTransport", "TransportError", "profile_models"]

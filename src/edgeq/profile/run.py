@@ -1,0 +1,173 @@
+"""Profile models on a device through a transport, and turn the runner's raw numbers into the profile JSON of
+DESIGN.md: latency distribution, throughput, load and first-run time, peak RSS, per-op and top-node time,
+placement, environment; with several models, interleaved runs and per-pair ratios."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from edgeq.artifact import load_onnx
+from edgeq.devices import DeviceProfile
+from edgeq.errors import DataError
+from edgeq.profile.inputs import synthetic_feed, vocab_size_near
+from edgeq.profile.transport import LocalTransport, TransportError
+from edgeq.progress import say
+from edgeq.validate.sessions import Runtime, placement_from_trace, runtime_for
+
+RUNNER = Path(__file__).with_name("runner.py")
+STANDARD = {"runs": 1024, "min_seconds": 60.0}  # MLPerf Mobile: at least 1024 queries and 60 s
+PERCENTILES = {"min": np.min, "p50": lambda v: np.percentile(v, 50), "p90": lambda v: np.percentile(v, 90),
+               "p99": lambda v: np.percentile(v, 99), "max": np.max, "mean": np.mean}  # fmt: skip
+
+
+class InputSpec:
+    def __init__(self, value):
+        self.name = value.name
+        elem = value.type.tensor_type.elem_type
+        self.type = {7: "tensor(int64)", 6: "tensor(int32)", 1: "tensor(float)", 10: "tensor(float16)",
+                     9: "tensor(bool)"}.get(elem, "tensor(float)")  # fmt: skip
+        self.shape = [d.dim_value if d.dim_value > 0 else (d.dim_param or None) for d in value.type.tensor_type.shape.dim]
+
+
+def profile_models(models: list[Path], device: DeviceProfile, transport=None, runs: int = 100,
+                   min_seconds: float = 2.0, warmup: int = 10, threads: int | None = None, batch_size: int = 1,
+                   sequence_length: int = 128, inputs: Path | None = None, timeout: float = 900) -> dict:  # fmt: skip
+    """One profile per model (a dict for one model; {"profiles", "comparison"} for several)."""
+    transport = transport or LocalTransport()
+    specs = [_input_specs(m) for m in models]
+    runtime = _runtime(device, transport)
+    with tempfile.TemporaryDirectory(prefix="edgeq-profile-") as tmp:
+        job_dir = Path(tmp)
+        files = _write_job(job_dir, models, specs, device, runs, min_seconds, warmup, threads or device.threads,
+                           batch_size, sequence_length, inputs, transport, timeout)  # fmt: skip
+        where = f"{transport.name}{' ' + transport.address if transport.name == 'ssh' else ''}"
+        say(f"▶ profiling {len(models)} model(s) on {device.id} via {where}: ≥{runs} runs and ≥{min_seconds:g} s")
+        transport.run(job_dir, files, timeout)
+        result = json.loads((job_dir / "result.json").read_text())
+        profiles = [_profile(models[i], m, job_dir, runtime, transport, result, runs, warmup, batch_size,
+                             sequence_length) for i, m in enumerate(result["models"])]  # fmt: skip
+    if len(profiles) == 1:
+        return profiles[0]
+    return {"profiles": profiles, "comparison": compare(profiles)}
+
+
+def compare(profiles: list[dict]) -> list[dict]:
+    """Each model against the first: ratios of p50, mean and min latency (measured interleaved)."""
+    base = profiles[0]["latency_ms"]
+    return [{"model": p["model"], "against": profiles[0]["model"],
+             **{f"{k}_ratio": round(p["latency_ms"][k] / base[k], 3) for k in ("p50", "mean", "min")}}
+            for p in profiles[1:]]  # fmt: skip
+
+
+def _runtime(device: DeviceProfile, transport) -> Runtime:
+    if transport.name == "ssh":
+        return Runtime(device, device.execution_provider.name, "remote", "")
+    return runtime_for(device)
+
+
+def _input_specs(model: Path) -> list[InputSpec]:
+    graph = load_onnx(model, load_weights=False).graph
+    inits = {t.name for t in graph.initializer}
+    return [InputSpec(v) for v in graph.input if v.name not in inits]
+
+
+def _write_job(job_dir, models, specs, device, runs, min_seconds, warmup, threads, batch_size, sequence_length,
+               inputs, transport, timeout) -> list[str]:  # fmt: skip
+    shutil.copy2(RUNNER, job_dir / "runner.py")
+    files, names, input_names = ["runner.py", "job.json"], [], []
+    for index, (model, model_specs) in enumerate(zip(models, specs)):
+        feed = _feed(model, model_specs, batch_size, sequence_length, inputs)
+        np.savez(job_dir / f"inputs_{index}.npz", **feed)
+        input_names.append(f"inputs_{index}.npz")
+        if transport.name == "ssh":
+            shutil.copy2(model, job_dir / f"model_{index}.onnx")
+            names.append(f"model_{index}.onnx")
+        else:
+            names.append(str(Path(model).resolve()))
+    files += input_names + [n for n in names if not n.startswith("/")]
+    ep = device.execution_provider
+    runtime = _runtime(device, transport)
+    provider = {"name": runtime.provider, "options": dict(ep.options) if not runtime.stand_in else {},
+                "plugin": ep.plugin if not runtime.stand_in else None}  # fmt: skip
+    job = {"models": names, "inputs": input_names, "runs": runs, "min_seconds": min_seconds,
+           "max_seconds": max(timeout - 60, min_seconds), "warmup": warmup, "threads": threads, "profile_runs": 3,
+           "provider": provider, "session_config": device.session_config if not runtime.stand_in else {}}  # fmt: skip
+    (job_dir / "job.json").write_text(json.dumps(job))
+    return files
+
+
+def _feed(model: Path, specs: list[InputSpec], batch_size: int, sequence_length: int, inputs: Path | None) -> dict:
+    if inputs is None:
+        return synthetic_feed(specs, batch_size, sequence_length, vocab_size_near(model))
+    with np.load(inputs) as data:
+        missing = [s.name for s in specs if s.name not in data.files]
+        if missing:
+            raise DataError(f"--inputs '{inputs}' has no array for {', '.join(missing)}",
+                            f"It has: {', '.join(data.files) or 'nothing'}")  # fmt: skip
+        return {s.name: data[s.name] for s in specs}
+
+
+def _profile(model, raw, job_dir, runtime, transport, result, runs, warmup, batch_size, sequence_length) -> dict:
+    values = np.array(raw["timings_ms"])
+    trace = json.loads((job_dir / Path(raw["trace"]).name).read_text())
+    ops, top_nodes = _op_times(trace)
+    where = placement_from_trace(trace, Path(model), runtime)
+    profile = {
+        "model": str(model),
+        "device": runtime.device.id,
+        "transport": transport.name,
+        "mode": runtime.mode,
+        "provider": runtime.provider,
+        "runs": int(len(values)),
+        "requested_runs": runs,
+        "seconds": round(float(values.sum()) / 1000, 3),
+        "warmup": warmup,
+        "batch_size": batch_size,
+        "sequence_length": sequence_length,
+        "latency_ms": {name: round(float(fn(values)), 4) for name, fn in PERCENTILES.items()},
+        "throughput_per_s": round(batch_size * 1000 / float(values.mean()), 2),
+        "load_ms": round(raw["load_ms"], 2),
+        "first_run_ms": round(raw["first_run_ms"], 2),
+        "peak_rss_mb": round(result["peak_rss_mb"], 1),
+        "ops": ops,
+        "top_nodes": top_nodes,
+        "placement": where["nodes"],
+        "partitions": where["partitions"],
+        "fallback_nodes": sum(n for ep, n in where["nodes"].items() if ep != runtime.provider),
+        "environment": result["environment"],
+    }
+    if transport.name == "ssh":
+        profile["host"] = transport.address
+    if runtime.mode == "emulated":
+        profile["note"] = (f"latency of {runtime.provider} on this {result['environment']['machine']} host, "
+                           f"not of the device. {runtime.note}").strip()  # fmt: skip
+    return profile
+
+
+def _op_times(trace: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Per-op-type and per-node time (ms per inference over the profiled runs), with their share of the total."""
+    per_op: dict[str, float] = defaultdict(float)
+    per_node: dict[str, list] = {}
+    runs = max(1, sum(1 for e in trace if e.get("name") == "model_run"))
+    for event in trace:
+        args = event.get("args") or {}
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            ms = event.get("dur", 0) / 1000 / runs
+            per_op[args.get("op_name", "?")] += ms
+            node = per_node.setdefault(event["name"].removesuffix("_kernel_time"), [args.get("op_name", "?"), 0.0])
+            node[1] += ms
+    total = sum(per_op.values()) or 1.0
+    ops = [{"op_type": op, "ms": round(ms, 4), "share": round(ms / total, 4)}
+           for op, ms in sorted(per_op.items(), key=lambda item: -item[1])]  # fmt: skip
+    top = sorted(per_node.items(), key=lambda item: -item[1][1])[:10]
+    nodes = [{"node": name, "op_type": op, "ms": round(ms, 4), "share": round(ms / total, 4)} for name, (op, ms) in top]
+    return ops, nodes
+
+
+__all__ = ["STANDARD", "TransportError", "compare", "profile_models"]

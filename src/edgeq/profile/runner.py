@@ -1,0 +1,140 @@
+"""The profiling runner: what runs on the device. It needs only Python 3.8+, numpy and onnxruntime, so it can be
+pushed to a board or phone as a single file. It measures and writes raw numbers; the host computes statistics.
+
+    python runner.py --job job.json --out result.json
+
+job.json: {"models": ["m0.onnx", ...], "inputs": ["in0.npz", ...], "runs": 100, "min_seconds": 2.0,
+           "max_seconds": 600, "warmup": 10, "threads": 2, "profile_runs": 3,
+           "provider": {"name": "CPUExecutionProvider", "options": {}, "plugin": null}, "session_config": {}}
+With several models, each round runs every model once, in turn (interleaved), until both `runs` rounds and
+`min_seconds` have passed (or `max_seconds`).
+"""
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+
+NOTABLE_FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "asimddp", "i8mm"}
+
+
+def session_factory(job):
+    import onnxruntime as ort
+
+    provider = job["provider"]
+    plugin = provider.get("plugin")
+    if plugin:
+        import importlib
+
+        ort.register_execution_provider_library(provider["name"], importlib.import_module(plugin).get_library_path())
+
+    def make(model_path, profile_prefix=None):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if job.get("threads"):
+            options.intra_op_num_threads = int(job["threads"])
+        if len(job["models"]) > 1:  # interleaved sessions must not spin on each other's cores
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        for key, value in job.get("session_config", {}).items():
+            options.add_session_config_entry(key, str(value))
+        if profile_prefix:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
+        if plugin:
+            devices = [d for d in ort.get_ep_devices() if d.ep_name == provider["name"]]
+            options.add_provider_for_devices(devices, {k: str(v) for k, v in provider.get("options", {}).items()})
+            return ort.InferenceSession(model_path, options)
+        providers = [(provider["name"], provider.get("options", {}))] if provider.get("options") else [provider["name"]]
+        return ort.InferenceSession(model_path, options, providers=providers)
+
+    return make
+
+
+def load_inputs(path):
+    import numpy as np
+
+    with np.load(path) as data:
+        return {name: data[name] for name in data.files}
+
+
+def measure(job):
+    make = session_factory(job)
+    feeds = [load_inputs(p) for p in job["inputs"]]
+    sessions, load_ms, first_ms = [], [], []
+    for model, feed in zip(job["models"], feeds):
+        start = time.perf_counter()
+        session = make(model)
+        load_ms.append((time.perf_counter() - start) * 1000)
+        start = time.perf_counter()
+        session.run(None, feed)
+        first_ms.append((time.perf_counter() - start) * 1000)
+        sessions.append(session)
+    for session, feed in zip(sessions, feeds):
+        for _ in range(int(job["warmup"])):
+            session.run(None, feed)
+    timings = [[] for _ in sessions]
+    started = time.perf_counter()
+    rounds = 0
+    while True:
+        for index, (session, feed) in enumerate(zip(sessions, feeds)):
+            start = time.perf_counter()
+            session.run(None, feed)
+            timings[index].append((time.perf_counter() - start) * 1000)
+        rounds += 1
+        elapsed = time.perf_counter() - started
+        if rounds >= job["runs"] and elapsed >= job["min_seconds"]:
+            break
+        if elapsed >= job.get("max_seconds", 3600):
+            break
+    traces = []
+    for index, (model, feed) in enumerate(zip(job["models"], feeds)):
+        session = make(model, profile_prefix="trace_%d" % index)
+        for _ in range(int(job.get("profile_runs", 3))):
+            session.run(None, feed)
+        traces.append(session.end_profiling())
+    return {
+        "models": [
+            {"load_ms": load_ms[i], "first_run_ms": first_ms[i], "timings_ms": timings[i], "trace": traces[i],
+             "providers": sessions[i].get_providers()}
+            for i in range(len(sessions))
+        ],
+        "seconds": time.perf_counter() - started,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "environment": environment(job),
+    }
+
+
+def environment(job):
+    import onnxruntime as ort
+
+    cpu, flags = None, None
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if cpu is None and line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                if flags is None and line.startswith(("flags", "Features")):
+                    flags = [f for f in line.split(":", 1)[1].split() if f in NOTABLE_FLAGS]
+    except OSError:
+        pass
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine())
+    return {"machine": machine, "onnxruntime": ort.__version__, "python": platform.python_version(),
+            "cpu": cpu or platform.processor() or "unknown", "cpu_flags": flags or [], "threads": job.get("threads")}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--job", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    with open(args.job) as handle:
+        job = json.load(handle)
+    result = measure(job)
+    with open(args.out, "w") as handle:
+        json.dump(result, handle)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
