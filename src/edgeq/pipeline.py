@@ -119,7 +119,9 @@ def run_build(plan: Plan, force: bool = False) -> BuildResult:
     candidates = {s.folder.name: s.folder / MODEL_FILE for s in stages if s.folder is not None}
     validation = validate_stage(plan, candidates, reference="fp32")
     stages.append(validation)
-    finalize(plan, chosen)
+    final = finalize(plan, chosen)
+    if plan.recipe.profile is not None and plan.recipe.profile.enabled:
+        stages.append(profile_stage(plan, final / MODEL_FILE))
     report = build_report(plan, stages, final_artifact=chosen.folder.name, total=time.perf_counter() - started)
     write_report(plan.out_dir, plan.recipe, report)
     return BuildResult(report=report, out_dir=plan.out_dir, exit_code=0 if report["passed"] else 3)
@@ -234,6 +236,20 @@ def validate_stage(plan: Plan, models: dict[str, Path], reference: str) -> Stage
     seconds = time.perf_counter() - start
     say(f"  validate: {seconds:.1f}s (measured now, never cached)")
     return StageResult("validate", None, None, seconds, False, {"validations": results})
+
+
+def profile_stage(plan: Plan, model: Path) -> StageResult:
+    """The final model on every target: locally, or on the real device when its profile has a transport."""
+    from edgeq import api
+
+    cfg = plan.recipe.profile
+    seq = cfg.sequence_length or plan.recipe.export.sequence_length or 128
+    start = time.perf_counter()
+    profiles = [api.profile(model, device.id, cfg.runs, cfg.min_seconds, cfg.warmup, sequence_length=seq)
+                for device in plan.devices]  # fmt: skip
+    for entry in profiles:
+        entry["model"] = "final/model.onnx"
+    return StageResult("profile", None, None, time.perf_counter() - start, False, {"profiles": profiles})
 
 
 def finalize(plan: Plan, chosen: StageResult) -> Path:

@@ -25,12 +25,14 @@ def build_report(plan, stages, final_artifact: str, total: float) -> dict:
         "edgeq_version": __version__,
         "recipe": plan.recipe.model_dump(mode="json"),
         "recipe_file": str(plan.recipe_path),
-        "stages": [{k: v for k, v in s.record().items() if k not in ("validations", "mixed_precision")} for s in stages],
+        "stages": [{k: v for k, v in s.record().items() if k not in ("validations", "mixed_precision", "profiles")}
+                   for s in stages],
         "artifacts": artifacts,
         "validations": validations,
         "final": "final/model.onnx",
         **({"final_ort": "final/model.ort"} if (plan.out_dir / "final" / "model.ort").is_file() else {}),
         **({"mixed_precision": mp} if (mp := _mixed_precision(stages)) else {}),
+        **({"profiles": profiles} if (profiles := [p for s in stages for p in s.details.get("profiles", [])]) else {}),
         "final_artifact": final_artifact,
         "passed": all(v["passed"] for v in final_checks),
         "total_seconds": round(total, 2),
@@ -86,6 +88,8 @@ def render_markdown(report: dict) -> str:
         lines += ["", "## Below thresholds", "", *failures]
     if "mixed_precision" in report:
         lines += ["", *mixed_precision_markdown(report["mixed_precision"])]
+    if "profiles" in report:
+        lines += ["", "## Profiles of the final model", "", profile_table(report["profiles"])]
     checks = [s for s in report["stages"] if "export_check" in s]
     if checks:
         c = checks[0]["export_check"]
@@ -135,6 +139,15 @@ def validation_table(validations: list[dict]) -> str:
     header = ["artifact", "device", "mode", "cos mean", "cos min", "max abs err", "SQNR dB", "p50 ms", "p90 ms",
               "p50 vs fp32", "placement (nodes)", "fallbacks", "result"]  # fmt: skip
     return table(header, rows)
+
+
+def profile_table(profiles: list[dict]) -> str:
+    rows = [[p["device"], f"{p['mode']} ({p['transport']})", str(p["runs"]), *(f"{p['latency_ms'][k]:.3f}" for k in
+             ("min", "p50", "p90", "p99")), f"{p['throughput_per_s']:.1f}", f"{p['load_ms']:.0f}",
+             f"{p['first_run_ms']:.1f}", f"{p['peak_rss_mb']:.0f}", ", ".join(f"{o['op_type']} {o['share']:.0%}" for o in p["ops"][:3])]
+            for p in profiles]  # fmt: skip
+    return table(["device", "mode", "runs", "min ms", "p50 ms", "p90 ms", "p99 ms", "per s", "load ms", "first ms",
+                  "peak RSS MB", "top ops"], rows)  # fmt: skip
 
 
 def coverage_table(validations: list[dict]) -> str:

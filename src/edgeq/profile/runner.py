@@ -101,9 +101,22 @@ def measure(job):
             for i in range(len(sessions))
         ],
         "seconds": time.perf_counter() - started,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "environment": environment(job),
     }
+
+
+def peak_rss_mb():
+    """This process's peak resident memory. VmHWM belongs to the current program image; ru_maxrss would carry
+    the high-water mark of the process we were forked from (Linux keeps it across exec)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def environment(job):

@@ -255,6 +255,16 @@ class MixedPrecisionConfig(Strict):
         return (base / path.expanduser()).resolve() if path is not None and base is not None else path
 
 
+class ProfileConfig(Strict):
+    enabled: bool = Field(default=True, description="Profile the final model on every target after validation.")
+    runs: PositiveInt = Field(default=100, description="At least this many timed runs...")
+    min_seconds: float = Field(default=2.0, ge=0, description="...and at least this many seconds (MLPerf: 1024, 60).")
+    warmup: int = Field(default=10, ge=0, description="Untimed runs first.")
+    sequence_length: PositiveInt | None = Field(
+        default=None, description="Token count of the synthetic inputs. Default: export length or 128."
+    )
+
+
 class Recipe(Strict):
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
@@ -269,6 +279,10 @@ class Recipe(Strict):
         default=None, description="Layer-wise mixed precision after quantization. Absent: uniform quantization."
     )
     validation: ValidationConfig = Field(description="Held-out data and thresholds for validation.")
+    profile: ProfileConfig | None = Field(
+        default=None, description="Profile the final model on each target (locally, or over SSH when the device "
+        "profile names the real device). Absent: no profiling stage.",
+    )
     targets: list[str] = Field(
         min_length=1, description="Device ids (see `edgeq devices list`) to validate the model on."
     )
