@@ -37,7 +37,8 @@ def test_default_recipe_rebuild_is_cached(default_build):
     _, out = default_build
     report = api.build(ROOT / "recipes" / "minilm-int8-cpu.yaml", output=out).report
     assert {s["name"]: s["cached"] for s in report["stages"]} == {
-        "export": True, "optimize": True, "quantize": True, "mixed_precision": True, "validate": False}
+        "export": True, "optimize": True, "quantize": True, "mixed_precision": True, "validate": False,
+        "profile": False}
 
 
 def test_default_recipe_mixed_precision_within_budget(default_build):

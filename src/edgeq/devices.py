@@ -73,8 +73,9 @@ class DeviceProfile(Strict):
     threads: int | None = Field(default=None, ge=1, description="Intra-op threads. Unset: onnxruntime decides.")
     memory_budget_mb: int | None = Field(default=None, ge=1, description="Memory the model may use on the device.")
     runs_float: bool = Field(default=True, description="The EP can run an FP32 model (an NPU such as the HTP cannot).")
-    stand_in: Literal["cpu"] | None = Field(
-        default=None, description="When the EP is not installed here: check numerics on the CPU EP (mode emulated)."
+    stand_in: Literal["cpu", "qemu-arm64"] | None = Field(
+        default=None, description="When the device is not here: `cpu` checks numerics on this machine's CPU EP; "
+        "`qemu-arm64` runs aarch64 onnxruntime in a local arm64 stand-in (edgeq devices setup ID). Mode emulated.",
     )
     emulation_note: str = Field(default="", description="What a validation here covers and what it does not.")
     coverage: Literal["nnapi", "coreml-mlprogram", "coreml-neuralnetwork"] | None = Field(

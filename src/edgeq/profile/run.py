@@ -57,6 +57,36 @@ def profile_models(models: list[Path], device: DeviceProfile, transport=None, ru
     return {"profiles": profiles, "comparison": compare(profiles)}
 
 
+def run_outputs(models: list[Path], feeds: list[dict], device: DeviceProfile, transport, timeout: float = 7200) -> list[dict]:
+    """Validation through the device runner: every model on every feed once. Per model: the first output of each
+    feed, the time of each run (ms) and an onnxruntime trace of one run."""
+    runtime = _runtime(device, transport)
+    with tempfile.TemporaryDirectory(prefix="edgeq-outputs-") as tmp:
+        job_dir = Path(tmp)
+        shutil.copy2(RUNNER, job_dir / "runner.py")
+        inputs = []
+        for index, feed in enumerate(feeds):
+            np.savez(job_dir / f"inputs_{index}.npz", **feed)
+            inputs.append(f"inputs_{index}.npz")
+        names = []
+        for index, model in enumerate(models):
+            shutil.copy2(model, job_dir / f"model_{index}.onnx")
+            names.append(f"model_{index}.onnx")
+        job = {"mode": "outputs", "models": names, "inputs": inputs, "threads": device.threads,
+               "provider": {"name": runtime.provider, "options": {}, "plugin": None}, "session_config": {}}  # fmt: skip
+        (job_dir / "job.json").write_text(json.dumps(job))
+        transport.run(job_dir, ["runner.py", "job.json", *inputs, *names], timeout)
+        result = json.loads((job_dir / "result.json").read_text())
+        produced = []
+        for raw in result["models"]:
+            with np.load(job_dir / raw["outputs"]) as data:
+                outputs = [data[f"b{i}"] for i in range(len(feeds))]
+            trace = json.loads((job_dir / Path(raw["trace"]).name).read_text())
+            produced.append({"outputs": outputs, "timings_ms": raw["timings_ms"], "trace": trace,
+                             "environment": result["environment"]})  # fmt: skip
+    return produced
+
+
 def compare(profiles: list[dict]) -> list[dict]:
     """Each model against the first: ratios of p50, mean and min latency (measured interleaved)."""
     base = profiles[0]["latency_ms"]
@@ -69,6 +99,18 @@ def _runtime(device: DeviceProfile, transport) -> Runtime:
     if transport.name == "ssh":
         return Runtime(device, device.execution_provider.name, "remote", "")
     return runtime_for(device)
+
+
+def default_transport(device: DeviceProfile):
+    """Where a device's runner goes when no --host is given: its SSH transport, its arm64 stand-in, or here."""
+    from edgeq.profile.transport import QemuTransport, SSHTransport
+
+    if device.transport is not None:
+        t = device.transport
+        return SSHTransport.from_url(t.host, None, t.known_hosts, t.remote_python)
+    if device.stand_in == "qemu-arm64":
+        return QemuTransport(device.id)
+    return LocalTransport()
 
 
 def _input_specs(model: Path) -> list[InputSpec]:
@@ -85,7 +127,7 @@ def _write_job(job_dir, models, specs, device, runs, min_seconds, warmup, thread
         feed = _feed(model, model_specs, batch_size, sequence_length, inputs)
         np.savez(job_dir / f"inputs_{index}.npz", **feed)
         input_names.append(f"inputs_{index}.npz")
-        if transport.name == "ssh":
+        if transport.copies_models:
             shutil.copy2(model, job_dir / f"model_{index}.onnx")
             names.append(f"model_{index}.onnx")
         else:

@@ -119,6 +119,31 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def outputs(job):
+    """Validation mode: run every model on every input file once; save the first output and the time of each run."""
+    import numpy as np
+
+    make = session_factory(job)
+    result = {"models": [], "peak_rss_mb": 0.0, "environment": environment(job)}
+    feeds = [load_inputs(p) for p in job["inputs"]]
+    for index, model in enumerate(job["models"]):
+        session = make(model)
+        names = {i.name for i in session.get_inputs()}
+        values, timings = {}, []
+        for batch, feed in enumerate(feeds):
+            feed = {k: v for k, v in feed.items() if k in names}
+            start = time.perf_counter()
+            values["b%d" % batch] = session.run(None, feed)[0]
+            timings.append((time.perf_counter() - start) * 1000)
+        np.savez("outputs_%d.npz" % index, **values)
+        profiled = make(model, profile_prefix="trace_%d" % index)
+        profiled.run(None, {k: v for k, v in feeds[0].items() if k in names})
+        result["models"].append({"outputs": "outputs_%d.npz" % index, "timings_ms": timings,
+                                 "trace": profiled.end_profiling()})
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
 def environment(job):
     import onnxruntime as ort
 
@@ -144,7 +169,7 @@ def main():
     args = parser.parse_args()
     with open(args.job) as handle:
         job = json.load(handle)
-    result = measure(job)
+    result = outputs(job) if job.get("mode") == "outputs" else measure(job)
     with open(args.out, "w") as handle:
         json.dump(result, handle)
 

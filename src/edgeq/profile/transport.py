@@ -25,6 +25,7 @@ class TransportError(EdgeqError):
 
 class LocalTransport:
     name = "local"
+    copies_models = False
 
     def run(self, job_dir: Path, files: list[str], timeout: float) -> None:
         command = [sys.executable, "runner.py", "--job", "job.json", "--out", "result.json"]
@@ -47,6 +48,7 @@ class SSHTransport:
     remote_python: str
     connect_timeout: int = 10
     name = "ssh"
+    copies_models = True
 
     @classmethod
     def from_url(cls, url: str, key: str | None, known_hosts: str | None, remote_python: str | None) -> SSHTransport:
@@ -156,3 +158,43 @@ class SSHTransport:
 def _last_line(text: str) -> str:
     lines = [line for line in (text or "").strip().splitlines() if line.strip()]
     return lines[-1][:300] if lines else "no message"
+
+
+class QemuTransport:
+    """The runner inside a local arm64 stand-in (see edgeq.standin): a chroot whose aarch64 binaries run
+    through qemu-user-static. One work folder per run under the stand-in's /tmp, removed afterwards."""
+
+    name = "qemu"
+    copies_models = True
+
+    def __init__(self, device_id: str):
+        from edgeq.standin import is_ready, rootfs
+
+        if not is_ready(device_id):
+            raise TransportError(f"the arm64 stand-in for '{device_id}' is not set up",
+                                 f"Run: edgeq devices setup {device_id}")  # fmt: skip
+        self.root = rootfs(device_id)
+
+    def run(self, job_dir: Path, files: list[str], timeout: float) -> None:
+        import shutil
+        import tempfile
+
+        from edgeq.standin import run_in
+
+        work = Path(tempfile.mkdtemp(prefix="edgeq-run-", dir=self.root / "tmp"))
+        try:
+            for name in files:
+                shutil.copy2(job_dir / name, work / name)
+            inside = "/" + str(work.relative_to(self.root))
+            try:
+                run_in(self.root, ["/usr/bin/python3", "runner.py", "--job", "job.json", "--out", "result.json"],
+                       timeout, cwd=inside)  # fmt: skip
+            except subprocess.TimeoutExpired:
+                raise TransportError(f"the run in the arm64 stand-in exceeded {timeout:.0f} s and was stopped") from None
+            except EdgeqError as exc:
+                raise TransportError(exc.message) from None
+            for produced in work.iterdir():
+                if produced.name == "result.json" or produced.name.startswith(("trace_", "outputs_")):
+                    shutil.copy2(produced, job_dir / produced.name)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)

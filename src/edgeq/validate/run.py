@@ -16,7 +16,8 @@ from edgeq.devices import DeviceProfile
 from edgeq.progress import track
 from edgeq.text import TextEncoder, batches, feed_for, task_vectors
 from edgeq.validate.metrics import compare, judge
-from edgeq.validate.sessions import CPU_EP, environment, host_cpu, make_session, placement, runtime_for
+from edgeq.validate.sessions import (CPU_EP, environment, host_cpu, make_session, placement, placement_from_trace,
+                                    runtime_for)  # fmt: skip
 
 
 def validate_models(
@@ -31,53 +32,35 @@ def validate_models(
     thresholds: dict[str, dict[str, float]] | None = None,
 ) -> list[dict]:
     """One report.json validation entry per model validated on `device` (the reference included, as the
-    baseline, when the device runs float models). `thresholds` maps a model name to its limits."""
+    baseline, when the device runs float models here). `thresholds` maps a model name to its limits."""
     from edgeq.artifact import is_quantized
 
     runtime = runtime_for(device)
-    rows = [n for n in models if (device.runs_float or (n != reference and is_quantized(models[n])))]
-    sessions = {name: make_session(models[name], device, spinning=False, runtime=runtime) for name in rows}
-    comparable = runtime.provider == CPU_EP and runtime.mode == "on-host" and reference in sessions
-    reference_session = sessions[reference] if comparable else make_session(models[reference], host_cpu(device))
+    float_rows = device.runs_float and not runtime.in_runner  # an emulated arm64 is slow: quantized models only
+    rows = [n for n in models if float_rows or (n != reference and is_quantized(models[n]))]
     feeds = [encoder.encode(b) for b in batches(texts, batch_size) if len(b) == batch_size] or [encoder.encode(texts[:batch_size])]
-    for session in sessions.values():
-        for _ in range(warmup):
-            session.run(None, feed_for(session.get_inputs(), feeds[0]))
-    vectors: dict[str, list[np.ndarray]] = {name: [] for name in rows}
-    truth: list[np.ndarray] = []  # the reference's vectors on the host CPU
-    timings: dict[str, list[float]] = {name: [] for name in rows}
-    for encoded in track(feeds, f"validating on {device.id}", total=len(feeds)):
-        mask = encoded["attention_mask"]
-        for name, session in sessions.items():
-            feed = feed_for(session.get_inputs(), encoded)
-            start = time.perf_counter()
-            output = session.run(None, feed)[0]
-            timings[name].append((time.perf_counter() - start) * 1000)
-            vectors[name].append(task_vectors(output, mask, task))
-        if comparable:
-            truth.append(vectors[reference][-1])
-        else:
-            output = reference_session.run(None, feed_for(reference_session.get_inputs(), encoded))[0]
-            truth.append(task_vectors(output, mask, task))
+    if runtime.in_runner:
+        runs = _run_in_device_runner({n: models[n] for n in rows}, feeds, device, runtime)
+        truth = _host_reference(models[reference], device, feeds, task)
+        comparable = False
+    else:
+        comparable = runtime.provider == CPU_EP and runtime.mode == "on-host" and reference in rows
+        runs, truth = _run_here({n: models[n] for n in rows}, models[reference], feeds, device, runtime, task, warmup,
+                                comparable, reference)  # fmt: skip
     ref_vectors = np.concatenate(truth)
-    ref_p50 = float(np.percentile(timings[reference], 50)) if comparable else None
-    env = {**environment(), "threads": device.threads, "intra_op_spinning": False}
+    ref_p50 = float(np.percentile(runs[reference]["timings"], 50)) if comparable else None
+    env = runs[rows[0]].get("environment") or {**environment(), "threads": device.threads, "intra_op_spinning": False}
     results = []
     for name in rows:
-        where = placement(models[name], runtime, feed_for(sessions[name].get_inputs(), feeds[0]))
-        metrics = compare(ref_vectors, np.concatenate(vectors[name]), task == "text-classification")
+        vectors = [task_vectors(o, f["attention_mask"], task) for o, f in zip(runs[name]["outputs"], feeds)]
+        metrics = compare(ref_vectors, np.concatenate(vectors), task == "text-classification")
         limits = (thresholds or {}).get(name) or {}
         failures = judge(metrics, limits)
-        compliance = None
-        if device.quantization.power_of_two_scales and name != reference:
-            import onnx
-
-            from edgeq.quantize.pow2 import dpu_compliance
-
-            compliance = dpu_compliance(onnx.load(str(models[name])), device.quantization.supported_ops)
-            if compliance["violations"]:
-                failures.append(f"{len(compliance['violations'])} {device.device_class.upper()} rule violations")
-        latency = _latency(timings[name])
+        compliance = _compliance(models[name], device) if name != reference else None
+        if compliance and compliance["violations"]:
+            failures.append(f"{len(compliance['violations'])} {device.device_class.upper()} rule violations")
+        latency = _latency(runs[name]["timings"])
+        where = runs[name]["placement"]
         entry = {
             "artifact": name,
             "device": device.id,
@@ -100,7 +83,7 @@ def validate_models(
         if runtime.note:
             entry["note"] = runtime.note
         if runtime.mode != "on-host":
-            entry["latency_note"] = f"measured on {runtime.provider} on this {env['machine']} host, not on the device"
+            entry["latency_note"] = f"measured on {runtime.provider} {'in the stand-in' if runtime.in_runner else 'on this host'}, not on the device"
         if compliance is not None:
             entry["compliance"] = compliance
         if device.coverage:
@@ -109,6 +92,62 @@ def validate_models(
             entry["coverage"] = coverage_estimate(models[name], device.coverage)
         results.append(entry)
     return results
+
+
+def _run_here(models, reference_path, feeds, device, runtime, task, warmup, comparable, reference):
+    """Every model in this process, interleaved batch by batch; the reference's vectors from the host CPU."""
+    sessions = {name: make_session(path, device, spinning=False, runtime=runtime) for name, path in models.items()}
+    reference_session = sessions[reference] if comparable else make_session(reference_path, host_cpu(device))
+    for session in sessions.values():
+        for _ in range(warmup):
+            session.run(None, feed_for(session.get_inputs(), feeds[0]))
+    runs = {name: {"outputs": [], "timings": []} for name in models}
+    truth = []
+    for encoded in track(feeds, f"validating on {device.id}", total=len(feeds)):
+        for name, session in sessions.items():
+            feed = feed_for(session.get_inputs(), encoded)
+            start = time.perf_counter()
+            runs[name]["outputs"].append(session.run(None, feed)[0])
+            runs[name]["timings"].append((time.perf_counter() - start) * 1000)
+        if comparable:
+            truth.append(task_vectors(runs[reference]["outputs"][-1], encoded["attention_mask"], task))
+        else:
+            output = reference_session.run(None, feed_for(reference_session.get_inputs(), encoded))[0]
+            truth.append(task_vectors(output, encoded["attention_mask"], task))
+    for name, path in models.items():
+        runs[name]["placement"] = placement(path, runtime, feed_for(sessions[name].get_inputs(), feeds[0]))
+    return runs, truth
+
+
+def _run_in_device_runner(models, feeds, device, runtime) -> dict:
+    """Every model through the device's runner (an arm64 stand-in): its outputs, timings and placement."""
+    from edgeq.profile.run import default_transport, run_outputs
+    from edgeq.progress import say
+
+    say(f"  running {len(models)} model(s) on {len(feeds)} inputs in the {device.id} stand-in (slow: emulated)")
+    produced = run_outputs(list(models.values()), feeds, device, default_transport(device))
+    runs = {}
+    for (name, path), raw in zip(models.items(), produced):
+        env = {**raw["environment"], "intra_op_spinning": True}
+        runs[name] = {"outputs": raw["outputs"], "timings": raw["timings_ms"], "environment": env,
+                      "placement": placement_from_trace(raw["trace"], path, runtime)}  # fmt: skip
+    return runs
+
+
+def _host_reference(reference_path, device, feeds, task) -> list[np.ndarray]:
+    session = make_session(reference_path, host_cpu(device))
+    return [task_vectors(session.run(None, feed_for(session.get_inputs(), f))[0], f["attention_mask"], task)
+            for f in feeds]  # fmt: skip
+
+
+def _compliance(model_path: Path, device: DeviceProfile) -> dict | None:
+    if not device.quantization.power_of_two_scales:
+        return None
+    import onnx
+
+    from edgeq.quantize.pow2 import dpu_compliance
+
+    return dpu_compliance(onnx.load(str(model_path)), device.quantization.supported_ops)
 
 
 def _latency(samples_ms: list[float]) -> dict[str, float]:

@@ -32,10 +32,19 @@ class Runtime:
     def stand_in(self) -> bool:
         return self.provider != self.device.execution_provider.name
 
+    @property
+    def in_runner(self) -> bool:
+        """Models run in the device runner (an arm64 stand-in), not in this process."""
+        return self.device.stand_in == "qemu-arm64" and self.mode == "emulated"
+
 
 def runtime_for(device: DeviceProfile) -> Runtime:
     """The device's EP when this onnxruntime has it; else its CPU stand-in (emulated); else a DeviceError."""
     ep = device.execution_provider
+    if device.stand_in == "qemu-arm64" and mode_for(device) != "on-host":
+        note = (f"aarch64 onnxruntime in an arm64 stand-in (qemu-user on this {environment_machine()} host): the "
+                f"numerics are aarch64's integer kernels; the latency is qemu's, not the device's. {device.emulation_note}")
+        return Runtime(device, ep.name, "emulated", note.strip())
     if provider_available(ep):
         mode = mode_for(device)
         note = device.emulation_note if mode == "emulated" else ""
@@ -45,6 +54,10 @@ def runtime_for(device: DeviceProfile) -> Runtime:
         return Runtime(device, CPU_EP, "emulated", note)
     hint = f"Install it: pip install {ep.package}" if ep.package else f"Available: {', '.join(_builtin_providers())}"
     raise DeviceError(f"device '{device.id}' needs {ep.name}, which this onnxruntime does not have", hint)
+
+
+def environment_machine() -> str:
+    return HOST_ARCH.get(platform.machine().lower(), platform.machine())
 
 
 def provider_available(ep: ExecutionProvider) -> bool:
