@@ -135,6 +135,17 @@ def preflight(model: str | Path, device: str) -> dict:
     return check(Path(model), load_device(device))
 
 
+def setup_device(device_id: str) -> dict:
+    """Make (or find) the local stand-in of a device whose profile says `stand_in: qemu-arm64`."""
+    from edgeq.errors import DeviceError
+    from edgeq.standin import setup
+
+    profile = load_device(device_id)
+    if profile.stand_in != "qemu-arm64":
+        raise DeviceError(f"device '{device_id}' needs no setup", "Only devices with `stand_in: qemu-arm64` have one")
+    return setup(device_id)
+
+
 def devices() -> list[DeviceProfile]:
     return list_devices()
 

@@ -314,6 +314,17 @@ def devices_show(device_id: str, as_json: bool) -> None:
     click.echo(json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False).rstrip())
 
 
+@devices.command("setup")
+@click.argument("device_id")
+def devices_setup(device_id: str) -> None:
+    """Make the local stand-in of a device (for raspberry-pi-5: an arm64 root file system run under qemu)."""
+    from edgeq import api
+
+    info = api.setup_device(device_id)
+    click.echo(f"{device_id}: stand-in ready ({info['machine']}, Python {info['python']}, onnxruntime "
+               f"{info['onnxruntime']}, numpy {info['numpy']})")  # fmt: skip
+
+
 # -------------------------------------------------------------------------------------------- recipes
 @cli.group()
 def recipes() -> None:

@@ -171,7 +171,8 @@ def run_in(target: Path, command: list[str], timeout: float, cwd: str = "/") -> 
     ensure_binfmt()
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": SITE, "HOME": "/root", "LANG": "C.UTF-8"}
     shell = f"cd {cwd} && exec " + " ".join(_quote(c) for c in command)
-    done = subprocess.run(["chroot", str(target), "/bin/sh", "-c", shell], capture_output=True, text=True,
+    chroot = shutil.which("chroot", path="/usr/sbin:/usr/bin:/sbin:/bin") or "chroot"
+    done = subprocess.run([chroot, str(target), "/bin/sh", "-c", shell], capture_output=True, text=True,
                           timeout=timeout, env=env)  # fmt: skip
     if done.returncode != 0:
         raise DeviceError(f"the arm64 stand-in failed: {(done.stderr.strip().splitlines() or ['no message'])[-1][:300]}")

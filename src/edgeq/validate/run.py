@@ -86,6 +86,10 @@ def validate_models(
             entry["latency_note"] = f"measured on {runtime.provider} {'in the stand-in' if runtime.in_runner else 'on this host'}, not on the device"
         if compliance is not None:
             entry["compliance"] = compliance
+        if runtime.in_runner:  # the same model on this host's CPU: how far apart the two platforms' kernels are
+            host = _host_reference(models[name], device, feeds, task)
+            entry["versus_host_cpu"] = {k: v for k, v in compare(np.concatenate(host), np.concatenate(vectors)).items()
+                                        if k in ("cosine_min", "cosine_mean", "max_abs_error")}  # fmt: skip
         if device.coverage:
             from edgeq.validate.coverage import coverage_estimate
 
