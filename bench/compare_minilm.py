@@ -13,6 +13,7 @@ nearest other sentence (by cosine) is the same under the model as under FP32.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -109,6 +110,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="Interleaved passes over the held-out texts.")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     args = parser.parse_args()
+    for name in ("build", "heldout", "calibration", "json"):
+        if getattr(args, name) is not None:
+            setattr(args, name, getattr(args, name).resolve())
 
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
@@ -123,7 +127,7 @@ def main() -> None:
     device = load_device(args.device)
     encoder = TextEncoder(fp32_dir, 128)
     calibration = [t for t in args.calibration.read_text().splitlines() if t.strip()][:128]
-    with tempfile.TemporaryDirectory(prefix="edgeq-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgeq-bench-") as tmp, contextlib.chdir(tmp):  # ORT writes scratch to cwd
         tmp = Path(tmp)
         for name in ("optimum", "dynamic", "static"):
             (tmp / name).mkdir()

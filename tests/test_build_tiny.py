@@ -181,3 +181,12 @@ def test_quantize_and_validate_commands_on_any_onnx_file(tiny_onnx, run_cli, tmp
     strict = run_cli("validate", out / "model.onnx", "--reference", tiny_onnx, "--data",
                      DATA / "validation.txt", "--samples", "10", "--min-cosine-mean", "1.0")  # fmt: skip
     assert strict.exit_code == 3 and strict.stderr.startswith("Below thresholds: cosine_mean")
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_quantize_leaves_nothing_in_the_current_folder(tiny_onnx, run_cli, tmp_path, monkeypatch, mode):
+    monkeypatch.chdir(tmp_path)
+    extra = ["--calibration", DATA / "calibration.txt", "--samples", "4"] if mode == "static" else []
+    result = run_cli("quantize", tiny_onnx, "-o", "q", "--mode", mode, *extra)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]

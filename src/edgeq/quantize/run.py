@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from pathlib import Path
@@ -32,7 +33,10 @@ def quantize_model(
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's quantizer warns on the root logger
-    with tempfile.TemporaryDirectory(prefix="edgeq-quant-") as tmp:
+    fp32_path, out_path = Path(fp32_path).resolve(), Path(out_path).resolve()
+    # onnxruntime's pre-processing writes scratch models (sym_shape_infer_temp.onnx, <uuid>.data) into the current
+    # folder: work inside our own scratch folder so that nothing lands in the user's.
+    with tempfile.TemporaryDirectory(prefix="edgeq-quant-") as tmp, contextlib.chdir(tmp):
         prepared = Path(tmp) / "prepared.onnx"
         done = {"scheme": scheme if q.mode == "static" else "onnxruntime"}
         if q.mode == "static" and q.attention_mask_fill is not None:
