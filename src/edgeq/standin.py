@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -170,7 +171,7 @@ def run_in(target: Path, command: list[str], timeout: float, cwd: str = "/") -> 
     """Run a command inside the root file system (chroot; aarch64 binaries go through qemu via binfmt_misc)."""
     ensure_binfmt()
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": SITE, "HOME": "/root", "LANG": "C.UTF-8"}
-    shell = f"cd {cwd} && exec " + " ".join(_quote(c) for c in command)
+    shell = f"cd {shlex.quote(cwd)} && exec " + " ".join(shlex.quote(c) for c in command)
     chroot = shutil.which("chroot", path="/usr/sbin:/usr/bin:/sbin:/bin") or "chroot"
     done = subprocess.run([chroot, str(target), "/bin/sh", "-c", shell], capture_output=True, text=True,
                           timeout=timeout, env=env)  # fmt: skip
@@ -178,8 +179,3 @@ def run_in(target: Path, command: list[str], timeout: float, cwd: str = "/") -> 
         raise DeviceError(f"the arm64 stand-in failed: {(done.stderr.strip().splitlines() or ['no message'])[-1][:300]}")
     return done.stdout
 
-
-def _quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
