@@ -59,7 +59,8 @@ class SSHTransport:
             raise TransportError(f"--host '{url}' carries a password", "Use key authentication (--ssh-key)")
         for label, path in (("--ssh-key", key), ("--known-hosts", known_hosts)):
             if path and not Path(path).expanduser().is_file():
-                raise TransportError(f"{label} file '{path}' not found")
+                what = "is not a regular file" if Path(path).expanduser().exists() else "not found"
+                raise TransportError(f"{label} file '{path}' {what}")
         return cls(parsed.hostname, parsed.port or 22, parsed.username or getpass.getuser(),
                    Path(key).expanduser() if key else None, Path(known_hosts).expanduser() if known_hosts else None,
                    remote_python or "python3")  # fmt: skip
