@@ -106,17 +106,12 @@ def profile(models: str | Path | list, device: str = DEFAULT_DEVICE, runs: int =
             known_hosts: str | None = None, remote_python: str | None = None, timeout: float = 900) -> dict:  # fmt: skip
     """Profile one model (the profile JSON of DESIGN.md) or several, interleaved ({"profiles", "comparison"}),
     on DEVICE: locally, or on a remote device over SSH (`host`, or the device profile's transport section)."""
-    from edgeq.profile import SSHTransport, profile_models
+    from edgeq.profile import profile_models
     from edgeq.profile.run import default_transport
 
     profile_device = load_device(device)
     paths = [Path(m) for m in (models if isinstance(models, list) else [models])]
-    remote = profile_device.transport
-    if host or remote:
-        transport = SSHTransport.from_url(host or remote.host, ssh_key, known_hosts or (remote and remote.known_hosts),
-                                          remote_python or (remote and remote.remote_python))  # fmt: skip
-    else:
-        transport = default_transport(profile_device)
+    transport = default_transport(profile_device, host, ssh_key, known_hosts, remote_python)
     return profile_models(paths, profile_device, transport, runs, min_seconds, warmup, threads, batch_size,
                           sequence_length, Path(inputs) if inputs else None, timeout)  # fmt: skip
 

@@ -79,6 +79,15 @@ def node_precisions(model: onnx.ModelProto) -> dict[str, str]:
     return result
 
 
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` that also outputs the named intermediate tensors (to read activations)."""
+    extended = onnx.ModelProto()
+    extended.CopyFrom(model)
+    present = {o.name for o in extended.graph.output}
+    extended.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in present)
+    return extended
+
+
 def is_quantized(path: str | Path) -> bool:
     """Whether any node of the model computes in an integer precision."""
     model = onnx.load(str(path), load_external_data=False)

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import onnx
 
+from edgeq.artifact import with_outputs
 from edgeq.devices import DeviceProfile
 from edgeq.text import TextEncoder, feed_for, task_vectors
 from edgeq.validate.metrics import compare
@@ -30,11 +31,7 @@ class TextRunner:
         return np.concatenate([task_vectors(o, e["attention_mask"], self.task) for o, e in zip(out, self.encoded)])
 
     def tensors(self, model: onnx.ModelProto, names: list[str]) -> dict[str, list[np.ndarray]]:
-        extended = onnx.ModelProto()
-        extended.CopyFrom(model)
-        present = {o.name for o in extended.graph.output}
-        extended.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in present)
-        session = self.session(extended)
+        session = self.session(with_outputs(model, names))
         collected: dict[str, list[np.ndarray]] = {n: [] for n in names}
         for encoded in self.encoded:
             for name, value in zip(names, session.run(names, feed_for(session.get_inputs(), encoded))):

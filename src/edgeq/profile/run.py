@@ -101,13 +101,16 @@ def _runtime(device: DeviceProfile, transport) -> Runtime:
     return runtime_for(device)
 
 
-def default_transport(device: DeviceProfile):
-    """Where a device's runner goes when no --host is given: its SSH transport, its arm64 stand-in, or here."""
+def default_transport(device: DeviceProfile, host: str | None = None, ssh_key: str | None = None,
+                      known_hosts: str | None = None, remote_python: str | None = None):  # fmt: skip
+    """Where a device's runner goes: `host` (or the device profile's `transport:` section) over SSH, with the
+    given key and overrides; else the device's arm64 stand-in; else this machine."""
     from edgeq.profile.transport import QemuTransport, SSHTransport
 
-    if device.transport is not None:
-        t = device.transport
-        return SSHTransport.from_url(t.host, None, t.known_hosts, t.remote_python)
+    remote = device.transport
+    if host or remote:
+        return SSHTransport.from_url(host or remote.host, ssh_key, known_hosts or (remote and remote.known_hosts),
+                                     remote_python or (remote and remote.remote_python))  # fmt: skip
     if device.stand_in == "qemu-arm64":
         return QemuTransport(device.id)
     return LocalTransport()

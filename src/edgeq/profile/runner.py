@@ -144,22 +144,32 @@ def outputs(job):
     return result
 
 
-def environment(job):
-    import onnxruntime as ort
+def machine():
+    """The CPU architecture, spelled as Linux does (x86_64, aarch64)."""
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine())
 
-    cpu, flags = None, None
+
+def cpu_info():
+    """(CPU model name, all CPU flags) from /proc/cpuinfo; ("unknown", []) where there is none."""
+    model, flags = None, None
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
-                if cpu is None and line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
+                if model is None and line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
                 if flags is None and line.startswith(("flags", "Features")):
-                    flags = [f for f in line.split(":", 1)[1].split() if f in NOTABLE_FLAGS]
+                    flags = line.split(":", 1)[1].split()
     except OSError:
         pass
-    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine())
-    return {"machine": machine, "onnxruntime": ort.__version__, "python": platform.python_version(),
-            "cpu": cpu or platform.processor() or "unknown", "cpu_flags": flags or [], "threads": job.get("threads")}
+    return model or platform.processor() or "unknown", flags or []
+
+
+def environment(job):
+    import onnxruntime as ort
+
+    cpu, flags = cpu_info()
+    return {"machine": machine(), "onnxruntime": ort.__version__, "python": platform.python_version(), "cpu": cpu,
+            "cpu_flags": [f for f in flags if f in NOTABLE_FLAGS], "threads": job.get("threads")}
 
 
 def main():

@@ -68,13 +68,12 @@ def _power_of_two(quantized_path: Path, float_path: Path, texts: list[str], enco
     import numpy as np
     import onnxruntime as ort
 
+    from edgeq.artifact import with_outputs
     from edgeq.quantize.pow2 import activation_tensors, power_of_two_scales
 
     model, float_model = onnx.load(str(quantized_path)), onnx.load(str(float_path))
     wanted = activation_tensors(model)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(float_model)
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in wanted)
+    probe = with_outputs(float_model, wanted)
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     samples: dict[str, list] = {n: [] for n in wanted}
     for text in texts[:16]:

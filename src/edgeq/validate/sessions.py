@@ -4,7 +4,6 @@ onnxruntime-qnn), or a declared CPU stand-in when the EP is not installed; and w
 from __future__ import annotations
 
 import json
-import platform
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -14,8 +13,6 @@ from edgeq.devices import DeviceProfile, ExecutionProvider
 from edgeq.errors import DeviceError
 
 CPU_EP = "CPUExecutionProvider"
-NOTABLE_FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "asimddp", "i8mm"}
-HOST_ARCH = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
 _registered_plugins: set[str] = set()
 
 
@@ -42,7 +39,7 @@ def runtime_for(device: DeviceProfile) -> Runtime:
     """The device's EP when this onnxruntime has it; else its CPU stand-in (emulated); else a DeviceError."""
     ep = device.execution_provider
     if device.stand_in == "qemu-arm64" and mode_for(device) != "on-host":
-        note = (f"aarch64 onnxruntime in an arm64 stand-in (qemu-user on this {environment_machine()} host): the "
+        note = (f"aarch64 onnxruntime in an arm64 stand-in (qemu-user on this {_host_machine()} host): the "
                 f"numerics are aarch64's integer kernels; the latency is qemu's, not the device's. {device.emulation_note}")
         return Runtime(device, ep.name, "emulated", note.strip())
     if provider_available(ep):
@@ -56,8 +53,10 @@ def runtime_for(device: DeviceProfile) -> Runtime:
     raise DeviceError(f"device '{device.id}' needs {ep.name}, which this onnxruntime does not have", hint)
 
 
-def environment_machine() -> str:
-    return HOST_ARCH.get(platform.machine().lower(), platform.machine())
+def _host_machine() -> str:
+    from edgeq.profile.runner import machine  # the device runner holds the one copy of the host probes
+
+    return machine()
 
 
 def provider_available(ep: ExecutionProvider) -> bool:
@@ -145,41 +144,17 @@ def host_cpu(device: DeviceProfile) -> DeviceProfile:
 def mode_for(device: DeviceProfile) -> str:
     """`on-host` when the device's own EP runs on a host of the device's architecture with the CPU features
     the device relies on; `emulated` otherwise (a stand-in ran)."""
-    host = HOST_ARCH.get(platform.machine().lower(), platform.machine())
-    has_features = set(device.cpu_features) <= set(cpu_flags())
-    return "on-host" if host == device.arch and has_features else "emulated"
+    from edgeq.profile.runner import cpu_info
 
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    return []
+    has_features = set(device.cpu_features) <= set(cpu_info()[1])
+    return "on-host" if _host_machine() == device.arch and has_features else "emulated"
 
 
 def environment() -> dict:
-    import onnxruntime as ort
+    """This host, described as the device runner describes a device (threads left to the caller)."""
+    from edgeq.profile.runner import environment as describe
 
-    return {
-        "machine": HOST_ARCH.get(platform.machine().lower(), platform.machine()),
-        "onnxruntime": ort.__version__,
-        "python": platform.python_version(),
-        "cpu": _cpu_model(),
-        "cpu_features": [f for f in cpu_flags() if f in NOTABLE_FLAGS],
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return describe({})
 
 
 def placement(model_path: Path, runtime: Runtime, feed: dict) -> dict:
