@@ -28,6 +28,13 @@ def _vocabulary() -> list[str]:
 PLANTED_ISLAND = "encoder.layer.1.output.dense"
 
 
+def host_device() -> str:
+    """The CPU device profile this machine reproduces (x86-avx512-vnni or x86-avx2): validations on it are on-host."""
+    from edgeq.devices import host_cpu_device
+
+    return host_cpu_device()
+
+
 def make_tiny_bert(folder: Path, task: str = "feature-extraction", seed: int = 0, outlier: float = 0.0) -> Path:
     """A 2-layer BERT (hidden 64) with random weights and a word-level tokenizer, saved with save_pretrained.
 
@@ -83,7 +90,7 @@ def base_recipe(model_source: str, **sections) -> dict:
         "quantization": {"mode": "dynamic", "op_types": ["MatMul", "Gather"]},
         "validation": {"data": {"path": "data/validation.txt"}, "samples": 24, "warmup": 1,
                        "thresholds": {"cosine_mean": 0.9}},
-        "targets": ["x86-avx512-vnni"],
+        "targets": [host_device()],
     }  # fmt: skip
     for key, value in sections.items():
         recipe[key] = value if not isinstance(value, dict) else {**recipe.get(key, {}), **value}

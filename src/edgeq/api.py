@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeq.devices import DeviceProfile, list_devices, load_device
+from edgeq.devices import DeviceProfile, host_cpu_device, list_devices, load_device
 from edgeq.errors import OutputError
 from edgeq.recipe.schema import DataSource, QuantizationConfig, Thresholds
 
-DEFAULT_DEVICE = "x86-avx512-vnni"
 
 
 def build(recipe: str | Path, output: str | Path | None = None, force: bool = False):
@@ -41,7 +40,7 @@ def export(source: str, output: str | Path, task: str = "feature-extraction", op
 
 
 def quantize(model: str | Path, output: str | Path, config: QuantizationConfig,
-             tokenizer: str | Path | None = None, device: str = DEFAULT_DEVICE) -> Path:  # fmt: skip
+             tokenizer: str | Path | None = None, device: str | None = None) -> Path:  # fmt: skip
     """Quantize any ONNX file into OUTPUT/model.onnx (companion files of its folder are copied along).
 
     Static mode calibrates on `config.calibration` (texts, samples, method, sequence length, batch size)."""
@@ -54,7 +53,7 @@ def quantize(model: str | Path, output: str | Path, config: QuantizationConfig,
 
     model_path = Path(model)
     static_shapes = _has_static_shapes(load_onnx(model_path, load_weights=False))
-    profile = load_device(device)
+    profile = load_device(device or host_cpu_device())
     check_against_device(config, profile, static_shapes)
     texts = encoder = None
     if config.mode == "static":
@@ -70,7 +69,7 @@ def quantize(model: str | Path, output: str | Path, config: QuantizationConfig,
     return out / "model.onnx"
 
 
-def validate(model: str | Path, reference: str | Path, data: DataSource, device: str = DEFAULT_DEVICE,
+def validate(model: str | Path, reference: str | Path, data: DataSource, device: str | None = None,
              task: str = "feature-extraction", samples: int | None = None, sequence_length: int = 128,
              batch_size: int = 1, thresholds: Thresholds | None = None,
              tokenizer: str | Path | None = None) -> dict:  # fmt: skip
@@ -83,7 +82,7 @@ def validate(model: str | Path, reference: str | Path, data: DataSource, device:
     model_path, reference_path = Path(model), Path(reference)
     static = _has_static_shapes(load_onnx(model_path, load_weights=False))
     load_onnx(reference_path, load_weights=False)
-    profile = load_device(device)
+    profile = load_device(device or host_cpu_device())
     texts = load_texts(data, samples, key="--data")
     encoder = TextEncoder(Path(tokenizer) if tokenizer else reference_path.parent, sequence_length, static)
     limits = (thresholds or Thresholds()).model_dump(exclude_none=True)
@@ -95,12 +94,12 @@ def validate(model: str | Path, reference: str | Path, data: DataSource, device:
             raise DeviceError(f"device '{device}' runs quantized models only and '{model_path}' is FP32",
                               f"Quantize it for the device first (see `edgeq inspect {model_path} --device {device}`)")  # fmt: skip
     models = {"reference": reference_path, "candidate": model_path}
-    results = validate_models(models, "reference", profile, texts, encoder, task, batch_size,
+    results = validate_models(models, "reference", profile, texts, encoder, task, [(batch_size, sequence_length)],
                               thresholds={"candidate": limits})  # fmt: skip
     return results[-1]
 
 
-def profile(models: str | Path | list, device: str = DEFAULT_DEVICE, runs: int = 100, min_seconds: float = 2.0,
+def profile(models: str | Path | list, device: str | None = None, runs: int = 100, min_seconds: float = 2.0,
             warmup: int = 10, threads: int | None = None, batch_size: int = 1, sequence_length: int = 128,
             inputs: str | Path | None = None, host: str | None = None, ssh_key: str | None = None,
             known_hosts: str | None = None, remote_python: str | None = None, timeout: float = 900) -> dict:  # fmt: skip
@@ -109,7 +108,7 @@ def profile(models: str | Path | list, device: str = DEFAULT_DEVICE, runs: int =
     from edgeq.profile import profile_models
     from edgeq.profile.run import default_transport
 
-    profile_device = load_device(device)
+    profile_device = load_device(device or host_cpu_device())
     paths = [Path(m) for m in (models if isinstance(models, list) else [models])]
     transport = default_transport(profile_device, host, ssh_key, known_hosts, remote_python)
     return profile_models(paths, profile_device, transport, runs, min_seconds, warmup, threads, batch_size,

@@ -18,7 +18,6 @@ from edgeq import __version__
 from edgeq.errors import EdgeqError
 
 EXIT_BELOW_THRESHOLDS = 3
-DEFAULT_DEVICE = "x86-avx512-vnni"
 
 
 class EdgeqGroup(click.Group):
@@ -118,7 +117,7 @@ def export(source, output, task, opset, batch_size, sequence_length, trust_remot
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
 @click.option("--tokenizer", type=click.Path(path_type=Path), help="Folder with tokenizer.json. Default: MODEL's folder.")
-@click.option("--device", default=DEFAULT_DEVICE, show_default=True, help="Device whose rules apply.")
+@click.option("--device", default=None, help="Device whose rules apply. Default: this host's CPU profile.")
 def quantize(model, output, mode, fmt, per_channel, weight_type, activation_type, op_types, exclude, calibration,
              field, samples, sequence_length, batch_size, method, tokenizer, device) -> None:  # fmt: skip
     """Quantize any ONNX MODEL (static mode needs --calibration)."""
@@ -143,7 +142,7 @@ def quantize(model, output, mode, fmt, per_channel, weight_type, activation_type
 @click.option("--reference", required=True, help="The FP32 ONNX model to compare against.")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path), help="Validation texts.")
 @click.option("--field", help="JSON key or CSV column of the texts.")
-@click.option("--device", default=DEFAULT_DEVICE, show_default=True)
+@click.option("--device", default=None, help="Device id. Default: this host's CPU profile.")
 @click.option("--task", type=click.Choice(["feature-extraction", "text-classification"]),
               default="feature-extraction", show_default=True)  # fmt: skip
 @click.option("--samples", type=click.IntRange(min=1), help="Use the first N texts.")
@@ -176,7 +175,7 @@ def validate(model, reference, data_path, field, device, task, samples, sequence
 # -------------------------------------------------------------------------------------------- profile
 @cli.command()
 @click.argument("models", nargs=-1, required=True)
-@click.option("--device", default=DEFAULT_DEVICE, show_default=True)
+@click.option("--device", default=None, help="Device id. Default: this host's CPU profile.")
 @click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="At least this many runs.")
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=2.0, show_default=True, help="And at least this long.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)

@@ -68,6 +68,10 @@ class DeviceProfile(Strict):
     cpu_features: list[str] = Field(
         default=[], description="CPU flags the device has (as in /proc/cpuinfo); a host without them is no stand-in."
     )
+    cpu_features_absent: list[str] = Field(
+        default=[], description="CPU flags the device lacks and whose presence changes the kernels onnxruntime picks "
+        "(e.g. avx512_vnni: no 16-bit saturation in u8 x s8 products); a host with any of them is no stand-in.",
+    )
     execution_provider: ExecutionProvider = Field(description="Where the model runs on the device.")
     session_config: dict[str, str] = Field(default={}, description="onnxruntime session config entries.")
     threads: int | None = Field(default=None, ge=1, description="Intra-op threads. Unset: onnxruntime decides.")
@@ -91,6 +95,23 @@ class DeviceProfile(Strict):
     quantization: QuantizationConstraints = Field(
         default=QuantizationConstraints(), description="What the device allows."
     )
+
+
+def host_cpu_device() -> str:
+    """The id of the bundled x86-64/aarch64 CPU profile whose numerics this host reproduces (mode on-host), or
+    the first CPU profile of this architecture when none does."""
+    from edgeq.validate.sessions import mode_for
+
+    cpus = [d for d in list_devices() if d.device_class == "cpu" and d.stand_in is None]
+    on_host = [d for d in cpus if mode_for(d) == "on-host"]
+    same_arch = [d for d in cpus if d.arch == _machine()]
+    return (on_host or same_arch or cpus)[0].id
+
+
+def _machine() -> str:
+    import platform
+
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
 
 
 def search_dirs() -> list[Path]:

@@ -220,19 +220,21 @@ def mixed_precision_stage(plan: Plan, source: StageResult, force: bool) -> Stage
 
 
 def validate_stage(plan: Plan, models: dict[str, Path], reference: str) -> StageResult:
-    from edgeq.text import TextEncoder
+    from edgeq.text import TextEncoder, shape_label
     from edgeq.validate import validate_models
 
     val = plan.recipe.validation
     limits = val.thresholds.model_dump(exclude_none=True)
     thresholds = {name: limits for name in models if name != reference}
     encoder = TextEncoder(models[reference].parent, plan.recipe.sequence_length_for(val), plan.recipe.static_shapes)
-    say(f"▶ validate on {', '.join(d.id for d in plan.devices)} ({len(plan.validation_texts)} texts)")
+    shapes = plan.recipe.validation_shapes
+    say(f"▶ validate on {', '.join(d.id for d in plan.devices)} ({len(plan.validation_texts)} texts; shapes "
+        f"{', '.join(shape_label(*s) for s in shapes)})")  # fmt: skip
     start = time.perf_counter()
     results = []
     for device in plan.devices:
         results += validate_models(models, reference, device, plan.validation_texts, encoder, plan.recipe.model.task,
-                                   val.batch_size, val.warmup, thresholds)  # fmt: skip
+                                   shapes, val.warmup, thresholds)  # fmt: skip
     seconds = time.perf_counter() - start
     say(f"  validate: {seconds:.1f}s (measured now, never cached)")
     return StageResult("validate", None, None, seconds, False, {"validations": results})

@@ -76,6 +76,11 @@ def render_markdown(report: dict) -> str:
         "",
         validation_table(report["validations"]),
     ]  # fmt: skip
+    if any(len(v.get("shapes", [])) > 1 for v in report["validations"]):
+        lines += ["", "## Per shape", "",
+                  "Each deployment shape measured on its own (`bB-sS`: batches of B texts padded to the longest, at "
+                  "most S tokens a text); the validations above show the worst case over shapes.", "",
+                  shape_table(report["validations"])]  # fmt: skip
     notes = sorted({f"- {v['device']} ({v['mode']}): {v['note']}" for v in report["validations"] if v.get("note")})
     if notes:
         lines += ["", "Where the figures come from:", "", *notes]
@@ -138,7 +143,23 @@ def validation_table(validations: list[dict]) -> str:
         ])  # fmt: skip
     header = ["artifact", "device", "mode", "cos mean", "cos min", "max abs err", "SQNR dB", "p50 ms", "p90 ms",
               "p50 vs fp32", "placement (nodes)", "fallbacks", "result"]  # fmt: skip
+    if any(len(v.get("shapes", [])) > 1 for v in validations):
+        header[3:7] = [f"{h} (worst shape)" for h in header[3:7]]
+        header[7:10] = [f"{h} ({validations[0]['shapes'][0]['shape']})" for h in header[7:10]]
     return table(header, rows)
+
+
+def shape_table(validations: list[dict]) -> str:
+    rows = []
+    for v in validations:
+        for s in v.get("shapes", []):
+            m = s["metrics"]
+            rows.append([v["artifact"], v["device"], s["shape"], str(s["samples"]), f"{s['tokens_mean']:.1f}",
+                         f"{m['cosine_mean']:.4f}", f"{m['cosine_min']:.4f}", _fmt(m.get("nn_agreement"), ".3f"),
+                         _fmt(m.get("top1_agreement"), ".3f"), f"{s['latency_ms']['p50']:.2f}",
+                         _fmt(s["latency_ratio_to_reference"], ".2f")])  # fmt: skip
+    return table(["artifact", "device", "shape", "texts", "tokens/text", "cos mean", "cos min", "NN agreement",
+                  "top-1 agreement", "p50 ms", "p50 vs fp32"], rows)  # fmt: skip
 
 
 def profile_table(profiles: list[dict]) -> str:

@@ -23,11 +23,18 @@ class TextEncoder:
             raise ModelError(
                 f"no tokenizer.json in '{tokenizer_dir}'", "Export with `edgeq export` or pass --tokenizer DIR"
             )
+        self.tokenizer_dir, self.sequence_length, self.pad_to_length = Path(tokenizer_dir), sequence_length, pad_to_length
         self.tokenizer = Tokenizer.from_file(str(file))
         self.tokenizer.enable_truncation(max_length=sequence_length)
         pad_id = self.tokenizer.token_to_id("[PAD]") or 0
         self.tokenizer.enable_padding(pad_id=pad_id, length=sequence_length if pad_to_length else None)
         self.vocab_size = self.tokenizer.get_vocab_size()
+
+    def for_length(self, sequence_length: int) -> TextEncoder:
+        """The same tokenizer truncating (and, for a fixed-shape model, padding) to `sequence_length`."""
+        if sequence_length == self.sequence_length:
+            return self
+        return TextEncoder(self.tokenizer_dir, sequence_length, self.pad_to_length)
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         encodings = self.tokenizer.encode_batch(texts)
@@ -40,6 +47,22 @@ class TextEncoder:
 
 def batches(texts: list[str], batch_size: int) -> list[list[str]]:
     return [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+
+
+def shape_label(batch_size: int, sequence_length: int) -> str:
+    """How a deployment shape is named in reports: `b32-s128` = batches of 32, at most 128 tokens a text."""
+    return f"b{batch_size}-s{sequence_length}"
+
+
+def shape_feeds(texts: list[str], encoder: TextEncoder, batch_size: int, sequence_length: int,
+                whole_batches_only: bool = False) -> list[dict[str, np.ndarray]]:  # fmt: skip
+    """The texts as model inputs in batches of `batch_size`, each padded to its longest text (or to the fixed
+    length). A model with a fixed batch size takes whole batches only (at least one)."""
+    encoder = encoder.for_length(sequence_length)
+    groups = batches(texts, batch_size)
+    if whole_batches_only:
+        groups = [g for g in groups if len(g) == batch_size] or [(texts * batch_size)[:batch_size]]
+    return [encoder.encode(group) for group in groups]
 
 
 def feed_for(input_specs, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -197,13 +197,31 @@ class Thresholds(Strict):
     )
 
 
+class Shape(Strict):
+    batch_size: PositiveInt = Field(description="Texts per inference.")
+    sequence_length: PositiveInt | None = Field(
+        default=None, description="Most tokens per text: longer texts are truncated. A batch is padded to its longest "
+        "text (or to the export's fixed length). Default: validation.sequence_length, else the export length, else 128.",
+    )
+
+
 class ValidationConfig(Strict):
     data: DataSource = Field(description="Validation texts, separate from calibration texts.")
     samples: PositiveInt | None = Field(default=None, description="Use the first N texts. Default: all.")
     sequence_length: PositiveInt | None = Field(
         default=None, description="Truncate texts to this length. Default: export length or 128."
     )
-    batch_size: PositiveInt = Field(default=1, description="Texts per inference (latency is per batch).")
+    batch_size: PositiveInt = Field(
+        default=1, description="Texts per inference (latency is per batch): the one shape validated when `shapes` "
+        "is not given.",
+    )
+    shapes: list[Shape] | None = Field(
+        default=None, min_length=1,
+        description="The deployment shapes to validate, e.g. [{batch_size: 1}, {batch_size: 32}]: every shape is "
+        "measured on its own (fidelity and latency), the mixed-precision search must hold on every one, and a "
+        "validation's `metrics` are the worst case over shapes, which is what thresholds judge. "
+        "Default: [{batch_size: <batch_size>}].",
+    )
     warmup: int = Field(default=3, ge=0, description="Untimed runs per model before latency is measured.")
     thresholds: Thresholds = Field(default=Thresholds(), description="Pass/fail limits for the final model.")
 
@@ -303,6 +321,13 @@ class Recipe(Strict):
                 raise ValueError(
                     f"{key}.batch_size is {section.batch_size} but export.batch_size fixes it to {fixed_batch}"
                 )
+        for index, shape in enumerate(self.validation.shapes or []):
+            if fixed_batch and shape.batch_size != fixed_batch:
+                raise ValueError(f"validation.shapes.{index}.batch_size is {shape.batch_size} but export.batch_size "
+                                 f"fixes it to {fixed_batch}")  # fmt: skip
+            if fixed_seq and shape.sequence_length not in (None, fixed_seq):
+                raise ValueError(f"validation.shapes.{index}.sequence_length is {shape.sequence_length} but "
+                                 f"export.sequence_length fixes it to {fixed_seq}")  # fmt: skip
         return self
 
     @model_validator(mode="after")
@@ -325,6 +350,14 @@ class Recipe(Strict):
     @property
     def runs_mixed_precision(self) -> bool:
         return self.mixed_precision is not None and self.mixed_precision.enabled
+
+    @property
+    def validation_shapes(self) -> list[tuple[int, int]]:
+        """(batch size, most tokens per text) of every validated shape, in the recipe's order."""
+        val = self.validation
+        shapes = val.shapes or [Shape(batch_size=val.batch_size)]
+        default = self.sequence_length_for(val)
+        return [(s.batch_size, s.sequence_length or default) for s in shapes]
 
     def sequence_length_for(self, section: CalibrationConfig | ValidationConfig) -> int:
         return section.sequence_length or self.export.sequence_length or 128

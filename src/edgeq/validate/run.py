@@ -14,8 +14,8 @@ import numpy as np
 
 from edgeq.devices import DeviceProfile
 from edgeq.progress import track
-from edgeq.text import TextEncoder, batches, feed_for, task_vectors
-from edgeq.validate.metrics import compare, judge
+from edgeq.text import TextEncoder, feed_for, shape_feeds, shape_label, task_vectors
+from edgeq.validate.metrics import EXACT, HIGHER_IS_BETTER, compare, judge
 from edgeq.validate.sessions import (CPU_EP, environment, host_cpu, make_session, placement, placement_from_trace,
                                     runtime_for)  # fmt: skip
 
@@ -27,40 +27,36 @@ def validate_models(
     texts: list[str],
     encoder: TextEncoder,
     task: str,
-    batch_size: int = 1,
+    shapes: list[tuple[int, int]] | None = None,
     warmup: int = 3,
     thresholds: dict[str, dict[str, float]] | None = None,
 ) -> list[dict]:
     """One report.json validation entry per model validated on `device` (the reference included, as the
-    baseline, when the device runs float models here). `thresholds` maps a model name to its limits."""
+    baseline, when the device runs float models here). `shapes` are (batch size, most tokens a text), each
+    measured on its own; an entry's `metrics` are the worst case over them. `thresholds` maps a model name to
+    its limits."""
     from edgeq.artifact import is_quantized
 
     runtime = runtime_for(device)
     float_rows = device.runs_float and not runtime.in_runner  # an emulated arm64 is slow: quantized models only
     rows = [n for n in models if float_rows or (n != reference and is_quantized(models[n]))]
-    feeds = [encoder.encode(b) for b in batches(texts, batch_size) if len(b) == batch_size] or [encoder.encode(texts[:batch_size])]
-    if runtime.in_runner:
-        runs = _run_in_device_runner({n: models[n] for n in rows}, feeds, device, runtime)
-        truth = _host_reference(models[reference], device, feeds, task)
-        comparable = False
-    else:
-        comparable = runtime.provider == CPU_EP and runtime.mode == "on-host" and reference in rows
-        runs, truth = _run_here({n: models[n] for n in rows}, models[reference], feeds, device, runtime, task, warmup,
-                                comparable, reference)  # fmt: skip
-    ref_vectors = np.concatenate(truth)
-    ref_p50 = float(np.percentile(runs[reference]["timings"], 50)) if comparable else None
-    env = runs[rows[0]].get("environment") or {**environment(), "threads": device.threads, "intra_op_spinning": False}
+    shapes = shapes or [(1, encoder.sequence_length)]
+    measured = [_measure_shape(models, rows, reference, device, runtime, texts, encoder, task, shape, warmup, i == 0)
+                for i, shape in enumerate(shapes)]  # fmt: skip
+    first = measured[0]
+    env = first["runs"][rows[0]].get("environment") or {**environment(), "threads": device.threads,
+                                                        "intra_op_spinning": False}  # fmt: skip
     results = []
     for name in rows:
-        vectors = [task_vectors(o, f["attention_mask"], task) for o, f in zip(runs[name]["outputs"], feeds)]
-        metrics = compare(ref_vectors, np.concatenate(vectors), task == "text-classification")
+        per_shape = [_shape_entry(m, name, reference, task) for m in measured]
+        metrics, worst = worst_case([p["metrics"] for p in per_shape], [p["shape"] for p in per_shape])
         limits = (thresholds or {}).get(name) or {}
-        failures = judge(metrics, limits)
+        failures = [f"{failure} (at {worst.get(failure.split()[0], per_shape[0]['shape'])})"
+                    for failure in judge(metrics, limits)]  # fmt: skip
         compliance = _compliance(models[name], device) if name != reference else None
         if compliance and compliance["violations"]:
             failures.append(f"{len(compliance['violations'])} {device.device_class.upper()} rule violations")
-        latency = _latency(runs[name]["timings"])
-        where = runs[name]["placement"]
+        where = first["runs"][name]["placement"]
         entry = {
             "artifact": name,
             "device": device.id,
@@ -70,11 +66,13 @@ def validate_models(
             "partitions": where["partitions"],
             "fallback_nodes": sum(n for ep, n in where["nodes"].items() if ep != runtime.provider),
             "environment": env,
-            "samples": int(len(ref_vectors)),
-            "batch_size": batch_size,
+            "samples": per_shape[0]["samples"],
+            "batch_size": shapes[0][0],
             "metrics": metrics,
-            "latency_ms": latency,
-            "latency_ratio_to_reference": round(latency["p50"] / ref_p50, 3) if ref_p50 else None,
+            "worst_shape": worst,
+            "latency_ms": per_shape[0]["latency_ms"],
+            "latency_ratio_to_reference": per_shape[0]["latency_ratio_to_reference"],
+            "shapes": per_shape,
             "reference": reference,
             "thresholds": limits,
             "passed": not failures,
@@ -87,8 +85,8 @@ def validate_models(
         if compliance is not None:
             entry["compliance"] = compliance
         if runtime.in_runner:  # the same model on this host's CPU: how far apart the two platforms' kernels are
-            host = _host_reference(models[name], device, feeds, task)
-            entry["versus_host_cpu"] = {k: v for k, v in compare(np.concatenate(host), np.concatenate(vectors)).items()
+            host = _host_reference(models[name], device, first["feeds"], task)
+            entry["versus_host_cpu"] = {k: v for k, v in compare(np.concatenate(host), first["vectors"][name]).items()
                                         if k in ("cosine_min", "cosine_mean", "max_abs_error")}  # fmt: skip
         if device.coverage:
             from edgeq.validate.coverage import coverage_estimate
@@ -98,7 +96,61 @@ def validate_models(
     return results
 
 
-def _run_here(models, reference_path, feeds, device, runtime, task, warmup, comparable, reference):
+def _measure_shape(models, rows, reference, device, runtime, texts, encoder, task, shape, warmup, first) -> dict:
+    """Every model of `rows` on the texts at one shape: outputs as task vectors, timings, placement."""
+    batch_size, sequence_length = shape
+    feeds = shape_feeds(texts, encoder, batch_size, sequence_length, whole_batches_only=encoder.pad_to_length)
+    label = shape_label(batch_size, sequence_length)
+    if runtime.in_runner:
+        runs = _run_in_device_runner({n: models[n] for n in rows}, feeds, device, runtime)
+        truth = _host_reference(models[reference], device, feeds, task)
+        comparable = False
+    else:
+        comparable = runtime.provider == CPU_EP and runtime.mode == "on-host" and reference in rows
+        runs, truth = _run_here({n: models[n] for n in rows}, models[reference], feeds, device, runtime, task, warmup,
+                                comparable, reference, label, with_placement=first)  # fmt: skip
+    vectors = {name: np.concatenate([task_vectors(o, f["attention_mask"], task)
+                                     for o, f in zip(runs[name]["outputs"], feeds)]) for name in rows}  # fmt: skip
+    return {"label": label, "batch_size": batch_size, "sequence_length": sequence_length, "feeds": feeds,
+            "runs": runs, "truth": np.concatenate(truth), "vectors": vectors, "comparable": comparable}  # fmt: skip
+
+
+def _shape_entry(measured: dict, name: str, reference: str, task: str) -> dict:
+    runs = measured["runs"]
+    latency = _latency(runs[name]["timings"])
+    ref_p50 = float(np.percentile(runs[reference]["timings"], 50)) if measured["comparable"] else None
+    return {
+        "shape": measured["label"],
+        "batch_size": measured["batch_size"],
+        "sequence_length": measured["sequence_length"],
+        "samples": int(len(measured["truth"])),
+        "tokens_mean": round(float(np.mean([f["attention_mask"].sum(axis=1).mean() for f in measured["feeds"]])), 1),
+        "metrics": compare(measured["truth"], measured["vectors"][name], task == "text-classification"),
+        "latency_ms": latency,
+        "latency_ratio_to_reference": round(latency["p50"] / ref_p50, 3) if ref_p50 else None,
+    }
+
+
+def worst_case(per_shape: list[dict], labels: list[str]) -> tuple[dict, dict[str, str]]:
+    """The worst value of every metric over shapes (the lowest where higher is better, else the highest; a
+    missing or non-finite value is worst of all), and the shape each came from."""
+    metrics, worst = {}, {}
+    for key in per_shape[0]:
+        values = [(m.get(key), label) for m, label in zip(per_shape, labels)]
+        if key == "sqnr_db" and all(v is EXACT for v, _ in values):
+            metrics[key], worst[key] = EXACT, labels[0]
+            continue
+        missing = [(v, label) for v, label in values if v is None]
+        if missing:
+            metrics[key], worst[key] = None, missing[0][1]
+            continue
+        pick = min if key in HIGHER_IS_BETTER else max
+        metrics[key], worst[key] = pick(values, key=lambda item: item[0])
+    return metrics, worst
+
+
+def _run_here(models, reference_path, feeds, device, runtime, task, warmup, comparable, reference, label="",
+              with_placement=True):  # fmt: skip
     """Every model in this process, interleaved batch by batch; the reference's vectors from the host CPU."""
     sessions = {name: make_session(path, device, spinning=False, runtime=runtime) for name, path in models.items()}
     reference_session = sessions[reference] if comparable else make_session(reference_path, host_cpu(device))
@@ -107,7 +159,7 @@ def _run_here(models, reference_path, feeds, device, runtime, task, warmup, comp
             session.run(None, feed_for(session.get_inputs(), feeds[0]))
     runs = {name: {"outputs": [], "timings": []} for name in models}
     truth = []
-    for encoded in track(feeds, f"validating on {device.id}", total=len(feeds)):
+    for encoded in track(feeds, f"validating on {device.id} {label}".rstrip(), total=len(feeds)):
         for name, session in sessions.items():
             feed = feed_for(session.get_inputs(), encoded)
             start = time.perf_counter()
@@ -118,7 +170,7 @@ def _run_here(models, reference_path, feeds, device, runtime, task, warmup, comp
         else:
             output = reference_session.run(None, feed_for(reference_session.get_inputs(), encoded))[0]
             truth.append(task_vectors(output, encoded["attention_mask"], task))
-    for name, path in models.items():
+    for name, path in models.items() if with_placement else ():
         runs[name]["placement"] = placement(path, runtime, feed_for(sessions[name].get_inputs(), feeds[0]))
     return runs, truth
 

@@ -143,11 +143,12 @@ def host_cpu(device: DeviceProfile) -> DeviceProfile:
 
 def mode_for(device: DeviceProfile) -> str:
     """`on-host` when the device's own EP runs on a host of the device's architecture with the CPU features
-    the device relies on; `emulated` otherwise (a stand-in ran)."""
+    the device relies on and none of those it lacks that change the kernels; `emulated` otherwise."""
     from edgeq.profile.runner import cpu_info
 
-    has_features = set(device.cpu_features) <= set(cpu_info()[1])
-    return "on-host" if _host_machine() == device.arch and has_features else "emulated"
+    flags = set(cpu_info()[1])
+    same_kernels = set(device.cpu_features) <= flags and not set(device.cpu_features_absent) & flags
+    return "on-host" if _host_machine() == device.arch and same_kernels else "emulated"
 
 
 def environment() -> dict:
