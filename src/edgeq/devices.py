@@ -50,6 +50,11 @@ class QuantizationConstraints(Strict):
     per_channel: bool = Field(default=True, description="Per-channel weight scales are allowed.")
     power_of_two_scales: bool = Field(default=False, description="Every scale must be a power of two.")
     static_shapes: bool = Field(default=False, description="The model must have fixed input shapes.")
+    int8_pairs_saturate: bool = Field(
+        default=False, description="The CPU multiplies u8 activations by s8 weights with an instruction that adds "
+        "adjacent products into a saturating 16-bit sum (x86 VPMADDUBSW, without VNNI). edgeq then quantizes "
+        "MatMul weights so that no pair can saturate.",
+    )
     supported_ops: list[str] | None = Field(
         default=None, description="Op types the device runs quantized. Unset: anything onnxruntime quantizes."
     )

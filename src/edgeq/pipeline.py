@@ -207,7 +207,8 @@ def mixed_precision_stage(plan: Plan, source: StageResult, force: bool) -> Stage
     def produce(folder: Path) -> dict:
         encoder = TextEncoder(source.folder, plan.recipe.sequence_length_for(val), plan.recipe.static_shapes)
         job = MixedPrecisionJob(source.folder / MODEL_FILE, folder, mp, plan.op_types, q.per_channel,
-                                plan.devices[0], plan.recipe.model.task, proxy_texts, plan.validation_texts, encoder)  # fmt: skip
+                                plan.devices[0], plan.recipe.model.task, proxy_texts, plan.validation_texts, encoder,
+                                plan.recipe.validation_shapes, plan.calibration_texts or [])  # fmt: skip
         section = choose_precisions(job)
         copy_companions(source.folder, folder)
         return {"mixed_precision": section}
@@ -215,7 +216,8 @@ def mixed_precision_stage(plan: Plan, source: StageResult, force: bool) -> Stage
     pinned = file_hash(mp.overrides) if mp.overrides and Path(mp.overrides).is_file() else None
     key = {"input": source.key, "mixed_precision": mp.model_dump(mode="json"), "pinned": pinned,
            "op_types": plan.op_types, "per_channel": q.per_channel, "proxy": proxy_texts,
-           "validation": plan.validation_texts, "device": plan.devices[0].model_dump(mode="json")}  # fmt: skip
+           "validation": plan.validation_texts, "device": plan.devices[0].model_dump(mode="json"),
+           "shapes": plan.recipe.validation_shapes, "calibration": plan.calibration_texts}  # fmt: skip
     return cached_stage(plan.out_dir / "mixed", "mixed_precision", key, produce, force)
 
 

@@ -10,15 +10,18 @@ import numpy as np
 import onnx
 
 from edgeq.devices import DeviceProfile
-from edgeq.mixed_precision.assemble import assemble
+from edgeq.mixed_precision.assemble import assemble, has_token_mask
 from edgeq.mixed_precision.evaluate import FullEvaluator, TextRunner
-from edgeq.mixed_precision.islands import LADDER, Island, build_candidates, find_islands, matmul_inputs
+from edgeq.mixed_precision.islands import LADDER, STATS_RUNGS, Island, build_candidates, find_islands, matmul_inputs
 from edgeq.mixed_precision.overrides import load_overrides, resolve, write_overrides
 from edgeq.mixed_precision.search import Budget, SearchResult, model_size, search
+from edgeq.mixed_precision.statistics import ActivationStats, token_statistics
 from edgeq.text import TextEncoder
 
 OVERRIDES_FILE = "overrides.yaml"
 MEANING = {"xint8": "static INT8 with power-of-two scales, on the DPU",
+           "sint8": "static INT8 (activation scale fixed from calibration tokens)",
+           "sint8u": "static INT8 with uint8 weights (exact u8 x u8 accumulation)",
            "int8": "dynamic INT8 (INT8 weights, activations quantized at run time)",
            "int8s": "dynamic INT8 with SmoothQuant (activation outliers moved into the weights)",
            "w8": "INT8 weights with FP32 compute (no activation quantization)", "fp32": "FP32"}  # fmt: skip
@@ -37,6 +40,8 @@ class MixedPrecisionJob:
     proxy_texts: list[str]
     validation_texts: list[str]
     encoder: TextEncoder
+    shapes: list[tuple[int, int]]
+    calibration_texts: list[str]
 
 
 def choose_precisions(job: MixedPrecisionJob) -> dict:
@@ -46,37 +51,42 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
     fp32_size = job.fp32_path.stat().st_size
     islands = find_islands(fp32, job.op_types)
     ladder = [rung for rung in LADDER if rung in cfg.candidates]
-    proxy = TextRunner(job.encoder, job.proxy_texts, job.task, job.device)
-    inputs = proxy.tensors(fp32, matmul_inputs(fp32, islands)) if {"int8s", "xint8"} & set(ladder) else {}
-    absmax = activation_absmax(inputs) if "int8s" in ladder else None
-    samples = {k: np.concatenate([a.ravel() for a in v]) for k, v in inputs.items()} if "xint8" in ladder else None
-    build_candidates(fp32, islands, job.per_channel, absmax, cfg.smooth_alpha, samples)
+    stats = activation_statistics(job, fp32, islands) if STATS_RUNGS & set(ladder) else None
+    build_candidates(fp32, islands, ladder, job.per_channel, stats, cfg.smooth_alpha, has_token_mask(fp32),
+                     job.device.quantization.int8_pairs_saturate)  # fmt: skip
     if cfg.overrides is not None:
         assignment = resolve(load_overrides(Path(cfg.overrides)), islands, ladder, Path(cfg.overrides))
         result = None
     else:
         budget = Budget(**cfg.budget.model_dump())
-        full = FullEvaluator(job.encoder, job.validation_texts, job.task, job.device, fp32)
+        proxy = TextRunner(job.encoder, job.proxy_texts, job.task, job.device, job.shapes)
+        lowest = {i.name: next(r for r in ladder if r in i.candidates) for i in islands}
+        full = FullEvaluator(job.encoder, job.validation_texts, job.task, job.device, job.shapes, fp32,
+                             assemble(fp32, islands, lowest))  # fmt: skip
         result = search(fp32, fp32_size, islands, ladder, budget, proxy, full)
         assignment = result.assignment
     onnx.save(assemble(fp32, islands, assignment), str(job.out_folder / "model.onnx"))
     header = (f"edgeq mixed-precision overrides for {job.fp32_path.name}: pin this file with\n"
               f"  mixed_precision: {{overrides: <path to this file>}}\nto rebuild the same model with no search.")  # fmt: skip
     write_overrides(job.out_folder / OVERRIDES_FILE, islands, assignment, header)
-    return section(islands, assignment, ladder, result, cfg, fp32_size)
+    return section(islands, assignment, ladder, result, cfg, fp32_size, job.shapes)
 
 
-def activation_absmax(tensors: dict[str, list[np.ndarray]]) -> dict:
-    """Per-channel max |x| of every MatMul island's input over the proxy texts (SmoothQuant's statistics)."""
-    return {name: np.max([np.abs(a).reshape(-1, a.shape[-1]).max(axis=0) for a in values], axis=0)
-            for name, values in tensors.items()}  # fmt: skip
+def activation_statistics(job: MixedPrecisionJob, fp32: onnx.ModelProto, islands: list[Island]) -> dict[str, ActivationStats]:
+    """Per-channel statistics of every MatMul/Attention island's input over the calibration texts' real tokens."""
+    runner = TextRunner(job.encoder, job.calibration_texts, job.task, job.device, job.shapes[:1])
+    names = matmul_inputs(fp32, islands)
+    return {name: token_statistics(pairs) for name, pairs in runner.tensors(fp32, names).items()}
 
 
 def section(islands: list[Island], assignment: dict[str, str], ladder: list[str], result: SearchResult | None,
-            cfg, fp32_size: int) -> dict:  # fmt: skip
+            cfg, fp32_size: int, shapes: list[tuple[int, int]]) -> dict:  # fmt: skip
+    from edgeq.text import shape_label
+
     counts = {rung: list(assignment.values()).count(rung) for rung in ladder}
     out = {
         "candidates": ladder,
+        "shapes": [shape_label(*shape) for shape in shapes],
         "smooth_alpha": cfg.smooth_alpha if "int8s" in ladder else None,
         "budget": cfg.budget.model_dump(),
         "pinned_overrides": str(cfg.overrides) if cfg.overrides else None,
@@ -92,6 +102,11 @@ def section(islands: list[Island], assignment: dict[str, str], ladder: list[str]
         "islands": [island_entry(i, assignment, result, ladder) for i in islands],
     }
     if result:
+        out["binding"] = result.binding
+        out["latency_model"] = {"p50_ms": result.latency_model["p50_ms"],
+                                "note": "measured interleaved on the proxy texts: FP32, the all-lowest model and "
+                                        "each rung everywhere it applies; an island's cost is its rung's extra "
+                                        "time shared by weight count (an estimate)"}  # fmt: skip
         out["configurations"] = [{**c, "index": k} for k, c in enumerate(result.configurations)]
         out["evaluations"] = result.evaluations
         out["chosen_configuration"] = result.chosen_index
@@ -102,28 +117,35 @@ def island_entry(island: Island, assignment: dict[str, str], result: SearchResul
     choice = assignment[island.name]
     entry = {"name": island.name, "node": island.node_name, "kind": island.kind, "parameters": island.parameters,
              "precision": choice}  # fmt: skip
+    if island.candidates[choice].detail:
+        entry["detail"] = island.candidates[choice].detail
     if result is None:
         entry["reason"] = "pinned by the overrides file"
         return entry
     score = result.scores[island.name]
-    entry.update(output_sqnr_db=score["output_sqnr_db"], gain=score["gain"])
+    entry.update(output_sqnr_db=score["output_sqnr_db"], gain=score["gain"], gain_by_shape=score["gain_by_shape"])
+    if result.latency_model["island_costs_ms"].get(island.name):
+        entry["estimated_cost_ms"] = result.latency_model["island_costs_ms"][island.name]
     entry["reason"] = reason(island, choice, score, result, ladder)
     return entry
 
 
 def reason(island: Island, choice: str, score: dict, result: SearchResult, ladder: list[str]) -> str:
-    """Why this island has this precision, in words, with the measured figures."""
+    """Why this island has this precision, in words, with the measured figures and the shape that bound it."""
     ranking = sorted(result.scores, key=lambda name: -max(result.scores[name]["gain"].values(), default=0.0))
-    rank = ranking.index(island.name) + 1
-    best = max(score["gain"].values(), default=0.0)
+    rank = f"rank {ranking.index(island.name) + 1} of {len(ranking)}"
+    lowest = next(r for r in ladder if r in island.candidates)
     sqnr = score["output_sqnr_db"]
-    measured = (f"its output SQNR in the all-{ladder[0]} model is {sqnr:.1f} dB; " if sqnr is not None else "")
-    if choice == ladder[0]:
+    measured = f"its output SQNR in the all-{lowest} model is {sqnr:.1f} dB; " if sqnr is not None else ""
+    if choice == lowest:
+        best = max(score["gain"].values(), default=0.0)
         if result.chosen_index == 0:
-            return f"kept {choice}: the all-{choice} model already meets the budget ({measured}rank {rank} of {len(ranking)})"
+            return f"kept {choice}: the all-{choice} model already meets the budget ({measured}{rank})"
         return (f"kept {choice}: {measured}promoting it alone would raise the proxy cosine by only {best:+.5f} "
-                f"(rank {rank} of {len(ranking)}), not needed to meet the budget")  # fmt: skip
-    gain = score["gain"].get(choice, 0.0)
-    meaning = ON_CPU[ladder[0]] if ladder[0] in ON_CPU and choice == "fp32" else MEANING[choice]
-    return (f"kept {meaning}: {measured}promoting it alone raises the proxy cosine by {gain:+.5f} "
-            f"(rank {rank} of {len(ranking)}); the search needed it to meet the budget")  # fmt: skip
+                f"({rank}), not needed to meet the budget")  # fmt: skip
+    by_shape = score["gain_by_shape"].get(choice, {})
+    gains = ", ".join(f"{v:+.5f} at {label}" for label, v in by_shape.items()) or f"{score['gain'].get(choice, 0):+.5f}"
+    meaning = ON_CPU[lowest] if lowest in ON_CPU and choice == "fp32" else MEANING[choice]
+    bound = f" (the nearest cheaper configuration missed: {'; '.join(result.binding)})" if result.binding else ""
+    return (f"kept {meaning}: {measured}promoting it alone raises the proxy cosine by {gains} ({rank}); the search "
+            f"needed it to meet the budget{bound}")  # fmt: skip

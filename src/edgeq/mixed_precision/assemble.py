@@ -5,7 +5,10 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from edgeq.mixed_precision.islands import MS_DOMAIN, Island
+from edgeq.mixed_precision.candidates import MS_DOMAIN, TOKEN_MASK, token_mask_nodes
+from edgeq.mixed_precision.islands import Island
+
+MASK_INPUT = "attention_mask"
 
 
 def assemble(fp32: onnx.ModelProto, islands: list[Island], assignment: dict[str, str]) -> onnx.ModelProto:
@@ -24,6 +27,10 @@ def assemble(fp32: onnx.ModelProto, islands: list[Island], assignment: dict[str,
         initializers.update({t.name: t for t in candidate.initializers})
         replaced_weights.add(island.weight)
     still_used = {name for node in nodes for name in node.input}
+    if TOKEN_MASK in still_used:
+        mask_nodes, mask_inits = token_mask_nodes(MASK_INPUT)
+        nodes = mask_nodes + nodes
+        initializers.update({t.name: t for t in mask_inits})
     kept = [t for t in fp32.graph.initializer if t.name not in replaced_weights or t.name in still_used]
     graph = helper.make_graph(nodes, fp32.graph.name, list(fp32.graph.input), list(fp32.graph.output),
                               kept + list(initializers.values()), value_info=list(fp32.graph.value_info))  # fmt: skip
@@ -33,3 +40,8 @@ def assemble(fp32: onnx.ModelProto, islands: list[Island], assignment: dict[str,
     model = helper.make_model(graph, opset_imports=opsets, producer_name="edgeq")
     model.ir_version = fp32.ir_version
     return model
+
+
+def has_token_mask(model: onnx.ModelProto) -> bool:
+    """Whether the model takes an attention mask (so padded rows can be zeroed inside it)."""
+    return any(i.name == MASK_INPUT for i in model.graph.input)

@@ -1,12 +1,18 @@
-"""Choose each island's precision under a budget, with few full evaluations.
+"""Choose each island's precision under a budget, with few full evaluations, at every deployment shape.
 
-1. Proxy scores on a small calibration subset: the SQNR of each island's output in the all-lowest model
-   (one pass, as onnxruntime's qdq_loss_debug does per tensor), and, per island and higher candidate, the
-   gain in cosine when only that island is promoted (G·(C-1) passes).
-2. The ordered list of configurations: single promotions sorted by gain per byte, cumulated; configurations
-   over the size ceiling are dropped (size is exact, computed from the candidates).
-3. Bisection of that list with the real metric on the validation texts: the first and last configuration,
-   then ⌈log₂K⌉ more, stepping forward where the metric is not monotone.
+1. Proxy scores on a small calibration subset, at every shape: the SQNR of each island's output in the all-lowest
+   model (one pass, as onnxruntime's qdq_loss_debug does per tensor), and, per island and higher candidate, the
+   gain in cosine when only that island is promoted (G·(C-1) passes per shape). An island's gain is the mean over
+   shapes, so a promotion that only one shape needs (padding, long texts) still counts.
+2. Costs: bytes exactly (from the candidates); latency from measurement: the all-lowest model, FP32 and each rung
+   applied everywhere are timed interleaved at every shape, and a rung's extra time is shared among its islands by
+   their weight counts (a proxy for their FLOPs). An estimate, used to order and to drop; the chosen model's
+   latency is then measured.
+3. The ordered list of configurations: single promotions sorted by gain per share of the budget's headroom they
+   use (bytes of the size ceiling, milliseconds of the latency ceiling), cumulated; configurations over a ceiling
+   are dropped.
+4. Bisection of that list with the real metrics on the validation texts at every shape (the budget holds on the
+   worst shape): the first and last configuration, then ⌈log₂K⌉ more.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from edgeq.mixed_precision.islands import LADDER, Island
 from edgeq.progress import say, track
 from edgeq.validate.metrics import cosines
 
+
 @dataclass
 class Budget:
     min_cosine_mean: float | None = None
@@ -32,15 +39,18 @@ class Budget:
     min_nn_agreement: float | None = None
     max_size_ratio: float | None = None
     max_latency_ratio: float | None = None
+    max_slowdown: float | None = None
 
     def fidelity_failures(self, metrics: dict) -> list[str]:
+        """The floors the worst-case metrics break, each naming the shape that broke it."""
         failures = []
-        if self.min_cosine_mean is not None and metrics["cosine_mean"] < self.min_cosine_mean:
-            failures.append(f"cosine_mean {metrics['cosine_mean']:.4f} < {self.min_cosine_mean}")
-        if self.min_cosine_min is not None and metrics["cosine_min"] < self.min_cosine_min:
-            failures.append(f"cosine_min {metrics['cosine_min']:.4f} < {self.min_cosine_min}")
-        if self.min_nn_agreement is not None and metrics.get("nn_agreement", 0.0) < self.min_nn_agreement:
-            failures.append(f"nn_agreement {metrics.get('nn_agreement')} < {self.min_nn_agreement}")
+        where = metrics.get("worst_shape", {})
+        for key, floor in (("cosine_mean", self.min_cosine_mean), ("cosine_min", self.min_cosine_min),
+                           ("nn_agreement", self.min_nn_agreement)):  # fmt: skip
+            value = metrics.get(key)
+            if floor is not None and (value is None or value < floor):
+                shape = f" at {where[key]}" if key in where else ""
+                failures.append(f"{key} {_fmt(value)} < {floor}{shape}")
         return failures
 
 
@@ -50,6 +60,7 @@ class Step:
     to: str
     gain: float
     size_cost: int
+    latency_cost: dict[str, float]  # estimated extra ms per shape
 
 
 @dataclass
@@ -65,6 +76,8 @@ class SearchResult:
     budget_status: dict[str, bool | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    latency_model: dict = field(default_factory=dict)
+    binding: list[str] = field(default_factory=list)  # what the configuration before the chosen one missed
 
 
 def model_size(fp32_size: int, islands: list[Island], assignment: dict[str, str]) -> int:
@@ -75,12 +88,13 @@ def model_size(fp32_size: int, islands: list[Island], assignment: dict[str, str]
 
 def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder: list[str], budget: Budget,
            proxy: TextRunner, full: Callable[[onnx.ModelProto], dict]) -> SearchResult:  # fmt: skip
-    """`proxy` runs models on the proxy texts; `full(model)` gives validation metrics (and latency_ratio)."""
+    """`proxy` runs models on the proxy texts; `full(model)` gives validation metrics at every shape."""
     started = time.perf_counter()
     lowest = {i.name: _rungs(i, ladder)[0] for i in islands}
     scores, passes = proxy_scores(fp32, islands, ladder, lowest, proxy)
-    steps = ordered_steps(islands, ladder, lowest, scores)
-    configurations = cumulative(lowest, steps, fp32_size, islands, budget)
+    latency = latency_model(fp32, islands, ladder, lowest, proxy)
+    steps = ordered_steps(islands, ladder, lowest, scores, latency, fp32_size, budget)
+    configurations = cumulative(lowest, steps, fp32_size, islands, budget, latency)
     say(f"  mixed precision: {len(islands)} islands, {passes} proxy passes, {len(configurations)} configurations")
     evaluations: list[dict] = []
 
@@ -91,91 +105,149 @@ def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder:
         return not failures
 
     chosen, notes = bisect(len(configurations), evaluate)
-    fidelity = next(e for e in evaluations if e["configuration"] == chosen)["passed"]
-    latency_note = _latency_check(budget, evaluations, chosen)
-    notes += [latency_note] if latency_note else []
+    chosen_eval = next(e for e in evaluations if e["configuration"] == chosen)
+    latency_notes = _latency_checks(budget, chosen_eval["metrics"])
+    below = [e for e in evaluations if e["configuration"] < chosen and not e["passed"]]
     status = {
-        "fidelity": fidelity,
+        "fidelity": chosen_eval["passed"],
         "size": None if budget.max_size_ratio is None else True,  # configurations over the ceiling were dropped
-        "latency": None if budget.max_latency_ratio is None else latency_note is None,
+        "latency": None if budget.max_latency_ratio is None and budget.max_slowdown is None else not latency_notes,
     }
     return SearchResult(
         assignment=configurations[chosen]["assignment"], chosen_index=chosen,
         configurations=[{k: v for k, v in c.items() if k != "assignment"} for c in configurations],
         evaluations=evaluations, scores=scores, proxy_passes=passes, full_evaluations=len(evaluations),
-        budget_met=all(v is not False for v in status.values()), budget_status=status, notes=notes,
-        seconds=time.perf_counter() - started,
+        budget_met=all(v is not False for v in status.values()), budget_status=status, notes=notes + latency_notes,
+        seconds=time.perf_counter() - started, latency_model=latency,
+        binding=max(below, key=lambda e: e["configuration"])["failures"] if below else [],
     )  # fmt: skip
 
 
 def proxy_scores(fp32, islands, ladder, lowest, proxy: TextRunner) -> tuple[dict[str, dict], int]:
-    """Per island: output SQNR in the all-lowest model, and the cosine gain of promoting it alone to each rung."""
+    """Per island: output SQNR in the all-lowest model, and the cosine gain of promoting it alone to each rung,
+    per shape ("gain_by_shape") and as the mean over shapes ("gain")."""
     base_model = assemble(fp32, islands, lowest)
     reference = proxy.vectors(fp32)
     sqnr = island_output_sqnr(fp32, base_model, islands, proxy)
-    base_cos = float(cosines(reference, proxy.vectors(base_model)).mean())
-    scores = {i.name: {"output_sqnr_db": sqnr.get(i.name), "gain": {}} for i in islands}
+    base = _mean_cosines(reference, proxy.vectors(base_model))
+    scores = {i.name: {"output_sqnr_db": sqnr.get(i.name), "gain": {}, "gain_by_shape": {}} for i in islands}
     passes = 4  # FP32 and all-lowest: vectors, and island outputs
     jobs = [(i, rung) for i in islands for rung in _rungs(i, ladder)[1:]]
     for island, rung in track(jobs, "sensitivity", total=len(jobs)):
+        entry = scores[island.name]
         same_as = next((r for r in LADDER if island.candidates.get(r) is island.candidates[rung]), rung)
-        if same_as != rung:  # an alias of a lower rung (a Gather's w8 is its int8): nothing to measure
-            scores[island.name]["gain"][rung] = scores[island.name]["gain"].get(same_as, 0.0)
+        if same_as != rung:  # an alias of a lower rung (a Gather's rows are the same INT8 at every rung)
+            entry["gain"][rung] = entry["gain"].get(same_as, 0.0)
+            entry["gain_by_shape"][rung] = entry["gain_by_shape"].get(same_as, {})
             continue
-        promoted = {**lowest, island.name: rung}
-        gain = float(cosines(reference, proxy.vectors(assemble(fp32, islands, promoted))).mean()) - base_cos
-        scores[island.name]["gain"][rung] = round(gain, 6)
+        promoted = _mean_cosines(reference, proxy.vectors(assemble(fp32, islands, {**lowest, island.name: rung})))
+        by_shape = {label: round(promoted[label] - base[label], 6) for label in base}
+        entry["gain_by_shape"][rung] = by_shape
+        entry["gain"][rung] = round(float(np.mean(list(by_shape.values()))), 6)
         passes += 1
     return scores, passes
 
 
-def island_output_sqnr(fp32, quantized, islands, proxy) -> dict[str, float]:
-    """SQNR (dB) of each island's output tensor, quantized model vs FP32, over the proxy texts."""
+def latency_model(fp32, islands, ladder, lowest, proxy: TextRunner) -> dict:
+    """Measured p50 ms per shape of FP32, the all-lowest model and each higher rung everywhere it applies; and,
+    per island and rung, the estimated extra ms per shape (the rung's extra time shared by weight count)."""
+    models = {"fp32": fp32, "lowest": assemble(fp32, islands, lowest)}
+    for rung in ladder:
+        if rung != "fp32" and any(lowest[i.name] != rung and rung in i.candidates for i in islands):
+            models[rung] = assemble(fp32, islands, {i.name: rung if rung in i.candidates else lowest[i.name]
+                                                    for i in islands})  # fmt: skip
+    measured = proxy.latencies(models)
+    costs: dict[str, dict[str, dict[str, float]]] = {i.name: {} for i in islands}
+    for rung in ladder:
+        moved = [i for i in islands if rung in i.candidates and rung != lowest[i.name] and i.kind != "gather"]
+        weights = sum(i.parameters for i in moved)
+        source = "fp32" if rung == "fp32" else rung
+        for island in moved:
+            share = island.parameters / weights if source in models else 0.0
+            costs[island.name][rung] = {label: round(max(m[source] - m["lowest"], 0.0) * share, 4) if source in m else 0.0
+                                        for label, m in measured.items()}  # fmt: skip
+    return {"p50_ms": {label: {k: round(v, 3) for k, v in m.items()} for label, m in measured.items()},
+            "island_costs_ms": costs}  # fmt: skip
+
+
+def island_output_sqnr(fp32, quantized, islands, proxy: TextRunner) -> dict[str, float]:
+    """SQNR (dB) of each island's output tensor, quantized model vs FP32, over the proxy texts (batch 1)."""
     outputs = {i.name: _output_of(fp32, i.node_name) for i in islands}
     wanted = [o for o in outputs.values() if o]
     ref, quant = proxy.tensors(fp32, wanted), proxy.tensors(quantized, wanted)
     result = {}
     for name, tensor in outputs.items():
         if tensor in ref:
-            r, q = np.concatenate([a.ravel() for a in ref[tensor]]), np.concatenate([a.ravel() for a in quant[tensor]])
+            r = np.concatenate([a.ravel() for a, _ in ref[tensor]])
+            q = np.concatenate([a.ravel() for a, _ in quant[tensor]])
             noise = float(((r - q) ** 2).sum())
             result[name] = round(10 * math.log10(float((r**2).sum()) / noise), 2) if noise > 0 else None
     return result
 
 
-def ordered_steps(islands, ladder, lowest, scores) -> list[Step]:
-    """Single promotions ordered by cost, then by benefit: the cheaper rung's steps first (int8s costs one
-    elementwise op, w8 FP32 compute, fp32 bytes), each tier by gain (per extra byte where it adds bytes).
-    A rung's gain counts over the best rung below it; steps that gain nothing are left out."""
+def ordered_steps(islands, ladder, lowest, scores, latency, fp32_size, budget: Budget) -> list[Step]:
+    """Single promotions ordered by gain per share of the budget's headroom they use: bytes of the size ceiling
+    (or of FP32's size) and estimated ms of the latency ceiling (or of FP32's time), at the worst shape. A rung's
+    gain counts over the best rung below it; steps that gain nothing are left out; ties go to the cheaper rung."""
+    headroom = _headroom(islands, lowest, latency, fp32_size, budget)
     steps = []
     for island in islands:
         rungs = _rungs(island, ladder)
         previous_gain, previous_size = 0.0, island.candidates[lowest[island.name]].size_bytes
+        previous_ms: dict[str, float] = {}
         for rung in rungs[1:]:
             gain = scores[island.name]["gain"][rung]
             size = island.candidates[rung].size_bytes
-            steps.append(Step(island.name, rung, gain - previous_gain, size - previous_size))
-            previous_gain, previous_size = max(gain, previous_gain), size
+            ms = latency["island_costs_ms"][island.name].get(rung, {})
+            extra_ms = {label: v - previous_ms.get(label, 0.0) for label, v in ms.items()}
+            steps.append(Step(island.name, rung, gain - previous_gain, size - previous_size, extra_ms))
+            previous_gain, previous_size, previous_ms = max(gain, previous_gain), size, ms
     tier = {rung: i for i, rung in enumerate(LADDER)}
+
+    def share(step: Step) -> float:
+        used = max(step.size_cost, 0) / headroom["bytes"]
+        used += max([max(v, 0.0) / headroom["ms"][label] for label, v in step.latency_cost.items()], default=0.0)
+        return used
+
     useful = [s for s in steps if s.gain > 0]
-    return sorted(useful, key=lambda s: (tier[s.to], -s.gain / s.size_cost if s.size_cost > 0 else -s.gain))
+    return sorted(useful, key=lambda s: (-s.gain / max(share(s), 1e-9), tier[s.to]))
 
 
-def cumulative(lowest, steps, fp32_size, islands, budget: Budget) -> list[dict]:
-    """Configuration k = the lowest assignment plus the first k steps (a rung never moves down)."""
+def _headroom(islands, lowest, latency, fp32_size, budget: Budget) -> dict:
+    lowest_size = model_size(fp32_size, islands, lowest)
+    ceiling = budget.max_size_ratio * fp32_size if budget.max_size_ratio is not None else fp32_size
+    ms = {}
+    for label, m in latency["p50_ms"].items():
+        top = m["lowest"] * budget.max_slowdown if budget.max_slowdown is not None else m["fp32"]
+        ms[label] = max(top - m["lowest"], 1e-3 * m["lowest"])
+    return {"bytes": max(ceiling - lowest_size, 1.0), "ms": ms}
+
+
+def cumulative(lowest, steps, fp32_size, islands, budget: Budget, latency: dict) -> list[dict]:
+    """Configuration k = the lowest assignment plus the first k steps (a rung never moves down); a step that
+    would cross the size ceiling or the estimated latency ceiling at any shape is skipped."""
     order = {rung: i for i, rung in enumerate(LADDER)}
-    assignment = dict(lowest)
-    configs = [{"assignment": dict(assignment), "step": None, "size_bytes": model_size(fp32_size, islands, assignment)}]
+    base_ms = {label: m["lowest"] for label, m in latency["p50_ms"].items()}
+    assignment, spent = dict(lowest), {label: 0.0 for label in base_ms}
+    configs = [{"assignment": dict(assignment), "step": None, "size_bytes": model_size(fp32_size, islands, assignment),
+                "estimated_slowdown": 1.0}]  # fmt: skip
     for step in steps:
         if order[step.to] <= order[assignment[step.island]]:
             continue
-        assignment[step.island] = step.to
-        size = model_size(fp32_size, islands, assignment)
+        trial = {**assignment, step.island: step.to}
+        size = model_size(fp32_size, islands, trial)
+        ms = {label: spent[label] + latency["island_costs_ms"][step.island].get(step.to, {}).get(label, 0.0)
+              - latency["island_costs_ms"][step.island].get(assignment[step.island], {}).get(label, 0.0)
+              for label in base_ms}  # fmt: skip
+        slowdown = max((base_ms[label] + ms[label]) / base_ms[label] for label in base_ms)
         if budget.max_size_ratio is not None and size > budget.max_size_ratio * fp32_size:
-            assignment = dict(configs[-1]["assignment"])
             continue
+        if budget.max_slowdown is not None and slowdown > budget.max_slowdown:
+            continue
+        assignment, spent = trial, ms
         configs.append({"assignment": dict(assignment), "step": f"{step.island} → {step.to}",
-                        "expected_gain": round(step.gain, 6), "size_bytes": size})  # fmt: skip
+                        "expected_gain": round(step.gain, 6), "size_bytes": size,
+                        "estimated_slowdown": round(slowdown, 4)})  # fmt: skip
     for config in configs:
         config["size_ratio"] = round(config["size_bytes"] / fp32_size, 4)
     return configs
@@ -198,14 +270,25 @@ def bisect(count: int, passes: Callable[[int], bool]) -> tuple[int, list[str]]:
     return high, []
 
 
-def _latency_check(budget: Budget, evaluations: list[dict], chosen: int) -> str | None:
-    if budget.max_latency_ratio is None:
-        return None
-    entry = next((e for e in evaluations if e["configuration"] == chosen), None)
-    ratio = entry and entry["metrics"].get("latency_ratio")
-    if ratio is not None and ratio > budget.max_latency_ratio:
-        return f"latency ratio {ratio:.2f} is over the ceiling {budget.max_latency_ratio}"
-    return None
+def _latency_checks(budget: Budget, metrics: dict) -> list[str]:
+    notes = []
+    ratio, slowdown, where = metrics.get("latency_ratio"), metrics.get("slowdown"), metrics.get("worst_shape", {})
+    if budget.max_latency_ratio is not None and ratio is not None and ratio > budget.max_latency_ratio:
+        notes.append(f"latency ratio to FP32 {ratio:.2f} at {where.get('latency_ratio')} is over the ceiling "
+                     f"{budget.max_latency_ratio}")  # fmt: skip
+    if budget.max_slowdown is not None and slowdown is not None and slowdown > budget.max_slowdown:
+        notes.append(f"measured slowdown {slowdown:.3f} over the all-lowest model at {where.get('slowdown')} is over "
+                     f"the ceiling {budget.max_slowdown} (the estimate that admitted it was lower; latency on a "
+                     "shared machine is noisy)")  # fmt: skip
+    return notes
+
+
+def _mean_cosines(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> dict[str, float]:
+    return {label: float(cosines(reference[label], candidate[label]).mean()) for label in reference}
+
+
+def _fmt(value) -> str:
+    return "not finite" if value is None else f"{value:.4f}"
 
 
 def _rungs(island: Island, ladder: list[str]) -> list[str]:

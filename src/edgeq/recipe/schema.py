@@ -241,19 +241,27 @@ class MixedPrecisionBudget(Strict):
         default=None, gt=0, le=1, description="Size ceiling as a share of the FP32 model; enforced exactly."
     )
     max_latency_ratio: float | None = Field(
-        default=None, gt=0, description="Latency ceiling as a share of FP32 (p50, measured interleaved); reported "
-        "as met or not, since latency on a shared machine is noisy.",
+        default=None, gt=0, description="Latency ceiling as a share of FP32 (p50, measured interleaved, worst shape); "
+        "reported as met or not, since latency on a shared machine is noisy.",
+    )
+    max_slowdown: float | None = Field(
+        default=None, ge=1, description="Latency ceiling as a multiple of the all-lowest-rung model (e.g. 1.03: at "
+        "most 3% slower than uniform INT8) at every shape. Promotions whose measured-and-shared cost would cross it "
+        "are not considered; the chosen model's slowdown is then measured and reported.",
     )
 
 
 class MixedPrecisionConfig(Strict):
     enabled: bool = Field(default=True, description="Run the layer-wise mixed-precision search.")
-    candidates: list[Literal["xint8", "int8", "int8s", "w8", "fp32"]] = Field(
-        default=["int8", "int8s", "w8", "fp32"], min_length=1,
-        description="Precisions an island may take, cheapest first: `int8` (dynamic INT8), `int8s` (dynamic INT8 "
-        "with SmoothQuant: one extra elementwise op), `w8` (INT8 weights, FP32 compute: same size, no activation "
-        "quantization), `fp32`. With mode static: `xint8` (static INT8, symmetric, per-tensor, power-of-two "
-        "scales, for DPUs) and `fp32` (left to the CPU). The cheapest one listed is the baseline.",
+    candidates: list[Literal["xint8", "sint8", "sint8u", "int8", "int8s", "w8", "fp32"]] = Field(
+        default=["sint8", "int8", "fp32"], min_length=1,
+        description="Precisions an island may take, cheapest first: `sint8` (static INT8: the activation scale is "
+        "fixed from calibration tokens, so no batch, padding or text length moves it; SmoothQuant folded in per "
+        "island where it helps), `sint8u` (sint8 with uint8 weights: exact u8 x u8 accumulation where u8 x s8 "
+        "saturates, on x86 without VNNI), `int8` (dynamic INT8: the range is taken at run time over the whole "
+        "tensor), `int8s` (dynamic INT8 with SmoothQuant, padded rows zeroed first), `w8` (INT8 weights, FP32 "
+        "compute), `fp32`. With mode static: `xint8` (static INT8, symmetric, per-tensor, power-of-two scales, for "
+        "DPUs) and `fp32` (left to the CPU). The cheapest one listed is the baseline.",
     )
     smooth_alpha: float = Field(
         default=0.8, ge=0, le=1, description="SmoothQuant migration strength for `int8s` (0: none, 1: all into weights)."

@@ -1,0 +1,233 @@
+"""The node groups that compute one island in one precision. Each is a self-contained replacement (nodes and
+initializers) for the island's node, so any assignment assembles in milliseconds.
+
+  xint8   static INT8 for a DPU (Vitis AI XINT8): symmetric, per-tensor, power-of-two scales, Q/DQ around the
+          MatMul; the activation exponent minimises MSE over the calibration activations. MatMul only.
+  sint8   static INT8: the activation is quantized to uint8 with one scale fixed from calibration tokens (so
+          a batch, its padding or a long text cannot move it), weights per-column symmetric INT8, integer
+          GEMM (MatMulIntegerToFloat, or QAttention for a fused Attention). Where SmoothQuant helps (chosen per
+          island by simulated SQNR), one Mul divides activation outliers out and the weights take them.
+  sint8u  sint8 with the weights stored as uint8 (zero point 128): onnxruntime then uses its u8 x u8 kernels,
+          which on x86 without VNNI accumulate exactly, where u8 x s8 (VPMADDUBSW) saturates pairs at 16 bits.
+  int8    dynamic INT8: DynamicQuantizeMatMul (activation range taken at run time over the whole tensor);
+          for a Gather, INT8 rows with one scale per row.
+  int8s   dynamic INT8 with SmoothQuant; padded rows are zeroed first (a Mul by the attention mask), since the
+          run-time range is taken over them too.
+  w8      INT8 weights, FP32 compute: DequantizeLinear(per-channel) -> MatMul. MatMul only.
+  fp32    the original node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgeq.mixed_precision.statistics import ActivationStats, best_alpha, smoothing_factors, static_range
+
+MS_DOMAIN = "com.microsoft"
+TOKEN_MASK = "edgeq_token_mask"  # [B, S, 1] float: 1 for real tokens, 0 for padding (made by assemble)
+
+
+@dataclass
+class Candidate:
+    nodes: list[onnx.NodeProto]
+    initializers: list[onnx.TensorProto]
+    size_bytes: int
+    detail: dict | None = None  # what was chosen inside the candidate (e.g. the smoothing strength)
+
+
+def quantize_symmetric(weight: np.ndarray, axis: int, per_channel: bool = True,
+                       pair_safe: bool = False) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """INT8 symmetric, one scale per index of `axis` (or one for the whole tensor when not per_channel):
+    returns (int8 values, float scales shaped [size of axis]). `pair_safe` (a 2-D MatMul weight, axis 1) keeps
+    every adjacent pair of rows within |q[2j] + q[2j+1]| <= 128, see `pair_safe_int8`."""
+    if pair_safe and weight.ndim == 2 and axis == 1:
+        return pair_safe_int8(weight, per_channel)
+    reduce_axes = tuple(i for i in range(weight.ndim) if i != axis)
+    scale = np.abs(weight).max(axis=reduce_axes) / 127.0
+    if not per_channel:
+        scale = np.full_like(scale, scale.max())
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def pair_safe_int8(weight: np.ndarray, per_channel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """INT8 weights [K, N] that a u8 x s8 kernel without VNNI multiplies exactly.
+
+    x86 without VNNI (AVX2, AVX-512F) multiplies u8 activations by s8 weights with VPMADDUBSW, which adds the
+    products of adjacent inputs k = 2j, 2j+1 into a saturating int16. With activations up to 255 a pair overflows
+    only when its two weights share a sign and |q[2j] + q[2j+1]| > 128 (opposite signs never reach 32767). So the
+    column's scale covers max(|w| / 127, |w[2j] + w[2j+1]| / 128), and a pair that rounding pushes over is pulled
+    back by one step. Measured on MiniLM (static INT8, AVX2): cosine 0.9966 -> 0.9983, at the same speed; plain
+    7-bit weights (onnxruntime's reduce_range) give 0.9969."""
+    rows = weight.shape[0]
+    padded = np.vstack([weight, np.zeros((rows % 2, weight.shape[1]), weight.dtype)])
+    pair = np.abs(padded[0::2] + padded[1::2]).max(axis=0)
+    scale = np.maximum(np.abs(weight).max(axis=0) / 127.0, pair / 128.0)
+    if not per_channel:
+        scale = np.full_like(scale, scale.max())
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    q = np.clip(np.round(padded / scale), -127, 127).astype(np.int32)
+    while True:
+        excess = np.abs(q[0::2] + q[1::2]) > 128
+        if not excess.any():
+            break
+        first_larger = np.abs(q[0::2]) >= np.abs(q[1::2])
+        for offset, pick in ((0, excess & first_larger), (1, excess & ~first_larger)):
+            q[offset::2][pick] -= np.sign(q[offset::2][pick])
+    return q[:rows].astype(np.int8), scale
+
+
+def _base(node: onnx.NodeProto) -> str:
+    return node.name.strip("/").replace("/", "_")
+
+
+def _int8_weight(node: onnx.NodeProto, weight: np.ndarray, per_channel: bool, tag: str = "W", unsigned: bool = False,
+                 pair_safe: bool = False):  # fmt: skip
+    """(initializer names, initializers, bytes) of a MatMul weight in INT8, one scale per output column; stored
+    as uint8 with zero point 128 when `unsigned`; no pair of products saturating when `pair_safe`."""
+    q, scale = quantize_symmetric(weight, axis=1, per_channel=per_channel, pair_safe=pair_safe and not unsigned)
+    zero = np.zeros_like(scale, dtype=np.int8)
+    if unsigned:
+        q, zero = (q.astype(np.int16) + 128).astype(np.uint8), np.full_like(scale, 128, dtype=np.uint8)
+    names = [f"{_base(node)}_{tag}_int8", f"{_base(node)}_{tag}_scale", f"{_base(node)}_{tag}_zp"]
+    inits = [numpy_helper.from_array(q, names[0]), numpy_helper.from_array(scale, names[1]),
+             numpy_helper.from_array(zero, names[2])]  # fmt: skip
+    return names, inits, q.nbytes + scale.nbytes * 2
+
+
+def _quantized_compute(node: onnx.NodeProto, quantized: str, scale: str, zero: str, weight_names: list[str],
+                       bias: str = "") -> onnx.NodeProto:  # fmt: skip
+    """The integer node computing `node` from a uint8 activation with its scale and zero point."""
+    w_q, w_scale, w_zero = weight_names
+    if node.op_type == "MatMul":
+        return helper.make_node("MatMulIntegerToFloat", [quantized, w_q, scale, w_scale, zero, w_zero, *([bias] if bias else [])],
+                                list(node.output), name=node.name, domain=MS_DOMAIN)  # fmt: skip
+    mask = node.input[3] if len(node.input) > 3 else ""
+    attention = helper.make_node("QAttention", [quantized, w_q, node.input[2], scale, w_scale, mask, zero, w_zero],
+                                 node.output[:1], name=node.name, domain=MS_DOMAIN)  # fmt: skip
+    attention.attribute.extend(a for a in node.attribute if a.name in ("num_heads", "unidirectional"))
+    return attention
+
+
+def _dynamic_compute(node: onnx.NodeProto, activation: str, weight_names: list[str]) -> list[onnx.NodeProto]:
+    """DynamicQuantizeMatMul for a MatMul; DynamicQuantizeLinear + QAttention for a fused Attention."""
+    if node.op_type == "MatMul":
+        return [helper.make_node("DynamicQuantizeMatMul", [activation, *weight_names], list(node.output),
+                                 name=node.name, domain=MS_DOMAIN)]  # fmt: skip
+    base = _base(node)
+    q, scale, zero = f"{base}_input_q", f"{base}_input_scale", f"{base}_input_zp"
+    quantize = helper.make_node("DynamicQuantizeLinear", [activation], [q, scale, zero], name=f"{node.name}_quantize_input")
+    return [quantize, _quantized_compute(node, q, scale, zero, weight_names)]
+
+
+def _smoothing_mul(node: onnx.NodeProto, smooth: np.ndarray, tag: str) -> tuple[onnx.NodeProto, onnx.TensorProto, str]:
+    inverse, smoothed = f"{_base(node)}_{tag}_inverse_smooth", f"{_base(node)}_{tag}_smoothed_input"
+    mul = helper.make_node("Mul", [node.input[0], inverse], [smoothed], name=f"{node.name}_{tag}_smooth")
+    return mul, numpy_helper.from_array((1.0 / smooth).astype(np.float32), inverse), smoothed
+
+
+def matmul_int8(node: onnx.NodeProto, weight: np.ndarray, per_channel: bool, pair_safe: bool = False) -> Candidate:
+    names, inits, size = _int8_weight(node, weight, per_channel, pair_safe=pair_safe)
+    return Candidate(_dynamic_compute(node, node.input[0], names), inits, size)
+
+
+def matmul_smoothed(node: onnx.NodeProto, weight: np.ndarray, stats: ActivationStats, alpha: float,
+                    per_channel: bool, masked: bool, pair_safe: bool = False) -> Candidate:  # fmt: skip
+    smooth = smoothing_factors(stats, weight, alpha)
+    names, inits, size = _int8_weight(node, weight * smooth[:, None], per_channel, tag="Ws", pair_safe=pair_safe)
+    mul, inverse, smoothed = _smoothing_mul(node, smooth, "s")
+    nodes = [mul]
+    if masked:  # the run-time range must not see padded rows
+        real = f"{_base(node)}_s_real_tokens"
+        nodes.append(helper.make_node("Mul", [smoothed, TOKEN_MASK], [real], name=f"{node.name}_s_mask_padding"))
+        smoothed = real
+    return Candidate([*nodes, *_dynamic_compute(node, smoothed, names)], [*inits, inverse], size + smooth.nbytes,
+                     {"alpha": alpha, "masked": masked})  # fmt: skip
+
+
+def matmul_static(node: onnx.NodeProto, weight: np.ndarray, stats: ActivationStats, unsigned: bool = False,
+                  alpha: float | None = None, pair_safe: bool = False) -> Candidate:  # fmt: skip
+    """sint8 (or sint8u): a fixed uint8 activation range from calibration tokens, per-column INT8 weights."""
+    tag = "stu" if unsigned else "st"
+    if alpha is None:
+        alpha, _ = best_alpha(stats, weight)
+    smooth = smoothing_factors(stats, weight, alpha)
+    scale, zero = static_range(stats, smooth)
+    names, inits, size = _int8_weight(node, weight * smooth[:, None], True, tag=f"W{tag}", unsigned=unsigned,
+                                      pair_safe=pair_safe)  # fmt: skip
+    base = f"{_base(node)}_{tag}"
+    inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{base}_x_scale"),
+              numpy_helper.from_array(np.array(zero, np.uint8), f"{base}_x_zp")]  # fmt: skip
+    nodes, source = [], node.input[0]
+    if alpha > 0:
+        mul, inverse, source = _smoothing_mul(node, smooth, tag)
+        nodes.append(mul)
+        inits.append(inverse)
+        size += smooth.nbytes
+    nodes.append(helper.make_node("QuantizeLinear", [source, f"{base}_x_scale", f"{base}_x_zp"], [f"{base}_x_q"],
+                                  name=f"{node.name}_{tag}_quantize_input"))  # fmt: skip
+    nodes.append(_quantized_compute(node, f"{base}_x_q", f"{base}_x_scale", f"{base}_x_zp", names))
+    return Candidate(nodes, inits, size + 5, {"alpha": alpha, "x_scale": float(scale), "x_zero_point": int(zero)})
+
+
+def matmul_xint8(node: onnx.NodeProto, weight: np.ndarray, samples: np.ndarray) -> Candidate:
+    from edgeq.quantize.pow2 import QMAX, QMIN, best_exponent
+
+    base = _base(node)
+    w_exp, x_exp = best_exponent(weight), best_exponent(samples)
+    w_q = np.clip(np.round(weight / 2.0**w_exp), QMIN, QMAX).astype(np.int8)
+    names = {k: f"{base}_{k}" for k in ("W_xint8", "W_scale", "X_scale", "zero", "X_q", "X_dq", "W_dq")}
+    inits = [numpy_helper.from_array(w_q, names["W_xint8"]),
+             numpy_helper.from_array(np.float32(2.0**w_exp), names["W_scale"]),
+             numpy_helper.from_array(np.float32(2.0**x_exp), names["X_scale"]),
+             numpy_helper.from_array(np.int8(0), names["zero"])]  # fmt: skip
+    nodes = [
+        helper.make_node("QuantizeLinear", [node.input[0], names["X_scale"], names["zero"]], [names["X_q"]],
+                         name=f"{node.name}_quantize_input"),
+        helper.make_node("DequantizeLinear", [names["X_q"], names["X_scale"], names["zero"]], [names["X_dq"]],
+                         name=f"{node.name}_dequantize_input"),
+        helper.make_node("DequantizeLinear", [names["W_xint8"], names["W_scale"], names["zero"]], [names["W_dq"]],
+                         name=f"{node.name}_dequantize_weight"),
+        helper.make_node("MatMul", [names["X_dq"], names["W_dq"]], list(node.output), name=node.name),
+    ]  # fmt: skip
+    return Candidate(nodes, inits, w_q.nbytes + 9)
+
+
+def matmul_w8(node: onnx.NodeProto, weight: np.ndarray, per_channel: bool) -> Candidate:
+    names, inits, size = _int8_weight(node, weight, per_channel)
+    dequantized = f"{_base(node)}_W_dequantized"
+    dq = helper.make_node("DequantizeLinear", names, [dequantized], name=f"{node.name}_dequantize_weight", axis=1)
+    compute = onnx.NodeProto()
+    compute.CopyFrom(node)  # the same MatMul or Attention, reading the dequantized weight
+    compute.input[1] = dequantized
+    return Candidate([dq, compute], inits, size)
+
+
+def gather_int8(node: onnx.NodeProto, table: np.ndarray) -> Candidate:
+    q, scale = quantize_symmetric(table, axis=0)
+    base = _base(node)
+    q_name, s_name = f"{base}_table_int8", f"{base}_row_scale"
+    inits = [numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale.reshape(-1, 1), s_name)]
+    rows, row_scales, as_float = f"{base}_rows_int8", f"{base}_rows_scale", f"{base}_rows_float"
+    nodes = [
+        helper.make_node("Gather", [q_name, node.input[1]], [rows], name=node.name, axis=0),
+        helper.make_node("Gather", [s_name, node.input[1]], [row_scales], name=f"{node.name}_scale", axis=0),
+        helper.make_node("Cast", [rows], [as_float], name=f"{node.name}_cast", to=onnx.TensorProto.FLOAT),
+        helper.make_node("Mul", [as_float, row_scales], list(node.output), name=f"{node.name}_dequantize"),
+    ]
+    return Candidate(nodes, inits, q.nbytes + scale.nbytes)
+
+
+def token_mask_nodes(mask_input: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """TOKEN_MASK from the model's attention mask input: Cast to float, then a trailing axis."""
+    as_float, axes = f"{TOKEN_MASK}_float", f"{TOKEN_MASK}_axes"
+    nodes = [helper.make_node("Cast", [mask_input], [as_float], name=f"{TOKEN_MASK}_cast", to=onnx.TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", [as_float, axes], [TOKEN_MASK], name=f"{TOKEN_MASK}_unsqueeze")]  # fmt: skip
+    return nodes, [numpy_helper.from_array(np.array([-1], dtype=np.int64), axes)]
