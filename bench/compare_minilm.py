@@ -1,13 +1,19 @@
-"""Compare, in one run on one machine, on held-out sentences: FP32, Optimum's --avx512_vnni preset,
-onnxruntime's stock dynamic and static recipes, and edgeq's models (uniform int8 and the final one).
+"""Compare, in one run on one machine, on held-out texts in three deployment shapes: FP32, Optimum's presets,
+onnxruntime's stock dynamic and static recipes, NNCF's static INT8 (TRANSFORMER preset), and edgeq's models
+(uniform int8 and the final one).
 
     python bench/compare_minilm.py [--build build/minilm-int8-cpu] [--heldout bench/data/heldout.txt]
 
-Every model comes from the same FP32 export (the build's fp32/). Latency is measured interleaved: for each
-sentence, every model runs once, in turn, with the same session settings (the device's threads, intra-op
-spinning off so that idle sessions do not steal cores), after a warm-up; the p50 of each model is divided by
-FP32's. Cosine is between mean-pooled embeddings; nearest-neighbour agreement is the share of sentences whose
-nearest other sentence (by cosine) is the same under the model as under FP32.
+Every model comes from the same FP32 export (the build's fp32/). The held-out texts (bench/data/heldout.txt: API
+documentation lines, support questions, product reviews, search queries and long paragraphs) are in neither the
+calibration nor the validation data and were never used to tune anything. Shapes:
+  b1      every text alone (fidelity over all texts; latency split into `b1 short`, the texts under 64 tokens,
+          and `b1 128`, the texts of at least 128 tokens, truncated at 128);
+  b32     batches of 32 texts in file order, each padded to its longest text (how sentence-transformers embeds).
+Latency is measured interleaved: for each input every model runs once, in turn, with the device profile's session
+settings (threads; intra-op spinning off so that idle sessions do not steal cores), after a warm-up, over several
+rounds; each model's p50 is divided by FP32's. Cosine is between mean-pooled embeddings; nearest-neighbour
+agreement is the share of texts whose nearest other text (by cosine) is the same under the model as under FP32.
 """
 
 from __future__ import annotations
@@ -29,18 +35,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from edgeq.devices import load_device  # noqa: E402
-from edgeq.text import TextEncoder, feed_for, task_vectors  # noqa: E402
+from edgeq.devices import host_cpu_device, load_device  # noqa: E402
+from edgeq.text import TextEncoder, batches, feed_for, task_vectors  # noqa: E402
 from edgeq.validate.metrics import cosines, nearest_neighbours  # noqa: E402
 from edgeq.validate.sessions import make_session  # noqa: E402
 
+SHORT_TOKENS, LONG_TOKENS = 64, 128
 
-def optimum_avx512_vnni(fp32_dir: Path, out: Path) -> Path:
-    """What `optimum-cli onnxruntime quantize --avx512_vnni` does (dynamic, per-tensor by default)."""
+
+def optimum_preset(fp32_dir: Path, out: Path, preset: str) -> Path:
+    """What `optimum-cli onnxruntime quantize --avx2|--avx512_vnni` does (dynamic, per-tensor by default)."""
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
-    config = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)
+    config = getattr(AutoQuantizationConfig, preset)(is_static=False, per_channel=False)
     ORTQuantizer.from_pretrained(fp32_dir, file_name="model.onnx").quantize(save_dir=out, quantization_config=config)
     return next(out.glob("*.onnx"))
 
@@ -49,56 +57,119 @@ def ort_stock_dynamic(fp32: Path, out: Path) -> Path:
     """onnxruntime's documented dynamic recipe: quantize_dynamic with its defaults."""
     from onnxruntime.quantization import quantize_dynamic
 
-    target = out / "model.onnx"
-    quantize_dynamic(str(fp32), str(target))
-    return target
+    quantize_dynamic(str(fp32), str(out / "model.onnx"))
+    return out / "model.onnx"
 
 
-def ort_stock_static(fp32: Path, out: Path, encoder: TextEncoder, texts: list[str]) -> Path:
+def ort_stock_static(fp32: Path, out: Path, feeds: list[dict]) -> Path:
     """onnxruntime's documented static recipe: quant_pre_process, then quantize_static with its defaults."""
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.items = iter([encoder.encode([t]) for t in texts])
+            self.items = iter(feeds)
 
         def get_next(self):
-            item = next(self.items, None)
-            return None if item is None else {k: v for k, v in item.items() if k in names}
+            return next(self.items, None)
 
-    import onnx
-
-    names = {i.name for i in onnx.load(str(fp32), load_external_data=False).graph.input}
     prepared = out / "prepared.onnx"
     try:
         quant_pre_process(str(fp32), str(prepared))
     except Exception:
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    target = out / "model.onnx"
-    quantize_static(str(prepared), str(target), Reader())
+    quantize_static(str(prepared), str(out / "model.onnx"), Reader())
     prepared.unlink()
-    return target
+    return out / "model.onnx"
 
 
-def measure(models: dict[str, Path], texts: list[str], encoder: TextEncoder, device, rounds: int) -> dict:
+def nncf_static(fp32: Path, out: Path, feeds: list[dict]) -> Path:
+    """NNCF's post-training static INT8 on the ONNX model with the TRANSFORMER preset, as its docs show."""
+    import nncf
+    import onnx
+
+    model = onnx.load(str(fp32))
+    quantized = nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER,
+                              subset_size=len(feeds))  # fmt: skip
+    onnx.save(quantized, str(out / "model.onnx"))
+    return out / "model.onnx"
+
+
+def build_anchors(fp32_dir: Path, work: Path, calibration_feeds: list[dict]) -> dict[str, Path]:
+    fp32 = fp32_dir / "model.onnx"
+    made = {"FP32 (export)": fp32}
+    for name, make in (("Optimum --avx2", lambda o: optimum_preset(fp32_dir, o, "avx2")),
+                       ("Optimum --avx512_vnni", lambda o: optimum_preset(fp32_dir, o, "avx512_vnni")),
+                       ("onnxruntime stock dynamic", lambda o: ort_stock_dynamic(fp32, o)),
+                       ("onnxruntime stock static", lambda o: ort_stock_static(fp32, o, calibration_feeds)),
+                       ("NNCF static TRANSFORMER", lambda o: nncf_static(fp32, o, calibration_feeds))):  # fmt: skip
+        folder = work / name.split()[0].lower() / str(len(made))
+        folder.mkdir(parents=True)
+        started = time.perf_counter()
+        made[name] = make(folder)
+        print(f"  {name}: built in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return made
+
+
+def measure(models: dict[str, Path], feeds: list[dict], device, rounds: int) -> dict:
+    """Every model on every feed, interleaved; vectors from the first round, timings from all."""
     sessions = {name: make_session(path, device, spinning=False) for name, path in models.items()}
-    encoded = [encoder.encode([t]) for t in texts]
-    feeds = {name: [feed_for(s.get_inputs(), e) for e in encoded] for name, s in sessions.items()}
+    inputs = {name: [feed_for(s.get_inputs(), f) for f in feeds] for name, s in sessions.items()}
     for name, session in sessions.items():
-        for feed in feeds[name][:10]:
+        for feed in inputs[name][:5]:
             session.run(None, feed)
     vectors = {name: [] for name in models}
-    timings = {name: [] for name in models}
+    timings = {name: np.zeros((rounds, len(feeds))) for name in models}
     for round_ in range(rounds):
-        for index, e in enumerate(encoded):
+        for index, feed in enumerate(feeds):
             for name, session in sessions.items():
                 start = time.perf_counter()
-                out = session.run(None, feeds[name][index])[0]
-                timings[name].append(time.perf_counter() - start)
+                out = session.run(None, inputs[name][index])[0]
+                timings[name][round_, index] = time.perf_counter() - start
                 if round_ == 0:
-                    vectors[name].append(task_vectors(out, e["attention_mask"], "feature-extraction"))
-    return {name: (np.concatenate(vectors[name]), np.array(timings[name])) for name in models}
+                    vectors[name].append(task_vectors(out, feed["attention_mask"], "feature-extraction"))
+    return {name: (np.concatenate(vectors[name]), timings[name]) for name in models}
+
+
+def fidelity(reference: np.ndarray, vectors: np.ndarray) -> dict:
+    cos = cosines(reference, vectors)
+    return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+            "nn_agreement": float((nearest_neighbours(reference) == nearest_neighbours(vectors)).mean())}  # fmt: skip
+
+
+def summarise(models, single, batched, lengths, sizes) -> list[dict]:
+    short, long_ = lengths < SHORT_TOKENS, lengths >= LONG_TOKENS
+    ref_b1, ref_b1_times = single["FP32 (export)"]
+    ref_b32, ref_b32_times = batched["FP32 (export)"]
+    rows = []
+    for name in models:
+        b1_vectors, b1_times = single[name]
+        b32_vectors, b32_times = batched[name]
+        ratio = lambda times, ref, mask=None: float(np.median(times[:, mask] if mask is not None else times)  # noqa: E731
+                                                    / np.median(ref[:, mask] if mask is not None else ref))  # fmt: skip
+        rows.append({
+            "model": name, "size_mb": sizes[name] / 1e6, "size_ratio": sizes[name] / sizes["FP32 (export)"],
+            "b1": fidelity(ref_b1, b1_vectors), "b32": fidelity(ref_b32, b32_vectors),
+            "latency_ratio": {"b1 short": ratio(b1_times, ref_b1_times, short), "b1 128": ratio(b1_times, ref_b1_times, long_),
+                              "b32": ratio(b32_times, ref_b32_times)},
+            "p50_ms": {"b1 short": float(np.median(b1_times[:, short]) * 1000),
+                       "b1 128": float(np.median(b1_times[:, long_]) * 1000), "b32": float(np.median(b32_times) * 1000)},
+        })  # fmt: skip
+    return rows
+
+
+def print_table(rows: list[dict], texts: int, device, rounds: int, mode: str, counts: dict) -> None:
+    print(f"\nMiniLM-L6 on {texts} held-out texts ({counts['short']} under {SHORT_TOKENS} tokens, {counts['long']} of "
+          f"{LONG_TOKENS}+), {device.threads} threads, {rounds} interleaved rounds ({device.id}, {mode})\n")  # fmt: skip
+    header = (f"{'model':<27}{'size':>7} | {'b1 cos mean':>11}{'min':>8}{'NN':>7} | {'b32 cos mean':>12}{'min':>8}"
+              f"{'NN':>7} | {'time/FP32: b1 short':>19}{'b1 128':>8}{'b32':>7}")  # fmt: skip
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        a, b, lat = r["b1"], r["b32"], r["latency_ratio"]
+        print(f"{r['model']:<27}{r['size_ratio']:>7.1%} | {a['cosine_mean']:>11.4f}{a['cosine_min']:>8.4f}"
+              f"{a['nn_agreement']:>7.3f} | {b['cosine_mean']:>12.4f}{b['cosine_min']:>8.4f}{b['nn_agreement']:>7.3f} | "
+              f"{lat['b1 short']:>19.3f}{lat['b1 128']:>8.3f}{lat['b32']:>7.3f}")  # fmt: skip
 
 
 def main() -> None:
@@ -106,66 +177,45 @@ def main() -> None:
     parser.add_argument("--build", type=Path, default=ROOT / "build" / "minilm-int8-cpu")
     parser.add_argument("--heldout", type=Path, default=ROOT / "bench" / "data" / "heldout.txt")
     parser.add_argument("--calibration", type=Path, default=ROOT / "recipes" / "data" / "calibration.txt")
-    parser.add_argument("--device", default="x86-avx512-vnni")
-    parser.add_argument("--rounds", type=int, default=3, help="Interleaved passes over the held-out texts.")
+    parser.add_argument("--device", default=None, help="Device profile for session settings. Default: this host's.")
+    parser.add_argument("--rounds", type=int, default=3, help="Interleaved passes at batch 1 (batch 32: twice as many).")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     args = parser.parse_args()
-    for name in ("build", "heldout", "calibration", "json"):
-        if getattr(args, name) is not None:
-            setattr(args, name, getattr(args, name).resolve())
-
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
-    fp32_dir = args.build / "fp32"
+    build = args.build.resolve()
+    fp32_dir = build / "fp32"
     if not (fp32_dir / "model.onnx").is_file():
         sys.exit(f"Error: no {fp32_dir / 'model.onnx'}; run `edgeq build recipes/minilm-int8-cpu.yaml` first")
     heldout = [t.strip() for t in args.heldout.read_text().splitlines() if t.strip()]
     seen = set(args.calibration.read_text().splitlines()) | set((ROOT / "recipes/data/validation.txt").read_text().splitlines())
-    overlap = [t for t in heldout if t in seen]
-    if overlap:
+    if overlap := [t for t in heldout if t in seen]:
         sys.exit(f"Error: {len(overlap)} held-out texts also appear in calibration/validation data")
-    device = load_device(args.device)
-    encoder = TextEncoder(fp32_dir, 128)
+    device = load_device(args.device or host_cpu_device())
+    from edgeq.validate.sessions import mode_for
+
+    encoder = TextEncoder(fp32_dir, LONG_TOKENS)
     calibration = [t for t in args.calibration.read_text().splitlines() if t.strip()][:128]
+    calibration_feeds = [encoder.encode([t]) for t in calibration]
+    single_feeds = [encoder.encode([t]) for t in heldout]
+    batched_feeds = [encoder.encode(b) for b in batches(heldout, 32)]
+    lengths = np.array([f["attention_mask"].sum() for f in single_feeds])
     with tempfile.TemporaryDirectory(prefix="edgeq-bench-") as tmp, contextlib.chdir(tmp):  # ORT writes scratch to cwd
-        tmp = Path(tmp)
-        for name in ("optimum", "dynamic", "static"):
-            (tmp / name).mkdir()
         print("building the comparison models from", fp32_dir, file=sys.stderr)
-        models = {
-            "FP32 (export)": fp32_dir / "model.onnx",
-            "Optimum --avx512_vnni": optimum_avx512_vnni(fp32_dir, tmp / "optimum"),
-            "onnxruntime stock dynamic": ort_stock_dynamic(fp32_dir / "model.onnx", tmp / "dynamic"),
-            "onnxruntime stock static": ort_stock_static(fp32_dir / "model.onnx", tmp / "static", encoder, calibration),
-        }
+        models = build_anchors(fp32_dir, Path(tmp), calibration_feeds)
         for name, folder in (("edgeq uniform int8", "int8"), ("edgeq final", "final")):
-            if (args.build / folder / "model.onnx").is_file():
-                models[name] = args.build / folder / "model.onnx"
-        print(f"measuring {len(models)} models on {len(heldout)} held-out texts, {args.rounds} interleaved rounds",
-              file=sys.stderr)
-        results = measure(models, heldout, encoder, device, args.rounds)
+            if (build / folder / "model.onnx").is_file():
+                models[name] = build / folder / "model.onnx"
+        print(f"measuring {len(models)} models on {len(heldout)} held-out texts", file=sys.stderr)
+        single = measure(models, single_feeds, device, args.rounds)
+        batched = measure(models, batched_feeds, device, 2 * args.rounds)
         sizes = {name: path.stat().st_size for name, path in models.items()}
-    ref_vectors, ref_times = results["FP32 (export)"]
-    ref_nn, ref_p50 = nearest_neighbours(ref_vectors), np.median(ref_times)
-    rows = []
-    for name, (vectors, times) in results.items():
-        cos = cosines(ref_vectors, vectors)
-        rows.append({
-            "model": name, "size_mb": sizes[name] / 1e6, "size_ratio": sizes[name] / sizes["FP32 (export)"],
-            "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-            "nn_agreement": float((nearest_neighbours(vectors) == ref_nn).mean()),
-            "p50_ms": float(np.median(times) * 1000), "latency_ratio": float(np.median(times) / ref_p50),
-        })  # fmt: skip
-    header = f"{'model':<28}{'size MB':>9}{'size':>8}{'cos mean':>10}{'cos min':>9}{'NN agree':>10}{'p50 ms':>8}{'lat/FP32':>10}"
-    print(f"\nMiniLM-L6 on {len(heldout)} held-out sentences, batch 1, {device.threads} threads, {args.rounds} "
-          f"interleaved rounds ({device.id}, on-host)\n")  # fmt: skip
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r['model']:<28}{r['size_mb']:>9.2f}{r['size_ratio']:>8.1%}{r['cosine_mean']:>10.4f}{r['cosine_min']:>9.4f}"
-              f"{r['nn_agreement']:>10.1%}{r['p50_ms']:>8.2f}{r['latency_ratio']:>10.2f}")  # fmt: skip
+    rows = summarise(models, single, batched, lengths, sizes)
+    counts = {"short": int((lengths < SHORT_TOKENS).sum()), "long": int((lengths >= LONG_TOKENS).sum())}
+    print_table(rows, len(heldout), device, args.rounds, mode_for(device), counts)
     if args.json:
-        args.json.write_text(json.dumps({"texts": len(heldout), "device": device.id, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"texts": len(heldout), "device": device.id, "mode": mode_for(device),
+                                         "counts": counts, "rows": rows}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -35,12 +35,18 @@ def host_device() -> str:
     return host_cpu_device()
 
 
-def make_tiny_bert(folder: Path, task: str = "feature-extraction", seed: int = 0, outlier: float = 0.0) -> Path:
+def make_tiny_bert(folder: Path, task: str = "feature-extraction", seed: int = 0, outlier: float = 0.0,
+                   padding_outlier: bool = False) -> Path:
     """A 2-layer BERT (hidden 64) with random weights and a word-level tokenizer, saved with save_pretrained.
 
     `outlier` > 0 plants a sensitive layer: one channel of layer 1's FFN activation is scaled up by that factor
     (and the next weight scaled down to match), so per-tensor activation quantization of PLANTED_ISLAND's
-    input crushes every other channel."""
+    input crushes every other channel.
+
+    `padding_outlier` plants a trap that only padding springs: the [PAD] embedding becomes a loud vector, and one
+    neuron of layer 0's FFN fires (to ~128) only on rows that look like it, feeding nothing. At batch 1 there is
+    no padding and nothing happens; in a padded batch that neuron sets the run-time INT8 scale of
+    PADDING_ISLAND's input, whose real values are below 1."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
     from transformers import BertForSequenceClassification
@@ -61,8 +67,32 @@ def make_tiny_bert(folder: Path, task: str = "feature-extraction", seed: int = 0
             layer.intermediate.dense.weight[5] *= outlier
             layer.intermediate.dense.bias[5] = outlier
             layer.output.dense.weight[:, 5] /= outlier
+    if padding_outlier:
+        _plant_padding_outlier(model)
     model.save_pretrained(str(folder))
     return folder
+
+
+PADDING_ISLAND = "encoder.layer.0.output.dense"
+
+
+def _plant_padding_outlier(model) -> None:
+    import torch
+
+    with torch.no_grad():
+        model.embeddings.word_embeddings.weight[0] = torch.randn(64, generator=torch.Generator().manual_seed(1)) * 3
+        seen = {}
+        layer = model.encoder.layer[0]
+        hook = layer.intermediate.dense.register_forward_hook(lambda module, inputs, output: seen.update(x=inputs[0]))
+        model(torch.tensor([[5, 6, 7, 0, 0]]), attention_mask=torch.tensor([[1, 1, 1, 0, 0]]))
+        hook.remove()
+        rows = seen["x"][0]
+        direction = rows[3] / rows[3].norm()  # what a padded row looks like at layer 0's FFN
+        threshold = 0.6 * float((rows[3:] @ direction).min())
+        layer.intermediate.dense.weight[5] = 40.0 * direction
+        layer.intermediate.dense.bias[5] = -40.0 * threshold
+        layer.output.dense.weight *= 8.0  # the FFN path dominates the residual, so its error shows
+        layer.output.dense.weight[:, 5] = 0.0  # the planted neuron feeds nothing: FP32 outputs are unchanged
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 
@@ -310,13 +311,24 @@ def copy_companions(source: Path, target: Path) -> None:
 
 
 def tool_versions() -> dict[str, str | None]:
-    versions = {}
+    versions = {"edgeq-source": edgeq_source_hash()}
     for tool in TOOLS:
         try:
             versions[tool] = metadata.version(tool)
         except metadata.PackageNotFoundError:
             versions[tool] = None
     return versions
+
+
+@cache
+def edgeq_source_hash() -> str:
+    """One hash over edgeq's own Python files: an edited checkout (same version number) invalidates the cache."""
+    package = Path(__file__).resolve().parent
+    hasher = hashlib.sha256()
+    for file in sorted(package.rglob("*.py")):
+        hasher.update(str(file.relative_to(package)).encode())
+        hasher.update(file.read_bytes())
+    return hasher.hexdigest()
 
 
 def digest(material: dict) -> str:

@@ -41,12 +41,21 @@ class Budget:
     max_latency_ratio: float | None = None
     max_slowdown: float | None = None
 
+    def floors(self) -> list[tuple[str, float | None]]:
+        return [("cosine_mean", self.min_cosine_mean), ("cosine_min", self.min_cosine_min),
+                ("nn_agreement", self.min_nn_agreement)]  # fmt: skip
+
+    def shortfall(self, metrics: dict) -> float:
+        """How far the worst-case metrics fall below the floors, summed (0 when all are met)."""
+        missing = [floor - (metrics.get(key) if metrics.get(key) is not None else -1.0)
+                   for key, floor in self.floors() if floor is not None]  # fmt: skip
+        return sum(max(m, 0.0) for m in missing)
+
     def fidelity_failures(self, metrics: dict) -> list[str]:
         """The floors the worst-case metrics break, each naming the shape that broke it."""
         failures = []
         where = metrics.get("worst_shape", {})
-        for key, floor in (("cosine_mean", self.min_cosine_mean), ("cosine_min", self.min_cosine_min),
-                           ("nn_agreement", self.min_nn_agreement)):  # fmt: skip
+        for key, floor in self.floors():
             value = metrics.get(key)
             if floor is not None and (value is None or value < floor):
                 shape = f" at {where[key]}" if key in where else ""
@@ -105,6 +114,10 @@ def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder:
         return not failures
 
     chosen, notes = bisect(len(configurations), evaluate)
+    if chosen < 0:  # nothing passes: keep the evaluated configuration that misses the floors by the least
+        chosen = min(evaluations, key=lambda e: (budget.shortfall(e["metrics"]), e["configuration"]))["configuration"]
+        notes = [f"no configuration meets the fidelity budget; kept configuration {chosen}, the evaluated one that "
+                 "misses its floors by the least"]  # fmt: skip
     chosen_eval = next(e for e in evaluations if e["configuration"] == chosen)
     latency_notes = _latency_checks(budget, chosen_eval["metrics"])
     below = [e for e in evaluations if e["configuration"] < chosen and not e["passed"]]
@@ -254,12 +267,13 @@ def cumulative(lowest, steps, fp32_size, islands, budget: Budget, latency: dict)
 
 
 def bisect(count: int, passes: Callable[[int], bool]) -> tuple[int, list[str]]:
-    """Smallest index whose configuration passes: ⌈log₂K⌉ + 2 evaluations when the metric is monotone."""
+    """Smallest index whose configuration passes: ⌈log₂K⌉ + 2 evaluations when the metric is monotone; -1 when
+    neither the first nor the last one passes."""
     if passes(0):
         return 0, ["the lowest precision everywhere already meets the budget"]
     last = count - 1
     if last == 0 or not passes(last):
-        return last, ["no configuration meets the fidelity budget; the most faithful one within the ceilings is kept"]
+        return -1, []
     low, high = 0, last  # low fails, high passes
     while high - low > 1:
         middle = (low + high) // 2
