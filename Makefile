@@ -28,6 +28,7 @@ test: install system-deps
 	$(PY) -m pytest
 
 bench: install
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(EDGEQ) build $(DEMO_RECIPE) > /dev/null
 	$(PY) bench/compare_minilm.py
 
