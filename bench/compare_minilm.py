@@ -36,7 +36,9 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from edgeq.devices import host_cpu_device, load_device  # noqa: E402
-from edgeq.text import TextEncoder, batches, feed_for, task_vectors  # noqa: E402
+from edgeq.feeds import feed_for  # noqa: E402
+from edgeq.tasks import TASKS  # noqa: E402
+from edgeq.tasks.text_inputs import TextInputs  # noqa: E402
 from edgeq.validate.metrics import cosines, nearest_neighbours  # noqa: E402
 from edgeq.validate.sessions import make_session  # noqa: E402
 
@@ -127,8 +129,15 @@ def measure(models: dict[str, Path], feeds: list[dict], device, rounds: int) -> 
                 out = session.run(None, inputs[name][index])[0]
                 timings[name][round_, index] = time.perf_counter() - start
                 if round_ == 0:
-                    vectors[name].append(task_vectors(out, feed["attention_mask"], "feature-extraction"))
+                    vectors[name].append(pooled(out, feed["attention_mask"]))
     return {name: (np.concatenate(vectors[name]), timings[name]) for name in models}
+
+
+def pooled(states: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean-pooled embeddings, as edgeq's feature-extraction task computes them."""
+    from edgeq.tasks.base import Batch
+
+    return np.stack(TASKS["feature-extraction"].compared({"last_hidden_state": states}, Batch({}, mask, [])))
 
 
 def fidelity(reference: np.ndarray, vectors: np.ndarray) -> dict:
@@ -194,11 +203,11 @@ def main() -> None:
     device = load_device(args.device or host_cpu_device())
     from edgeq.validate.sessions import mode_for
 
-    encoder = TextEncoder(fp32_dir, LONG_TOKENS)
+    encoder = TextInputs(fp32_dir, LONG_TOKENS)
     calibration = [t for t in args.calibration.read_text().splitlines() if t.strip()][:128]
     calibration_feeds = [encoder.encode([t]) for t in calibration]
     single_feeds = [encoder.encode([t]) for t in heldout]
-    batched_feeds = [encoder.encode(b) for b in batches(heldout, 32)]
+    batched_feeds = [encoder.encode(heldout[i : i + 32]) for i in range(0, len(heldout), 32)]
     lengths = np.array([f["attention_mask"].sum() for f in single_feeds])
     with tempfile.TemporaryDirectory(prefix="edgeq-bench-") as tmp, contextlib.chdir(tmp):  # ORT writes scratch to cwd
         print("building the comparison models from", fp32_dir, file=sys.stderr)

@@ -17,7 +17,6 @@ from edgeq.errors import OutputError
 from edgeq.recipe.schema import DataSource, QuantizationConfig, Thresholds
 
 
-
 def build(recipe: str | Path, output: str | Path | None = None, force: bool = False):
     """Run a recipe end to end. Returns a BuildResult (report dict, build folder, exit code 0 or 3)."""
     from edgeq.pipeline import plan_build, run_build
@@ -25,76 +24,85 @@ def build(recipe: str | Path, output: str | Path | None = None, force: bool = Fa
     return run_build(plan_build(recipe, output), force=force)
 
 
-def export(source: str, output: str | Path, task: str = "feature-extraction", opset: int = 17,
+def export(source: str, output: str | Path, task: str | None = None, opset: int = 17,
            batch_size: int | None = None, sequence_length: int | None = None,
            trust_remote_code: bool = False) -> Path:  # fmt: skip
-    """Export a Hugging Face model (folder, `pkg:<module>` or hub id) to OUTPUT/model.onnx."""
+    """Export a Hugging Face model (folder, `pkg:<module>` or hub id) to OUTPUT/model.onnx. Without `task`, the
+    task is detected from the model's config.json."""
     from edgeq.atomic import atomic_dir
     from edgeq.export import export_onnx, resolve_source
+    from edgeq.tasks import resolve_task
 
     out = _output_folder(output)
     model_dir = resolve_source(source)
+    chosen, _ = resolve_task(task, model_dir)
     with atomic_dir(out) as folder:
-        export_onnx(model_dir, folder, task, opset, batch_size, sequence_length, trust_remote_code)
+        export_onnx(model_dir, folder, chosen.export_task, opset, batch_size, sequence_length, trust_remote_code)
     return out / "model.onnx"
 
 
 def quantize(model: str | Path, output: str | Path, config: QuantizationConfig,
-             tokenizer: str | Path | None = None, device: str | None = None) -> Path:  # fmt: skip
-    """Quantize any ONNX file into OUTPUT/model.onnx (companion files of its folder are copied along).
+             tokenizer: str | Path | None = None, device: str | None = None, task: str | None = None) -> Path:  # fmt: skip
+    """Quantize any ONNX file into OUTPUT/model.onnx, with its companion files (config, tokenizer, image
+    processor) and nothing else of its folder.
 
-    Static mode calibrates on `config.calibration` (texts, samples, method, sequence length, batch size)."""
-    from edgeq.artifact import load_onnx
+    Static mode calibrates on `config.calibration` (data, samples, method, sequence length, batch size), read as
+    `task` says (default: detected from the folder's config.json, else plain texts)."""
+    from edgeq.artifact import check_loadable, load_onnx
     from edgeq.atomic import atomic_dir
-    from edgeq.data import load_texts
     from edgeq.pipeline import copy_companions
     from edgeq.quantize import check_against_device, quantize_model, resolve_op_types
-    from edgeq.quantize.calibration import calibration_encoder
+    from edgeq.quantize.calibration import pads_to_length
 
     model_path = Path(model)
     static_shapes = _has_static_shapes(load_onnx(model_path, load_weights=False))
+    check_loadable(model_path)
     profile = load_device(device or host_cpu_device())
     check_against_device(config, profile, static_shapes)
-    texts = encoder = None
+    feeds = None
     if config.mode == "static":
         calib = config.calibration
-        texts = load_texts(calib.data, calib.samples, key="calibration")
-        tokenizer_dir = Path(tokenizer) if tokenizer else model_path.parent
-        encoder = calibration_encoder(tokenizer_dir, calib.method, calib.sequence_length or 128, static_shapes)
+        folder = Path(tokenizer) if tokenizer else model_path.parent
+        chosen = _task_for(folder, task)
+        samples = chosen.read(calib.data, calib.samples, "--calibration", folder)
+        inputs = chosen.inputs(folder, calib.sequence_length or 128, pads_to_length(calib.method, static_shapes))
+        feeds = [b.feed for b in chosen.batches(samples, inputs, calib.batch_size, True)]
     out = _output_folder(output)
     with atomic_dir(out) as folder:
-        quantize_model(model_path, folder / "model.onnx", config, resolve_op_types(config, [profile]), texts, encoder,
+        quantize_model(model_path, folder / "model.onnx", config, resolve_op_types(config, [profile]), feeds,
                        profile.quantization.scheme)  # fmt: skip
         copy_companions(model_path.parent, folder)
     return out / "model.onnx"
 
 
 def validate(model: str | Path, reference: str | Path, data: DataSource, device: str | None = None,
-             task: str = "feature-extraction", samples: int | None = None, sequence_length: int = 128,
+             task: str | None = None, samples: int | None = None, sequence_length: int = 128,
              batch_size: int = 1, thresholds: Thresholds | None = None,
              tokenizer: str | Path | None = None) -> dict:  # fmt: skip
-    """Compare MODEL against REFERENCE on DEVICE over the texts of DATA; the validation entry of MODEL."""
-    from edgeq.artifact import load_onnx
-    from edgeq.data import load_texts
-    from edgeq.text import TextEncoder
+    """Compare MODEL against REFERENCE on DEVICE over the samples of DATA; the validation entry of MODEL."""
+    from edgeq.artifact import check_loadable, load_onnx
     from edgeq.validate import validate_models
 
     model_path, reference_path = Path(model), Path(reference)
     static = _has_static_shapes(load_onnx(model_path, load_weights=False))
     load_onnx(reference_path, load_weights=False)
+    for path in (model_path, reference_path):
+        check_loadable(path)
     profile = load_device(device or host_cpu_device())
-    texts = load_texts(data, samples, key="--data")
-    encoder = TextEncoder(Path(tokenizer) if tokenizer else reference_path.parent, sequence_length, static)
+    folder = Path(tokenizer) if tokenizer else reference_path.parent
+    chosen = _task_for(folder, task)
+    items = chosen.read(data, samples, "--data", folder)
+    inputs = chosen.inputs(folder, sequence_length, static)
     limits = (thresholds or Thresholds()).model_dump(exclude_none=True)
     if not profile.runs_float:
         from edgeq.artifact import is_quantized
         from edgeq.errors import DeviceError
 
         if not is_quantized(model_path):
-            raise DeviceError(f"device '{device}' runs quantized models only and '{model_path}' is FP32",
-                              f"Quantize it for the device first (see `edgeq inspect {model_path} --device {device}`)")  # fmt: skip
+            raise DeviceError(f"device '{profile.id}' runs quantized models only and '{model_path}' is FP32",
+                              f"Quantize it for the device first (see `edgeq inspect {model_path} --device {profile.id}`)")  # fmt: skip
     models = {"reference": reference_path, "candidate": model_path}
-    results = validate_models(models, "reference", profile, texts, encoder, task, [(batch_size, sequence_length)],
+    results = validate_models(models, "reference", profile, items, inputs, chosen, [(batch_size, sequence_length)],
                               thresholds={"candidate": limits})  # fmt: skip
     return results[-1]
 
@@ -111,8 +119,9 @@ def profile(models: str | Path | list, device: str | None = None, runs: int = 10
     profile_device = load_device(device or host_cpu_device())
     paths = [Path(m) for m in (models if isinstance(models, list) else [models])]
     transport = default_transport(profile_device, host, ssh_key, known_hosts, remote_python)
+    task = _task_for(paths[0].parent, None) if (paths[0].parent / "config.json").is_file() else None
     return profile_models(paths, profile_device, transport, runs, min_seconds, warmup, threads, batch_size,
-                          sequence_length, Path(inputs) if inputs else None, timeout)  # fmt: skip
+                          sequence_length, Path(inputs) if inputs else None, timeout, task)  # fmt: skip
 
 
 def inspect(model: str | Path) -> dict:
@@ -171,6 +180,20 @@ def _output_folder(output: str | Path) -> Path:
         raise OutputError(f"output path '{out}' is an existing file", "Give a folder path with -o/--output")
     out.parent.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _task_for(folder: Path, name: str | None):
+    """The named task (checked against the folder's model), else the one its config.json implies, else plain
+    texts (feature extraction) for a bare ONNX file."""
+    from edgeq.errors import EdgeqError
+    from edgeq.tasks import TASKS, detect_task, resolve_task
+
+    if name is not None:
+        return resolve_task(name, folder)[0]
+    try:
+        return detect_task(folder)[0]
+    except EdgeqError:
+        return TASKS["feature-extraction"]
 
 
 def _has_static_shapes(model) -> bool:

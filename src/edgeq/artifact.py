@@ -22,17 +22,60 @@ BITS = {TensorProto.INT8: 8, TensorProto.UINT8: 8, TensorProto.INT16: 16, Tensor
 
 
 def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
-    """Load an ONNX file, or raise ModelError naming the file when it is missing or not ONNX."""
+    """Load an ONNX file, or raise ModelError naming the file when it is missing, not ONNX, or keeps weights
+    outside its own folder."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model '{path}' not found", "Give the path of an .onnx file")
     try:
-        model = onnx.load(str(path), load_external_data=load_weights)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception:  # protobuf raises several unrelated types for garbage input
         model = None
     if model is None or model.ir_version <= 0 or not model.graph.node:
         raise ModelError(f"'{path}' is not an ONNX model", "Give an .onnx file, e.g. one made by `edgeq export`")
+    files = external_files(model)
+    folder = path.resolve().parent
+    for name in files:
+        target = (folder / name).resolve()
+        if folder not in target.parents:
+            raise ModelError(f"'{path}' keeps weights in '{name}', outside its own folder",
+                             "External data must sit beside the model; edgeq does not read files elsewhere")  # fmt: skip
+        if not target.is_file():
+            raise ModelError(f"'{path}' keeps weights in '{name}', which is missing", "Copy it beside the model")
+    if load_weights and files:
+        onnx.load_external_data_for_model(model, str(folder))
     return model
+
+
+def external_files(model: onnx.ModelProto) -> list[str]:
+    """The external-data files a model's initializers name."""
+    return sorted({entry.value for tensor in model.graph.initializer if tensor.data_location == TensorProto.EXTERNAL
+                   for entry in tensor.external_data if entry.key == "location"})  # fmt: skip
+
+
+def check_loadable(path: str | Path) -> None:
+    """Raise ModelError (one line) when this onnxruntime cannot load the model, e.g. an opset it does not know."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"onnxruntime {ort.__version__} cannot load '{path}': {ort_error_line(exc)}",
+                         "Export it with an opset this onnxruntime supports (edgeq export --opset 17)") from None  # fmt: skip
+
+
+def ort_error_line(exc: Exception) -> str:
+    """onnxruntime's message without its error-code prefix and C++ source location."""
+    import re
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^/\S+:\d+ [^)]*\) ", "", text)
+    support = re.search(r"(Opset \d+ is under development).*(Current official support for domain \S+ is till opset \d+)", text)
+    return f"{support.group(1)}; {support.group(2)}" if support else text[:300]
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -136,14 +179,7 @@ def model_size(path: str | Path) -> int:
     """Bytes of the model file plus any external-data files beside it."""
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)
-    external = {
-        entry.value
-        for tensor in model.graph.initializer
-        if tensor.data_location == TensorProto.EXTERNAL
-        for entry in tensor.external_data
-        if entry.key == "location"
-    }
-    return path.stat().st_size + sum((path.parent / f).stat().st_size for f in external)
+    return path.stat().st_size + sum((path.parent / f).stat().st_size for f in external_files(model))
 
 
 def inspect_model(path: str | Path) -> dict:

@@ -18,6 +18,8 @@ from edgeq import __version__
 from edgeq.errors import EdgeqError
 
 EXIT_BELOW_THRESHOLDS = 3
+TASK_CHOICES = click.Choice(["feature-extraction", "text-classification", "token-classification",
+                             "question-answering", "image-classification"])  # fmt: skip
 
 
 class EdgeqGroup(click.Group):
@@ -85,8 +87,7 @@ def build(recipe: str, output: str | None, force: bool, as_json: bool) -> None:
 @cli.command()
 @click.argument("source")
 @click.option("-o", "--output", required=True, help="Folder for model.onnx, config.json and tokenizer files.")
-@click.option("--task", type=click.Choice(["feature-extraction", "text-classification"]),
-              default="feature-extraction", show_default=True)  # fmt: skip
+@click.option("--task", type=TASK_CHOICES, help="Default: detected from the model's config.json architectures.")
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), help="Fix the batch dimension (static shapes).")
 @click.option("--sequence-length", type=click.IntRange(min=1), help="Fix the sequence dimension.")
@@ -110,8 +111,10 @@ def export(source, output, task, opset, batch_size, sequence_length, trust_remot
 @click.option("--activation-type", type=click.Choice(["uint8", "int8", "uint16", "int16"]), help="Static only.")
 @click.option("--op-types", help="Comma-separated op types to quantize, e.g. MatMul,Gather.")
 @click.option("--exclude", "exclude", multiple=True, help="Node name to keep in FP32 (repeatable).")
-@click.option("--calibration", type=click.Path(path_type=Path), help="Calibration texts (.txt/.jsonl/.csv).")
+@click.option("--calibration", type=click.Path(path_type=Path),
+              help="Calibration data (.txt/.jsonl/.csv, or an image folder).")  # fmt: skip
 @click.option("--field", help="JSON key or CSV column of the calibration texts.")
+@click.option("--task", type=TASK_CHOICES, help="How to read the calibration data. Default: from config.json.")
 @click.option("--samples", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--sequence-length", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
@@ -119,7 +122,7 @@ def export(source, output, task, opset, batch_size, sequence_length, trust_remot
 @click.option("--tokenizer", type=click.Path(path_type=Path), help="Folder with tokenizer.json. Default: MODEL's folder.")
 @click.option("--device", default=None, help="Device whose rules apply. Default: this host's CPU profile.")
 def quantize(model, output, mode, fmt, per_channel, weight_type, activation_type, op_types, exclude, calibration,
-             field, samples, sequence_length, batch_size, method, tokenizer, device) -> None:  # fmt: skip
+             field, task, samples, sequence_length, batch_size, method, tokenizer, device) -> None:  # fmt: skip
     """Quantize any ONNX MODEL (static mode needs --calibration)."""
     from edgeq import api
     from edgeq.recipe.schema import CalibrationConfig, QuantizationConfig
@@ -132,7 +135,7 @@ def quantize(model, output, mode, fmt, per_channel, weight_type, activation_type
     config = _build(QuantizationConfig, mode=mode, format=fmt, per_channel=per_channel, weight_type=weight_type,
                     activation_type=activation_type, calibration=calib, nodes_to_exclude=list(exclude),
                     op_types=[t.strip() for t in op_types.split(",") if t.strip()] if op_types else None)  # fmt: skip
-    path = api.quantize(model, output, config, tokenizer, device)
+    path = api.quantize(model, output, config, tokenizer, device, task)
     click.echo(f"quantized: {path}")
 
 
@@ -140,26 +143,31 @@ def quantize(model, output, mode, fmt, per_channel, weight_type, activation_type
 @cli.command()
 @click.argument("model")
 @click.option("--reference", required=True, help="The FP32 ONNX model to compare against.")
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path), help="Validation texts.")
-@click.option("--field", help="JSON key or CSV column of the texts.")
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+              help="Validation data (.txt/.jsonl/.csv, or an image folder).")  # fmt: skip
+@click.option("--field", help="JSON key or CSV column of the texts (token classification: of the words).")
+@click.option("--label-field", help="Key or column of the labels: the report then gives accuracy/F1/exact match.")
+@click.option("--question-field", help="Question answering: key or column of the question.")
+@click.option("--context-field", help="Question answering: key or column of the context.")
 @click.option("--device", default=None, help="Device id. Default: this host's CPU profile.")
-@click.option("--task", type=click.Choice(["feature-extraction", "text-classification"]),
-              default="feature-extraction", show_default=True)  # fmt: skip
-@click.option("--samples", type=click.IntRange(min=1), help="Use the first N texts.")
+@click.option("--task", type=TASK_CHOICES, help="Default: detected from the reference folder's config.json.")
+@click.option("--samples", type=click.IntRange(min=1), help="Use the first N samples.")
 @click.option("--sequence-length", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--min-cosine-mean", type=float, default=0.99, show_default=True)
 @click.option("--min-cosine-min", type=float)
 @click.option("--tokenizer", type=click.Path(path_type=Path), help="Folder with tokenizer.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the validation entry as JSON.")
-def validate(model, reference, data_path, field, device, task, samples, sequence_length, batch_size,
-             min_cosine_mean, min_cosine_min, tokenizer, as_json) -> None:  # fmt: skip
+def validate(model, reference, data_path, field, label_field, question_field, context_field, device, task, samples,
+             sequence_length, batch_size, min_cosine_mean, min_cosine_min, tokenizer, as_json) -> None:  # fmt: skip
     """Compare MODEL with REFERENCE on DEVICE; exit 3 when below the thresholds."""
     from edgeq import api
     from edgeq.recipe.schema import Thresholds
 
     limits = _build(Thresholds, cosine_mean=min_cosine_mean, cosine_min=min_cosine_min)
-    result = api.validate(model, reference, _data_source(data_path, field, "--data"), device, task, samples,
+    data = _data_source(data_path, field, "--data", label_field=label_field, question_field=question_field,
+                        context_field=context_field)  # fmt: skip
+    result = api.validate(model, reference, data, device, task, samples,
                           sequence_length, batch_size, limits, tokenizer)  # fmt: skip
     if as_json:
         _echo_json(result)
@@ -346,10 +354,10 @@ def recipes_list(folder: str | None, as_json: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _data_source(path: Path, field: str | None, option: str):
+def _data_source(path: Path, field: str | None, option: str, **fields):
     from edgeq.recipe.schema import DataSource
 
-    return _build(DataSource, path=path, field=field, option=option)
+    return _build(DataSource, path=path, field=field, option=option, **fields)
 
 
 def _build(model_cls, option: str | None = None, **values):

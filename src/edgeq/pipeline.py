@@ -21,7 +21,6 @@ from pathlib import Path
 from edgeq import __version__
 from edgeq.artifact import sha256_file, sha256_tree
 from edgeq.atomic import atomic_dir, remove_leftovers
-from edgeq.data import load_texts
 from edgeq.devices import DeviceProfile, load_device
 from edgeq.errors import OutputError, StageError
 from edgeq.progress import say
@@ -31,7 +30,7 @@ from edgeq.recipe import Recipe, load_recipe
 STAGE_FILE = "edgeq-stage.json"
 MODEL_FILE = "model.onnx"
 TOOLS = ("onnx", "onnxruntime", "optimum-onnx", "transformers", "torch")
-EXPORT_CHECK_TEXTS = 8
+EXPORT_CHECK_SAMPLES = 8
 
 
 @dataclass
@@ -43,8 +42,10 @@ class Plan:
     devices: list[DeviceProfile]
     op_types: list[str] | None
     scheme: str
-    validation_texts: list[str]
-    calibration_texts: list[str] | None
+    task: object  # edgeq.tasks.Task
+    task_reason: str
+    validation_samples: list
+    calibration_samples: list | None
     out_dir: Path
     model_dir: Path
     model_hash: str
@@ -74,29 +75,53 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None) -> Pla
     """Load and check the recipe, devices, data, output path and model source; write nothing."""
     from edgeq.export.source import resolve_source
 
+    from edgeq.tasks import resolve_task
+
     recipe = load_recipe(recipe_path)
     devices = [load_device(target) for target in recipe.targets]
     for device in devices:
         check_against_device(recipe.quantization, device, recipe.static_shapes)
-    validation = load_texts(recipe.validation.data, recipe.validation.samples, key="validation.data")
-    calib = recipe.quantization.calibration
-    calibration = load_texts(calib.data, calib.samples, key="quantization.calibration.data") if calib else None
     out_dir = Path(output) if output else Path("build") / recipe.name
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"output path '{out_dir}' is an existing file", "Choose a folder with --output")
     model_dir = resolve_source(recipe.model.source)
+    task, reason = resolve_task(recipe.model.task, model_dir)
+    check_metric_names(recipe, task)
+    validation = task.read(recipe.validation.data, recipe.validation.samples, "validation.data", model_dir)
+    calib = recipe.quantization.calibration
+    calibration = task.read(calib.data, calib.samples, "quantization.calibration.data", model_dir) if calib else None
     return Plan(
         recipe_path=Path(recipe_path),
         recipe=recipe,
         devices=devices,
         op_types=resolve_op_types(recipe.quantization, devices),
         scheme=quantization_scheme(devices),
-        validation_texts=validation,
-        calibration_texts=calibration,
+        task=task,
+        task_reason=reason,
+        validation_samples=validation,
+        calibration_samples=calibration,
         out_dir=out_dir,
         model_dir=model_dir,
         model_hash=sha256_tree(model_dir),
     )
+
+
+def check_metric_names(recipe: Recipe, task) -> None:
+    """Thresholds and budget floors may only name metrics the task reports."""
+    from edgeq.errors import RecipeError
+
+    known = {"cosine_mean", "cosine_min", "max_abs_error", "sqnr_db", *task.metric_names,
+             *(f"{m}_delta" for m in task.metric_names)}  # fmt: skip
+    named = [(f"validation.thresholds.{k}", k) for k in recipe.validation.thresholds.model_dump(exclude_none=True)]
+    if recipe.mixed_precision is not None:
+        budget = recipe.mixed_precision.budget
+        named += [(f"mixed_precision.budget.floors.{k}", k) for k in budget.floors]
+        if budget.min_nn_agreement is not None:
+            named.append(("mixed_precision.budget.min_nn_agreement", "nn_agreement"))
+    for key, metric in named:
+        if metric not in known:
+            raise RecipeError(f"{key}: {task.name} has no metric '{metric}'",
+                              f"Its metrics: {', '.join(sorted(known))}")  # fmt: skip
 
 
 def run_build(plan: Plan, force: bool = False) -> BuildResult:
@@ -106,6 +131,7 @@ def run_build(plan: Plan, force: bool = False) -> BuildResult:
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(plan.out_dir)
     say(f"[bold]edgeq build[/bold] {plan.recipe.name} → {plan.out_dir}")
+    say(f"  task: {plan.task.name} ({plan.task_reason})")
     stages = [export_stage(plan, force)]
     source = stages[0]
     if plan.recipe.optimize.enabled:
@@ -132,34 +158,37 @@ def export_stage(plan: Plan, force: bool) -> StageResult:
     from edgeq.export import export_onnx
     from edgeq.export.check import check_export
 
-    recipe, exp = plan.recipe, plan.recipe.export
-    check_texts = plan.validation_texts[:EXPORT_CHECK_TEXTS]
+    recipe, exp, task = plan.recipe, plan.recipe.export, plan.task
+    check_samples = plan.validation_samples[:EXPORT_CHECK_SAMPLES]
     seq = exp.sequence_length or 128
 
     def produce(folder: Path) -> dict:
-        model = export_onnx(plan.model_dir, folder, recipe.model.task, exp.opset, exp.batch_size,
+        model = export_onnx(plan.model_dir, folder, task.export_task, exp.opset, exp.batch_size,
                             exp.sequence_length, recipe.model.trust_remote_code)  # fmt: skip
-        check = check_export(plan.model_dir, model, recipe.model.task, check_texts, seq, recipe.static_shapes,
+        check = check_export(plan.model_dir, model, task, check_samples, seq, recipe.static_shapes,
                              recipe.model.trust_remote_code)  # fmt: skip
-        if check["cosine_min"] < 0.99:
+        if check["cosine_min"] is None or check["cosine_min"] < 0.99:
             raise StageError(f"the exported ONNX model disagrees with PyTorch (cosine min {check['cosine_min']})")
-        return {"source": recipe.model.source, "task": recipe.model.task, "export_check": check}
+        return {"source": recipe.model.source, "task": task.name, "task_reason": plan.task_reason,
+                "compared_output": task.compares, "export_check": check}  # fmt: skip
 
-    key = {"model": plan.model_hash, "model_config": recipe.model.model_dump(mode="json"),
-           "export": exp.model_dump(mode="json"), "check_texts": check_texts}  # fmt: skip
+    key = {"model": plan.model_hash, "model_config": recipe.model.model_dump(mode="json"), "task": task.name,
+           "export": exp.model_dump(mode="json"), "check_samples": [s.key() for s in check_samples]}  # fmt: skip
     return cached_stage(plan.out_dir / "fp32", "export", key, produce, force)
 
 
 def optimize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
     from edgeq.optimize import fuse_transformer
+    from edgeq.optimize.fusions import fusion_family
 
     opt = plan.recipe.optimize
 
     def produce(folder: Path) -> dict:
-        fused = fuse_transformer(source.folder / MODEL_FILE, folder / MODEL_FILE, opt.model_type, opt.opt_level,
+        family = fusion_family(opt.model_type, plan.model_dir)
+        fused = fuse_transformer(source.folder / MODEL_FILE, folder / MODEL_FILE, family, opt.opt_level,
                                  opt.fuse_attention, opt.fuse_embed_layer_norm)  # fmt: skip
         copy_companions(source.folder, folder)
-        return {"fused_operators": fused}
+        return {"fusion_family": family, "fused_operators": fused}
 
     key = {"input": source.key, "optimize": opt.model_dump(mode="json")}
     return cached_stage(plan.out_dir / "optimized", "optimize", key, produce, force)
@@ -167,32 +196,33 @@ def optimize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
 
 def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
     from edgeq.quantize import quantize_model
-    from edgeq.quantize.calibration import calibration_encoder
+    from edgeq.quantize.calibration import pads_to_length
 
     q = plan.recipe.quantization
     name = "w8a16" if q.mode == "static" and q.resolved_activation_type.endswith("16") else "int8"
-    calib_texts = plan.calibration_texts if q.mode == "static" else None
+    calib_samples = plan.calibration_samples if q.mode == "static" else None
     power_of_two = any(d.quantization.power_of_two_scales for d in plan.devices)
 
     def produce(folder: Path) -> dict:
-        encoder = None
-        if calib_texts is not None:
+        feeds = None
+        if calib_samples is not None:
             seq = plan.recipe.sequence_length_for(q.calibration)
-            encoder = calibration_encoder(source.folder, q.calibration.method, seq, plan.recipe.static_shapes)
-        done = quantize_model(source.folder / MODEL_FILE, folder / MODEL_FILE, q, plan.op_types, calib_texts,
-                              encoder, plan.scheme, power_of_two)  # fmt: skip
+            inputs = plan.task.inputs(source.folder, seq, pads_to_length(q.calibration.method, plan.recipe.static_shapes))
+            feeds = [b.feed for b in plan.task.batches(calib_samples, inputs, q.calibration.batch_size, True)]
+        done = quantize_model(source.folder / MODEL_FILE, folder / MODEL_FILE, q, plan.op_types, feeds,
+                              plan.scheme, power_of_two)  # fmt: skip
         copy_companions(source.folder, folder)
         return {
             **done,
             "mode": q.mode,
             "format": q.resolved_format,
             "op_types": plan.op_types or "onnxruntime default",
-            "calibration_samples": len(calib_texts) if calib_texts else 0,
+            "calibration_samples": len(calib_samples) if calib_samples else 0,
         }
 
     key = {"input": source.key, "quantization": q.model_dump(mode="json"), "op_types": plan.op_types,
            "scheme": plan.scheme, "power_of_two": power_of_two,
-           "calibration": calib_texts,
+           "calibration": [c.key() for c in calib_samples] if calib_samples else None,
            "calibration_shape": [plan.recipe.static_shapes, q.calibration and plan.recipe.sequence_length_for(q.calibration)]}  # fmt: skip
     return cached_stage(plan.out_dir / name, "quantize", key, produce, force)
 
@@ -200,44 +230,43 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
 def mixed_precision_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
     from edgeq.artifact import sha256_file as file_hash
     from edgeq.mixed_precision import MixedPrecisionJob, choose_precisions
-    from edgeq.text import TextEncoder
 
     mp, q, val = plan.recipe.mixed_precision, plan.recipe.quantization, plan.recipe.validation
-    proxy_texts = (plan.calibration_texts or [])[: mp.proxy_samples]
+    proxy_samples = (plan.calibration_samples or [])[: mp.proxy_samples]
 
     def produce(folder: Path) -> dict:
-        encoder = TextEncoder(source.folder, plan.recipe.sequence_length_for(val), plan.recipe.static_shapes)
+        inputs = plan.task.inputs(source.folder, plan.recipe.sequence_length_for(val), plan.recipe.static_shapes)
         job = MixedPrecisionJob(source.folder / MODEL_FILE, folder, mp, plan.op_types, q.per_channel,
-                                plan.devices[0], plan.recipe.model.task, proxy_texts, plan.validation_texts, encoder,
-                                plan.recipe.validation_shapes, plan.calibration_texts or [])  # fmt: skip
+                                plan.devices[0], plan.task, proxy_samples, plan.validation_samples, inputs,
+                                plan.recipe.validation_shapes, plan.calibration_samples or [], plan.recipe.fixed_batch)  # fmt: skip
         section = choose_precisions(job)
         copy_companions(source.folder, folder)
         return {"mixed_precision": section}
 
     pinned = file_hash(mp.overrides) if mp.overrides and Path(mp.overrides).is_file() else None
     key = {"input": source.key, "mixed_precision": mp.model_dump(mode="json"), "pinned": pinned,
-           "op_types": plan.op_types, "per_channel": q.per_channel, "proxy": proxy_texts,
-           "validation": plan.validation_texts, "device": plan.devices[0].model_dump(mode="json"),
-           "shapes": plan.recipe.validation_shapes, "calibration": plan.calibration_texts}  # fmt: skip
+           "op_types": plan.op_types, "per_channel": q.per_channel, "task": plan.task.name,
+           "validation": [s.key() for s in plan.validation_samples], "device": plan.devices[0].model_dump(mode="json"),
+           "shapes": plan.recipe.validation_shapes,
+           "calibration": [s.key() for s in plan.calibration_samples or []]}  # fmt: skip
     return cached_stage(plan.out_dir / "mixed", "mixed_precision", key, produce, force)
 
 
 def validate_stage(plan: Plan, models: dict[str, Path], reference: str) -> StageResult:
-    from edgeq.text import TextEncoder, shape_label
     from edgeq.validate import validate_models
 
-    val = plan.recipe.validation
+    val, task = plan.recipe.validation, plan.task
     limits = val.thresholds.model_dump(exclude_none=True)
     thresholds = {name: limits for name in models if name != reference}
-    encoder = TextEncoder(models[reference].parent, plan.recipe.sequence_length_for(val), plan.recipe.static_shapes)
+    inputs = task.inputs(models[reference].parent, plan.recipe.sequence_length_for(val), plan.recipe.static_shapes)
     shapes = plan.recipe.validation_shapes
-    say(f"▶ validate on {', '.join(d.id for d in plan.devices)} ({len(plan.validation_texts)} texts; shapes "
-        f"{', '.join(shape_label(*s) for s in shapes)})")  # fmt: skip
+    say(f"▶ validate on {', '.join(d.id for d in plan.devices)} ({len(plan.validation_samples)} samples; shapes "
+        f"{', '.join(task.shape_label(*s) for s in shapes)})")  # fmt: skip
     start = time.perf_counter()
     results = []
     for device in plan.devices:
-        results += validate_models(models, reference, device, plan.validation_texts, encoder, plan.recipe.model.task,
-                                   shapes, val.warmup, thresholds)  # fmt: skip
+        results += validate_models(models, reference, device, plan.validation_samples, inputs, task, shapes,
+                                   val.warmup, thresholds, plan.recipe.fixed_batch)  # fmt: skip
     seconds = time.perf_counter() - start
     say(f"  validate: {seconds:.1f}s (measured now, never cached)")
     return StageResult("validate", None, None, seconds, False, {"validations": results})
@@ -245,12 +274,14 @@ def validate_stage(plan: Plan, models: dict[str, Path], reference: str) -> Stage
 
 def profile_stage(plan: Plan, model: Path) -> StageResult:
     """The final model on every target: locally, or on the real device when its profile has a transport."""
-    from edgeq import api
+    from edgeq.profile import profile_models
+    from edgeq.profile.run import default_transport
 
     cfg = plan.recipe.profile
     seq = cfg.sequence_length or plan.recipe.export.sequence_length or 128
     start = time.perf_counter()
-    profiles = [api.profile(model, device.id, cfg.runs, cfg.min_seconds, cfg.warmup, sequence_length=seq)
+    profiles = [profile_models([model], device, default_transport(device), cfg.runs, cfg.min_seconds, cfg.warmup,
+                               sequence_length=seq, task=plan.task)
                 for device in plan.devices]  # fmt: skip
     for entry in profiles:
         entry["model"] = "final/model.onnx"
@@ -303,11 +334,19 @@ def read_stage_record(folder: Path, key: str) -> dict | None:
     return record
 
 
+# The files that travel with a model: its config, tokenizer, image processor and generation settings. Nothing else
+# of the model's folder is copied (a user's downloads folder is not a model's companion).
+COMPANIONS = ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
+              "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json",
+              "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "chat_template.jinja",
+              "genai_config.json", "overrides.yaml")  # fmt: skip
+
+
 def copy_companions(source: Path, target: Path) -> None:
-    """config.json, tokenizer and other small files that travel with a model (not the model, not the record)."""
-    for file in source.iterdir():
-        if file.is_file() and file.suffix != ".onnx" and file.name != STAGE_FILE:
-            shutil.copy2(file, target / file.name)
+    """Copy the model's companion files (COMPANIONS) from `source` into `target`."""
+    for name in COMPANIONS:
+        if (source / name).is_file() and not (target / name).exists():
+            shutil.copy2(source / name, target / name)
 
 
 def tool_versions() -> dict[str, str | None]:

@@ -11,12 +11,11 @@ import onnx
 
 from edgeq.devices import DeviceProfile
 from edgeq.mixed_precision.assemble import assemble, has_token_mask
-from edgeq.mixed_precision.evaluate import FullEvaluator, TextRunner
+from edgeq.mixed_precision.evaluate import FullEvaluator, Runner
 from edgeq.mixed_precision.islands import LADDER, STATS_RUNGS, Island, build_candidates, find_islands, matmul_inputs
 from edgeq.mixed_precision.overrides import load_overrides, resolve, write_overrides
 from edgeq.mixed_precision.search import Budget, SearchResult, model_size, search
 from edgeq.mixed_precision.statistics import ActivationStats, token_statistics
-from edgeq.text import TextEncoder
 
 OVERRIDES_FILE = "overrides.yaml"
 MEANING = {"xint8": "static INT8 with power-of-two scales, on the DPU",
@@ -36,12 +35,13 @@ class MixedPrecisionJob:
     op_types: list[str] | None
     per_channel: bool
     device: DeviceProfile
-    task: str
-    proxy_texts: list[str]
-    validation_texts: list[str]
-    encoder: TextEncoder
+    task: object  # edgeq.tasks.Task
+    proxy_samples: list
+    validation_samples: list
+    inputs: object  # the task's input maker
     shapes: list[tuple[int, int]]
-    calibration_texts: list[str]
+    calibration_samples: list
+    whole_batches_only: bool = False
 
 
 def choose_precisions(job: MixedPrecisionJob) -> dict:
@@ -59,34 +59,32 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
         result = None
     else:
         budget = Budget(**cfg.budget.model_dump())
-        proxy = TextRunner(job.encoder, job.proxy_texts, job.task, job.device, job.shapes)
+        proxy = Runner(job.task, job.proxy_samples, job.inputs, job.device, job.shapes, job.whole_batches_only)
         lowest = {i.name: next(r for r in ladder if r in i.candidates) for i in islands}
-        full = FullEvaluator(job.encoder, job.validation_texts, job.task, job.device, job.shapes, fp32,
-                             assemble(fp32, islands, lowest))  # fmt: skip
+        full = FullEvaluator(job.task, job.validation_samples, job.inputs, job.device, job.shapes, fp32,
+                             assemble(fp32, islands, lowest), job.whole_batches_only)  # fmt: skip
         result = search(fp32, fp32_size, islands, ladder, budget, proxy, full)
         assignment = result.assignment
     onnx.save(assemble(fp32, islands, assignment), str(job.out_folder / "model.onnx"))
     header = (f"edgeq mixed-precision overrides for {job.fp32_path.name}: pin this file with\n"
               f"  mixed_precision: {{overrides: <path to this file>}}\nto rebuild the same model with no search.")  # fmt: skip
     write_overrides(job.out_folder / OVERRIDES_FILE, islands, assignment, header)
-    return section(islands, assignment, ladder, result, cfg, fp32_size, job.shapes)
+    return section(islands, assignment, ladder, result, cfg, fp32_size, [job.task.shape_label(*s) for s in job.shapes])
 
 
 def activation_statistics(job: MixedPrecisionJob, fp32: onnx.ModelProto, islands: list[Island]) -> dict[str, ActivationStats]:
-    """Per-channel statistics of every MatMul/Attention island's input over the calibration texts' real tokens."""
-    runner = TextRunner(job.encoder, job.calibration_texts, job.task, job.device, job.shapes[:1])
+    """Per-channel statistics of every MatMul/Attention island's input over the calibration samples' real tokens."""
+    runner = Runner(job.task, job.calibration_samples, job.inputs, job.device, job.shapes[:1], job.whole_batches_only)
     names = matmul_inputs(fp32, islands)
     return {name: token_statistics(pairs) for name, pairs in runner.tensors(fp32, names).items()}
 
 
 def section(islands: list[Island], assignment: dict[str, str], ladder: list[str], result: SearchResult | None,
-            cfg, fp32_size: int, shapes: list[tuple[int, int]]) -> dict:  # fmt: skip
-    from edgeq.text import shape_label
-
+            cfg, fp32_size: int, shape_labels: list[str]) -> dict:  # fmt: skip
     counts = {rung: list(assignment.values()).count(rung) for rung in ladder}
     out = {
         "candidates": ladder,
-        "shapes": [shape_label(*shape) for shape in shapes],
+        "shapes": shape_labels,
         "smooth_alpha": cfg.smooth_alpha if "int8s" in ladder else None,
         "budget": cfg.budget.model_dump(),
         "pinned_overrides": str(cfg.overrides) if cfg.overrides else None,

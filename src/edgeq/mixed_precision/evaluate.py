@@ -1,5 +1,5 @@
-"""Run assembled (in-memory) models on texts at every deployment shape: proxy passes on a calibration subset,
-full evaluations on the validation texts, and latencies measured interleaved (the models in turn, batch by
+"""Run assembled (in-memory) models on samples at every deployment shape: proxy passes on a calibration subset,
+full evaluations on the validation samples, and latencies measured interleaved (the models in turn, batch by
 batch, on the device's settings with intra-op spinning off)."""
 
 from __future__ import annotations
@@ -12,92 +12,85 @@ import onnx
 
 from edgeq.artifact import with_outputs
 from edgeq.devices import DeviceProfile
-from edgeq.text import TextEncoder, feed_for, shape_feeds, shape_label, task_vectors
-from edgeq.validate.metrics import compare
+from edgeq.feeds import feed_for, run_batch, shape_data
 from edgeq.validate.run import worst_case
 
 MIN_TIMED_BATCHES = 24  # per shape and model; fewer batches are run again, up to MAX_ROUNDS times
 MAX_ROUNDS = 4
 
 
-class TextRunner:
-    """Task vectors of a model over fixed texts at each shape (batch size, most tokens a text)."""
+class Runner:
+    """What the task compares, for a model over fixed samples at each shape (batch size, most tokens)."""
 
-    def __init__(self, encoder: TextEncoder, texts: list[str], task: str, device: DeviceProfile,
-                 shapes: list[tuple[int, int]]):  # fmt: skip
-        fixed = encoder.pad_to_length
-        self.feeds = {shape_label(*shape): shape_feeds(texts, encoder, *shape, whole_batches_only=fixed)
-                      for shape in shapes}  # fmt: skip
-        self.single = shape_feeds(texts, encoder, 1, shapes[0][1], whole_batches_only=fixed)
+    def __init__(self, task, samples: list, inputs, device: DeviceProfile, shapes: list[tuple[int, int]],
+                 whole_batches_only: bool = False):  # fmt: skip
         self.task, self.device = task, device
+        self.data = {d.label: d for d in shape_data(task, samples, inputs, shapes, whole_batches_only)}
+        self.single = shape_data(task, samples, inputs, [(1, shapes[0][1])], whole_batches_only)[0].batches
 
     @property
     def labels(self) -> list[str]:
-        return list(self.feeds)
+        return list(self.data)
 
     def session(self, model: onnx.ModelProto):
         from edgeq.validate.sessions import make_session
 
         return make_session(model.SerializeToString(), self.device, spinning=False)
 
-    def vectors(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    def outputs(self, model: onnx.ModelProto) -> dict[str, list[np.ndarray]]:
         session = self.session(model)
-        return {label: self._vectors(session, feeds) for label, feeds in self.feeds.items()}
+        return {label: self._items(session, data.batches) for label, data in self.data.items()}
 
-    def _vectors(self, session, feeds) -> np.ndarray:
-        return np.concatenate([task_vectors(self._run(session, f)[0], f["attention_mask"], self.task) for f in feeds])
+    def _items(self, session, batches) -> list[np.ndarray]:
+        return [item for batch in batches for item in self.task.compared(run_batch(session, batch), batch)]
 
-    def tensors(self, model: onnx.ModelProto, names: list[str]) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-        """Named intermediate tensors, text by text (batch 1), each with its attention mask."""
+    def tensors(self, model: onnx.ModelProto, names: list[str]) -> dict[str, list[tuple[np.ndarray, np.ndarray | None]]]:
+        """Named intermediate tensors, sample by sample (batch 1), each with its token mask (None for images)."""
         session = self.session(with_outputs(model, names))
         collected: dict[str, list] = {n: [] for n in names}
-        for feed in self.single:
-            for name, value in zip(names, session.run(names, feed_for(session.get_inputs(), feed))):
-                collected[name].append((value, feed["attention_mask"]))
+        for batch in self.single:
+            for name, value in zip(names, session.run(names, feed_for(session.get_inputs(), batch.feed))):
+                collected[name].append((value, batch.mask))
         return collected
 
     def latencies(self, models: dict[str, onnx.ModelProto]) -> dict[str, dict[str, float]]:
         """p50 ms of each model at each shape, measured interleaved: {shape: {model: ms}}."""
         sessions = {name: self.session(model) for name, model in models.items()}
-        return {label: self._interleaved(sessions, feeds)[0] for label, feeds in self.feeds.items()}
+        return {label: self._interleaved(sessions, data.batches)[0] for label, data in self.data.items()}
 
-    def _interleaved(self, sessions: dict, feeds: list) -> tuple[dict[str, float], dict[str, list]]:
+    def _interleaved(self, sessions: dict, batches: list) -> tuple[dict[str, float], dict[str, list]]:
         for session in sessions.values():
-            self._run(session, feeds[0])  # warm-up
+            run_batch(session, batches[0])  # warm-up
         timings: dict[str, list[float]] = {name: [] for name in sessions}
-        outputs: dict[str, list] = {name: [] for name in sessions}
-        for round_ in range(min(MAX_ROUNDS, math.ceil(MIN_TIMED_BATCHES / len(feeds)))):
-            for feed in feeds:
+        items: dict[str, list] = {name: [] for name in sessions}
+        for round_ in range(min(MAX_ROUNDS, math.ceil(MIN_TIMED_BATCHES / len(batches)))):
+            for batch in batches:
                 for name, session in sessions.items():
                     start = time.perf_counter()
-                    out = self._run(session, feed)[0]
+                    outputs = run_batch(session, batch)
                     timings[name].append((time.perf_counter() - start) * 1000)
                     if round_ == 0:
-                        outputs[name].append(out)
-        return {name: float(np.median(t)) for name, t in timings.items()}, outputs
-
-    @staticmethod
-    def _run(session, encoded):
-        return session.run(None, feed_for(session.get_inputs(), encoded))
+                        items[name] += self.task.compared(outputs, batch)
+        return {name: float(np.median(t)) for name, t in timings.items()}, items
 
 
-class FullEvaluator(TextRunner):
+class FullEvaluator(Runner):
     """Validation metrics of a candidate against FP32 at every shape (the worst case on top), and its p50
     latency at each shape as a ratio to FP32 and to the baseline (all-lowest) model, measured interleaved."""
 
-    def __init__(self, encoder, texts, task, device, shapes, fp32: onnx.ModelProto, baseline: onnx.ModelProto):
-        super().__init__(encoder, texts, task, device, shapes)
+    def __init__(self, task, samples, inputs, device, shapes, fp32: onnx.ModelProto, baseline: onnx.ModelProto,
+                 whole_batches_only: bool = False):  # fmt: skip
+        super().__init__(task, samples, inputs, device, shapes, whole_batches_only)
         self.fixed = {"fp32": self.session(fp32), "baseline": self.session(baseline)}
-        self.reference = {label: self._vectors(self.fixed["fp32"], feeds) for label, feeds in self.feeds.items()}
+        self.reference = {label: self._items(self.fixed["fp32"], data.batches) for label, data in self.data.items()}
 
     def __call__(self, model: onnx.ModelProto) -> dict:
         sessions = {**self.fixed, "candidate": self.session(model)}
         per_shape = {}
-        for label, feeds in self.feeds.items():
-            p50, outputs = self._interleaved(sessions, feeds)
-            vectors = np.concatenate([task_vectors(o, f["attention_mask"], self.task)
-                                      for o, f in zip(outputs["candidate"], feeds)])  # fmt: skip
-            metrics = compare(self.reference[label], vectors, self.task == "text-classification")
+        for label, data in self.data.items():
+            p50, items = self._interleaved(sessions, data.batches)
+            samples = [s for batch in data.batches for s in batch.samples]
+            metrics = self.task.metrics(self.reference[label], items["candidate"], samples, data.inputs)
             metrics["latency_ratio"] = round(p50["candidate"] / p50["fp32"], 3)
             metrics["slowdown"] = round(p50["candidate"] / p50["baseline"], 3)
             per_shape[label] = metrics

@@ -26,10 +26,10 @@ import numpy as np
 import onnx
 
 from edgeq.mixed_precision.assemble import assemble
-from edgeq.mixed_precision.evaluate import TextRunner
+from edgeq.mixed_precision.evaluate import Runner
 from edgeq.mixed_precision.islands import LADDER, Island
 from edgeq.progress import say, track
-from edgeq.validate.metrics import cosines
+from edgeq.validate.metrics import sample_cosines
 
 
 @dataclass
@@ -40,22 +40,23 @@ class Budget:
     max_size_ratio: float | None = None
     max_latency_ratio: float | None = None
     max_slowdown: float | None = None
+    floors: dict[str, float] = field(default_factory=dict)
 
-    def floors(self) -> list[tuple[str, float | None]]:
+    def floor_list(self) -> list[tuple[str, float | None]]:
         return [("cosine_mean", self.min_cosine_mean), ("cosine_min", self.min_cosine_min),
-                ("nn_agreement", self.min_nn_agreement)]  # fmt: skip
+                ("nn_agreement", self.min_nn_agreement), *self.floors.items()]  # fmt: skip
 
     def shortfall(self, metrics: dict) -> float:
         """How far the worst-case metrics fall below the floors, summed (0 when all are met)."""
         missing = [floor - (metrics.get(key) if metrics.get(key) is not None else -1.0)
-                   for key, floor in self.floors() if floor is not None]  # fmt: skip
+                   for key, floor in self.floor_list() if floor is not None]  # fmt: skip
         return sum(max(m, 0.0) for m in missing)
 
     def fidelity_failures(self, metrics: dict) -> list[str]:
         """The floors the worst-case metrics break, each naming the shape that broke it."""
         failures = []
         where = metrics.get("worst_shape", {})
-        for key, floor in self.floors():
+        for key, floor in self.floor_list():
             value = metrics.get(key)
             if floor is not None and (value is None or value < floor):
                 shape = f" at {where[key]}" if key in where else ""
@@ -96,7 +97,7 @@ def model_size(fp32_size: int, islands: list[Island], assignment: dict[str, str]
 
 
 def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder: list[str], budget: Budget,
-           proxy: TextRunner, full: Callable[[onnx.ModelProto], dict]) -> SearchResult:  # fmt: skip
+           proxy: Runner, full: Callable[[onnx.ModelProto], dict]) -> SearchResult:  # fmt: skip
     """`proxy` runs models on the proxy texts; `full(model)` gives validation metrics at every shape."""
     started = time.perf_counter()
     lowest = {i.name: _rungs(i, ladder)[0] for i in islands}
@@ -136,13 +137,13 @@ def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder:
     )  # fmt: skip
 
 
-def proxy_scores(fp32, islands, ladder, lowest, proxy: TextRunner) -> tuple[dict[str, dict], int]:
+def proxy_scores(fp32, islands, ladder, lowest, proxy: Runner) -> tuple[dict[str, dict], int]:
     """Per island: output SQNR in the all-lowest model, and the cosine gain of promoting it alone to each rung,
     per shape ("gain_by_shape") and as the mean over shapes ("gain")."""
     base_model = assemble(fp32, islands, lowest)
-    reference = proxy.vectors(fp32)
+    reference = proxy.outputs(fp32)
     sqnr = island_output_sqnr(fp32, base_model, islands, proxy)
-    base = _mean_cosines(reference, proxy.vectors(base_model))
+    base = _mean_cosines(reference, proxy.outputs(base_model))
     scores = {i.name: {"output_sqnr_db": sqnr.get(i.name), "gain": {}, "gain_by_shape": {}} for i in islands}
     passes = 4  # FP32 and all-lowest: vectors, and island outputs
     jobs = [(i, rung) for i in islands for rung in _rungs(i, ladder)[1:]]
@@ -153,7 +154,7 @@ def proxy_scores(fp32, islands, ladder, lowest, proxy: TextRunner) -> tuple[dict
             entry["gain"][rung] = entry["gain"].get(same_as, 0.0)
             entry["gain_by_shape"][rung] = entry["gain_by_shape"].get(same_as, {})
             continue
-        promoted = _mean_cosines(reference, proxy.vectors(assemble(fp32, islands, {**lowest, island.name: rung})))
+        promoted = _mean_cosines(reference, proxy.outputs(assemble(fp32, islands, {**lowest, island.name: rung})))
         by_shape = {label: round(promoted[label] - base[label], 6) for label in base}
         entry["gain_by_shape"][rung] = by_shape
         entry["gain"][rung] = round(float(np.mean(list(by_shape.values()))), 6)
@@ -161,7 +162,7 @@ def proxy_scores(fp32, islands, ladder, lowest, proxy: TextRunner) -> tuple[dict
     return scores, passes
 
 
-def latency_model(fp32, islands, ladder, lowest, proxy: TextRunner) -> dict:
+def latency_model(fp32, islands, ladder, lowest, proxy: Runner) -> dict:
     """Measured p50 ms per shape of FP32, the all-lowest model and each higher rung everywhere it applies; and,
     per island and rung, the estimated extra ms per shape (the rung's extra time shared by weight count)."""
     models = {"fp32": fp32, "lowest": assemble(fp32, islands, lowest)}
@@ -183,7 +184,7 @@ def latency_model(fp32, islands, ladder, lowest, proxy: TextRunner) -> dict:
             "island_costs_ms": costs}  # fmt: skip
 
 
-def island_output_sqnr(fp32, quantized, islands, proxy: TextRunner) -> dict[str, float]:
+def island_output_sqnr(fp32, quantized, islands, proxy: Runner) -> dict[str, float]:
     """SQNR (dB) of each island's output tensor, quantized model vs FP32, over the proxy texts (batch 1)."""
     outputs = {i.name: _output_of(fp32, i.node_name) for i in islands}
     wanted = [o for o in outputs.values() if o]
@@ -297,8 +298,8 @@ def _latency_checks(budget: Budget, metrics: dict) -> list[str]:
     return notes
 
 
-def _mean_cosines(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> dict[str, float]:
-    return {label: float(cosines(reference[label], candidate[label]).mean()) for label in reference}
+def _mean_cosines(reference: dict[str, list], candidate: dict[str, list]) -> dict[str, float]:
+    return {label: float(sample_cosines(reference[label], candidate[label]).mean()) for label in reference}
 
 
 def _fmt(value) -> str:

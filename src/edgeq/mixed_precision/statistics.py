@@ -30,9 +30,11 @@ class ActivationStats:
         return np.maximum(np.abs(self.minimum), np.abs(self.maximum))
 
 
-def token_statistics(batches: list[tuple[dict[str, np.ndarray], np.ndarray]], seed: int = 0) -> ActivationStats:
-    """Statistics of one tensor from (activation [B,S,K], attention mask [B,S]) pairs: padded rows are dropped."""
-    rows = [values[mask.astype(bool)] if values.ndim == 3 else values for values, mask in batches]
+def token_statistics(batches: list[tuple[np.ndarray, np.ndarray | None]], seed: int = 0) -> ActivationStats:
+    """Statistics of one tensor from (activation [B,S,K], attention mask [B,S] or None) pairs: padded rows are
+    dropped; without a mask (images) every row counts."""
+    rows = [values[mask.astype(bool)] if mask is not None and values.ndim == 3 and values.shape[:2] == mask.shape
+            else values.reshape(-1, values.shape[-1]) for values, mask in batches]  # fmt: skip
     matrix = np.concatenate(rows).astype(np.float32)
     sample = matrix
     if len(matrix) > MAX_ROWS:

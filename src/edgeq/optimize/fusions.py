@@ -20,3 +20,17 @@ def fuse_transformer(fp32_path: Path, out_path: Path, model_type: str, opt_level
                            optimization_options=options)  # fmt: skip
     model.save_model_to_file(str(out_path))
     return {op: count for op, count in model.get_fused_operator_statistics().items() if count}
+
+
+# onnxruntime's fusion family per config.json model_type; encoders of the BERT family share BERT's patterns.
+FAMILIES = {"vit": "vit", "deit": "vit", "beit": "vit", "data2vec-vision": "vit", "dinov2": "vit", "swin": "swin",
+            "gpt2": "gpt2"}  # fmt: skip
+
+
+def fusion_family(model_type: str, model_dir: Path) -> str:
+    """The recipe's fusion family, or (for `auto`) the one config.json's model_type implies (default bert)."""
+    if model_type != "auto":
+        return model_type
+    from edgeq.tasks import model_config
+
+    return FAMILIES.get(model_config(model_dir).get("model_type", ""), "bert")

@@ -37,15 +37,17 @@ class InputSpec:
 
 def profile_models(models: list[Path], device: DeviceProfile, transport=None, runs: int = 100,
                    min_seconds: float = 2.0, warmup: int = 10, threads: int | None = None, batch_size: int = 1,
-                   sequence_length: int = 128, inputs: Path | None = None, timeout: float = 900) -> dict:  # fmt: skip
-    """One profile per model (a dict for one model; {"profiles", "comparison"} for several)."""
+                   sequence_length: int = 128, inputs: Path | None = None, timeout: float = 900, task=None) -> dict:  # fmt: skip
+    """One profile per model (a dict for one model; {"profiles", "comparison"} for several). Inputs come from
+    `inputs` (an .npz), else from the task's example (with the model folder's tokenizer or image processor),
+    else are synthetic, built from the model's input signature."""
     transport = transport or LocalTransport()
     specs = [_input_specs(m) for m in models]
     runtime = _runtime(device, transport)
     with tempfile.TemporaryDirectory(prefix="edgeq-profile-") as tmp:
         job_dir = Path(tmp)
         files = _write_job(job_dir, models, specs, device, runs, min_seconds, warmup, threads or device.threads,
-                           batch_size, sequence_length, inputs, transport, timeout)  # fmt: skip
+                           batch_size, sequence_length, inputs, transport, timeout, task)  # fmt: skip
         where = f"{transport.name}{' ' + transport.address if transport.name == 'ssh' else ''}"
         say(f"▶ profiling {len(models)} model(s) on {device.id} via {where}: ≥{runs} runs and ≥{min_seconds:g} s")
         transport.run(job_dir, files, timeout)
@@ -58,8 +60,8 @@ def profile_models(models: list[Path], device: DeviceProfile, transport=None, ru
 
 
 def run_outputs(models: list[Path], feeds: list[dict], device: DeviceProfile, transport, timeout: float = 7200) -> list[dict]:
-    """Validation through the device runner: every model on every feed once. Per model: the first output of each
-    feed, the time of each run (ms) and an onnxruntime trace of one run."""
+    """Validation through the device runner: every model on every feed once. Per model: the outputs of each feed
+    (name -> array), the time of each run (ms) and an onnxruntime trace of one run."""
     runtime = _runtime(device, transport)
     with tempfile.TemporaryDirectory(prefix="edgeq-outputs-") as tmp:
         job_dir = Path(tmp)
@@ -80,7 +82,8 @@ def run_outputs(models: list[Path], feeds: list[dict], device: DeviceProfile, tr
         produced = []
         for raw in result["models"]:
             with np.load(job_dir / raw["outputs"]) as data:
-                outputs = [data[f"b{i}"] for i in range(len(feeds))]
+                outputs = [{k.split("/", 1)[1]: data[k] for k in data.files if k.split("/", 1)[0] == f"b{i}"}
+                           for i in range(len(feeds))]  # fmt: skip
             trace = json.loads((job_dir / Path(raw["trace"]).name).read_text())
             produced.append({"outputs": outputs, "timings_ms": raw["timings_ms"], "trace": trace,
                              "environment": result["environment"]})  # fmt: skip
@@ -123,11 +126,11 @@ def _input_specs(model: Path) -> list[InputSpec]:
 
 
 def _write_job(job_dir, models, specs, device, runs, min_seconds, warmup, threads, batch_size, sequence_length,
-               inputs, transport, timeout) -> list[str]:  # fmt: skip
+               inputs, transport, timeout, task=None) -> list[str]:  # fmt: skip
     shutil.copy2(RUNNER, job_dir / "runner.py")
     files, names, input_names = ["runner.py", "job.json"], [], []
     for index, (model, model_specs) in enumerate(zip(models, specs)):
-        feed = _feed(model, model_specs, batch_size, sequence_length, inputs)
+        feed = _feed(model, model_specs, batch_size, sequence_length, inputs, task)
         np.savez(job_dir / f"inputs_{index}.npz", **feed)
         input_names.append(f"inputs_{index}.npz")
         if transport.copies_models:
@@ -147,7 +150,17 @@ def _write_job(job_dir, models, specs, device, runs, min_seconds, warmup, thread
     return files
 
 
-def _feed(model: Path, specs: list[InputSpec], batch_size: int, sequence_length: int, inputs: Path | None) -> dict:
+def _feed(model: Path, specs: list[InputSpec], batch_size: int, sequence_length: int, inputs: Path | None,
+          task=None) -> dict:  # fmt: skip
+    if inputs is None and task is not None:
+        from edgeq.errors import ModelError
+        from edgeq.feeds import feed_for
+
+        try:
+            example = task.example_feed(task.inputs(Path(model).parent, sequence_length, True), batch_size)
+            return feed_for(specs, example)
+        except ModelError:  # no tokenizer or image processor beside the model: synthetic inputs
+            pass
     if inputs is None:
         return synthetic_feed(specs, batch_size, sequence_length, vocab_size_near(model))
     with np.load(inputs) as data:

@@ -120,7 +120,7 @@ def peak_rss_mb():
 
 
 def outputs(job):
-    """Validation mode: run every model on every input file once; save the first output and the time of each run."""
+    """Validation mode: run every model on every input file once; save its outputs and the time of each run."""
     import numpy as np
 
     make = session_factory(job)
@@ -129,12 +129,15 @@ def outputs(job):
     for index, model in enumerate(job["models"]):
         session = make(model)
         names = {i.name for i in session.get_inputs()}
+        output_names = [o.name for o in session.get_outputs()]
         values, timings = {}, []
         for batch, feed in enumerate(feeds):
             feed = {k: v for k, v in feed.items() if k in names}
             start = time.perf_counter()
-            values["b%d" % batch] = session.run(None, feed)[0]
+            produced = session.run(None, feed)
             timings.append((time.perf_counter() - start) * 1000)
+            for name, value in zip(output_names, produced):
+                values["b%d/%s" % (batch, name)] = value
         np.savez("outputs_%d.npz" % index, **values)
         profiled = make(model, profile_prefix="trace_%d" % index)
         profiled.run(None, {k: v for k, v in feeds[0].items() if k in names})

@@ -1,4 +1,4 @@
-"""Feed tokenized calibration texts to onnxruntime's calibrators, with a progress bar."""
+"""Feed calibration batches to onnxruntime's calibrators, with a progress bar."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from dataclasses import dataclass
 import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
+from edgeq.feeds import feed_for
 from edgeq.progress import track
-from edgeq.text import TextEncoder, batches, feed_for
 
 
-def calibration_encoder(tokenizer_dir, method: str, sequence_length: int, static_shapes: bool) -> TextEncoder:
-    """Histogram calibrators (entropy, percentile) stack every batch into one array, so their batches must
-    share one shape: pad those to the full length. MinMax keeps each batch to its longest text."""
-    return TextEncoder(tokenizer_dir, sequence_length, pad_to_length=static_shapes or method != "minmax")
+def pads_to_length(method: str, static_shapes: bool) -> bool:
+    """Histogram calibrators (entropy, percentile) stack every batch into one array, so their batches must share
+    one shape: those pad to the full length. MinMax keeps each batch to its longest text."""
+    return static_shapes or method != "minmax"
 
 
 @dataclass(frozen=True)
@@ -25,28 +25,27 @@ class InputSpec:
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    from onnx.helper import tensor_dtype_to_string
+
     inits = {t.name for t in model.graph.initializer}
-    return [
-        InputSpec(i.name, "tensor(int32)" if i.type.tensor_type.elem_type == onnx.TensorProto.INT32 else "tensor(int64)")
-        for i in model.graph.input
-        if i.name not in inits
-    ]
+    types = {onnx.TensorProto.INT32: "tensor(int32)", onnx.TensorProto.INT64: "tensor(int64)",
+             onnx.TensorProto.FLOAT: "tensor(float)", onnx.TensorProto.FLOAT16: "tensor(float16)"}  # fmt: skip
+    return [InputSpec(i.name, types.get(i.type.tensor_type.elem_type, tensor_dtype_to_string(i.type.tensor_type.elem_type)))
+            for i in model.graph.input if i.name not in inits]  # fmt: skip
 
 
-class TextCalibrationReader(CalibrationDataReader):
-    """Yields one feed dict per batch of texts; onnxruntime reads it once, to its end."""
+class FeedReader(CalibrationDataReader):
+    """Yields one feed dict per calibration batch; onnxruntime reads it once, to its end."""
 
-    def __init__(self, specs: list[InputSpec], encoder: TextEncoder, texts: list[str], batch_size: int):
-        self.specs = specs
-        self.encoder = encoder
-        self.text_batches = [b for b in batches(texts, batch_size) if len(b) == batch_size] or [texts[:batch_size]]
+    def __init__(self, specs: list[InputSpec], feeds: list[dict]):
+        self.specs, self.feeds = specs, feeds
         self._iter: Iterator | None = None
 
     def get_next(self) -> dict | None:
         if self._iter is None:
-            self._iter = iter(track(self.text_batches, "calibrating", total=len(self.text_batches)))
-        batch = next(self._iter, None)
-        return None if batch is None else feed_for(self.specs, self.encoder.encode(batch))
+            self._iter = iter(track(self.feeds, "calibrating", total=len(self.feeds)))
+        feed = next(self._iter, None)
+        return None if feed is None else feed_for(self.specs, feed)
 
     def rewind(self) -> None:
         self._iter = None

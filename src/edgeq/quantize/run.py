@@ -9,9 +9,9 @@ from pathlib import Path
 
 import onnx
 
-from edgeq.quantize.calibration import TextCalibrationReader, input_specs
+from edgeq.quantize.calibration import FeedReader, input_specs
 from edgeq.recipe.schema import QuantizationConfig
-from edgeq.text import TextEncoder, feed_for
+from edgeq.feeds import feed_for
 
 QUANT_TYPES = {"int8": "QInt8", "uint8": "QUInt8", "int16": "QInt16", "uint16": "QUInt16"}
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -22,14 +22,14 @@ def quantize_model(
     out_path: Path,
     q: QuantizationConfig,
     op_types: list[str] | None,
-    calibration_texts: list[str] | None = None,
-    encoder: TextEncoder | None = None,
+    calibration_feeds: list[dict] | None = None,
     scheme: str = "onnxruntime",
     power_of_two: bool = False,
 ) -> dict:
     """Write the quantized model to out_path; return what was done beyond the config (for the report).
 
-    Static mode needs calibration texts and their encoder; `scheme` "qnn" applies onnxruntime's QNN rules."""
+    Static mode needs calibration feeds (model inputs, one dict a batch); `scheme` "qnn" applies onnxruntime's
+    QNN rules."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's quantizer warns on the root logger
@@ -42,7 +42,7 @@ def quantize_model(
         if q.mode == "static" and q.attention_mask_fill is not None:
             fp32_path, done["mask_fill_softened"] = _soften_mask(fp32_path, Path(tmp), q.attention_mask_fill)
         if q.mode == "static" and scheme == "qnn":
-            _quantize_qnn(fp32_path, Path(tmp), out_path, q, op_types, calibration_texts or [], encoder)
+            _quantize_qnn(fp32_path, out_path, Path(tmp), q, op_types, calibration_feeds or [])
             return done
         prepare(fp32_path, prepared)
         common = dict(
@@ -57,14 +57,14 @@ def quantize_model(
             extra = {"WeightSymmetric": q.symmetric_weights, "DefaultTensorType": onnx.TensorProto.FLOAT}
             quantize_dynamic(str(prepared), str(out_path), extra_options=extra, **common)
         else:
-            _quantize_static(prepared, out_path, q, common, calibration_texts or [], encoder, power_of_two)
+            _quantize_static(prepared, out_path, q, common, calibration_feeds or [], power_of_two)
             if power_of_two:
-                done["power_of_two"] = _power_of_two(out_path, prepared, calibration_texts or [], encoder)
+                done["power_of_two"] = _power_of_two(out_path, prepared, calibration_feeds or [])
     return done
 
 
-def _power_of_two(quantized_path: Path, float_path: Path, texts: list[str], encoder: TextEncoder) -> dict:
-    """Rewrite every scale to the power of two with the least error (activations measured on 16 texts)."""
+def _power_of_two(quantized_path: Path, float_path: Path, feeds: list[dict]) -> dict:
+    """Rewrite every scale to the power of two with the least error (activations measured on 16 batches)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -76,8 +76,8 @@ def _power_of_two(quantized_path: Path, float_path: Path, texts: list[str], enco
     probe = with_outputs(float_model, wanted)
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     samples: dict[str, list] = {n: [] for n in wanted}
-    for text in texts[:16]:
-        for name, value in zip(wanted, session.run(wanted, feed_for(session.get_inputs(), encoder.encode([text])))):
+    for feed in feeds[:16]:
+        for name, value in zip(wanted, session.run(wanted, feed_for(session.get_inputs(), feed))):
             samples[name].append(value.ravel())
     counts = power_of_two_scales(model, float_model, {n: np.concatenate(v) for n, v in samples.items()})
     onnx.save(model, str(quantized_path))
@@ -96,7 +96,7 @@ def _soften_mask(fp32_path: Path, tmp: Path, value: float) -> tuple[Path, int]:
     return softened, changed
 
 
-def _quantize_qnn(fp32_path, tmp, out_path, q, op_types, texts, encoder) -> None:
+def _quantize_qnn(fp32_path, out_path, tmp, q, op_types, feeds) -> None:
     """onnxruntime's QNN recipe: QNN preprocessing, then get_qnn_qdq_config (which knows the HTP's rules: fixed
     16-bit Sigmoid/Tanh output parameters, 8/16-bit type converts) with the recipe's types and calibration."""
     from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
@@ -105,7 +105,7 @@ def _quantize_qnn(fp32_path, tmp, out_path, q, op_types, texts, encoder) -> None
     preprocessed = tmp / "qnn_preprocessed.onnx"
     source = preprocessed if qnn_preprocess_model(str(fp32_path), str(preprocessed)) else fp32_path
     model = onnx.load(str(source), load_external_data=False)
-    reader = TextCalibrationReader(input_specs(model), encoder, texts, q.calibration.batch_size)
+    reader = FeedReader(input_specs(model), feeds)
     config = get_qnn_qdq_config(
         str(source), reader,
         calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[q.calibration.method]),
@@ -129,14 +129,14 @@ def prepare(fp32_path: Path, prepared: Path) -> None:
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
 
 
-def _quantize_static(prepared, out_path, q, common, texts, encoder, const_b_only: bool = False) -> None:
+def _quantize_static(prepared, out_path, q, common, feeds, const_b_only: bool = False) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     calib = q.calibration
     model = onnx.load(str(prepared), load_external_data=False)
     opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 0)
     sixteen_bit = q.resolved_activation_type in ("uint16", "int16")
-    reader = TextCalibrationReader(input_specs(model), encoder, texts, calib.batch_size)
+    reader = FeedReader(input_specs(model), feeds)
     extra = {
         "ActivationSymmetric": q.symmetric_activations,
         "WeightSymmetric": q.symmetric_weights,

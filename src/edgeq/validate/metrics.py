@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 # Metrics where higher is better; a threshold on them is a minimum. The others are maximums.
-HIGHER_IS_BETTER = {"cosine_mean", "cosine_min", "sqnr_db", "top1_agreement", "nn_agreement"}
+TASK_METRICS = ("top1_agreement", "nn_agreement", "token_agreement", "span_exact_match", "span_f1", "accuracy",
+                "f1", "answer_exact_match", "answer_f1")
+HIGHER_IS_BETTER = {"cosine_mean", "cosine_min", "sqnr_db", *TASK_METRICS,
+                    *(f"{m}_reference" for m in TASK_METRICS), *(f"{m}_delta" for m in TASK_METRICS)}
 
 
 def cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
@@ -26,6 +29,30 @@ def nearest_neighbours(vectors: np.ndarray) -> np.ndarray:
 def nn_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
     """Share of inputs whose nearest other input (by cosine of embeddings) is the same as under the reference."""
     return float((nearest_neighbours(reference) == nearest_neighbours(candidate)).mean())
+
+
+def sample_cosines(reference: list[np.ndarray], candidate: list[np.ndarray]) -> np.ndarray:
+    """One cosine per sample, between its flattened reference and candidate outputs."""
+    pairs = [(np.asarray(r, dtype=np.float64).ravel(), np.asarray(c, dtype=np.float64).ravel())
+             for r, c in zip(reference, candidate)]  # fmt: skip
+    return np.array([float(r @ c / max(np.linalg.norm(r) * np.linalg.norm(c), 1e-12)) for r, c in pairs])
+
+
+def fidelity(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, float]:
+    """cosine mean/min (one cosine per sample, over its flattened output), max/mean abs error and SQNR (dB),
+    for per-sample outputs of any shape (pooled vectors, logits, per-token logits, start/end logits)."""
+    ref = [np.asarray(r, dtype=np.float64).ravel() for r in reference]
+    cand = [np.asarray(c, dtype=np.float64).ravel() for c in candidate]
+    cos = sample_cosines(ref, cand)
+    error = np.concatenate(cand) - np.concatenate(ref)
+    noise, signal = float((error**2).sum()), float((np.concatenate(ref) ** 2).sum())
+    return {
+        "cosine_mean": _finite(cos.mean(), 6),
+        "cosine_min": _finite(cos.min(), 6),
+        "max_abs_error": _finite(np.abs(error).max(), 6),
+        "mean_abs_error": _finite(np.abs(error).mean(), 6),
+        "sqnr_db": _finite(10 * np.log10(signal / noise), 2) if noise > 0 else EXACT,
+    }
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, classification: bool = False) -> dict[str, float]:

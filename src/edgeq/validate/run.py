@@ -14,8 +14,8 @@ import numpy as np
 
 from edgeq.devices import DeviceProfile
 from edgeq.progress import track
-from edgeq.text import TextEncoder, feed_for, shape_feeds, shape_label, task_vectors
-from edgeq.validate.metrics import EXACT, HIGHER_IS_BETTER, compare, judge
+from edgeq.feeds import ShapeData, run_batch, shape_data
+from edgeq.validate.metrics import EXACT, HIGHER_IS_BETTER, fidelity, judge
 from edgeq.validate.sessions import (CPU_EP, environment, host_cpu, make_session, placement, placement_from_trace,
                                     runtime_for)  # fmt: skip
 
@@ -24,25 +24,26 @@ def validate_models(
     models: dict[str, Path],
     reference: str,
     device: DeviceProfile,
-    texts: list[str],
-    encoder: TextEncoder,
-    task: str,
+    samples: list,
+    inputs,
+    task,
     shapes: list[tuple[int, int]] | None = None,
     warmup: int = 3,
     thresholds: dict[str, dict[str, float]] | None = None,
+    whole_batches_only: bool = False,
 ) -> list[dict]:
     """One report.json validation entry per model validated on `device` (the reference included, as the
-    baseline, when the device runs float models here). `shapes` are (batch size, most tokens a text), each
-    measured on its own; an entry's `metrics` are the worst case over them. `thresholds` maps a model name to
-    its limits."""
+    baseline, when the device runs float models here). `task` turns `samples` into batches with `inputs` (its
+    input maker) and outputs into metrics. `shapes` are (batch size, most tokens a text), each measured on its
+    own; an entry's `metrics` are the worst case over them. `thresholds` maps a model name to its limits."""
     from edgeq.artifact import is_quantized
 
     runtime = runtime_for(device)
     float_rows = device.runs_float and not runtime.in_runner  # an emulated arm64 is slow: quantized models only
     rows = [n for n in models if float_rows or (n != reference and is_quantized(models[n]))]
-    shapes = shapes or [(1, encoder.sequence_length)]
-    measured = [_measure_shape(models, rows, reference, device, runtime, texts, encoder, task, shape, warmup, i == 0)
-                for i, shape in enumerate(shapes)]  # fmt: skip
+    data = shape_data(task, samples, inputs, shapes or [(1, inputs.sequence_length)], whole_batches_only)
+    measured = [_measure_shape(models, rows, reference, device, runtime, task, at, warmup, i == 0)
+                for i, at in enumerate(data)]  # fmt: skip
     first = measured[0]
     env = first["runs"][rows[0]].get("environment") or {**environment(), "threads": device.threads,
                                                         "intra_op_spinning": False}  # fmt: skip
@@ -85,8 +86,8 @@ def validate_models(
         if compliance is not None:
             entry["compliance"] = compliance
         if runtime.in_runner:  # the same model on this host's CPU: how far apart the two platforms' kernels are
-            host = _host_reference(models[name], device, first["feeds"], task)
-            entry["versus_host_cpu"] = {k: v for k, v in compare(np.concatenate(host), first["vectors"][name]).items()
+            host = _host_reference(models[name], device, first["data"], task)
+            entry["versus_host_cpu"] = {k: v for k, v in fidelity(host, first["items"][name]).items()
                                         if k in ("cosine_min", "cosine_mean", "max_abs_error")}  # fmt: skip
         if device.coverage:
             from edgeq.validate.coverage import coverage_estimate
@@ -96,39 +97,37 @@ def validate_models(
     return results
 
 
-def _measure_shape(models, rows, reference, device, runtime, texts, encoder, task, shape, warmup, first) -> dict:
-    """Every model of `rows` on the texts at one shape: outputs as task vectors, timings, placement."""
-    batch_size, sequence_length = shape
-    feeds = shape_feeds(texts, encoder, batch_size, sequence_length, whole_batches_only=encoder.pad_to_length)
-    label = shape_label(batch_size, sequence_length)
+def _measure_shape(models, rows, reference, device, runtime, task, data: ShapeData, warmup, first) -> dict:
+    """Every model of `rows` on the batches of one shape: what the task compares, timings, placement."""
     if runtime.in_runner:
-        runs = _run_in_device_runner({n: models[n] for n in rows}, feeds, device, runtime)
-        truth = _host_reference(models[reference], device, feeds, task)
+        runs = _run_in_device_runner({n: models[n] for n in rows}, data.batches, device, runtime, task)
+        truth = _host_reference(models[reference], device, data, task)
         comparable = False
     else:
         comparable = runtime.provider == CPU_EP and runtime.mode == "on-host" and reference in rows
-        runs, truth = _run_here({n: models[n] for n in rows}, models[reference], feeds, device, runtime, task, warmup,
-                                comparable, reference, label, with_placement=first)  # fmt: skip
-    vectors = {name: np.concatenate([task_vectors(o, f["attention_mask"], task)
-                                     for o, f in zip(runs[name]["outputs"], feeds)]) for name in rows}  # fmt: skip
-    return {"label": label, "batch_size": batch_size, "sequence_length": sequence_length, "feeds": feeds,
-            "runs": runs, "truth": np.concatenate(truth), "vectors": vectors, "comparable": comparable}  # fmt: skip
+        runs, truth = _run_here({n: models[n] for n in rows}, models[reference], data, device, runtime, task, warmup,
+                                comparable, reference, with_placement=first)  # fmt: skip
+    return {"data": data, "runs": runs, "truth": truth, "items": {name: runs[name]["items"] for name in rows},
+            "comparable": comparable}  # fmt: skip
 
 
-def _shape_entry(measured: dict, name: str, reference: str, task: str) -> dict:
-    runs = measured["runs"]
+def _shape_entry(measured: dict, name: str, reference: str, task) -> dict:
+    runs, data = measured["runs"], measured["data"]
     latency = _latency(runs[name]["timings"])
     ref_p50 = float(np.percentile(runs[reference]["timings"], 50)) if measured["comparable"] else None
-    return {
-        "shape": measured["label"],
-        "batch_size": measured["batch_size"],
-        "sequence_length": measured["sequence_length"],
-        "samples": int(len(measured["truth"])),
-        "tokens_mean": round(float(np.mean([f["attention_mask"].sum(axis=1).mean() for f in measured["feeds"]])), 1),
-        "metrics": compare(measured["truth"], measured["vectors"][name], task == "text-classification"),
+    samples = [s for batch in data.batches for s in batch.samples]
+    entry = {
+        "shape": data.label,
+        "batch_size": data.batch_size,
+        "sequence_length": data.sequence_length,
+        "samples": len(measured["truth"]),
+        "metrics": task.metrics(measured["truth"], measured["items"][name], samples, data.inputs),
         "latency_ms": latency,
         "latency_ratio_to_reference": round(latency["p50"] / ref_p50, 3) if ref_p50 else None,
     }
+    if data.batches[0].mask is not None:
+        entry["tokens_mean"] = round(float(np.mean([b.mask.sum(axis=1).mean() for b in data.batches])), 1)
+    return entry
 
 
 def worst_case(per_shape: list[dict], labels: list[str]) -> tuple[dict, dict[str, str]]:
@@ -149,51 +148,49 @@ def worst_case(per_shape: list[dict], labels: list[str]) -> tuple[dict, dict[str
     return metrics, worst
 
 
-def _run_here(models, reference_path, feeds, device, runtime, task, warmup, comparable, reference, label="",
+def _run_here(models, reference_path, data: ShapeData, device, runtime, task, warmup, comparable, reference,
               with_placement=True):  # fmt: skip
-    """Every model in this process, interleaved batch by batch; the reference's vectors from the host CPU."""
+    """Every model in this process, interleaved batch by batch; the reference's outputs from the host CPU."""
     sessions = {name: make_session(path, device, spinning=False, runtime=runtime) for name, path in models.items()}
     reference_session = sessions[reference] if comparable else make_session(reference_path, host_cpu(device))
     for session in sessions.values():
         for _ in range(warmup):
-            session.run(None, feed_for(session.get_inputs(), feeds[0]))
-    runs = {name: {"outputs": [], "timings": []} for name in models}
+            run_batch(session, data.batches[0])
+    runs = {name: {"items": [], "timings": []} for name in models}
     truth = []
-    for encoded in track(feeds, f"validating on {device.id} {label}".rstrip(), total=len(feeds)):
+    for batch in track(data.batches, f"validating on {device.id} {data.label}", total=len(data.batches)):
         for name, session in sessions.items():
-            feed = feed_for(session.get_inputs(), encoded)
             start = time.perf_counter()
-            runs[name]["outputs"].append(session.run(None, feed)[0])
+            outputs = run_batch(session, batch)
             runs[name]["timings"].append((time.perf_counter() - start) * 1000)
-        if comparable:
-            truth.append(task_vectors(runs[reference]["outputs"][-1], encoded["attention_mask"], task))
-        else:
-            output = reference_session.run(None, feed_for(reference_session.get_inputs(), encoded))[0]
-            truth.append(task_vectors(output, encoded["attention_mask"], task))
+            runs[name]["items"] += task.compared(outputs, batch)
+        reference_outputs = runs[reference]["items"][-len(batch.samples):] if comparable else \
+            task.compared(run_batch(reference_session, batch), batch)  # fmt: skip
+        truth += reference_outputs
     for name, path in models.items() if with_placement else ():
-        runs[name]["placement"] = placement(path, runtime, feed_for(sessions[name].get_inputs(), feeds[0]))
+        runs[name]["placement"] = placement(path, runtime, data.batches[0])
     return runs, truth
 
 
-def _run_in_device_runner(models, feeds, device, runtime) -> dict:
-    """Every model through the device's runner (an arm64 stand-in): its outputs, timings and placement."""
+def _run_in_device_runner(models, batches, device, runtime, task) -> dict:
+    """Every model through the device's runner (an arm64 stand-in): what the task compares, timings, placement."""
     from edgeq.profile.run import default_transport, run_outputs
     from edgeq.progress import say
 
-    say(f"  running {len(models)} model(s) on {len(feeds)} inputs in the {device.id} stand-in (slow: emulated)")
-    produced = run_outputs(list(models.values()), feeds, device, default_transport(device))
+    say(f"  running {len(models)} model(s) on {len(batches)} inputs in the {device.id} stand-in (slow: emulated)")
+    produced = run_outputs(list(models.values()), [b.feed for b in batches], device, default_transport(device))
     runs = {}
     for (name, path), raw in zip(models.items(), produced):
         env = {**raw["environment"], "intra_op_spinning": True}
-        runs[name] = {"outputs": raw["outputs"], "timings": raw["timings_ms"], "environment": env,
+        items = [item for outputs, batch in zip(raw["outputs"], batches) for item in task.compared(outputs, batch)]
+        runs[name] = {"items": items, "timings": raw["timings_ms"], "environment": env,
                       "placement": placement_from_trace(raw["trace"], path, runtime)}  # fmt: skip
     return runs
 
 
-def _host_reference(reference_path, device, feeds, task) -> list[np.ndarray]:
+def _host_reference(reference_path, device, data: ShapeData, task) -> list[np.ndarray]:
     session = make_session(reference_path, host_cpu(device))
-    return [task_vectors(session.run(None, feed_for(session.get_inputs(), f))[0], f["attention_mask"], task)
-            for f in feeds]  # fmt: skip
+    return [item for batch in data.batches for item in task.compared(run_batch(session, batch), batch)]
 
 
 def _compliance(model_path: Path, device: DeviceProfile) -> dict | None:

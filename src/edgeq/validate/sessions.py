@@ -158,15 +158,17 @@ def environment() -> dict:
     return describe({})
 
 
-def placement(model_path: Path, runtime: Runtime, feed: dict) -> dict:
+def placement(model_path: Path, runtime: Runtime, batch) -> dict:
     """Nodes per execution provider and the EP's partitions, from onnxruntime's profiler trace of one run.
 
     On the CPU EP the trace names every node onnxruntime ran (after its own graph optimizations). An EP that
     compiles partitions (QNN, NNAPI, ...) shows one fused node per partition, so its count is the model's nodes
     less the nodes the trace saw on the CPU."""
     with tempfile.TemporaryDirectory(prefix="edgeq-placement-") as tmp:
+        from edgeq.feeds import run_batch
+
         session = make_session(model_path, runtime.device, profile_dir=Path(tmp), runtime=runtime)
-        session.run(None, feed)
+        run_batch(session, batch)
         trace = json.loads(Path(session.end_profiling()).read_text())
     return placement_from_trace(trace, model_path, runtime)
 

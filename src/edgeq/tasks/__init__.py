@@ -1,0 +1,66 @@
+"""The task layer: one module per task, registered here explicitly. Everything else asks a Task object what to
+feed, what to compare and which metrics to compute; nothing outside this package tests a task's name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgeq.errors import ModelError, RecipeError
+from edgeq.tasks import (feature_extraction, image_classification, question_answering, text_classification,
+                         token_classification)  # fmt: skip
+from edgeq.tasks.base import Batch, Sample, Task
+
+TASKS: dict[str, Task] = {module.TASK.name: module.TASK for module in (
+    feature_extraction, text_classification, token_classification, question_answering, image_classification)}  # fmt: skip
+TASK_NAMES = tuple(TASKS)
+# config.json model_type values of vision transformers (the rest are read as text models)
+VISION_MODEL_TYPES = {"vit", "deit", "beit", "swin", "swinv2", "convnext", "convnextv2", "dinov2", "levit",
+                      "mobilevit", "mobilevitv2", "data2vec-vision", "efficientformer", "pvt", "cvt", "focalnet"}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise RecipeError(f"unknown task '{name}'", f"Tasks: {', '.join(TASK_NAMES)}")
+    return TASKS[name]
+
+
+def model_config(model_dir: Path) -> dict:
+    try:
+        return json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def detect_task(model_dir: Path) -> tuple[Task, str]:
+    """The task a model folder's config.json architectures imply, and why (in words)."""
+    config = model_config(model_dir)
+    architecture = (config.get("architectures") or [""])[0]
+    for task in TASKS.values():
+        if task.head_suffixes and architecture.endswith(task.head_suffixes):
+            return task, f"config.json architectures[0] is {architecture}"
+    if config.get("model_type") in VISION_MODEL_TYPES:
+        raise ModelError(f"'{model_dir}' is a {architecture or config.get('model_type')} vision model without a "
+                         "classification head", "Set model.task, or use a ...ForImageClassification model")  # fmt: skip
+    return TASKS["feature-extraction"], f"config.json architectures[0] is {architecture or 'not given'} (no task head)"
+
+
+def resolve_task(name: str | None, model_dir: Path) -> tuple[Task, str]:
+    """The recipe's task (checked against the architecture) or the detected one, with the reason."""
+    if name is None:
+        return detect_task(model_dir)
+    task = get_task(name)
+    config = model_config(model_dir)
+    architecture = (config.get("architectures") or [""])[0]
+    vision = config.get("model_type") in VISION_MODEL_TYPES
+    if task.head_suffixes and architecture and not architecture.endswith(task.head_suffixes):
+        raise ModelError(f"model.task is {name} but the model is a {architecture}, which has no {name} head",
+                         f"Use a ...{task.head_suffixes[0]} model, or omit model.task to let edgeq detect it")  # fmt: skip
+    if config and (task.modality == "image") != vision:
+        kind = "a vision" if vision else "a text"
+        raise ModelError(f"model.task is {name} but '{model_dir}' is {kind} model ({config.get('model_type')})",
+                         "Omit model.task to let edgeq detect it")  # fmt: skip
+    return task, "set by the recipe"
+
+
+__all__ = ["Batch", "Sample", "TASKS", "TASK_NAMES", "Task", "detect_task", "get_task", "resolve_task"]

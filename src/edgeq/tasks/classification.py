@@ -1,0 +1,21 @@
+"""What text and image classification share: logits compared, top-1 agreement, and accuracy with labels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeq.tasks.base import labelled
+
+
+def logits_metrics(reference: list[np.ndarray], candidate: list[np.ndarray], labels: list[int | None]) -> dict:
+    from edgeq.validate.metrics import fidelity
+
+    metrics = fidelity(reference, candidate)
+    ref, cand = np.stack(reference), np.stack(candidate)
+    metrics["top1_agreement"] = round(float((ref.argmax(-1) == cand.argmax(-1)).mean()), 6)
+    known = [i for i, label in enumerate(labels) if label is not None]
+    if known:
+        truth = np.array([labels[i] for i in known])
+        labelled(metrics, "accuracy", (cand[known].argmax(-1) == truth).mean(), (ref[known].argmax(-1) == truth).mean())
+        metrics["labelled_samples"] = len(known)
+    return metrics
