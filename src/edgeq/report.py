@@ -25,6 +25,9 @@ def build_report(plan, stages, final_artifact: str, total: float) -> dict:
         "edgeq_version": __version__,
         "recipe": plan.recipe.model_dump(mode="json"),
         "recipe_file": str(plan.recipe_path),
+        "task": plan.task.name,
+        "task_reason": plan.task_reason,
+        "compared_output": plan.task.compares,
         "stages": [{k: v for k, v in s.record().items() if k not in ("validations", "mixed_precision", "profiles")}
                    for s in stages],
         "artifacts": artifacts,
@@ -54,7 +57,7 @@ def render_markdown(report: dict) -> str:
     lines = [
         f"# edgeq report: {recipe['name']}",
         "",
-        f"Model `{recipe['model']['source']}` ({recipe['model']['task']}), "
+        f"Model `{recipe['model']['source']}` ({report.get('task', recipe['model']['task'])}), "
         f"final artifact **{report['final_artifact']}** → `{report['final']}`: "
         f"**{'PASSED' if report['passed'] else 'FAILED'}** ({report['total_seconds']:.1f} s in all).",
         "",
@@ -76,6 +79,12 @@ def render_markdown(report: dict) -> str:
         "",
         validation_table(report["validations"]),
     ]  # fmt: skip
+    task_rows = task_metric_rows(report["validations"])
+    if task_rows:
+        lines += ["", "## Task metrics", "",
+                  "Worst shape. Agreement metrics compare with FP32's predictions; with labelled data, the task metric "
+                  "of the FP32 model and of each candidate side by side, and the change.", "",
+                  table(["artifact", "device", "metric", "value", "FP32", "change"], task_rows)]  # fmt: skip
     if any(len(v.get("shapes", [])) > 1 for v in report["validations"]):
         lines += ["", "## Per shape", "",
                   "Each deployment shape measured on its own (`bB-sS`: batches of B texts padded to the longest, at "
@@ -149,12 +158,25 @@ def validation_table(validations: list[dict]) -> str:
     return table(header, rows)
 
 
+def task_metric_rows(validations: list[dict]) -> list[list[str]]:
+    from edgeq.validate.metrics import TASK_METRICS
+
+    rows = []
+    for v in validations:
+        for name in TASK_METRICS:
+            if v["metrics"].get(name) is not None:
+                m = v["metrics"]
+                rows.append([v["artifact"], v["device"], name, f"{m[name]:.4f}", _fmt(m.get(f"{name}_reference"), ".4f"),
+                             _fmt(m.get(f"{name}_delta"), "+.4f")])  # fmt: skip
+    return rows
+
+
 def shape_table(validations: list[dict]) -> str:
     rows = []
     for v in validations:
         for s in v.get("shapes", []):
             m = s["metrics"]
-            rows.append([v["artifact"], v["device"], s["shape"], str(s["samples"]), f"{s['tokens_mean']:.1f}",
+            rows.append([v["artifact"], v["device"], s["shape"], str(s["samples"]), _fmt(s.get("tokens_mean"), ".1f"),
                          f"{m['cosine_mean']:.4f}", f"{m['cosine_min']:.4f}", _fmt(m.get("nn_agreement"), ".3f"),
                          _fmt(m.get("top1_agreement"), ".3f"), f"{s['latency_ms']['p50']:.2f}",
                          _fmt(s["latency_ratio_to_reference"], ".2f")])  # fmt: skip

@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 
 from edgeq.quantize.calibration import FeedReader, input_specs
+from edgeq.quantize.index_paths import index_path_nodes
 from edgeq.recipe.schema import QuantizationConfig
 from edgeq.feeds import feed_for
 
@@ -45,12 +46,15 @@ def quantize_model(
             _quantize_qnn(fp32_path, out_path, Path(tmp), q, op_types, calibration_feeds or [])
             return done
         prepare(fp32_path, prepared)
+        kept = index_path_nodes(onnx.load(str(prepared), load_external_data=False)) if q.mode == "static" else []
+        if kept:
+            done["index_nodes_kept_float"] = len(kept)
         common = dict(
             op_types_to_quantize=op_types,
             per_channel=q.per_channel,
             reduce_range=q.reduce_range,
             weight_type=getattr(QuantType, QUANT_TYPES[q.weight_type]),
-            nodes_to_exclude=list(q.nodes_to_exclude),
+            nodes_to_exclude=list(q.nodes_to_exclude) + kept,
         )
         if q.mode == "dynamic":
             # DefaultTensorType: fused contrib ops (Attention, SkipLayerNormalization) defeat shape inference
