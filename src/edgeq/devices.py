@@ -33,8 +33,8 @@ class TransportConfig(Strict):
 
 
 class QuantizationConstraints(Strict):
-    modes: list[Literal["dynamic", "static"]] = Field(
-        default=["dynamic", "static"], description="Quantization modes the device can run."
+    modes: list[Literal["dynamic", "static", "int4"]] = Field(
+        default=["dynamic", "static"], description="Quantization modes the device can run (int4: MatMulNBits)."
     )
     formats: list[Literal["qdq", "qoperator"]] = Field(
         default=["qdq", "qoperator"], description="Static model formats the device accepts."

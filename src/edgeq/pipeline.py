@@ -110,12 +110,13 @@ def check_metric_names(recipe: Recipe, task) -> None:
     """Thresholds and budget floors may only name metrics the task reports."""
     from edgeq.errors import RecipeError
 
-    known = {"cosine_mean", "cosine_min", "max_abs_error", "sqnr_db", *task.metric_names,
+    known = {"cosine_mean", "cosine_min", "max_abs_error", "mean_abs_error", "sqnr_db", *task.metric_names,
              *(f"{m}_delta" for m in task.metric_names)}  # fmt: skip
     named = [(f"validation.thresholds.{k}", k) for k in recipe.validation.thresholds.model_dump(exclude_none=True)]
     if recipe.mixed_precision is not None:
         budget = recipe.mixed_precision.budget
         named += [(f"mixed_precision.budget.floors.{k}", k) for k in budget.floors]
+        named += [(f"mixed_precision.budget.ceilings.{k}", k) for k in budget.ceilings]
         if budget.min_nn_agreement is not None:
             named.append(("mixed_precision.budget.min_nn_agreement", "nn_agreement"))
     for key, metric in named:
@@ -200,6 +201,7 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
 
     q = plan.recipe.quantization
     name = "w8a16" if q.mode == "static" and q.resolved_activation_type.endswith("16") else "int8"
+    name = "int4" if q.mode == "int4" else name
     calib_samples = plan.calibration_samples if q.mode == "static" else None
     power_of_two = any(d.quantization.power_of_two_scales for d in plan.devices)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,10 @@ def check_export(model_dir: Path, onnx_path: Path, task, samples: list, sequence
     batch = session.get_inputs()[0].shape[0]
     step = batch if isinstance(batch, int) else 1
     reference, exported = [], []
+    accepted = set(inspect.signature(torch_model.forward).parameters)
     for group in task.batches(samples, inputs, step, whole_batches_only=True):
         outputs = run_batch(session, group)
-        names = {i.name for i in session.get_inputs()}
+        names = {i.name for i in session.get_inputs()} & accepted  # a KV cache is for ONNX; PyTorch starts empty
         torch_inputs = {k: torch.from_numpy(v.astype(np.int64) if v.dtype.kind in "iu" else v)
                         for k, v in group.feed.items() if k in names}  # fmt: skip
         with torch.no_grad():

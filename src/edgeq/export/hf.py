@@ -50,9 +50,22 @@ def export_onnx(
     for name in TOKENIZER_FILES:  # optimum copies these; make sure the tokenizer travels with the model
         if not (out_dir / name).exists() and (model_dir / name).exists():
             shutil.copy2(model_dir / name, out_dir / name)
+    _gemm_as_matmul(model_path)
     if batch_size or sequence_length:
         fix_shapes(model_path, batch_size, sequence_length)
     return model_path
+
+
+def _gemm_as_matmul(model_path: Path) -> None:
+    import onnx
+
+    from edgeq.artifact import external_files
+    from edgeq.export.gemm import gemm_to_matmul
+
+    model = onnx.load(str(model_path))
+    if gemm_to_matmul(model):
+        external = bool(external_files(onnx.load(str(model_path), load_external_data=False)))
+        onnx.save(model, str(model_path), save_as_external_data=external, location=f"{model_path.name}.data")
 
 
 def fix_shapes(model_path: Path, batch_size: int | None, sequence_length: int | None) -> None:

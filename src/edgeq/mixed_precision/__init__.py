@@ -69,7 +69,8 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
     header = (f"edgeq mixed-precision overrides for {job.fp32_path.name}: pin this file with\n"
               f"  mixed_precision: {{overrides: <path to this file>}}\nto rebuild the same model with no search.")  # fmt: skip
     write_overrides(job.out_folder / OVERRIDES_FILE, islands, assignment, header)
-    return section(islands, assignment, ladder, result, cfg, fp32_size, [job.task.shape_label(*s) for s in job.shapes])
+    return section(islands, assignment, ladder, result, cfg, fp32_size, [job.task.shape_label(*s) for s in job.shapes],
+                   job.task.proxy_name)  # fmt: skip
 
 
 def activation_statistics(job: MixedPrecisionJob, fp32: onnx.ModelProto, islands: list[Island]) -> dict[str, ActivationStats]:
@@ -80,7 +81,7 @@ def activation_statistics(job: MixedPrecisionJob, fp32: onnx.ModelProto, islands
 
 
 def section(islands: list[Island], assignment: dict[str, str], ladder: list[str], result: SearchResult | None,
-            cfg, fp32_size: int, shape_labels: list[str]) -> dict:  # fmt: skip
+            cfg, fp32_size: int, shape_labels: list[str], proxy_name: str = "cosine") -> dict:  # fmt: skip
     counts = {rung: list(assignment.values()).count(rung) for rung in ladder}
     out = {
         "candidates": ladder,
@@ -97,7 +98,8 @@ def section(islands: list[Island], assignment: dict[str, str], ladder: list[str]
         "budget_met": result.budget_met if result else None,
         "budget_status": result.budget_status if result else None,
         "notes": result.notes if result else [f"pinned by {cfg.overrides}: no search"],
-        "islands": [island_entry(i, assignment, result, ladder) for i in islands],
+        "proxy_score": proxy_name,
+        "islands": [island_entry(i, assignment, result, ladder, proxy_name) for i in islands],
     }
     if result:
         out["binding"] = result.binding
@@ -111,7 +113,8 @@ def section(islands: list[Island], assignment: dict[str, str], ladder: list[str]
     return out
 
 
-def island_entry(island: Island, assignment: dict[str, str], result: SearchResult | None, ladder: list[str]) -> dict:
+def island_entry(island: Island, assignment: dict[str, str], result: SearchResult | None, ladder: list[str],
+                 proxy_name: str = "cosine") -> dict:  # fmt: skip
     choice = assignment[island.name]
     entry = {"name": island.name, "node": island.node_name, "kind": island.kind, "parameters": island.parameters,
              "precision": choice}  # fmt: skip
@@ -124,11 +127,11 @@ def island_entry(island: Island, assignment: dict[str, str], result: SearchResul
     entry.update(output_sqnr_db=score["output_sqnr_db"], gain=score["gain"], gain_by_shape=score["gain_by_shape"])
     if result.latency_model["island_costs_ms"].get(island.name):
         entry["estimated_cost_ms"] = result.latency_model["island_costs_ms"][island.name]
-    entry["reason"] = reason(island, choice, score, result, ladder)
+    entry["reason"] = reason(island, choice, score, result, ladder, proxy_name)
     return entry
 
 
-def reason(island: Island, choice: str, score: dict, result: SearchResult, ladder: list[str]) -> str:
+def reason(island: Island, choice: str, score: dict, result: SearchResult, ladder: list[str], proxy_name: str = "cosine") -> str:
     """Why this island has this precision, in words, with the measured figures and the shape that bound it."""
     ranking = sorted(result.scores, key=lambda name: -max(result.scores[name]["gain"].values(), default=0.0))
     rank = f"rank {ranking.index(island.name) + 1} of {len(ranking)}"
@@ -139,11 +142,11 @@ def reason(island: Island, choice: str, score: dict, result: SearchResult, ladde
         best = max(score["gain"].values(), default=0.0)
         if result.chosen_index == 0:
             return f"kept {choice}: the all-{choice} model already meets the budget ({measured}{rank})"
-        return (f"kept {choice}: {measured}promoting it alone would raise the proxy cosine by only {best:+.5f} "
+        return (f"kept {choice}: {measured}promoting it alone would raise the proxy {proxy_name} by only {best:+.5f} "
                 f"({rank}), not needed to meet the budget")  # fmt: skip
     by_shape = score["gain_by_shape"].get(choice, {})
     gains = ", ".join(f"{v:+.5f} at {label}" for label, v in by_shape.items()) or f"{score['gain'].get(choice, 0):+.5f}"
     meaning = ON_CPU[lowest] if lowest in ON_CPU and choice == "fp32" else MEANING[choice]
     bound = f" (the nearest cheaper configuration missed: {'; '.join(result.binding)})" if result.binding else ""
-    return (f"kept {meaning}: {measured}promoting it alone raises the proxy cosine by {gains} ({rank}); the search "
+    return (f"kept {meaning}: {measured}promoting it alone raises the proxy {proxy_name} by {gains} ({rank}); the search "
             f"needed it to meet the budget{bound}")  # fmt: skip

@@ -38,7 +38,8 @@ def assemble(fp32: onnx.ModelProto, islands: list[Island], assignment: dict[str,
     if not any(o.domain == MS_DOMAIN for o in opsets):
         opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
     model = helper.make_model(graph, opset_imports=opsets, producer_name="edgeq")
-    model.ir_version = fp32.ir_version
+    four_bit = any(t.data_type in (onnx.TensorProto.UINT4, onnx.TensorProto.INT4) for t in initializers.values())
+    model.ir_version = max(fp32.ir_version, 10) if four_bit else fp32.ir_version
     return model
 
 

@@ -231,3 +231,104 @@ def token_mask_nodes(mask_input: str) -> tuple[list[onnx.NodeProto], list[onnx.T
     nodes = [helper.make_node("Cast", [mask_input], [as_float], name=f"{TOKEN_MASK}_cast", to=onnx.TensorProto.FLOAT),
              helper.make_node("Unsqueeze", [as_float, axes], [TOKEN_MASK], name=f"{TOKEN_MASK}_unsqueeze")]  # fmt: skip
     return nodes, [numpy_helper.from_array(np.array([-1], dtype=np.int64), axes)]
+
+
+# ----------------------------------------------------------------------------------------- language models
+INT4_BLOCK = 32
+
+
+def int4_blocks(weight: np.ndarray, importance: np.ndarray | None = None, block: int = INT4_BLOCK):
+    """4-bit block quantization of a MatMul weight [K, N] along K: (codes [N, blocks, block] in 0..15, scales
+    [N, blocks], zero points [N, blocks]).
+
+    Without `importance`: round-to-nearest, symmetric (zero point 8, scale = max|w| / 7). With it (E[x²] per input
+    channel, from calibration tokens): asymmetric, and each block's range is shrunk to the factor that minimises
+    the importance-weighted error Σ h_k (w_k - ŵ_k)², as llama.cpp's k-quants do with an importance matrix."""
+    rows, cols = weight.shape
+    blocks = -(-rows // block)
+    padded = np.zeros((blocks * block, cols), np.float32)
+    padded[:rows] = weight
+    w = padded.T.reshape(cols, blocks, block)
+    if importance is None:
+        scale = np.abs(w).max(axis=2) / 7.0
+        scale = np.where(scale == 0, 1.0, scale)
+        codes = np.clip(np.round(w / scale[..., None]) + 8, 0, 15)
+        return codes.astype(np.uint8), scale.astype(np.float32), np.full(scale.shape, 8, np.uint8)
+    h = np.zeros(blocks * block, np.float32)
+    h[:rows] = np.maximum(importance, 1e-8)
+    h = h.reshape(1, blocks, block)
+    best = None
+    for shrink in (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7):
+        low, high = np.minimum(w.min(axis=2), 0) * shrink, np.maximum(w.max(axis=2), 0) * shrink
+        scale = np.where(high - low == 0, 1.0, (high - low) / 15.0)
+        zero = np.clip(np.round(-low / scale), 0, 15)
+        codes = np.clip(np.round(w / scale[..., None]) + zero[..., None], 0, 15)
+        error = (h * ((codes - zero[..., None]) * scale[..., None] - w) ** 2).sum(axis=2)
+        if best is None:
+            best = [codes, scale, zero, error]
+            continue
+        better = error < best[3]
+        best[0] = np.where(better[..., None], codes, best[0])
+        best[1], best[2], best[3] = np.where(better, scale, best[1]), np.where(better, zero, best[2]), np.minimum(error, best[3])
+    return best[0].astype(np.uint8), best[1].astype(np.float32), best[2].astype(np.uint8)
+
+
+def pack_nibbles(values: np.ndarray) -> np.ndarray:
+    """Two 4-bit values a byte along the last axis, the first in the low nibble (MatMulNBits' layout)."""
+    if values.shape[-1] % 2:
+        values = np.concatenate([values, np.zeros((*values.shape[:-1], 1), values.dtype)], axis=-1)
+    return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
+
+
+def matmul_int4(node: onnx.NodeProto, weight: np.ndarray, importance: np.ndarray | None = None,
+                tag: str = "q4") -> Candidate:  # fmt: skip
+    """MatMulNBits with 4-bit weights in blocks of 32 along K (FP32 activations; onnxruntime's CPU kernels)."""
+    rows, cols = weight.shape
+    codes, scale, zero = int4_blocks(weight, importance)
+    base = f"{_base(node)}_{tag}"
+    inits = [numpy_helper.from_array(pack_nibbles(codes), f"{base}_B"),
+             numpy_helper.from_array(scale.reshape(-1), f"{base}_scales"),
+             numpy_helper.from_array(pack_nibbles(zero).reshape(-1), f"{base}_zero_points")]  # fmt: skip
+    matmul = helper.make_node("MatMulNBits", [node.input[0], *(t.name for t in inits)], list(node.output),
+                              name=node.name, domain=MS_DOMAIN, K=rows, N=cols, bits=4, block_size=INT4_BLOCK)  # fmt: skip
+    size = sum(numpy_helper.to_array(t).nbytes for t in inits)
+    return Candidate([matmul], inits, size, {"bits": 4, "block_size": INT4_BLOCK,
+                                             "method": "importance-weighted ranges" if importance is not None else "round to nearest"})  # fmt: skip
+
+
+def matmul_fp16(node: onnx.NodeProto, weight: np.ndarray) -> Candidate:
+    """Weights stored in FP16 (half the bytes), cast to FP32 for the MatMul (the CPU EP computes in FP32)."""
+    name = f"{_base(node)}_W_fp16"
+    cast = helper.make_node("Cast", [name], [f"{name}_as_fp32"], name=f"{node.name}_cast_weight", to=onnx.TensorProto.FLOAT)
+    compute = onnx.NodeProto()
+    compute.CopyFrom(node)
+    compute.input[1] = f"{name}_as_fp32"
+    return Candidate([cast, compute], [numpy_helper.from_array(weight.astype(np.float16), name)], weight.size * 2)
+
+
+def gather_int4(node: onnx.NodeProto, table: np.ndarray) -> Candidate:
+    """GatherBlockQuantized: each row in 4-bit blocks of 32 (round to nearest), dequantized as it is gathered.
+    The table's width must be a multiple of 32."""
+    codes, scale, zero = int4_blocks(table.T)  # the table's rows play the weight's columns: blocks run along a row
+    rows, blocks = scale.shape
+    base = f"{_base(node)}_q4"
+    data = helper.make_tensor(f"{base}_table", onnx.TensorProto.UINT4, list(table.shape),
+                              pack_nibbles(codes.reshape(rows, -1)).tobytes(), raw=True)  # fmt: skip
+    zeros = helper.make_tensor(f"{base}_zero_points", onnx.TensorProto.UINT4, [rows, blocks],
+                               pack_nibbles(zero).tobytes(), raw=True)  # fmt: skip
+    scales = numpy_helper.from_array(scale, f"{base}_scales")
+    gather = helper.make_node("GatherBlockQuantized", [data.name, node.input[1], scales.name, zeros.name],
+                              list(node.output), name=node.name, domain=MS_DOMAIN, gather_axis=0, quantize_axis=1,
+                              block_size=INT4_BLOCK)  # fmt: skip
+    return Candidate([gather], [data, scales, zeros], table.size // 2 + scale.nbytes + rows * ((blocks + 1) // 2),
+                     {"bits": 4, "block_size": INT4_BLOCK})
+
+
+def gather_fp16(node: onnx.NodeProto, table: np.ndarray) -> Candidate:
+    name = f"{_base(node)}_table_fp16"
+    gather = onnx.NodeProto()
+    gather.CopyFrom(node)
+    gather.input[0] = name
+    gather.output[0] = f"{name}_rows"
+    cast = helper.make_node("Cast", [f"{name}_rows"], list(node.output), name=f"{node.name}_cast", to=onnx.TensorProto.FLOAT)
+    return Candidate([gather, cast], [numpy_helper.from_array(table.astype(np.float16), name)], table.size * 2)

@@ -19,8 +19,9 @@ from edgeq.mixed_precision.candidates import MS_DOMAIN, Candidate
 from edgeq.mixed_precision.statistics import ActivationStats
 
 # Every precision an island can take, cheapest first (the order of promotion when costs tie).
-LADDER = ("xint8", "sint8", "sint8u", "int8", "int8s", "w8", "fp32")
-STATS_RUNGS = {"xint8", "sint8", "sint8u", "int8s"}  # rungs that need activation statistics
+LADDER = ("int4", "int4a", "xint8", "sint8", "sint8u", "int8", "int8s", "w8", "fp16", "fp32")
+STATS_RUNGS = {"int4a", "xint8", "sint8", "sint8u", "int8s"}  # rungs that need activation statistics
+INT8_ROWS = {"sint8", "sint8u", "int8", "int8s", "w8"}  # the rungs whose embedding tables are INT8 rows
 
 
 @dataclass
@@ -72,19 +73,38 @@ def build_candidates(model: onnx.ModelProto, islands: list[Island], rungs: list[
         node, weight = nodes[island.node_name], numpy_helper.to_array(inits[island.weight])
         fp32 = Candidate([node], [inits[island.weight]], weight.nbytes)
         if island.kind == "gather":
-            rows = C.gather_int8(node, weight)  # INT8 rows, FP32 out: every INT8 rung is the same
-            island.candidates = {rung: rows for rung in rungs if rung not in ("xint8", "fp32")} | {"fp32": fp32}
+            island.candidates = _gather_candidates(node, weight, rungs) | {"fp32": fp32}
             continue
         island.candidates = _matmul_candidates(node, weight, island.kind, rungs, per_channel,
                                                (stats or {}).get(node.input[0]), smooth_alpha, token_mask, pair_safe)  # fmt: skip
         island.candidates["fp32"] = fp32
 
 
+def _gather_candidates(node, table, rungs) -> dict[str, Candidate]:
+    found: dict[str, Candidate] = {}
+    rows = C.gather_int8(node, table) if INT8_ROWS & set(rungs) else None  # every INT8 rung: the same INT8 rows
+    for rung in rungs:
+        if rung in INT8_ROWS:
+            found[rung] = rows
+        elif rung in ("int4", "int4a") and table.shape[1] % C.INT4_BLOCK == 0:
+            found.setdefault("int4", C.gather_int4(node, table))
+            found[rung] = found["int4"]
+        elif rung == "fp16":
+            found[rung] = C.gather_fp16(node, table)
+    return found
+
+
 def _matmul_candidates(node, weight, kind, rungs, per_channel, stats, smooth_alpha, token_mask,
                        pair_safe) -> dict[str, Candidate]:  # fmt: skip
     found: dict[str, Candidate] = {}
     for rung in rungs:
-        if rung == "int8":
+        if rung == "int4" and kind == "matmul":
+            found[rung] = C.matmul_int4(node, weight)
+        elif rung == "int4a" and kind == "matmul" and stats is not None:
+            found[rung] = C.matmul_int4(node, weight, (stats.rows.astype(np.float64) ** 2).mean(axis=0), tag="q4a")
+        elif rung == "fp16" and kind == "matmul":
+            found[rung] = C.matmul_fp16(node, weight)
+        elif rung == "int8":
             found[rung] = C.matmul_int8(node, weight, per_channel, pair_safe)
         elif rung == "int8s" and stats is not None:
             found[rung] = C.matmul_smoothed(node, weight, stats, smooth_alpha, per_channel, token_mask, pair_safe)

@@ -29,7 +29,6 @@ from edgeq.mixed_precision.assemble import assemble
 from edgeq.mixed_precision.evaluate import Runner
 from edgeq.mixed_precision.islands import LADDER, Island
 from edgeq.progress import say, track
-from edgeq.validate.metrics import sample_cosines
 
 
 @dataclass
@@ -41,26 +40,33 @@ class Budget:
     max_latency_ratio: float | None = None
     max_slowdown: float | None = None
     floors: dict[str, float] = field(default_factory=dict)
+    ceilings: dict[str, float] = field(default_factory=dict)
+    max_size_over_lowest: float | None = None
 
-    def floor_list(self) -> list[tuple[str, float | None]]:
-        return [("cosine_mean", self.min_cosine_mean), ("cosine_min", self.min_cosine_min),
-                ("nn_agreement", self.min_nn_agreement), *self.floors.items()]  # fmt: skip
+    def limits(self) -> list[tuple[str, float, int]]:
+        """(metric, limit, +1 for a floor or -1 for a ceiling) of every fidelity limit set."""
+        floors = [("cosine_mean", self.min_cosine_mean), ("cosine_min", self.min_cosine_min),
+                  ("nn_agreement", self.min_nn_agreement), *self.floors.items()]  # fmt: skip
+        return [(k, v, 1) for k, v in floors if v is not None] + [(k, v, -1) for k, v in self.ceilings.items()]
 
     def shortfall(self, metrics: dict) -> float:
-        """How far the worst-case metrics fall below the floors, summed (0 when all are met)."""
-        missing = [floor - (metrics.get(key) if metrics.get(key) is not None else -1.0)
-                   for key, floor in self.floor_list() if floor is not None]  # fmt: skip
-        return sum(max(m, 0.0) for m in missing)
+        """How far the worst-case metrics miss the limits, relative to each limit, summed (0 when all are met)."""
+        missed = 0.0
+        for key, limit, sign in self.limits():
+            value = metrics.get(key)
+            gap = 1.0 if value is None else max(sign * (limit - value), 0.0) / max(abs(limit), 1e-6)
+            missed += gap
+        return missed
 
     def fidelity_failures(self, metrics: dict) -> list[str]:
-        """The floors the worst-case metrics break, each naming the shape that broke it."""
+        """The limits the worst-case metrics break, each naming the shape that broke it."""
         failures = []
         where = metrics.get("worst_shape", {})
-        for key, floor in self.floor_list():
+        for key, limit, sign in self.limits():
             value = metrics.get(key)
-            if floor is not None and (value is None or value < floor):
+            if value is None or sign * (value - limit) < 0:
                 shape = f" at {where[key]}" if key in where else ""
-                failures.append(f"{key} {_fmt(value)} < {floor}{shape}")
+                failures.append(f"{key} {_fmt(value)} {'<' if sign > 0 else '>'} {limit}{shape}")
         return failures
 
 
@@ -124,7 +130,7 @@ def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder:
     below = [e for e in evaluations if e["configuration"] < chosen and not e["passed"]]
     status = {
         "fidelity": chosen_eval["passed"],
-        "size": None if budget.max_size_ratio is None else True,  # configurations over the ceiling were dropped
+        "size": None if budget.max_size_ratio is None and budget.max_size_over_lowest is None else True,  # over: dropped
         "latency": None if budget.max_latency_ratio is None and budget.max_slowdown is None else not latency_notes,
     }
     return SearchResult(
@@ -138,12 +144,13 @@ def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder:
 
 
 def proxy_scores(fp32, islands, ladder, lowest, proxy: Runner) -> tuple[dict[str, dict], int]:
-    """Per island: output SQNR in the all-lowest model, and the cosine gain of promoting it alone to each rung,
+    """Per island: output SQNR in the all-lowest model, and the proxy-score gain (cosine, or minus KL for a
+    language model) of promoting it alone to each rung,
     per shape ("gain_by_shape") and as the mean over shapes ("gain")."""
     base_model = assemble(fp32, islands, lowest)
     reference = proxy.outputs(fp32)
     sqnr = island_output_sqnr(fp32, base_model, islands, proxy)
-    base = _mean_cosines(reference, proxy.outputs(base_model))
+    base = _scores(proxy.task, reference, proxy.outputs(base_model))
     scores = {i.name: {"output_sqnr_db": sqnr.get(i.name), "gain": {}, "gain_by_shape": {}} for i in islands}
     passes = 4  # FP32 and all-lowest: vectors, and island outputs
     jobs = [(i, rung) for i in islands for rung in _rungs(i, ladder)[1:]]
@@ -154,7 +161,7 @@ def proxy_scores(fp32, islands, ladder, lowest, proxy: Runner) -> tuple[dict[str
             entry["gain"][rung] = entry["gain"].get(same_as, 0.0)
             entry["gain_by_shape"][rung] = entry["gain_by_shape"].get(same_as, {})
             continue
-        promoted = _mean_cosines(reference, proxy.outputs(assemble(fp32, islands, {**lowest, island.name: rung})))
+        promoted = _scores(proxy.task, reference, proxy.outputs(assemble(fp32, islands, {**lowest, island.name: rung})))
         by_shape = {label: round(promoted[label] - base[label], 6) for label in base}
         entry["gain_by_shape"][rung] = by_shape
         entry["gain"][rung] = round(float(np.mean(list(by_shape.values()))), 6)
@@ -229,7 +236,12 @@ def ordered_steps(islands, ladder, lowest, scores, latency, fp32_size, budget: B
 
 def _headroom(islands, lowest, latency, fp32_size, budget: Budget) -> dict:
     lowest_size = model_size(fp32_size, islands, lowest)
-    ceiling = budget.max_size_ratio * fp32_size if budget.max_size_ratio is not None else fp32_size
+    ceilings = [fp32_size]
+    if budget.max_size_ratio is not None:
+        ceilings.append(budget.max_size_ratio * fp32_size)
+    if budget.max_size_over_lowest is not None:
+        ceilings.append(budget.max_size_over_lowest * lowest_size)
+    ceiling = min(ceilings)
     ms = {}
     for label, m in latency["p50_ms"].items():
         top = m["lowest"] * budget.max_slowdown if budget.max_slowdown is not None else m["fp32"]
@@ -255,6 +267,8 @@ def cumulative(lowest, steps, fp32_size, islands, budget: Budget, latency: dict)
               for label in base_ms}  # fmt: skip
         slowdown = max((base_ms[label] + ms[label]) / base_ms[label] for label in base_ms)
         if budget.max_size_ratio is not None and size > budget.max_size_ratio * fp32_size:
+            continue
+        if budget.max_size_over_lowest is not None and size > budget.max_size_over_lowest * configs[0]["size_bytes"]:
             continue
         if budget.max_slowdown is not None and slowdown > budget.max_slowdown:
             continue
@@ -298,8 +312,9 @@ def _latency_checks(budget: Budget, metrics: dict) -> list[str]:
     return notes
 
 
-def _mean_cosines(reference: dict[str, list], candidate: dict[str, list]) -> dict[str, float]:
-    return {label: float(sample_cosines(reference[label], candidate[label]).mean()) for label in reference}
+def _scores(task, reference: dict[str, list], candidate: dict[str, list]) -> dict[str, float]:
+    """The task's proxy score (higher is better: mean cosine, or minus the mean KL of a language model) per shape."""
+    return {label: task.proxy_score(reference[label], candidate[label]) for label in reference}
 
 
 def _fmt(value) -> str:

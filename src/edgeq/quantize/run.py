@@ -42,6 +42,9 @@ def quantize_model(
         done = {"scheme": scheme if q.mode == "static" else "onnxruntime"}
         if q.mode == "static" and q.attention_mask_fill is not None:
             fp32_path, done["mask_fill_softened"] = _soften_mask(fp32_path, Path(tmp), q.attention_mask_fill)
+        if q.mode == "int4":
+            _quantize_int4(fp32_path, out_path, q, op_types)
+            return {**done, "scheme": "onnxruntime MatMulNBits (round to nearest)", "block_size": q.block_size}
         if q.mode == "static" and scheme == "qnn":
             _quantize_qnn(fp32_path, out_path, Path(tmp), q, op_types, calibration_feeds or [])
             return done
@@ -120,6 +123,23 @@ def _quantize_qnn(fp32_path, out_path, tmp, q, op_types, feeds) -> None:
         op_types_to_quantize=op_types, nodes_to_exclude=list(q.nodes_to_exclude) or None,
     )  # fmt: skip
     quantize(str(source), str(out_path), config)
+
+
+def _quantize_int4(fp32_path: Path, out_path: Path, q: QuantizationConfig, op_types: list[str] | None) -> None:
+    """onnxruntime's own weight-only quantizer: MatMul (and Gather) weights to 4 bits in blocks."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), bits=4, block_size=q.block_size,
+                                     is_symmetric=q.symmetric_weights, nodes_to_exclude=list(q.nodes_to_exclude),
+                                     op_types_to_quantize=tuple(op_types or ("MatMul",)))  # fmt: skip
+    original = {o.domain or "ai.onnx": o.version for o in onnx.load(str(fp32_path), load_external_data=False).opset_import}
+    quantizer.process()
+    model = quantizer.model.model
+    for opset in model.opset_import:  # the quantizer stamps ai.onnx 21 without converting ops (ReduceMean axes...)
+        if (opset.domain or "ai.onnx") == "ai.onnx" and "ai.onnx" in original:
+            opset.version = original["ai.onnx"]
+    model.ir_version = max(model.ir_version, 10)  # 4-bit tensor types
+    onnx.save(model, str(out_path))
 
 
 def prepare(fp32_path: Path, prepared: Path) -> None:

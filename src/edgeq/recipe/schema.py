@@ -12,9 +12,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
 TASKS = ("feature-extraction", "text-classification", "token-classification", "question-answering",
-         "image-classification")
+         "image-classification", "text-generation")
 TaskName = Literal["feature-extraction", "text-classification", "token-classification", "question-answering",
-                   "image-classification"]
+                   "image-classification", "text-generation"]
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8")
 
@@ -42,7 +42,9 @@ class ModelConfig(Strict):
         description="What the model is used for: feature-extraction (validated on mean-pooled embeddings), "
         "text-classification and image-classification (logits, top-1 agreement, accuracy with labels), "
         "token-classification (per-word logits, token agreement, entity F1 with labels), question-answering "
-        "(start/end logits, span agreement, answer exact match and F1 with labels). Omitted: detected from "
+        "(start/end logits, span agreement, answer exact match and F1 with labels), text-generation (decoder-only "
+        "language models with a KV cache: next-token top-1 agreement, KL, perplexity, greedy continuations). "
+        "Omitted: detected from "
         "config.json `architectures`, and the build says what it chose.",
     )
     trust_remote_code: bool = Field(
@@ -152,10 +154,13 @@ class CalibrationConfig(Strict):
 
 
 class QuantizationConfig(Strict):
-    mode: Literal["dynamic", "static"] = Field(
+    mode: Literal["dynamic", "static", "int4"] = Field(
         description="`dynamic`: weights INT8 offline, activations quantized at run time (CPU only). "
-        "`static`: activations quantized with ranges measured on calibration data (needs `calibration`)."
+        "`static`: activations quantized with ranges measured on calibration data (needs `calibration`). "
+        "`int4`: weight-only 4-bit (onnxruntime's MatMulNBits quantizer: round to nearest, symmetric, blocks of "
+        "`block_size`), what language models ship at; activations stay FP32."
     )
+    block_size: int = Field(default=32, ge=16, description="mode int4: weights per quantization block (a power of two).")
     format: Literal["qdq", "qoperator"] | None = Field(
         default=None,
         description="Static models only: `qdq` (QuantizeLinear/DequantizeLinear pairs, what NPUs want) or "
@@ -188,6 +193,10 @@ class QuantizationConfig(Strict):
     def _mode_options_agree(self) -> QuantizationConfig:
         if self.mode == "static" and self.calibration is None:
             raise ValueError("mode: static needs a `calibration` section (data to measure activation ranges)")
+        if self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size {self.block_size} is not a power of two")
+        if self.mode == "int4" and (self.format or self.activation_type):
+            raise ValueError("mode: int4 is weight-only: it takes no format or activation_type")
         if self.mode == "dynamic":
             if self.format == "qdq":
                 raise ValueError("format: qdq needs mode: static (dynamic quantization is always QOperator)")
@@ -199,7 +208,7 @@ class QuantizationConfig(Strict):
 
     @property
     def resolved_format(self) -> str:
-        return "qoperator" if self.mode == "dynamic" else (self.format or "qdq")
+        return {"dynamic": "qoperator", "int4": "matmulnbits"}.get(self.mode) or self.format or "qdq"
 
     @property
     def resolved_activation_type(self) -> str:
@@ -236,6 +245,14 @@ class Thresholds(Strict):
         default=None, ge=0, le=1, description="Question answering with labels: minimum exact match of the answer text."
     )
     answer_f1: float | None = Field(default=None, ge=0, le=1, description="Question answering with labels: minimum answer F1.")
+    next_token_top1_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="Text generation: minimum share of positions whose most likely next "
+        "token is FP32's.",
+    )
+    kl_divergence_mean: float | None = Field(
+        default=None, ge=0, description="Text generation: maximum mean KL(FP32 ‖ model) of the next-token "
+        "distribution, nats per token.",
+    )
 
 
 class Shape(Strict):
@@ -282,8 +299,16 @@ class MixedPrecisionBudget(Strict):
         default=None, gt=0, le=1, description="Size ceiling as a share of the FP32 model; enforced exactly."
     )
     floors: dict[str, float] = Field(
-        default={}, description="Floors on any other validation metric of the task, worst shape, e.g. "
-        "{top1_agreement: 0.99, accuracy_delta: -0.005, token_agreement: 0.98, span_exact_match: 0.95}.",
+        default={}, description="Floors on any other validation metric of the task where higher is better, worst "
+        "shape, e.g. {top1_agreement: 0.99, accuracy_delta: -0.005, next_token_top1_agreement: 0.95}.",
+    )
+    ceilings: dict[str, float] = Field(
+        default={}, description="Ceilings on metrics where lower is better, worst shape, e.g. "
+        "{kl_divergence_mean: 0.02} (nats/token) for a language model.",
+    )
+    max_size_over_lowest: float | None = Field(
+        default=None, ge=1, description="Size ceiling as a multiple of the all-lowest-rung model's bytes (e.g. 1.15: at "
+        "most 15% more than uniform INT4); enforced exactly.",
     )
     max_latency_ratio: float | None = Field(
         default=None, gt=0, description="Latency ceiling as a share of FP32 (p50, measured interleaved, worst shape); "
@@ -298,15 +323,18 @@ class MixedPrecisionBudget(Strict):
 
 class MixedPrecisionConfig(Strict):
     enabled: bool = Field(default=True, description="Run the layer-wise mixed-precision search.")
-    candidates: list[Literal["xint8", "sint8", "sint8u", "int8", "int8s", "w8", "fp32"]] = Field(
+    candidates: list[Literal["int4", "int4a", "xint8", "sint8", "sint8u", "int8", "int8s", "w8", "fp16", "fp32"]] = Field(
         default=["sint8", "int8", "fp32"], min_length=1,
         description="Precisions an island may take, cheapest first: `sint8` (static INT8: the activation scale is "
         "fixed from calibration tokens, so no batch, padding or text length moves it; SmoothQuant folded in per "
         "island where it helps), `sint8u` (sint8 with uint8 weights: exact u8 x u8 accumulation where u8 x s8 "
         "saturates, on x86 without VNNI), `int8` (dynamic INT8: the range is taken at run time over the whole "
         "tensor), `int8s` (dynamic INT8 with SmoothQuant, padded rows zeroed first), `w8` (INT8 weights, FP32 "
-        "compute), `fp32`. With mode static: `xint8` (static INT8, symmetric, per-tensor, power-of-two scales, for "
-        "DPUs) and `fp32` (left to the CPU). The cheapest one listed is the baseline.",
+        "compute), `fp32`. For language models: `int4` (MatMulNBits, 4-bit weights in blocks of 32, round to nearest; "
+        "embeddings via GatherBlockQuantized), `int4a` (4-bit, asymmetric, each block's range chosen to minimise the "
+        "error weighted by the calibration activations' energy per channel), `fp16` (weights stored in FP16, "
+        "computed in FP32 on the CPU). With mode static: `xint8` (static INT8, symmetric, per-tensor, power-of-two "
+        "scales, for DPUs) and `fp32` (left to the CPU). The cheapest one listed is the baseline.",
     )
     smooth_alpha: float = Field(
         default=0.8, ge=0, le=1, description="SmoothQuant migration strength for `int8s` (0: none, 1: all into weights)."

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from edgeq.errors import ModelError, RecipeError
 from edgeq.tasks import (feature_extraction, image_classification, question_answering, text_classification,
-                         token_classification)  # fmt: skip
+                         text_generation, token_classification)  # fmt: skip
 from edgeq.tasks.base import Batch, Sample, Task
 
 TASKS: dict[str, Task] = {module.TASK.name: module.TASK for module in (
-    feature_extraction, text_classification, token_classification, question_answering, image_classification)}  # fmt: skip
+    feature_extraction, text_classification, token_classification, question_answering, image_classification,
+    text_generation)}  # fmt: skip
 TASK_NAMES = tuple(TASKS)
 # config.json model_type values of vision transformers (the rest are read as text models)
 VISION_MODEL_TYPES = {"vit", "deit", "beit", "swin", "swinv2", "convnext", "convnextv2", "dinov2", "levit",

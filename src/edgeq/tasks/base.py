@@ -50,6 +50,7 @@ class Task:
     head_suffixes: tuple[str, ...] = ()  # config.json architectures this task's head comes from; () = any
     metric_names: tuple[str, ...] = ()  # the task's own metrics (beside cosine, SQNR, errors)
     compares = ""  # what output is compared, in words (for reports)
+    proxy_name = "cosine"  # what proxy_score measures, in words
 
     # ------------------------------------------------------------------ data
     def read(self, source: DataSource, limit: int | None, key: str, model_dir: Path) -> list[Sample]:
@@ -81,11 +82,24 @@ class Task:
         raise NotImplementedError
 
     def metrics(self, reference: list[np.ndarray], candidate: list[np.ndarray], samples: list[Sample],
-                inputs) -> dict:  # fmt: skip
-        """Fidelity of `candidate` against `reference` (and, with labels, the task metric of both)."""
+                inputs, followed: tuple[list, list] | None = None) -> dict:  # fmt: skip
+        """Fidelity of `candidate` against `reference` (and, with labels, the task metric of both). `followed`
+        holds what `follow_up` produced for the reference and the candidate, when the task has one."""
         from edgeq.validate.metrics import fidelity
 
         return fidelity(reference, candidate)
+
+    def proxy_score(self, reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
+        """One number, higher is better, for the mixed-precision proxy passes: the mean cosine per sample."""
+        from edgeq.validate.metrics import sample_cosines
+
+        return float(sample_cosines(reference, candidate).mean())
+
+    follow_up_samples = 0  # how many samples a validation runs `follow_up` on (0: the task has none)
+
+    def follow_up(self, session, batch: Batch, inputs) -> list:
+        """Further per-sample results that need the session itself (e.g. generated tokens)."""
+        raise NotImplementedError
 
     def example_feed(self, inputs, batch_size: int) -> dict[str, np.ndarray]:
         """Inputs for profiling when no data is given."""

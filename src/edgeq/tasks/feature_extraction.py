@@ -31,7 +31,7 @@ class FeatureExtraction(Task):
             states = (states * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)
         return list(states.reshape(states.shape[0], -1))
 
-    def metrics(self, reference, candidate, samples, inputs) -> dict:
+    def metrics(self, reference, candidate, samples, inputs, followed=None) -> dict:
         from edgeq.validate.metrics import fidelity, nn_agreement
 
         metrics = fidelity(reference, candidate)

@@ -48,7 +48,7 @@ class ImageClassification(Task):
     def compared(self, outputs: dict[str, np.ndarray], batch: Batch) -> list[np.ndarray]:
         return list(np.asarray(first_output(outputs, "logits"), dtype=np.float32))
 
-    def metrics(self, reference, candidate, samples, inputs) -> dict:
+    def metrics(self, reference, candidate, samples, inputs, followed=None) -> dict:
         return logits_metrics(reference, candidate, [s.label for s in samples])
 
     def example_feed(self, inputs, batch_size: int) -> dict[str, np.ndarray]:

@@ -46,7 +46,7 @@ class QuestionAnswering(Task):
                       for i, n in enumerate(("start_logits", "end_logits")))  # fmt: skip
         return [np.stack([start[i, p], end[i, p]], axis=1) for i, p in enumerate(batch.extra["positions"])]
 
-    def metrics(self, reference, candidate, samples, inputs) -> dict:
+    def metrics(self, reference, candidate, samples, inputs, followed=None) -> dict:
         from edgeq.validate.metrics import fidelity
 
         metrics = fidelity(reference, candidate)

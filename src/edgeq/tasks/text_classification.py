@@ -36,7 +36,7 @@ class TextClassification(Task):
     def compared(self, outputs: dict[str, np.ndarray], batch: Batch) -> list[np.ndarray]:
         return list(np.asarray(first_output(outputs, "logits"), dtype=np.float32))
 
-    def metrics(self, reference, candidate, samples, inputs) -> dict:
+    def metrics(self, reference, candidate, samples, inputs, followed=None) -> dict:
         return logits_metrics(reference, candidate, [s.label for s in samples])
 
 

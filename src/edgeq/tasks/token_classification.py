@@ -45,7 +45,7 @@ class TokenClassification(Task):
         logits = np.asarray(first_output(outputs, "logits"), dtype=np.float32)
         return [logits[i, positions] for i, positions in enumerate(batch.extra["positions"])]
 
-    def metrics(self, reference, candidate, samples, inputs) -> dict:
+    def metrics(self, reference, candidate, samples, inputs, followed=None) -> dict:
         from edgeq.validate.metrics import fidelity
 
         metrics = fidelity(reference, candidate)

@@ -121,7 +121,7 @@ def _shape_entry(measured: dict, name: str, reference: str, task) -> dict:
         "batch_size": data.batch_size,
         "sequence_length": data.sequence_length,
         "samples": len(measured["truth"]),
-        "metrics": task.metrics(measured["truth"], measured["items"][name], samples, data.inputs),
+        "metrics": task.metrics(measured["truth"], measured["items"][name], samples, data.inputs, _followed(runs, name)),
         "latency_ms": latency,
         "latency_ratio_to_reference": round(latency["p50"] / ref_p50, 3) if ref_p50 else None,
     }
@@ -130,12 +130,18 @@ def _shape_entry(measured: dict, name: str, reference: str, task) -> dict:
     return entry
 
 
+def _followed(runs: dict, name: str) -> tuple[list, list] | None:
+    if "followed" not in runs.get(name, {}) or "__reference__" not in runs:
+        return None
+    return runs["__reference__"]["followed"], runs[name]["followed"]
+
+
 def worst_case(per_shape: list[dict], labels: list[str]) -> tuple[dict, dict[str, str]]:
     """The worst value of every metric over shapes (the lowest where higher is better, else the highest; a
     missing or non-finite value is worst of all), and the shape each came from."""
     metrics, worst = {}, {}
-    for key in per_shape[0]:
-        values = [(m.get(key), label) for m, label in zip(per_shape, labels)]
+    for key in dict.fromkeys(k for m in per_shape for k in m):  # a metric some shapes lack counts where measured
+        values = [(m[key], label) for m, label in zip(per_shape, labels) if key in m]
         if key == "sqnr_db" and all(v is EXACT for v, _ in values):
             metrics[key], worst[key] = EXACT, labels[0]
             continue
@@ -144,6 +150,9 @@ def worst_case(per_shape: list[dict], labels: list[str]) -> tuple[dict, dict[str
             metrics[key], worst[key] = None, missing[0][1]
             continue
         pick = min if key in HIGHER_IS_BETTER else max
+        if not all(isinstance(v, (int, float)) for v, _ in values):  # counts and notes: the first shape's
+            metrics[key], worst[key] = values[0]
+            continue
         metrics[key], worst[key] = pick(values, key=lambda item: item[0])
     return metrics, worst
 
@@ -169,7 +178,21 @@ def _run_here(models, reference_path, data: ShapeData, device, runtime, task, wa
         truth += reference_outputs
     for name, path in models.items() if with_placement else ():
         runs[name]["placement"] = placement(path, runtime, data.batches[0])
+    if with_placement and task.follow_up_samples:  # e.g. greedy continuations: on the first shape only
+        for name, session in sessions.items():
+            runs[name]["followed"] = follow_up(task, session, data)
+        runs["__reference__"] = {"followed": runs[reference]["followed"] if comparable else follow_up(task, reference_session, data)}
     return runs, truth
+
+
+def follow_up(task, session, data: ShapeData) -> list:
+    """The task's follow-up results (e.g. greedy continuations) for its first `follow_up_samples` samples."""
+    found = []
+    for batch in data.batches:
+        if len(found) >= task.follow_up_samples:
+            break
+        found += task.follow_up(session, batch, data.inputs)
+    return found[: task.follow_up_samples]
 
 
 def _run_in_device_runner(models, batches, device, runtime, task) -> dict:
