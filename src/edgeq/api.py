@@ -110,7 +110,8 @@ def validate(model: str | Path, reference: str | Path, data: DataSource, device:
 def profile(models: str | Path | list, device: str | None = None, runs: int = 100, min_seconds: float = 2.0,
             warmup: int = 10, threads: int | None = None, batch_size: int = 1, sequence_length: int = 128,
             inputs: str | Path | None = None, host: str | None = None, ssh_key: str | None = None,
-            known_hosts: str | None = None, remote_python: str | None = None, timeout: float = 900) -> dict:  # fmt: skip
+            known_hosts: str | None = None, remote_python: str | None = None, timeout: float = 900,
+            new_tokens: int = 32) -> dict:  # fmt: skip
     """Profile one model (the profile JSON of DESIGN.md) or several, interleaved ({"profiles", "comparison"}),
     on DEVICE: locally, or on a remote device over SSH (`host`, or the device profile's transport section)."""
     from edgeq.profile import profile_models
@@ -121,7 +122,18 @@ def profile(models: str | Path | list, device: str | None = None, runs: int = 10
     transport = default_transport(profile_device, host, ssh_key, known_hosts, remote_python)
     task = _task_for(paths[0].parent, None) if (paths[0].parent / "config.json").is_file() else None
     return profile_models(paths, profile_device, transport, runs, min_seconds, warmup, threads, batch_size,
-                          sequence_length, Path(inputs) if inputs else None, timeout, task)  # fmt: skip
+                          sequence_length, Path(inputs) if inputs else None, timeout, task, new_tokens)  # fmt: skip
+
+
+def plan(models: str | Path | list, device: str | None = None, context: int = 2048, memory_mb: int | None = None) -> dict:
+    """Memory per precision of one language model config on DEVICE at CONTEXT (the plan JSON of DESIGN.md), or,
+    for several, {"plans", "comparison"} at equal memory."""
+    from edgeq.plan import compare_at_equal_memory
+    from edgeq.plan import plan as plan_one
+
+    profile = load_device(device or host_cpu_device())
+    plans = [plan_one(m, profile, context, memory_mb) for m in (models if isinstance(models, list) else [models])]
+    return plans[0] if len(plans) == 1 else {"plans": plans, "comparison": compare_at_equal_memory(plans)}
 
 
 def inspect(model: str | Path) -> dict:

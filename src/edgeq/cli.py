@@ -59,6 +59,16 @@ def _echo_json(data) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _write_json(data, target: str) -> None:
+    """JSON to a file (written atomically), or to stdout for '-'."""
+    if target == "-":
+        _echo_json(data)
+        return
+    from edgeq.atomic import write_text
+
+    write_text(Path(target), json.dumps(data, indent=2, default=str) + "\n")
+
+
 # ---------------------------------------------------------------------------------------------- build
 @cli.command()
 @click.argument("recipe")
@@ -197,9 +207,11 @@ def validate(model, reference, data_path, field, label_field, question_field, co
 @click.option("--known-hosts", help="known_hosts file holding the device's host key.")
 @click.option("--remote-python", help="Python on the device (needs numpy and onnxruntime). Default python3.")
 @click.option("--timeout", type=click.FloatRange(min=10), default=900, show_default=True, help="Seconds for the run.")
+@click.option("--new-tokens", type=click.IntRange(min=2), default=32, show_default=True,
+              help="Language models: tokens generated per run (the prompt is --sequence-length tokens).")
 @click.option("--json", "json_file", help="Write the profile JSON to this file ('-' for stdout).")
 def profile(models, device, runs, min_seconds, warmup, threads, standard, inputs, batch_size, sequence_length, host,
-            ssh_key, known_hosts, remote_python, timeout, json_file) -> None:  # fmt: skip
+            ssh_key, known_hosts, remote_python, timeout, new_tokens, json_file) -> None:  # fmt: skip
     """Measure MODELS on DEVICE: load, first run, latency percentiles, memory, per-op time, placement.
     Several models run interleaved and are compared with the first."""
     from edgeq import api
@@ -208,14 +220,11 @@ def profile(models, device, runs, min_seconds, warmup, threads, standard, inputs
     if standard:
         runs, min_seconds = max(runs, STANDARD["runs"]), max(min_seconds, STANDARD["min_seconds"])
     result = api.profile(list(models), device, runs, min_seconds, warmup, threads, batch_size, sequence_length, inputs,
-                         host, ssh_key, known_hosts, remote_python, timeout)  # fmt: skip
-    if json_file == "-":
-        _echo_json(result)
-        return
+                         host, ssh_key, known_hosts, remote_python, timeout, new_tokens)  # fmt: skip
     if json_file:
-        from edgeq.atomic import write_text
-
-        write_text(Path(json_file), json.dumps(result, indent=2) + "\n")
+        _write_json(result, json_file)
+        if json_file == "-":
+            return
     for one in result.get("profiles", [result]):
         _print_profile(one)
     for pair in result.get("comparison", []):
@@ -232,12 +241,49 @@ def _print_profile(result: dict) -> None:
                f"  max {lat['max']:.3f}  mean {lat['mean']:.3f}  ({result['runs']} runs, {result['seconds']:.1f} s)")  # fmt: skip
     click.echo(f"  throughput {result['throughput_per_s']:.1f}/s  load {result['load_ms']:.0f} ms  first run "
                f"{result['first_run_ms']:.1f} ms  warm-up {result['warmup']} runs  peak RSS {result['peak_rss_mb']:.0f} MB")  # fmt: skip
+    if "ttft_ms" in result:
+        click.echo(f"  generation: {result['prompt_tokens']}-token prompt, {result['generated_tokens']} tokens: time to "
+                   f"first token p50 {result['ttft_ms']['p50']:.2f} ms, decode {result['decode_tokens_per_s']:.1f} "
+                   "tokens/s (latency above: per decoded token)")  # fmt: skip
     click.echo("  placement: " + ", ".join(f"{ep} {n}" for ep, n in result["placement"].items())
                + f"  (fallbacks {result['fallback_nodes']})")  # fmt: skip
     for op in result["ops"][:6]:
         click.echo(f"    {op['op_type']:<28} {op['ms']:8.3f} ms  {op['share']:6.1%}")
     if result.get("note"):
         click.echo(f"  note: {result['note']}")
+
+
+# ----------------------------------------------------------------------------------------------- plan
+@cli.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--device", default=None, help="Device id. Default: this host's CPU profile.")
+@click.option("--context", type=click.IntRange(min=1), default=2048, show_default=True, help="Context length (tokens).")
+@click.option("--memory-mb", type=click.IntRange(min=1), help="Memory to plan for. Default: the device profile's memory_mb.")
+@click.option("--json", "json_file", help="Write the plan JSON to this file ('-' for stdout).")
+def plan(models, device, context, memory_mb, json_file) -> None:
+    """What a language model (a folder with config.json, or the file; no weights needed) needs per precision on
+    DEVICE at a context length, and what fits. Two or more models: compared at equal memory."""
+    from edgeq import api
+
+    result = api.plan(list(models), device, context, memory_mb)
+    if json_file:
+        _write_json(result, json_file)
+        if json_file == "-":
+            return
+    plans = result["plans"] if "plans" in result else [result]
+    for entry in plans:
+        m, d = entry["model"], entry["device"]
+        click.echo(f"{m['config']}: {m['architecture']}, {m['parameters'] / 1e9:.3f} B parameters, {m['layers']} layers, "
+                   f"{m['kv_heads']} KV heads x {m['head_dim']}; {d['id']} with {d['memory_bytes'] / 2**30:.2f} GiB, "
+                   f"context {entry['context']}")  # fmt: skip
+        for o in entry["options"]:
+            click.echo(f"  {o['precision']:<5} weights {o['weights_bytes'] / 2**30:7.2f} GiB + KV ({o['kv_dtype']}) "
+                       f"{o['kv_cache_bytes'] / 2**30:6.2f} GiB + workspace {o['workspace_bytes'] / 2**30:5.2f} GiB = "
+                       f"{o['total_bytes'] / 2**30:7.2f} GiB  {'fits' if o['fits'] else 'does not fit'}")  # fmt: skip
+        click.echo(f"  largest that fits: {entry['largest_fitting'] or 'none'}")
+    if "comparison" in result:
+        click.echo("at equal memory: " + "; ".join(f"{r['model']} at {r['precision'] or 'nothing'}"
+                                                   for r in result["comparison"]["models"]))  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------------- inspect

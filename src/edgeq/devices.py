@@ -81,6 +81,11 @@ class DeviceProfile(Strict):
     session_config: dict[str, str] = Field(default={}, description="onnxruntime session config entries.")
     threads: int | None = Field(default=None, ge=1, description="Intra-op threads. Unset: onnxruntime decides.")
     memory_budget_mb: int | None = Field(default=None, ge=1, description="Memory the model may use on the device.")
+    memory_mb: int | None = Field(default=None, ge=1, description="The device's total memory (RAM), for `edgeq plan`.")
+    kv_cache_dtype: Literal["float32", "float16"] = Field(
+        default="float32", description="The type the device's runtime keeps a language model's KV cache in "
+        "(onnxruntime's CPU EP: float32; NPUs and GPUs: float16).",
+    )
     runs_float: bool = Field(default=True, description="The EP can run an FP32 model (an NPU such as the HTP cannot).")
     stand_in: Literal["cpu", "qemu-arm64"] | None = Field(
         default=None, description="When the device is not here: `cpu` checks numerics on this machine's CPU EP; "

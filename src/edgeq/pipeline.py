@@ -283,7 +283,7 @@ def profile_stage(plan: Plan, model: Path) -> StageResult:
     seq = cfg.sequence_length or plan.recipe.export.sequence_length or 128
     start = time.perf_counter()
     profiles = [profile_models([model], device, default_transport(device), cfg.runs, cfg.min_seconds, cfg.warmup,
-                               sequence_length=seq, task=plan.task)
+                               sequence_length=seq, task=plan.task, new_tokens=cfg.new_tokens)
                 for device in plan.devices]  # fmt: skip
     for entry in profiles:
         entry["model"] = "final/model.onnx"

@@ -37,7 +37,8 @@ class InputSpec:
 
 def profile_models(models: list[Path], device: DeviceProfile, transport=None, runs: int = 100,
                    min_seconds: float = 2.0, warmup: int = 10, threads: int | None = None, batch_size: int = 1,
-                   sequence_length: int = 128, inputs: Path | None = None, timeout: float = 900, task=None) -> dict:  # fmt: skip
+                   sequence_length: int = 128, inputs: Path | None = None, timeout: float = 900, task=None,
+                   new_tokens: int = 32) -> dict:  # fmt: skip
     """One profile per model (a dict for one model; {"profiles", "comparison"} for several). Inputs come from
     `inputs` (an .npz), else from the task's example (with the model folder's tokenizer or image processor),
     else are synthetic, built from the model's input signature."""
@@ -47,7 +48,7 @@ def profile_models(models: list[Path], device: DeviceProfile, transport=None, ru
     with tempfile.TemporaryDirectory(prefix="edgeq-profile-") as tmp:
         job_dir = Path(tmp)
         files = _write_job(job_dir, models, specs, device, runs, min_seconds, warmup, threads or device.threads,
-                           batch_size, sequence_length, inputs, transport, timeout, task)  # fmt: skip
+                           batch_size, sequence_length, inputs, transport, timeout, task, new_tokens)  # fmt: skip
         where = f"{transport.name}{' ' + transport.address if transport.name == 'ssh' else ''}"
         say(f"▶ profiling {len(models)} model(s) on {device.id} via {where}: ≥{runs} runs and ≥{min_seconds:g} s")
         transport.run(job_dir, files, timeout)
@@ -126,7 +127,7 @@ def _input_specs(model: Path) -> list[InputSpec]:
 
 
 def _write_job(job_dir, models, specs, device, runs, min_seconds, warmup, threads, batch_size, sequence_length,
-               inputs, transport, timeout, task=None) -> list[str]:  # fmt: skip
+               inputs, transport, timeout, task=None, new_tokens: int = 32) -> list[str]:  # fmt: skip
     shutil.copy2(RUNNER, job_dir / "runner.py")
     files, names, input_names = ["runner.py", "job.json"], [], []
     for index, (model, model_specs) in enumerate(zip(models, specs)):
@@ -146,6 +147,8 @@ def _write_job(job_dir, models, specs, device, runs, min_seconds, warmup, thread
     job = {"models": names, "inputs": input_names, "runs": runs, "min_seconds": min_seconds,
            "max_seconds": max(timeout - 60, min_seconds), "warmup": warmup, "threads": threads, "profile_runs": 3,
            "provider": provider, "session_config": device.session_config if not runtime.stand_in else {}}  # fmt: skip
+    if task is not None and task.generates:
+        job["generation"] = {"new_tokens": new_tokens}
     (job_dir / "job.json").write_text(json.dumps(job))
     return files
 
@@ -200,6 +203,16 @@ def _profile(model, raw, job_dir, runtime, transport, result, runs, warmup, batc
         "fallback_nodes": sum(n for ep, n in where["nodes"].items() if ep != runtime.provider),
         "environment": result["environment"],
     }
+    if "generation" in raw:  # a language model: runs are generations, latency_ms is per decoded token
+        generation = raw["generation"]
+        ttft = np.array(generation["ttft_ms"])
+        profile.update({
+            "runs": len(ttft), "prompt_tokens": sequence_length, "generated_tokens": len(values) // max(len(ttft), 1) + 1,
+            "ttft_ms": {"p50": round(float(np.percentile(ttft, 50)), 3), "p90": round(float(np.percentile(ttft, 90)), 3)},
+            "decode_tokens_per_s": round(float(np.median(generation["decode_tokens_per_s"])), 2),
+            "throughput_per_s": round(1000 / float(values.mean()), 2),
+            "latency_note": "latency_ms is the time of one decoded token (KV cache); ttft_ms the prompt's pass",
+        })  # fmt: skip
     if transport.name == "ssh":
         profile["host"] = transport.address
     if runtime.mode == "emulated":

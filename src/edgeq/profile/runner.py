@@ -7,7 +7,8 @@ job.json: {"models": ["m0.onnx", ...], "inputs": ["in0.npz", ...], "runs": 100, 
            "max_seconds": 600, "warmup": 10, "threads": 2, "profile_runs": 3,
            "provider": {"name": "CPUExecutionProvider", "options": {}, "plugin": null}, "session_config": {}}
 With several models, each round runs every model once, in turn (interleaved), until both `runs` rounds and
-`min_seconds` have passed (or `max_seconds`).
+`min_seconds` have passed (or `max_seconds`). With "generation": {"new_tokens": G} (a language model with a KV
+cache), a run is a whole greedy generation: the prompt in one pass, then G-1 tokens one at a time.
 """
 
 import argparse
@@ -59,6 +60,44 @@ def load_inputs(path):
         return {name: data[name] for name in data.files}
 
 
+def generate(session, feed, new_tokens):
+    """One greedy generation: the prompt in one run (time to first token), then one token a run through the KV
+    cache. Returns (time to first token in ms, [ms of each further token])."""
+    import numpy as np
+
+    names = [o.name for o in session.get_outputs()]
+    inputs = {i.name for i in session.get_inputs()}
+    start = time.perf_counter()
+    outputs = dict(zip(names, session.run(None, feed)))
+    first = (time.perf_counter() - start) * 1000
+    mask, steps = feed["attention_mask"], []
+    for _ in range(new_tokens - 1):
+        token = outputs["logits"][:, -1].argmax(-1).reshape(-1, 1).astype(feed["input_ids"].dtype)
+        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), mask.dtype)], axis=1)
+        step = {"input_ids": token, "attention_mask": mask}
+        if "position_ids" in inputs:
+            step["position_ids"] = (mask.sum(axis=1, keepdims=True) - 1).astype(feed["position_ids"].dtype)
+        step.update({n.replace("present", "past_key_values"): v for n, v in outputs.items() if n.startswith("present")})
+        start = time.perf_counter()
+        outputs = dict(zip(names, session.run(None, step)))
+        steps.append((time.perf_counter() - start) * 1000)
+    return first, steps
+
+
+def run_once(session, feed, job, record):
+    """One timed run: a plain inference, or (a language model) a whole generation."""
+    generation = job.get("generation")
+    if not generation:
+        start = time.perf_counter()
+        session.run(None, feed)
+        record["timings"].append((time.perf_counter() - start) * 1000)
+        return
+    first, steps = generate(session, feed, int(generation["new_tokens"]))
+    record["ttft_ms"].append(first)
+    record["timings"].extend(steps)
+    record["decode_tokens_per_s"].append(len(steps) * 1000 / max(sum(steps), 1e-9))
+
+
 def measure(job):
     make = session_factory(job)
     feeds = [load_inputs(p) for p in job["inputs"]]
@@ -74,14 +113,12 @@ def measure(job):
     for session, feed in zip(sessions, feeds):
         for _ in range(int(job["warmup"])):
             session.run(None, feed)
-    timings = [[] for _ in sessions]
+    records = [{"timings": [], "ttft_ms": [], "decode_tokens_per_s": []} for _ in sessions]
     started = time.perf_counter()
     rounds = 0
     while True:
         for index, (session, feed) in enumerate(zip(sessions, feeds)):
-            start = time.perf_counter()
-            session.run(None, feed)
-            timings[index].append((time.perf_counter() - start) * 1000)
+            run_once(session, feed, job, records[index])
         rounds += 1
         elapsed = time.perf_counter() - started
         if rounds >= job["runs"] and elapsed >= job["min_seconds"]:
@@ -96,8 +133,9 @@ def measure(job):
         traces.append(session.end_profiling())
     return {
         "models": [
-            {"load_ms": load_ms[i], "first_run_ms": first_ms[i], "timings_ms": timings[i], "trace": traces[i],
-             "providers": sessions[i].get_providers()}
+            {"load_ms": load_ms[i], "first_run_ms": first_ms[i], "timings_ms": records[i]["timings"],
+             "trace": traces[i], "providers": sessions[i].get_providers(),
+             **({"generation": {k: records[i][k] for k in ("ttft_ms", "decode_tokens_per_s")}} if job.get("generation") else {})}
             for i in range(len(sessions))
         ],
         "seconds": time.perf_counter() - started,

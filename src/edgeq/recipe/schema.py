@@ -360,7 +360,10 @@ class ProfileConfig(Strict):
     min_seconds: float = Field(default=2.0, ge=0, description="...and at least this many seconds (MLPerf: 1024, 60).")
     warmup: int = Field(default=10, ge=0, description="Untimed runs first.")
     sequence_length: PositiveInt | None = Field(
-        default=None, description="Token count of the synthetic inputs. Default: export length or 128."
+        default=None, description="Token count of the inputs (a language model's prompt). Default: export length or 128."
+    )
+    new_tokens: PositiveInt = Field(
+        default=32, description="Language models: tokens generated per run (time to first token, then tokens per second).",
     )
 
 

@@ -96,6 +96,7 @@ class TextGeneration(Task):
                 for i in range(len(batch.samples))]  # fmt: skip
 
     follow_up_samples = GREEDY_SAMPLES
+    generates = True
 
     def metrics(self, reference, candidate, samples, inputs, followed=None) -> dict:
         from edgeq.validate.metrics import fidelity
@@ -115,7 +116,11 @@ class TextGeneration(Task):
         return metrics
 
     def example_feed(self, inputs, batch_size: int) -> dict[str, np.ndarray]:
-        return inputs.encode(["An example prompt for profiling the language model."] * batch_size)
+        """A prompt of exactly `sequence_length` tokens (drawn from the vocabulary) and an empty cache."""
+        ids = np.random.default_rng(0).integers(min(100, inputs.text.vocab_size - 1), inputs.text.vocab_size,
+                                                size=(batch_size, inputs.sequence_length)).astype(np.int64)  # fmt: skip
+        mask = np.ones_like(ids)
+        return {"input_ids": ids, "attention_mask": mask, **inputs.step_inputs(ids, mask, None)}
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
