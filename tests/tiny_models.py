@@ -178,3 +178,40 @@ def make_image_folder(folder: Path, per_label: int = 4) -> Path:
             crop = image[top : top + 2 * height // 3, left : left + 2 * width // 3]
             Image.fromarray(crop[:, ::-1] if k % 2 else crop).save(folder / label / f"{label}_{k}.png")
     return folder
+
+
+DECODERS = ("gpt2", "llama", "qwen2")
+
+
+def decoder_config(arch: str, vocab: dict):
+    import transformers
+
+    common = dict(vocab_size=vocab["vocab_size"], pad_token_id=vocab["pad_token_id"])
+    if arch == "gpt2":
+        return transformers.GPT2Config(**common, n_embd=64, n_layer=2, n_head=4, n_positions=256)
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+    return (transformers.LlamaConfig if arch == "llama" else transformers.Qwen2Config)(**common, **shape)
+
+
+def make_decoder(folder: Path, arch: str, seed: int = 0, planted: bool = False) -> Path:
+    """A tiny random decoder with a byte-level BPE tokenizer. `planted` (Llama/Qwen2) makes PLANTED_DECODER_ISLAND
+    sensitive to 4-bit rounding only: one input channel is always zero (its norm weight is 0), and that channel's
+    weights in the value projection are huge. FP32 outputs do not see them; a block's round-to-nearest scale does."""
+    import torch
+    import transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = save_tokenizer("roberta", folder)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(decoder_config(arch, vocab))
+    if planted:
+        layer = model.model.layers[1]
+        with torch.no_grad():
+            layer.input_layernorm.weight[7] = 0.0
+            layer.self_attn.v_proj.weight[:, 7] = 40.0
+    model.save_pretrained(str(folder))
+    return folder
+
+
+PLANTED_DECODER_ISLAND = "model.layers.1.self_attn.v_proj"

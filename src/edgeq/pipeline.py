@@ -87,6 +87,7 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None) -> Pla
     model_dir = resolve_source(recipe.model.source)
     task, reason = resolve_task(recipe.model.task, model_dir)
     check_metric_names(recipe, task)
+    check_context(recipe, model_dir)
     validation = task.read(recipe.validation.data, recipe.validation.samples, "validation.data", model_dir)
     calib = recipe.quantization.calibration
     calibration = task.read(calib.data, calib.samples, "quantization.calibration.data", model_dir) if calib else None
@@ -123,6 +124,27 @@ def check_metric_names(recipe: Recipe, task) -> None:
         if metric not in known:
             raise RecipeError(f"{key}: {task.name} has no metric '{metric}'",
                               f"Its metrics: {', '.join(sorted(known))}")  # fmt: skip
+
+
+def check_context(recipe: Recipe, model_dir: Path) -> None:
+    """No sequence length may pass the model's position table (max_position_embeddings / n_positions)."""
+    from edgeq.errors import RecipeError
+    from edgeq.tasks import model_config
+
+    config = model_config(model_dir)
+    limit = config.get("max_position_embeddings") or config.get("n_positions")
+    if not isinstance(limit, int):
+        return
+    used = [("validation.sequence_length", recipe.sequence_length_for(recipe.validation))]
+    used += [(f"validation.shapes.{i}.sequence_length", s.sequence_length) for i, s in enumerate(recipe.validation.shapes or [])]
+    if recipe.quantization.calibration is not None:
+        used.append(("quantization.calibration.sequence_length", recipe.sequence_length_for(recipe.quantization.calibration)))
+    if recipe.profile is not None:
+        used.append(("profile.sequence_length", recipe.profile.sequence_length))
+    for key, length in used:
+        if length is not None and length > limit:
+            raise RecipeError(f"{key}: {length} tokens is over the model's max_position_embeddings ({limit})",
+                              f"Use at most {limit}")  # fmt: skip
 
 
 def run_build(plan: Plan, force: bool = False) -> BuildResult:

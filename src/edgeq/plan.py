@@ -66,7 +66,7 @@ def model_shape(config: dict) -> Shape:
     attention = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
     mlp = (2 if gpt2 else 3) * hidden * intermediate
     biases = (heads + 2 * kv_heads) * head_dim * (gpt2 or config.get("model_type") == "qwen2" or bool(config.get("attention_bias")))
-    biases += (hidden + intermediate) * gpt2
+    biases += (2 * hidden + intermediate) * gpt2  # attention and MLP output projections, MLP input
     norms = (4 if gpt2 else 2) * hidden
     tied = config.get("tie_word_embeddings", gpt2)
     positions = int(config.get("n_positions") or 0) * hidden if gpt2 else 0

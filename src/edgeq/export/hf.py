@@ -10,7 +10,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-from edgeq.errors import StageError
+from edgeq.errors import ModelError, StageError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
@@ -28,6 +28,7 @@ def export_onnx(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the folder is local: never reach for the hub
     from optimum.exporters.onnx import main_export
 
+    check_supported(model_dir, task)
     _quiet_libraries()
     log = io.StringIO()
     try:
@@ -66,6 +67,21 @@ def _gemm_as_matmul(model_path: Path) -> None:
     if gemm_to_matmul(model):
         external = bool(external_files(onnx.load(str(model_path), load_external_data=False)))
         onnx.save(model, str(model_path), save_as_external_data=external, location=f"{model_path.name}.data")
+
+
+def check_supported(model_dir: Path, task: str) -> None:
+    """A ModelError naming the architecture and the supported ones, before optimum fails with a traceback."""
+    from optimum.exporters.tasks import TasksManager
+
+    from edgeq.tasks import model_config
+
+    model_type = str(model_config(model_dir).get("model_type", ""))
+    supported = sorted(m for m in TasksManager._SUPPORTED_MODEL_TYPE
+                       if task in TasksManager.get_supported_tasks_for_model_type(m, exporter="onnx", library_name="transformers"))  # fmt: skip
+    spellings = {model_type, model_type.replace("_", "-"), model_type.replace("-", "_")}
+    if model_type and not spellings & set(supported):
+        raise ModelError(f"the ONNX exporter (optimum) has no {task} export for model_type '{model_type}'",
+                         f"Supported: {', '.join(supported)}")  # fmt: skip
 
 
 def fix_shapes(model_path: Path, batch_size: int | None, sequence_length: int | None) -> None:

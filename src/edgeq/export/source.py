@@ -1,4 +1,5 @@
-"""Find the model folder a recipe's `model.source` names: a local folder, `pkg:<module>`, or a hub id."""
+"""Find the model folder a recipe's `model.source` names: a local folder, `pkg:<module>`, `trained:<name>` (a
+model edgeq trains here once, e.g. trained:tiny-llama), or a hub id."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ def resolve_source(source: str) -> Path:
     """The local folder holding the model's config.json and weights, or ModelError saying why not."""
     if source.startswith("pkg:"):
         return _from_package(source.removeprefix("pkg:"))
+    if source.startswith("trained:"):
+        return _trained(source.removeprefix("trained:"))
     path = Path(source).expanduser()
     if path.exists():
         return _check_folder(path)
@@ -37,6 +40,16 @@ def _from_package(module_name: str) -> Path:
     if getter is None:
         raise ModelError(f"package '{module_name}' has no get_model_path()", "Point model.source at a folder")
     return _check_folder(Path(getter()))
+
+
+def _trained(name: str) -> Path:
+    """edgeq's own small models, trained here once and cached (see edgeq.demo_lm)."""
+    from edgeq import demo_lm
+    from edgeq.progress import say
+
+    if name != demo_lm.NAME:
+        raise ModelError(f"no trained model named '{name}'", f"edgeq trains one: trained:{demo_lm.NAME}")
+    return _check_folder(demo_lm.ensure(say=say))
 
 
 def _check_folder(path: Path) -> Path:

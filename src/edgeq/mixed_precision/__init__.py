@@ -18,7 +18,10 @@ from edgeq.mixed_precision.search import Budget, SearchResult, model_size, searc
 from edgeq.mixed_precision.statistics import ActivationStats, token_statistics
 
 OVERRIDES_FILE = "overrides.yaml"
-MEANING = {"xint8": "static INT8 with power-of-two scales, on the DPU",
+MEANING = {"int4": "4-bit weights (round to nearest, blocks of 32)",
+           "int4a": "4-bit weights with importance-weighted block ranges",
+           "fp16": "FP16 weights (FP32 compute)",
+           "xint8": "static INT8 with power-of-two scales, on the DPU",
            "sint8": "static INT8 (activation scale fixed from calibration tokens)",
            "sint8u": "static INT8 with uint8 weights (exact u8 x u8 accumulation)",
            "int8": "dynamic INT8 (INT8 weights, activations quantized at run time)",

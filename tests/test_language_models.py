@@ -1,0 +1,186 @@
+"""Language models on tiny random decoders (GPT-2, Llama, Qwen2) built from configs: export with a KV cache,
+cache-vs-no-cache equality, 4-bit packing, the memory planner's arithmetic, and the mixed-precision search on a
+planted sensitive projection. Random weights prove mechanics, never quality."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper
+
+from conftest import DATA, base_recipe
+from edgeq import api
+from edgeq.feeds import feed_for
+from edgeq.mixed_precision.candidates import int4_blocks, matmul_int4
+from edgeq.plan import model_shape
+from edgeq.tasks import TASKS
+from tiny_models import DECODERS, PLANTED_DECODER_ISLAND, decoder_config, make_decoder, save_tokenizer
+
+
+def assert_error(result, line: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == [line]
+
+
+@pytest.fixture(scope="module", params=DECODERS)
+def exported(request, tmp_path_factory):
+    folder = make_decoder(tmp_path_factory.mktemp(request.param), request.param)
+    return request.param, api.export(str(folder), tmp_path_factory.mktemp(f"{request.param}-onnx") / "fp32")
+
+
+def test_export_carries_a_kv_cache(exported):
+    arch, path = exported
+    model = onnx.load(str(path), load_external_data=False)
+    inputs, outputs = [i.name for i in model.graph.input], [o.name for o in model.graph.output]
+    assert {"input_ids", "attention_mask", "past_key_values.0.key", "past_key_values.1.value"} <= set(inputs)
+    assert outputs[0] == "logits" and {"present.0.key", "present.1.value"} <= set(outputs)
+    assert not any(n.op_type == "Gemm" for n in model.graph.node)  # GPT-2's Conv1D became MatMul + Add
+
+
+def test_the_cache_gives_the_logits_of_the_whole_text(exported):
+    _, path = exported
+    task = TASKS["text-generation"]
+    inputs = task.inputs(path.parent, 64, False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    full = inputs.encode(["The river Avon runs through the town and floods the meadows most winters."])
+    whole = dict(zip(names, session.run(None, feed_for(session.get_inputs(), full))))["logits"][0]
+    ids, split = full["input_ids"], 6
+    mask = np.ones((1, split), np.int64)
+    step = {"input_ids": ids[:, :split], "attention_mask": mask, **inputs.step_inputs(ids[:, :split], mask, None)}
+    produced = [dict(zip(names, session.run(None, feed_for(session.get_inputs(), step))))]
+    for position in range(split, ids.shape[1]):
+        mask = np.ones((1, position + 1), np.int64)
+        past = {n.replace("present", "past_key_values"): v for n, v in produced[-1].items() if n.startswith("present")}
+        token = ids[:, position : position + 1]
+        step = {"input_ids": token, "attention_mask": mask, **inputs.step_inputs(token, mask, past)}
+        produced.append(dict(zip(names, session.run(None, feed_for(session.get_inputs(), step)))))
+    cached = np.concatenate([p["logits"][0] for p in produced])
+    assert cached.shape == whole.shape and np.abs(cached - whole).max() < 1e-4
+
+
+def test_int4_packing_matches_its_own_dequantization():
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(70, 24)).astype(np.float32)  # K not a multiple of the block: padded
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+    errors = {}
+    for importance in (None, rng.uniform(0.1, 2.0, size=70)):
+        candidate = matmul_int4(node, weight, importance)
+        graph = helper.make_graph(candidate.nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 70])],
+                                  [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 24])], candidate.initializers)  # fmt: skip
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+        x = rng.normal(size=(3, 70)).astype(np.float32)
+        got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        codes, scale, zero = int4_blocks(weight, importance)
+        dequantized = ((codes.astype(np.float32) - zero[..., None]) * scale[..., None]).reshape(24, -1)[:, :70].T
+        assert np.abs(got - x @ dequantized).max() < 1e-3
+        errors[importance is None] = dequantized - weight
+    assert np.abs(errors[True]).max() < 0.5 * np.abs(weight).max() / 7 + 1e-6  # round to nearest: within half a step
+    weighted = lambda error: float((importance[:, None] * error**2).sum())  # noqa: E731
+    assert weighted(errors[False]) < weighted(errors[True])  # the importance-weighted ranges do better where it counts
+
+
+@pytest.mark.parametrize("arch", DECODERS)
+def test_planner_counts_the_parameters_pytorch_has(arch, tmp_path):
+    import transformers
+
+    vocab = save_tokenizer("roberta", tmp_path)
+    config = decoder_config(arch, vocab)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    counted = sum(p.numel() for p in model.parameters())
+    assert model_shape(config.to_dict()).parameters == counted
+
+
+def test_plan_for_a_7b_config_at_4096_tokens_in_8_gb(run_cli, tmp_path):
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+              "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+              "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096,
+              "tie_word_embeddings": False}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "plan.json"
+    result = run_cli("plan", tmp_path, "--device", "snapdragon-8-gen-3", "--context", "4096", "--memory-mb", "8192",
+                     "--json", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    plan = json.loads(out.read_text())
+    options = {o["precision"]: o for o in plan["options"]}
+    assert plan["model"]["parameters"] == 6_738_415_616  # Llama-2-7B's published count
+    assert not options["fp16"]["fits"] and options["int4"]["fits"] and plan["largest_fitting"] == "int4"
+    arithmetic = 6_738_415_616 * (4 / 8 + 4 / 32 + 0.5 / 32)  # 4-bit weights, an FP32 scale and a 4-bit zero point per 32
+    assert abs(options["int4"]["weights_bytes"] / arithmetic - 1) < 0.02
+    assert options["int4"]["kv_cache_bytes"] == 2 * 32 * 32 * 128 * 4096 * 2 and options["int4"]["kv_dtype"] == "float16"
+    assert "int4" in result.output or out.is_file()
+
+
+def test_planted_projection_is_found_and_promoted(tmp_path, write_recipe):
+    model = make_decoder(tmp_path / "planted", "llama", seed=1, planted=True)
+    recipe = base_recipe(str(model), model={"task": "text-generation"},
+                         quantization={"mode": "int4", "op_types": ["MatMul"],
+                                       "calibration": {"data": {"path": str(DATA / "calibration.txt")}, "samples": 16,
+                                                       "sequence_length": 48}},
+                         mixed_precision={"proxy_samples": 8, "candidates": ["int4", "int4a", "fp16"],
+                                          "budget": {"min_cosine_mean": None, "ceilings": {"kl_divergence_mean": 1e-4}}},
+                         validation={"samples": 24, "sequence_length": 48, "thresholds": {"cosine_mean": None}})  # fmt: skip
+    report = api.build(write_recipe(recipe), output=tmp_path / "out").report
+    mp = report["mixed_precision"]
+    islands = {i["name"]: i for i in mp["islands"]}
+    best = max(mp["islands"], key=lambda i: max(i["gain"].values(), default=0))
+    assert best["name"] == PLANTED_DECODER_ISLAND
+    assert islands[PLANTED_DECODER_ISLAND]["precision"] in ("int4a", "fp16")
+    assert "minus KL" in islands[PLANTED_DECODER_ISLAND]["reason"]
+    final = next(v for v in report["validations"] if v["artifact"] == "mixed")
+    uniform = next(v for v in report["validations"] if v["artifact"] == "int4")
+    assert final["metrics"]["kl_divergence_mean"] < uniform["metrics"]["kl_divergence_mean"]
+    for key in ("next_token_top1_agreement", "kl_divergence_mean", "perplexity", "perplexity_reference",
+                "greedy_match_tokens"):  # fmt: skip
+        assert key in final["metrics"], key
+
+
+def test_encoder_given_text_generation(run_cli, write_recipe, tiny_bert):
+    path = write_recipe(base_recipe(str(tiny_bert), model={"task": "text-generation"}))
+    assert_error(run_cli("build", path), "Error: model.task is text-generation but the model is a BertModel, which has "
+                                         "no text-generation head. Use a ...ForCausalLM model, or omit model.task to "
+                                         "let edgeq detect it")  # fmt: skip
+
+
+def test_context_over_the_models_positions(run_cli, write_recipe, tmp_path):
+    model = make_decoder(tmp_path / "short", "gpt2")
+    path = write_recipe(base_recipe(str(model), model={"task": "text-generation"}, validation={"sequence_length": 300}))
+    assert_error(run_cli("build", path), "Error: validation.sequence_length: 300 tokens is over the model's "
+                                         "max_position_embeddings (256). Use at most 256")  # fmt: skip
+
+
+def test_plan_errors(run_cli, tmp_path, monkeypatch):
+    (tmp_path / "notes.json").write_text('{"hello": 1}')
+    assert_error(run_cli("plan", tmp_path / "notes.json"),
+                 f"Error: '{tmp_path / 'notes.json'}' is not a language model config (no num_hidden_layers). Give the "
+                 "config.json of a decoder such as Llama, Mistral, Qwen2, Phi-3 or GPT-2")  # fmt: skip
+    devices = tmp_path / "devices"
+    devices.mkdir()
+    (devices / "bare.yaml").write_text("id: bare\ndescription: d\ndevice_class: cpu\narch: x86_64\n"
+                                       "execution_provider: {name: CPUExecutionProvider}\n")  # fmt: skip
+    monkeypatch.setenv("EDGEQ_DEVICES_PATH", str(devices))
+    config = tmp_path / "m"
+    config.mkdir()
+    (config / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64,
+                                                    "num_attention_heads": 4, "vocab_size": 100}))  # fmt: skip
+    assert_error(run_cli("plan", config, "--device", "bare"),
+                 "Error: device 'bare' has no memory facts (memory_mb). Pass --memory-mb N")
+
+
+def test_architecture_the_exporter_does_not_support(run_cli, write_recipe, tmp_path):
+    import transformers
+
+    folder = tmp_path / "xlnet"
+    folder.mkdir()
+    vocab = save_tokenizer("roberta", folder)
+    config = transformers.XLNetConfig(vocab_size=vocab["vocab_size"], d_model=32, n_layer=1, n_head=2, d_inner=64)
+    transformers.XLNetLMHeadModel(config).save_pretrained(str(folder))
+    result = run_cli("build", write_recipe(base_recipe(str(folder), model={"task": None})))
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("Error: the ONNX exporter (optimum) has no text-generation-with-past export for "
+                           "model_type 'xlnet'. Supported: ") and "llama" in line and "qwen2" in line  # fmt: skip
