@@ -241,7 +241,8 @@ def int4_blocks(weight: np.ndarray, importance: np.ndarray | None = None, block:
     """4-bit block quantization of a MatMul weight [K, N] along K: (codes [N, blocks, block] in 0..15, scales
     [N, blocks], zero points [N, blocks]).
 
-    Without `importance`: round-to-nearest, symmetric (zero point 8, scale = max|w| / 7). With it (E[x²] per input
+    Without `importance`: round-to-nearest, symmetric (zero point 8; the block's largest-magnitude weight maps to
+    -8, so all 16 levels are used, as onnxruntime's and llama.cpp's Q4_0 do). With it (E[x²] per input
     channel, from calibration tokens): asymmetric, and each block's range is shrunk to the factor that minimises
     the importance-weighted error Σ h_k (w_k - ŵ_k)², as llama.cpp's k-quants do with an importance matrix."""
     rows, cols = weight.shape
@@ -250,23 +251,22 @@ def int4_blocks(weight: np.ndarray, importance: np.ndarray | None = None, block:
     padded[:rows] = weight
     w = padded.T.reshape(cols, blocks, block)
     if importance is None:
-        scale = np.abs(w).max(axis=2) / 7.0
-        scale = np.where(scale == 0, 1.0, scale)
+        extreme = np.take_along_axis(w, np.abs(w).argmax(axis=2)[..., None], axis=2)[..., 0]
+        scale = np.where(extreme == 0, 1.0, extreme / -8.0)
         codes = np.clip(np.round(w / scale[..., None]) + 8, 0, 15)
         return codes.astype(np.uint8), scale.astype(np.float32), np.full(scale.shape, 8, np.uint8)
     h = np.zeros(blocks * block, np.float32)
     h[:rows] = np.maximum(importance, 1e-8)
     h = h.reshape(1, blocks, block)
-    best = None
+    codes, scale, zero = int4_blocks(weight, None, block)  # round to nearest is one of the choices
+    rtn_error = (h * ((codes - zero[..., None].astype(np.float32)) * scale[..., None] - w) ** 2).sum(axis=2)
+    best = [codes.astype(np.float32), scale, zero.astype(np.float32), rtn_error]
     for shrink in (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7):
         low, high = np.minimum(w.min(axis=2), 0) * shrink, np.maximum(w.max(axis=2), 0) * shrink
         scale = np.where(high - low == 0, 1.0, (high - low) / 15.0)
         zero = np.clip(np.round(-low / scale), 0, 15)
         codes = np.clip(np.round(w / scale[..., None]) + zero[..., None], 0, 15)
         error = (h * ((codes - zero[..., None]) * scale[..., None] - w) ** 2).sum(axis=2)
-        if best is None:
-            best = [codes, scale, zero, error]
-            continue
         better = error < best[3]
         best[0] = np.where(better[..., None], codes, best[0])
         best[1], best[2], best[3] = np.where(better, scale, best[1]), np.where(better, zero, best[2]), np.minimum(error, best[3])
