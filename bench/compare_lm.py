@@ -1,5 +1,6 @@
 """Compare, in one run on one machine, on held-out text: a language model's FP32 export, uniform INT4 by
-onnxruntime's quantizer (round to nearest, and k-quant), the onnxruntime-genai model builder's fixed mixed rule
+onnxruntime's quantizer (the build's int4/: its default, embedding table included; and the RTN and k-quant
+algorithm configs, which leave the embedding table in FP32), the onnxruntime-genai model builder's fixed mixed rule
 (`k_quant_mixed`: llama.cpp's rule, 8-bit value and down projections in some layers and an 8-bit LM head), and
 edgeq's final model (its measured per-projection choice).
 
@@ -119,8 +120,8 @@ def main() -> None:
     layers = json.loads((build / "fp32" / "config.json").read_text())["num_hidden_layers"]
     with tempfile.TemporaryDirectory(prefix="edgeq-bench-lm-") as tmp, contextlib.chdir(tmp):
         work = Path(tmp)
-        models = {"FP32 (export)": fp32}
-        for name, algorithm in (("INT4 RTN (onnxruntime)", "rtn"), ("INT4 k-quant (onnxruntime)", "k_quant"),
+        models = {"FP32 (export)": fp32, "uniform INT4 (build's int4/)": build / "int4" / "model.onnx"}
+        for name, algorithm in (("INT4 RTN, LM table FP32", "rtn"), ("INT4 k-quant, LM table FP32", "k_quant"),
                                 ("genai k_quant_mixed rule", "k_quant_mixed")):  # fmt: skip
             started = time.perf_counter()
             models[name] = onnxruntime_int4(fp32, work / algorithm, algorithm, layers)
@@ -128,13 +129,13 @@ def main() -> None:
         models["edgeq final"] = build / "final" / "model.onnx"
         print(f"measuring {len(models)} models on {len(texts)} held-out paragraphs", file=sys.stderr)
         fidelity = measure_fidelity(models, texts, build / "fp32", device)
-        speed = measure_speed({k: models[k] for k in ("FP32 (export)", "INT4 RTN (onnxruntime)", "edgeq final")},
+        speed = measure_speed({k: models[k] for k in ("FP32 (export)", "uniform INT4 (build's int4/)", "edgeq final")},
                               build / "fp32", device, args.rounds)  # fmt: skip
         sizes = {name: path.stat().st_size for name, path in models.items()}
-    base = sizes["INT4 RTN (onnxruntime)"]
+    base = sizes["uniform INT4 (build's int4/)"]
     print(f"\n{build.name} on {len(texts)} held-out paragraphs ({sum(f['tokens'] for f in fidelity.values()) // len(fidelity)} "
           f"tokens), {device.id} ({device.threads} threads)\n")  # fmt: skip
-    header = f"{'model':<28}{'MB':>7}{'vs INT4':>9}{'top-1':>8}{'KL':>9}{'ppl':>8}{'greedy':>8}{'tok/s':>8}"
+    header = f"{'model':<30}{'MB':>7}{'vs INT4':>9}{'top-1':>8}{'KL':>9}{'ppl':>8}{'greedy':>8}{'tok/s':>8}"
     print(header)
     print("-" * len(header))
     rows = []
@@ -142,7 +143,7 @@ def main() -> None:
         f, s = fidelity[name], speed.get(name, {})
         rows.append({"model": name, "bytes": sizes[name], "size_vs_int4": sizes[name] / base, **f, **s})
         tok = f"{s['decode_tokens_per_s']:>8.0f}" if s else f"{'':>8}"
-        print(f"{name:<28}{sizes[name] / 1e6:>7.2f}{sizes[name] / base:>9.3f}{f['next_token_top1_agreement']:>8.4f}"
+        print(f"{name:<30}{sizes[name] / 1e6:>7.2f}{sizes[name] / base:>9.3f}{f['next_token_top1_agreement']:>8.4f}"
               f"{f['kl_divergence_mean']:>9.5f}{f['perplexity']:>8.2f}{f.get('greedy_match_tokens', 0):>8.2f}{tok}")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"texts": len(texts), "device": device.id, "rows": rows}, indent=2, default=str))

@@ -144,7 +144,7 @@ def test_wrong_value_type_names_key_and_value(run_cli, write_recipe):
     path = write_recipe(recipe)
     result = run_cli("build", path)
     assert_error(result, f"Error: recipe '{path}' line {line_of(path, 'mode: fast')}: key 'quantization.mode': "
-                         "Input should be 'dynamic' or 'static' (got 'fast')")  # fmt: skip
+                         "Input should be 'dynamic', 'static' or 'int4' (got 'fast')")  # fmt: skip
 
 
 def test_static_quantize_without_calibration(run_cli, tiny_onnx, tmp_path):

@@ -15,7 +15,7 @@ from onnx import helper
 from conftest import DATA, base_recipe
 from edgeq import api
 from edgeq.feeds import feed_for
-from edgeq.mixed_precision.candidates import int4_blocks, matmul_int4
+from edgeq.mixed_precision.candidates import int4_blocks, int4_gptq, matmul_int4
 from edgeq.plan import model_shape
 from edgeq.tasks import TASKS
 from tiny_models import DECODERS, PLANTED_DECODER_ISLAND, decoder_config, make_decoder, save_tokenizer
@@ -82,6 +82,22 @@ def test_int4_packing_matches_its_own_dequantization():
     assert np.abs(errors[True]).max() < 0.5 * np.abs(weight).max() / 8 + 1e-6  # round to nearest: within half a step
     weighted = lambda error: float((importance[:, None] * error**2).sum())  # noqa: E731
     assert weighted(errors[False]) < weighted(errors[True])  # the importance-weighted ranges do better where it counts
+
+
+def test_gptq_lowers_the_output_error_on_correlated_inputs():
+    rng = np.random.default_rng(1)
+    weight = rng.normal(size=(64, 16)).astype(np.float32)
+    mixing = rng.normal(size=(64, 64)) * 0.3 + np.eye(64)
+    rows = (rng.normal(size=(512, 64)) @ mixing).astype(np.float32)  # correlated input dimensions, as in a real layer
+    held_out = (rng.normal(size=(256, 64)) @ mixing).astype(np.float32)
+
+    def output_error(codes, scale, zero):
+        dequantized = ((codes.astype(np.float32) - zero[..., None]) * scale[..., None]).reshape(16, -1)[:, :64].T
+        return float(((held_out @ dequantized - held_out @ weight) ** 2).mean())
+
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+    assert matmul_int4(node, weight, samples=rows).detail["method"] == "GPTQ"
+    assert output_error(*int4_gptq(weight, rows)) < 0.8 * output_error(*int4_blocks(weight))
 
 
 @pytest.mark.parametrize("arch", DECODERS)

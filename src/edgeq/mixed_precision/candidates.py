@@ -273,6 +273,39 @@ def int4_blocks(weight: np.ndarray, importance: np.ndarray | None = None, block:
     return best[0].astype(np.uint8), best[1].astype(np.float32), best[2].astype(np.uint8)
 
 
+def int4_gptq(weight: np.ndarray, rows: np.ndarray, block: int = INT4_BLOCK, damp: float = 0.01):
+    """GPTQ (Frantar et al.): input dimensions quantized one at a time, each one's rounding error pushed onto the
+    ones not yet quantized through the inverse Hessian of the layer's input (H = XᵀX over calibration tokens), so
+    the output error, not the weight error, is what is minimised. Asymmetric 4-bit, one range per block of 32
+    (taken from the weights as updated when the block starts). Same layout as int4_blocks."""
+    k, n = weight.shape
+    blocks = -(-k // block)
+    w = np.zeros((blocks * block, n), np.float64)
+    w[:k] = weight
+    x = rows.astype(np.float64)
+    h = np.zeros((blocks * block, blocks * block))
+    h[:k, :k] = x.T @ x / max(len(x), 1)
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    h += np.eye(len(h)) * damp * np.mean(np.diag(h))
+    inverse = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H⁻¹, as GPTQ uses it
+    codes = np.zeros((n, blocks, block), np.uint8)
+    scales, zeros = np.zeros((n, blocks), np.float32), np.zeros((n, blocks), np.uint8)
+    for row in range(blocks * block):
+        g, i = divmod(row, block)
+        if i == 0:
+            group = w[row : row + block]
+            low, high = np.minimum(group.min(axis=0), 0), np.maximum(group.max(axis=0), 0)
+            scale = np.where(high - low == 0, 1.0, (high - low) / 15.0)
+            zero = np.clip(np.round(-low / scale), 0, 15)
+            scales[:, g], zeros[:, g] = scale, zero
+        q = np.clip(np.round(w[row] / scale) + zero, 0, 15)
+        codes[:, g, i] = q
+        error = (w[row] - (q - zero) * scale) / inverse[row, row]
+        w[row + 1 :] -= np.outer(inverse[row, row + 1 :], error)
+    return codes, scales, zeros
+
+
 def pack_nibbles(values: np.ndarray) -> np.ndarray:
     """Two 4-bit values a byte along the last axis, the first in the low nibble (MatMulNBits' layout)."""
     if values.shape[-1] % 2:
@@ -281,10 +314,11 @@ def pack_nibbles(values: np.ndarray) -> np.ndarray:
 
 
 def matmul_int4(node: onnx.NodeProto, weight: np.ndarray, importance: np.ndarray | None = None,
-                tag: str = "q4") -> Candidate:  # fmt: skip
-    """MatMulNBits with 4-bit weights in blocks of 32 along K (FP32 activations; onnxruntime's CPU kernels)."""
+                tag: str = "q4", samples: np.ndarray | None = None) -> Candidate:  # fmt: skip
+    """MatMulNBits with 4-bit weights in blocks of 32 along K (FP32 activations; onnxruntime's CPU kernels):
+    round to nearest, importance-weighted ranges, or (with calibration `samples` of the input) GPTQ."""
     rows, cols = weight.shape
-    codes, scale, zero = int4_blocks(weight, importance)
+    codes, scale, zero = int4_gptq(weight, samples) if samples is not None else int4_blocks(weight, importance)
     base = f"{_base(node)}_{tag}"
     inits = [numpy_helper.from_array(pack_nibbles(codes), f"{base}_B"),
              numpy_helper.from_array(scale.reshape(-1), f"{base}_scales"),
@@ -292,8 +326,8 @@ def matmul_int4(node: onnx.NodeProto, weight: np.ndarray, importance: np.ndarray
     matmul = helper.make_node("MatMulNBits", [node.input[0], *(t.name for t in inits)], list(node.output),
                               name=node.name, domain=MS_DOMAIN, K=rows, N=cols, bits=4, block_size=INT4_BLOCK)  # fmt: skip
     size = sum(numpy_helper.to_array(t).nbytes for t in inits)
-    return Candidate([matmul], inits, size, {"bits": 4, "block_size": INT4_BLOCK,
-                                             "method": "importance-weighted ranges" if importance is not None else "round to nearest"})  # fmt: skip
+    method = "GPTQ" if samples is not None else "importance-weighted ranges" if importance is not None else "round to nearest"
+    return Candidate([matmul], inits, size, {"bits": 4, "block_size": INT4_BLOCK, "method": method})
 
 
 def matmul_fp16(node: onnx.NodeProto, weight: np.ndarray) -> Candidate:

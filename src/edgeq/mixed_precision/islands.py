@@ -19,8 +19,8 @@ from edgeq.mixed_precision.candidates import MS_DOMAIN, Candidate
 from edgeq.mixed_precision.statistics import ActivationStats
 
 # Every precision an island can take, cheapest first (the order of promotion when costs tie).
-LADDER = ("int4", "int4a", "xint8", "sint8", "sint8u", "int8", "int8s", "w8", "fp16", "fp32")
-STATS_RUNGS = {"int4a", "xint8", "sint8", "sint8u", "int8s"}  # rungs that need activation statistics
+LADDER = ("int4", "int4a", "int4g", "xint8", "sint8", "sint8u", "int8", "int8s", "w8", "fp16", "fp32")
+STATS_RUNGS = {"int4a", "int4g", "xint8", "sint8", "sint8u", "int8s"}  # rungs that need activation statistics
 INT8_ROWS = {"sint8", "sint8u", "int8", "int8s", "w8"}  # the rungs whose embedding tables are INT8 rows
 
 
@@ -86,7 +86,7 @@ def _gather_candidates(node, table, rungs) -> dict[str, Candidate]:
     for rung in rungs:
         if rung in INT8_ROWS:
             found[rung] = rows
-        elif rung in ("int4", "int4a") and table.shape[1] % C.INT4_BLOCK == 0:
+        elif rung in ("int4", "int4a", "int4g") and table.shape[1] % C.INT4_BLOCK == 0:
             found.setdefault("int4", C.gather_int4(node, table))
             found[rung] = found["int4"]
         elif rung == "fp16":
@@ -102,6 +102,8 @@ def _matmul_candidates(node, weight, kind, rungs, per_channel, stats, smooth_alp
             found[rung] = C.matmul_int4(node, weight)
         elif rung == "int4a" and kind == "matmul" and stats is not None:
             found[rung] = C.matmul_int4(node, weight, (stats.rows.astype(np.float64) ** 2).mean(axis=0), tag="q4a")
+        elif rung == "int4g" and kind == "matmul" and stats is not None:
+            found[rung] = C.matmul_int4(node, weight, tag="q4g", samples=stats.rows)
         elif rung == "fp16" and kind == "matmul":
             found[rung] = C.matmul_fp16(node, weight)
         elif rung == "int8":

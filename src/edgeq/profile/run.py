@@ -131,7 +131,7 @@ def _write_job(job_dir, models, specs, device, runs, min_seconds, warmup, thread
     shutil.copy2(RUNNER, job_dir / "runner.py")
     files, names, input_names = ["runner.py", "job.json"], [], []
     for index, (model, model_specs) in enumerate(zip(models, specs)):
-        feed = _feed(model, model_specs, batch_size, sequence_length, inputs, task)
+        feed = _feed(model, model_specs, batch_size, sequence_length, inputs, task, tuple(Path(m).parent for m in models))
         np.savez(job_dir / f"inputs_{index}.npz", **feed)
         input_names.append(f"inputs_{index}.npz")
         if transport.copies_models:
@@ -154,16 +154,17 @@ def _write_job(job_dir, models, specs, device, runs, min_seconds, warmup, thread
 
 
 def _feed(model: Path, specs: list[InputSpec], batch_size: int, sequence_length: int, inputs: Path | None,
-          task=None) -> dict:  # fmt: skip
+          task=None, companion_dirs: tuple = ()) -> dict:  # fmt: skip
     if inputs is None and task is not None:
         from edgeq.errors import ModelError
         from edgeq.feeds import feed_for
 
-        try:
-            example = task.example_feed(task.inputs(Path(model).parent, sequence_length, True), batch_size)
-            return feed_for(specs, example)
-        except ModelError:  # no tokenizer or image processor beside the model: synthetic inputs
-            pass
+        for folder in (Path(model).parent, *companion_dirs):  # the model's own folder first, then the others'
+            try:
+                example = task.example_feed(task.inputs(folder, sequence_length, True), batch_size)
+                return feed_for(specs, example)
+            except ModelError:  # no tokenizer or image processor there
+                continue
     if inputs is None:
         return synthetic_feed(specs, batch_size, sequence_length, vocab_size_near(model))
     with np.load(inputs) as data:

@@ -323,7 +323,7 @@ class MixedPrecisionBudget(Strict):
 
 class MixedPrecisionConfig(Strict):
     enabled: bool = Field(default=True, description="Run the layer-wise mixed-precision search.")
-    candidates: list[Literal["int4", "int4a", "xint8", "sint8", "sint8u", "int8", "int8s", "w8", "fp16", "fp32"]] = Field(
+    candidates: list[Literal["int4", "int4a", "int4g", "xint8", "sint8", "sint8u", "int8", "int8s", "w8", "fp16", "fp32"]] = Field(
         default=["sint8", "int8", "fp32"], min_length=1,
         description="Precisions an island may take, cheapest first: `sint8` (static INT8: the activation scale is "
         "fixed from calibration tokens, so no batch, padding or text length moves it; SmoothQuant folded in per "
@@ -332,7 +332,8 @@ class MixedPrecisionConfig(Strict):
         "tensor), `int8s` (dynamic INT8 with SmoothQuant, padded rows zeroed first), `w8` (INT8 weights, FP32 "
         "compute), `fp32`. For language models: `int4` (MatMulNBits, 4-bit weights in blocks of 32, round to nearest; "
         "embeddings via GatherBlockQuantized), `int4a` (4-bit, asymmetric, each block's range chosen to minimise the "
-        "error weighted by the calibration activations' energy per channel), `fp16` (weights stored in FP16, "
+        "error weighted by the calibration activations' energy per channel), `int4g` (4-bit by GPTQ: rounding errors "
+        "compensated through the inverse Hessian of the calibration activations), `fp16` (weights stored in FP16, "
         "computed in FP32 on the CPU). With mode static: `xint8` (static INT8, symmetric, per-tensor, power-of-two "
         "scales, for DPUs) and `fp32` (left to the CPU). The cheapest one listed is the baseline.",
     )
