@@ -31,6 +31,8 @@ bench: install
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(EDGEQ) build $(DEMO_RECIPE) > /dev/null
 	$(PY) bench/compare_minilm.py
+	$(EDGEQ) build recipes/tiny-llama-int4.yaml > /dev/null
+	$(PY) bench/compare_lm.py
 
 clean:
 	rm -rf build .pytest_cache

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 
-from conftest import DATA, base_recipe
+from conftest import DATA, ROOT, base_recipe
 from edgeq import api
 from edgeq.feeds import feed_for
 from edgeq.mixed_precision.candidates import int4_blocks, int4_gptq, matmul_int4
@@ -112,10 +112,12 @@ def test_planner_counts_the_parameters_pytorch_has(arch, tmp_path):
 
 
 def test_plan_for_a_7b_config_at_4096_tokens_in_8_gb(run_cli, tmp_path):
+    shipped = json.loads((ROOT / "examples" / "configs" / "llama-2-7b" / "config.json").read_text())
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
               "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
               "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096,
               "tie_word_embeddings": False}  # fmt: skip
+    assert {k: shipped[k] for k in config} == config  # the README's example config is Llama-2-7B's shape
     (tmp_path / "config.json").write_text(json.dumps(config))
     out = tmp_path / "plan.json"
     result = run_cli("plan", tmp_path, "--device", "snapdragon-8-gen-3", "--context", "4096", "--memory-mb", "8192",

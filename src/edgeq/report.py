@@ -123,16 +123,26 @@ def mixed_precision_markdown(mp: dict) -> list[str]:
         *[f"- {note}" for note in mp["notes"]],
         "",
     ]
+    judged = _budget_metrics(mp.get("budget") or {})
+    sizes = {c["index"]: c["size_ratio"] for c in mp.get("configurations", [])}
     for e in mp.get("evaluations", []):
         m = e["metrics"]
-        nn = f", NN agreement {m['nn_agreement']:.3f}" if "nn_agreement" in m else ""
-        lines.append(f"- configuration {e['configuration']}: cosine mean {m['cosine_mean']:.4f}, min "
-                     f"{m['cosine_min']:.4f}{nn}, latency ratio {m.get('latency_ratio', float('nan')):.2f} → "
-                     f"{'meets' if e['passed'] else 'misses'} the budget")  # fmt: skip
+        shown = ", ".join(f"{name.replace('_', ' ')} {m[name]:.4g}" for name in judged if name in m)
+        size = f", size {sizes[e['configuration']]:.1%}" if e["configuration"] in sizes else ""
+        lines.append(f"- configuration {e['configuration']}: {shown}{size}, latency ratio "
+                     f"{m.get('latency_ratio', float('nan')):.2f} → {'meets' if e['passed'] else 'misses'} the budget")  # fmt: skip
     rows = [[i["name"], f"{i['parameters']:,}", _fmt(i.get("output_sqnr_db"), ".1f"),
              " ".join(f"{k} {v:+.5f}" for k, v in i.get("gain", {}).items()), f"**{i['precision']}**", i["reason"]]
             for i in mp["islands"]]  # fmt: skip
     return [*lines, "", table(["island", "params", "output SQNR dB", "proxy gain", "precision", "reason"], rows)]
+
+
+def _budget_metrics(budget: dict) -> list[str]:
+    """The metrics a mixed-precision budget judges (cosine when it names none), for the evaluation lines."""
+    named = [key.removeprefix("min_") for key in ("min_cosine_mean", "min_cosine_min", "min_nn_agreement")
+             if budget.get(key) is not None]  # fmt: skip
+    named += [*(budget.get("floors") or {}), *(budget.get("ceilings") or {})]
+    return named or ["cosine_mean", "cosine_min"]
 
 
 def _fmt(value, spec: str) -> str:

@@ -1,0 +1,53 @@
+"""The real-model tier for language models: edgeq's own small trained Llama (src/edgeq/demo_lm.py; trained once,
+cached under ~/.cache/edgeq) through the LLM recipe, on this host only (the recipe's arm64 stand-in is left to
+`edgeq build recipes/tiny-llama-int4.yaml`, to keep the suite's time)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from edgeq import api
+
+pytestmark = pytest.mark.real_model
+LM_METRICS = {"next_token_top1_agreement", "kl_divergence_mean", "perplexity", "perplexity_reference", "greedy_match_tokens"}
+
+
+@pytest.fixture(scope="module")
+def lm_build(tmp_path_factory):
+    recipe = yaml.safe_load((ROOT / "recipes" / "tiny-llama-int4.yaml").read_text())
+    for section in (recipe["quantization"]["calibration"], recipe["validation"]):
+        section["data"]["path"] = str(ROOT / "recipes" / section["data"]["path"])
+    recipe["targets"] = ["x86-avx2"]
+    recipe["validation"]["samples"] = 24
+    recipe["profile"]["runs"] = 2
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = api.build(folder / "recipe.yaml", output=folder / "build")
+    return result, json.loads((folder / "build" / "report.json").read_text())
+
+
+def test_llm_recipe_reports_the_language_model_metrics(lm_build):
+    result, report = lm_build
+    assert result.exit_code == 0 and report["final_artifact"] == "mixed"
+    validated = {v["artifact"]: v for v in report["validations"]}
+    assert set(validated) == {"fp32", "int4", "mixed"} and all(v["passed"] for v in validated.values())
+    for validation in validated.values():
+        assert LM_METRICS <= set(validation["metrics"]), validation["metrics"]
+    assert validated["fp32"]["metrics"]["kl_divergence_mean"] < 1e-6
+    profile = next(p for p in report["profiles"] if p["device"] == "x86-avx2")
+    assert profile["decode_tokens_per_s"] > 0 and profile["ttft_ms"]["p50"] > 0 and profile["generated_tokens"] == 32
+
+
+def test_mixed_precision_beats_uniform_int4_within_its_byte_budget(lm_build):
+    _, report = lm_build
+    validated = {v["artifact"]: v["metrics"] for v in report["validations"]}
+    sizes = {a["name"]: a["size_bytes"] for a in report["artifacts"]}
+    assert sizes["mixed"] <= 1.15 * sizes["int4"] * 1.02  # the budget counts weights; the file adds the graph
+    assert validated["mixed"]["kl_divergence_mean"] < validated["int4"]["kl_divergence_mean"]
+    assert validated["mixed"]["next_token_top1_agreement"] >= validated["int4"]["next_token_top1_agreement"]
+    islands = report["mixed_precision"]["islands"]
+    assert all(island["reason"] for island in islands) and {"int4", "int4g"} & {i["precision"] for i in islands}
