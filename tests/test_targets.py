@@ -58,17 +58,34 @@ def test_mobile_targets_get_coverage_estimates_and_an_ort_model(tiny_bert, write
     out = tmp_path / "out"
     report = api.build(write_recipe(recipe), output=out).report
     assert report["final_ort"] == "final/model.ort"
-    session = ort.InferenceSession(str(out / "final" / "model.ort"), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
-    final = [v for v in report["validations"] if v["artifact"] == "int8"]
-    assert {v["device"] for v in final} == {"pixel-8", "iphone-15-pro"}
-    for v in final:
+    for final in ("final", "final-iphone-15-pro"):
+        session = ort.InferenceSession(str(out / final / "model.ort"), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert report["finals"] == {"pixel-8": {"artifact": "int8", "path": "final/model.onnx"},
+                                "iphone-15-pro": {"artifact": "fp16", "path": "final-iphone-15-pro/model.onnx"}}
+    served = {v["device"]: v for v in report["validations"] if v["artifact"] == report["finals"][v["device"]]["artifact"]}
+    assert set(served) == {"pixel-8", "iphone-15-pro"}
+    assert not [v for v in report["validations"] if v["device"] == "iphone-15-pro" and v["artifact"] == "int8"]
+    for v in served.values():
         assert v["mode"] == "emulated" and v["provider"] == "CPUExecutionProvider" and "not installed here" in v["note"]
         cov = v["coverage"]
         assert cov["estimate"] is True and 0 < cov["supported_nodes"] <= cov["nodes"] and cov["partitions"] >= 1
-    eps = {v["device"]: v["coverage"]["ep"] for v in final}
-    assert eps == {"pixel-8": "NNAPI", "iphone-15-pro": "CoreML (MLProgram)"}
-    assert "## Coverage estimates (not a run)" in (out / "report.md").read_text()
+        assert v["metrics"]["cosine_mean"] > 0.99
+    assert {d: v["coverage"]["ep"] for d, v in served.items()} == {"pixel-8": "NNAPI", "iphone-15-pro": "CoreML (MLProgram)"}
+    assert served["iphone-15-pro"]["coverage"]["share"] >= 0.9  # the FP16 model, legalized, is CoreML's nearly whole
+    legalized = next(s["legalization"] for s in report["stages"] if s["name"] == "legalize")
+    assert legalized["rewritten"]["LayerNormalization"] >= 5
+    assert legalized["coverage_after"]["nnapi"]["partitions"] < legalized["coverage_before"]["nnapi"]["partitions"]
+    import numpy as np  # the rewrites are exact up to rounding: the legalized FP32 model computes the export's numbers
+
+    feed = {"input_ids": np.arange(32, dtype=np.int64)[None] % 30 + 5, "attention_mask": np.ones((1, 32), np.int64),
+            "token_type_ids": np.zeros((1, 32), np.int64)}  # fmt: skip
+    feed["attention_mask"][0, 20:] = 0
+    outputs = [ort.InferenceSession(str(out / f / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+               for f in ("fp32", "legalized")]  # fmt: skip
+    assert np.abs(outputs[0] - outputs[1]).max() < 1e-4
+    text = (out / "report.md").read_text()
+    assert "## Coverage estimates (not a run)" in text and "## One artifact per target" in text and "## Legalization" in text
 
 
 def test_dpu_model_follows_the_xint8_rules(tiny_bert, write_recipe, tmp_path):

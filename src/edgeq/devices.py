@@ -96,6 +96,16 @@ class DeviceProfile(Strict):
         default=None, description="Estimate the EP's partitions with onnxruntime's mobile helpers."
     )
     ort_format: bool = Field(default=False, description="Also write the final model in ORT format (.ort) for mobile.")
+    artifact: Literal["recipe", "fp16"] = Field(
+        default="recipe", description="The model this device is served: `recipe`, the recipe's quantized (or mixed) "
+        "model; `fp16`, its own FP16 conversion of the FP32 export, for runtimes that compute in FP16 and split a QDQ "
+        "model into many partitions (CoreML MLProgram). A device with its own artifact gets `final-<id>/` when it is "
+        "not the recipe's first target.",
+    )
+    legalize: bool = Field(
+        default=False, description="Before quantization, fold shapes at fixed sizes and rewrite ops the EP lacks "
+        "into exact decompositions it has (see `coverage`), when that leaves fewer partitions.",
+    )
     max_opset: int | None = Field(default=None, description="Highest ai.onnx opset the device's runtime supports.")
     control_flow: bool = Field(default=True, description="The EP runs Loop/If/Scan.")
     transport: TransportConfig | None = Field(

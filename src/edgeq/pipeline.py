@@ -50,6 +50,11 @@ class Plan:
     model_dir: Path
     model_hash: str
 
+    @property
+    def legalizes(self) -> bool:
+        """A target asks for legalization and the shapes are fixed (folding needs them)."""
+        return self.recipe.static_shapes and any(d.legalize and d.coverage for d in self.devices)
+
 
 @dataclass
 class StageResult:
@@ -79,7 +84,8 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None) -> Pla
 
     recipe = load_recipe(recipe_path)
     devices = [load_device(target) for target in recipe.targets]
-    for device in devices:
+    quantized_for = [d for d in devices if d.artifact == "recipe"] or devices  # the devices the recipe's model serves
+    for device in quantized_for:
         check_against_device(recipe.quantization, device, recipe.static_shapes)
     out_dir = Path(output) if output else Path("build") / recipe.name
     if out_dir.exists() and not out_dir.is_dir():
@@ -95,8 +101,8 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None) -> Pla
         recipe_path=Path(recipe_path),
         recipe=recipe,
         devices=devices,
-        op_types=resolve_op_types(recipe.quantization, devices),
-        scheme=quantization_scheme(devices),
+        op_types=resolve_op_types(recipe.quantization, quantized_for),
+        scheme=quantization_scheme(quantized_for),
         task=task,
         task_reason=reason,
         validation_samples=validation,
@@ -160,19 +166,30 @@ def run_build(plan: Plan, force: bool = False) -> BuildResult:
     if plan.recipe.optimize.enabled:
         stages.append(optimize_stage(plan, source, force))
         source = stages[-1]
+    if plan.legalizes:
+        stages.append(legalize_stage(plan, source, force))
+        source = stages[-1]
     quantized = quantize_stage(plan, source, force)
     stages.append(quantized)
     chosen = quantized
     if plan.recipe.runs_mixed_precision:
         chosen = mixed_precision_stage(plan, source, force)
         stages.append(chosen)
+    own = {}  # device id -> the stage of the artifact it takes instead of the recipe's
+    if any(d.artifact == "fp16" for d in plan.devices):
+        stages.append(fp16_stage(plan, source, force))
+        own = {d.id: stages[-1] for d in plan.devices if d.artifact == "fp16"}
+    served = {d.id: own.get(d.id, chosen) for d in plan.devices}
     candidates = {s.folder.name: s.folder / MODEL_FILE for s in stages if s.folder is not None}
-    validation = validate_stage(plan, candidates, reference="fp32")
+    validation = validate_stage(plan, candidates, "fp32", {d: s.folder.name for d, s in served.items()})
     stages.append(validation)
-    final = finalize(plan, chosen)
+    finals = finalize(plan, served)
     if plan.recipe.profile is not None and plan.recipe.profile.enabled:
-        stages.append(profile_stage(plan, final / MODEL_FILE))
-    report = build_report(plan, stages, final_artifact=chosen.folder.name, total=time.perf_counter() - started)
+        stages.append(profile_stage(plan, finals))
+    report = build_report(plan, stages, final_artifact=served[plan.devices[0].id].folder.name,
+                          total=time.perf_counter() - started,
+                          finals={d: f"{finals[d].name}/{MODEL_FILE}" for d in finals},
+                          served={d: s.folder.name for d, s in served.items()})  # fmt: skip
     write_report(plan.out_dir, plan.recipe, report)
     return BuildResult(report=report, out_dir=plan.out_dir, exit_code=0 if report["passed"] else 3)
 
@@ -276,7 +293,37 @@ def mixed_precision_stage(plan: Plan, source: StageResult, force: bool) -> Stage
     return cached_stage(plan.out_dir / "mixed", "mixed_precision", key, produce, force)
 
 
-def validate_stage(plan: Plan, models: dict[str, Path], reference: str) -> StageResult:
+def legalize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
+    from edgeq.optimize.legalize import legalize
+
+    kinds = sorted({d.coverage for d in plan.devices if d.legalize and d.coverage})
+
+    def produce(folder: Path) -> dict:
+        done = legalize(source.folder / MODEL_FILE, folder / MODEL_FILE, kinds)
+        copy_companions(source.folder, folder)
+        for kind, after in done["coverage_after"].items():
+            before = done["coverage_before"][kind]
+            say(f"  {kind}: {before['partitions']} → {after['partitions']} partitions, "
+                f"{before['share']:.1%} → {after['share']:.1%} of nodes")  # fmt: skip
+        return {"legalization": done}
+
+    key = {"input": source.key, "coverage": kinds}
+    return cached_stage(plan.out_dir / "legalized", "legalize", key, produce, force)
+
+
+def fp16_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
+    from edgeq.quantize.fp16 import convert_to_fp16
+
+    def produce(folder: Path) -> dict:
+        done = convert_to_fp16(source.folder / MODEL_FILE, folder / MODEL_FILE)
+        copy_companions(source.folder, folder)
+        return done
+
+    return cached_stage(plan.out_dir / "fp16", "fp16", {"input": source.key}, produce, force)
+
+
+def validate_stage(plan: Plan, models: dict[str, Path], reference: str, served: dict[str, str]) -> StageResult:
+    """Every device validates the models of the recipe's chain, or (a device with its own artifact) that one."""
     from edgeq.validate import validate_models
 
     val, task = plan.recipe.validation, plan.task
@@ -287,43 +334,61 @@ def validate_stage(plan: Plan, models: dict[str, Path], reference: str) -> Stage
     say(f"▶ validate on {', '.join(d.id for d in plan.devices)} ({len(plan.validation_samples)} samples; shapes "
         f"{', '.join(task.shape_label(*s) for s in shapes)})")  # fmt: skip
     start = time.perf_counter()
+    own_artifacts = {name for d in plan.devices if d.artifact != "recipe" for name in [served[d.id]]}
     results = []
     for device in plan.devices:
-        results += validate_models(models, reference, device, plan.validation_samples, inputs, task, shapes,
+        if device.artifact == "recipe":
+            wanted = {n: p for n, p in models.items() if n not in own_artifacts}
+        else:
+            wanted = {n: p for n, p in models.items() if n in (reference, served[device.id])}
+        results += validate_models(wanted, reference, device, plan.validation_samples, inputs, task, shapes,
                                    val.warmup, thresholds, plan.recipe.fixed_batch)  # fmt: skip
     seconds = time.perf_counter() - start
     say(f"  validate: {seconds:.1f}s (measured now, never cached)")
     return StageResult("validate", None, None, seconds, False, {"validations": results})
 
 
-def profile_stage(plan: Plan, model: Path) -> StageResult:
-    """The final model on every target: locally, or on the real device when its profile has a transport."""
+def profile_stage(plan: Plan, finals: dict[str, Path]) -> StageResult:
+    """Each target's own final model: locally, or on the real device when its profile has a transport."""
     from edgeq.profile import profile_models
     from edgeq.profile.run import default_transport
 
     cfg = plan.recipe.profile
     seq = cfg.sequence_length or plan.recipe.export.sequence_length or 128
     start = time.perf_counter()
-    profiles = [profile_models([model], device, default_transport(device), cfg.runs, cfg.min_seconds, cfg.warmup,
-                               sequence_length=seq, task=plan.task, new_tokens=cfg.new_tokens)
-                for device in plan.devices]  # fmt: skip
-    for entry in profiles:
-        entry["model"] = "final/model.onnx"
+    profiles = []
+    for device in plan.devices:
+        entry = profile_models([finals[device.id] / MODEL_FILE], device, default_transport(device), cfg.runs,
+                               cfg.min_seconds, cfg.warmup, sequence_length=seq, task=plan.task,
+                               new_tokens=cfg.new_tokens)  # fmt: skip
+        entry["model"] = f"{finals[device.id].name}/{MODEL_FILE}"
+        profiles.append(entry)
     return StageResult("profile", None, None, time.perf_counter() - start, False, {"profiles": profiles})
 
 
-def finalize(plan: Plan, chosen: StageResult) -> Path:
-    """Copy the chosen artifact's folder to final/ (model, config.json, tokenizer files)."""
-    final = plan.out_dir / "final"
-    with atomic_dir(final) as folder:
-        shutil.copy2(chosen.folder / MODEL_FILE, folder / MODEL_FILE)
-        copy_companions(chosen.folder, folder)
-        if any(d.ort_format for d in plan.devices):
+def finalize(plan: Plan, served: dict[str, StageResult]) -> dict[str, Path]:
+    """final/ holds the first target's artifact (model, config.json, tokenizer files); each other target served a
+    different artifact gets final-<device>/. Returns the folder serving each device."""
+    first = plan.devices[0].id
+    folders = {}
+    for device in plan.devices:
+        stage = served[device.id]
+        name = "final" if device.id == first or stage is served[first] else f"final-{device.id}"
+        if name not in {f.name for f in folders.values()}:
+            _write_final(plan, stage, plan.out_dir / name, [d for d in plan.devices if served[d.id] is stage])
+        folders[device.id] = plan.out_dir / name
+    return folders
+
+
+def _write_final(plan: Plan, stage: StageResult, target: Path, devices: list[DeviceProfile]) -> None:
+    with atomic_dir(target) as folder:
+        shutil.copy2(stage.folder / MODEL_FILE, folder / MODEL_FILE)
+        copy_companions(stage.folder, folder)
+        if any(d.ort_format for d in devices):
             from edgeq.mobile import write_ort_format
 
-            say("▶ ORT format → final/model.ort (for onnxruntime-mobile)")
+            say(f"▶ ORT format → {target.name}/model.ort (for onnxruntime-mobile)")
             write_ort_format(folder / MODEL_FILE, folder / "model.ort")
-    return final
 
 
 def cached_stage(folder: Path, stage: str, key_material: dict, produce: Callable[[Path], dict], force: bool) -> StageResult:

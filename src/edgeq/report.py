@@ -14,13 +14,15 @@ from edgeq.atomic import write_text
 RESOLVED_RECIPE = "recipe.resolved.yaml"
 
 
-def build_report(plan, stages, final_artifact: str, total: float) -> dict:
+def build_report(plan, stages, final_artifact: str, total: float, finals: dict[str, str] | None = None,
+                 served: dict[str, str] | None = None) -> dict:  # fmt: skip
     artifacts = [describe(s.folder / "model.onnx", s.folder.name, plan.out_dir) for s in stages if s.folder]
     reference_size = artifacts[0]["size_bytes"]
     for artifact in artifacts:
         artifact["size_ratio"] = round(artifact["size_bytes"] / reference_size, 4)
     validations = [v for s in stages for v in s.details.get("validations", [])]
-    final_checks = [v for v in validations if v["artifact"] == final_artifact]
+    served = served or {d.id: final_artifact for d in plan.devices}
+    final_checks = [v for v in validations if v["artifact"] == served.get(v["device"])]
     return {
         "edgeq_version": __version__,
         "recipe": plan.recipe.model_dump(mode="json"),
@@ -37,6 +39,7 @@ def build_report(plan, stages, final_artifact: str, total: float) -> dict:
         **({"mixed_precision": mp} if (mp := _mixed_precision(stages)) else {}),
         **({"profiles": profiles} if (profiles := [p for s in stages for p in s.details.get("profiles", [])]) else {}),
         "final_artifact": final_artifact,
+        "finals": {device: {"artifact": served[device], "path": path} for device, path in (finals or {}).items()},
         "passed": all(v["passed"] for v in final_checks),
         "total_seconds": round(total, 2),
     }
@@ -72,6 +75,8 @@ def render_markdown(report: dict) -> str:
               [[a["name"], f"`{a['path']}`", f"{a['size_bytes'] / 1e6:.2f}", f"{a['size_ratio']:.1%}",
                 ", ".join(f"{k} {v}" for k, v in a["precision"].items())] for a in report["artifacts"]]),
         "",
+        *_served_markdown(report),
+        *_legalization_markdown(report),
         "## Validations",
         "",
         "Every figure was measured by this build; `mode` says where: `on-host` (the device's own execution "
@@ -135,6 +140,29 @@ def mixed_precision_markdown(mp: dict) -> list[str]:
              " ".join(f"{k} {v:+.5f}" for k, v in i.get("gain", {}).items()), f"**{i['precision']}**", i["reason"]]
             for i in mp["islands"]]  # fmt: skip
     return [*lines, "", table(["island", "params", "output SQNR dB", "proxy gain", "precision", "reason"], rows)]
+
+
+def _served_markdown(report: dict) -> list[str]:
+    finals = report.get("finals") or {}
+    if len({f["path"] for f in finals.values()}) < 2:
+        return []
+    rows = [[device, f["artifact"], f"`{f['path']}`"] for device, f in finals.items()]
+    return ["## One artifact per target", "", table(["device", "artifact", "path"], rows), ""]
+
+
+def _legalization_markdown(report: dict) -> list[str]:
+    done = next((s["legalization"] for s in report["stages"] if "legalization" in s), None)
+    if not done:
+        return []
+    rows = [[kind, f"{before['partitions']} → {done['coverage_after'][kind]['partitions']}",
+             f"{before['share']:.1%} → {done['coverage_after'][kind]['share']:.1%}",
+             ", ".join(o.split(":")[-1] for o in done["coverage_after"][kind]["unsupported_ops"]) or "—"]
+            for kind, before in done["coverage_before"].items()]  # fmt: skip
+    rewritten = ", ".join(f"{op} ×{n}" for op, n in done["rewritten"].items()) or "nothing"
+    return ["## Legalization", "",
+            f"Shapes folded at their fixed sizes, then rewritten into ops the EP has: {rewritten} (estimates from "
+            "onnxruntime's mobile helpers, on the FP32 model before quantization).", "",
+            table(["coverage", "partitions", "nodes supported", "still unsupported"], rows), ""]  # fmt: skip
 
 
 def _budget_metrics(budget: dict) -> list[str]:
