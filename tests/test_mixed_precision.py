@@ -104,7 +104,8 @@ def test_static_mixed_precision_takes_only_dpu_candidates(run_cli, write_recipe,
     result = run_cli("build", path)
     assert result.exit_code == 1
     assert result.stderr.strip() == (f"Error: recipe '{path}': mixed_precision with quantization.mode: static takes "
-                                     "candidates [xint8, fp32] (power-of-two INT8 for DPUs) in this edgeq version")  # fmt: skip
+                                     "candidates [xint8, w8, fp32] (power-of-two INT8 for DPUs; w8 and fp32 stay on the "
+                                     "CPU) or [a8w8, a16w8] (QDQ NPUs) in this edgeq version")  # fmt: skip
 
 
 def test_fused_attention_islands_quantize_through_qattention(planted_bert, write_recipe, tmp_path):

@@ -40,6 +40,31 @@ def test_qnn_htp_runs_every_node_with_cpu_fallback_disabled(tiny_bert, write_rec
     assert quantize["scheme"] == "qnn" and quantize["mask_fill_softened"] >= 1
 
 
+@pytest.mark.parametrize("floor, eight_bit", [(0.0, "all"), (1.0, "none")])
+def test_qnn_activation_types_per_block(tiny_bert, write_recipe, tmp_path, floor, eight_bit):
+    """The search's two ends: a budget anything meets puts every block at 8 bits; one nothing meets keeps 16."""
+    pytest.importorskip("onnxruntime_qnn")
+    recipe = static_recipe(tiny_bert, ["snapdragon-8-gen-3"], activation_type="uint16", weight_type="uint8",
+                           symmetric_weights=False, op_types=None)  # fmt: skip
+    recipe["mixed_precision"] = {"candidates": ["a8w8", "a16w8"], "proxy_samples": 4, "budget": {"min_cosine_mean": floor}}
+    report = api.build(write_recipe(recipe), output=tmp_path / "out").report
+    mp = report["mixed_precision"]
+    assert report["final_artifact"] == "mixed" and mp["kind"] == "activation types (QDQ NPU)"
+    blocks = {i["name"] for i in mp["islands"]}
+    assert {"/embeddings", "/encoder/layer.0/attention", "/encoder/layer.1/output"} <= blocks
+    assert all(i["reason"] for i in mp["islands"])
+    eight = [i for i in mp["islands"] if i["precision"] == "a8w8"]
+    if eight_bit == "all":
+        assert len(eight) == len(blocks) and mp["sixteen_bit_activation_share"] < 0.2
+    else:
+        assert not eight and mp["sixteen_bit_activation_share"] > 0.8 and not mp["budget_met"]
+    entry = next(v for v in report["validations"] if v["artifact"] == "mixed")
+    assert entry["fallback_nodes"] == 0 and list(entry["placement"]) == ["QNNExecutionProvider"]  # converts included
+    assert "## Mixed precision (activation types)" in (tmp_path / "out" / "report.md").read_text()
+    sizes = {a["name"]: a["size_ratio"] for a in report["artifacts"]}
+    assert sizes["w8a16"] < 0.5  # embedding tables 8-bit, not the activation type
+
+
 def test_fp32_model_on_the_npu_is_refused_and_preflight_says_why(tiny_onnx, run_cli):
     result = run_cli("validate", tiny_onnx, "--reference", tiny_onnx, "--data", "recipes/data/validation.txt",
                      "--device", "snapdragon-8-gen-3")  # fmt: skip
@@ -130,6 +155,9 @@ def test_compliance_names_each_broken_rule():
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q_bad_scale"),
              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq_bad_scale"),
              helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wd"], name="dq_per_channel"),
+             helper.make_node("MatMul", ["xd", "wd"], ["m"], name="on_dpu"),
+             helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wc"], name="dq_cpu_weight"),
+             helper.make_node("MatMul", ["x", "wc"], ["c"], name="on_cpu"),  # float input: weight-only INT8 on the CPU
              helper.make_node("LayerNormalization", ["xd", "g", "b"], ["y"], name="ln")]  # fmt: skip
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
@@ -141,6 +169,7 @@ def test_compliance_names_each_broken_rule():
     assert "q_bad_scale: scale 0.3 is not a power of two" in text
     assert "dq_per_channel: per-channel scale (2 values)" in text and "dq_per_channel: zero point" in text
     assert "ln: LayerNormalization is quantized but the DPU does not run it" in text
+    assert "dq_cpu_weight" not in text and "on_cpu" not in text and report["cpu_nodes"]["MatMul"] == 1
 
 
 def test_mask_fill_is_softened(tiny_onnx):

@@ -173,7 +173,7 @@ def run_build(plan: Plan, force: bool = False) -> BuildResult:
     stages.append(quantized)
     chosen = quantized
     if plan.recipe.runs_mixed_precision:
-        chosen = mixed_precision_stage(plan, source, force)
+        chosen = mixed_precision_stage(plan, source, force, quantized)
         stages.append(chosen)
     own = {}  # device id -> the stage of the artifact it takes instead of the recipe's
     if any(d.artifact == "fp16" for d in plan.devices):
@@ -236,7 +236,6 @@ def optimize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
 
 def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
     from edgeq.quantize import quantize_model
-    from edgeq.quantize.calibration import pads_to_length
 
     q = plan.recipe.quantization
     name = "w8a16" if q.mode == "static" and q.resolved_activation_type.endswith("16") else "int8"
@@ -245,11 +244,7 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
     power_of_two = any(d.quantization.power_of_two_scales for d in plan.devices)
 
     def produce(folder: Path) -> dict:
-        feeds = None
-        if calib_samples is not None:
-            seq = plan.recipe.sequence_length_for(q.calibration)
-            inputs = plan.task.inputs(source.folder, seq, pads_to_length(q.calibration.method, plan.recipe.static_shapes))
-            feeds = [b.feed for b in plan.task.batches(calib_samples, inputs, q.calibration.batch_size, True)]
+        feeds = calibration_feeds(plan, source) if calib_samples is not None else None
         done = quantize_model(source.folder / MODEL_FILE, folder / MODEL_FILE, q, plan.op_types, feeds,
                               plan.scheme, power_of_two)  # fmt: skip
         copy_companions(source.folder, folder)
@@ -268,9 +263,20 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
     return cached_stage(plan.out_dir / name, "quantize", key, produce, force)
 
 
-def mixed_precision_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
+def calibration_feeds(plan: Plan, source: StageResult) -> list[dict]:
+    """The calibration samples as model inputs, one dict a batch, at the calibration's sequence length."""
+    from edgeq.quantize.calibration import pads_to_length
+
+    q = plan.recipe.quantization
+    seq = plan.recipe.sequence_length_for(q.calibration)
+    inputs = plan.task.inputs(source.folder, seq, pads_to_length(q.calibration.method, plan.recipe.static_shapes))
+    return [b.feed for b in plan.task.batches(plan.calibration_samples, inputs, q.calibration.batch_size, True)]
+
+
+def mixed_precision_stage(plan: Plan, source: StageResult, force: bool, quantized: StageResult) -> StageResult:
     from edgeq.artifact import sha256_file as file_hash
     from edgeq.mixed_precision import MixedPrecisionJob, choose_precisions
+    from edgeq.mixed_precision.activation_types import RUNGS, choose_activation_types
 
     mp, q, val = plan.recipe.mixed_precision, plan.recipe.quantization, plan.recipe.validation
     proxy_samples = (plan.calibration_samples or [])[: mp.proxy_samples]
@@ -280,12 +286,15 @@ def mixed_precision_stage(plan: Plan, source: StageResult, force: bool) -> Stage
         job = MixedPrecisionJob(source.folder / MODEL_FILE, folder, mp, plan.op_types, q.per_channel,
                                 plan.devices[0], plan.task, proxy_samples, plan.validation_samples, inputs,
                                 plan.recipe.validation_shapes, plan.calibration_samples or [], plan.recipe.fixed_batch)  # fmt: skip
-        section = choose_precisions(job)
+        if set(mp.candidates) <= set(RUNGS):  # activation types of a QDQ NPU's model
+            section = choose_activation_types(job, q, calibration_feeds(plan, source), quantized.folder / MODEL_FILE)
+        else:
+            section = choose_precisions(job)
         copy_companions(source.folder, folder)
         return {"mixed_precision": section}
 
     pinned = file_hash(mp.overrides) if mp.overrides and Path(mp.overrides).is_file() else None
-    key = {"input": source.key, "mixed_precision": mp.model_dump(mode="json"), "pinned": pinned,
+    key = {"input": source.key, "quantized": quantized.key, "mixed_precision": mp.model_dump(mode="json"), "pinned": pinned,
            "op_types": plan.op_types, "per_channel": q.per_channel, "task": plan.task.name,
            "validation": [s.key() for s in plan.validation_samples], "device": plan.devices[0].model_dump(mode="json"),
            "shapes": plan.recipe.validation_shapes,

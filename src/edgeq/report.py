@@ -49,10 +49,17 @@ def _mixed_precision(stages) -> dict | None:
     return next((s.details["mixed_precision"] for s in stages if "mixed_precision" in s.details), None)
 
 
+def render_html(report: dict) -> str:
+    from edgeq.report_html import render_html as html
+
+    return html(report)
+
+
 def write_report(out_dir: Path, recipe, report: dict) -> None:
     write_text(out_dir / RESOLVED_RECIPE, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     write_text(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     write_text(out_dir / "report.md", render_markdown(report))
+    write_text(out_dir / "report.html", render_html(report))
 
 
 def render_markdown(report: dict) -> str:
@@ -118,6 +125,8 @@ def render_markdown(report: dict) -> str:
 
 
 def mixed_precision_markdown(mp: dict) -> list[str]:
+    if mp.get("kind") == "activation types (QDQ NPU)":
+        return activation_types_markdown(mp)
     counts = ", ".join(f"{k} {v}" for k, v in mp["precision_counts"].items())
     lines = [
         "## Mixed precision",
@@ -140,6 +149,28 @@ def mixed_precision_markdown(mp: dict) -> list[str]:
              " ".join(f"{k} {v:+.5f}" for k, v in i.get("gain", {}).items()), f"**{i['precision']}**", i["reason"]]
             for i in mp["islands"]]  # fmt: skip
     return [*lines, "", table(["island", "params", "output SQNR dB", "proxy gain", "precision", "reason"], rows)]
+
+
+def activation_types_markdown(mp: dict) -> list[str]:
+    counts = ", ".join(f"{k} {v}" for k, v in mp["precision_counts"].items())
+    lines = [
+        "## Mixed precision (activation types)",
+        "",
+        f"Blocks: {counts}; {mp['sixteen_bit_activation_share']:.0%} of activation tensors at 16 bits, "
+        f"{mp['converts']} type converts; size {mp['size_ratio']:.1%} of FP32 (weights 8-bit either way); "
+        f"{mp['proxy_passes']} proxy passes, {mp['full_evaluations']} full evaluations, {mp['search_seconds']:.1f} s. "
+        f"Budget met: {mp['budget_met']}.",
+        *[f"- {note}" for note in mp["notes"]],
+        "",
+    ]
+    judged = _budget_metrics(mp.get("budget") or {})
+    for e in mp.get("evaluations", []):
+        shown = ", ".join(f"{name.replace('_', ' ')} {e['metrics'][name]:.5f}" for name in judged if name in e["metrics"])
+        lines.append(f"- {e['configuration']} least sensitive blocks at 8 bits: {shown} → "
+                     f"{'meets' if e['passed'] else 'misses'} the budget")  # fmt: skip
+    rows = [[i["name"], str(i["tensors"]), f"{i['proxy_loss_at_8_bit']:+.6f}", str(i["rank"]), f"**{i['precision']}**",
+             i["reason"]] for i in mp["islands"]]  # fmt: skip
+    return [*lines, "", table(["block", "activations", "proxy loss at 8 bits", "rank", "precision", "reason"], rows)]
 
 
 def _served_markdown(report: dict) -> list[str]:

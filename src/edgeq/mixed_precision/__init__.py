@@ -28,7 +28,8 @@ MEANING = {"int4": "4-bit weights (round to nearest, blocks of 32)",
            "int8": "dynamic INT8 (INT8 weights, activations quantized at run time)",
            "int8s": "dynamic INT8 with SmoothQuant (activation outliers moved into the weights)",
            "w8": "INT8 weights with FP32 compute (no activation quantization)", "fp32": "FP32"}  # fmt: skip
-ON_CPU = {"xint8": "FP32 on the CPU (the DPU does not take it)"}
+ON_CPU = {("xint8", "fp32"): "FP32 on the CPU (the DPU does not take it)",
+          ("xint8", "w8"): "INT8 weights, FP32 compute on the CPU (the DPU does not take it)"}
 
 
 @dataclass
@@ -150,7 +151,7 @@ def reason(island: Island, choice: str, score: dict, result: SearchResult, ladde
                 f"({rank}), not needed to meet the budget")  # fmt: skip
     by_shape = score["gain_by_shape"].get(choice, {})
     gains = ", ".join(f"{v:+.5f} at {label}" for label, v in by_shape.items()) or f"{score['gain'].get(choice, 0):+.5f}"
-    meaning = ON_CPU[lowest] if lowest in ON_CPU and choice == "fp32" else MEANING[choice]
+    meaning = ON_CPU.get((lowest, choice), MEANING[choice])
     bound = f" (the nearest cheaper configuration missed: {'; '.join(result.binding)})" if result.binding else ""
     return (f"kept {meaning}: {measured}promoting it alone raises the proxy {proxy_name} by {gains} ({rank}); the search "
             f"needed it to meet the budget{bound}")  # fmt: skip

@@ -82,9 +82,10 @@ def build_candidates(model: onnx.ModelProto, islands: list[Island], rungs: list[
 
 def _gather_candidates(node, table, rungs) -> dict[str, Candidate]:
     found: dict[str, Candidate] = {}
-    rows = C.gather_int8(node, table) if INT8_ROWS & set(rungs) else None  # every INT8 rung: the same INT8 rows
+    # every INT8 rung: the same INT8 rows (for a DPU model, looked up on the CPU side)
+    rows = C.gather_int8(node, table) if (INT8_ROWS | {"xint8"}) & set(rungs) else None
     for rung in rungs:
-        if rung in INT8_ROWS:
+        if rung in INT8_ROWS or rung == "xint8":
             found[rung] = rows
         elif rung in ("int4", "int4a", "int4g") and table.shape[1] % C.INT4_BLOCK == 0:
             found.setdefault("int4", C.gather_int4(node, table))

@@ -87,9 +87,10 @@ def dpu_compliance(model: onnx.ModelProto, supported_ops: list[str] | None) -> d
     shift_bias clamps, which depend on the DPU compiler's layer fusion."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
+    cpu_side = _cpu_side_weights(model, inits, producers)
     violations = []
     for node in model.graph.node:
-        if node.op_type not in QDQ:
+        if node.op_type not in QDQ or node.name in cpu_side:
             continue
         scale = inits.get(node.input[1])
         zero = inits.get(node.input[2]) if len(node.input) > 2 else None
@@ -106,7 +107,8 @@ def dpu_compliance(model: onnx.ModelProto, supported_ops: list[str] | None) -> d
     for node in model.graph.node:
         if node.op_type in QDQ:
             continue
-        fed_by_dq = any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input)
+        fed_by_dq = any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
+                        and producers[i].name not in cpu_side for i in node.input)  # fmt: skip
         if fed_by_dq:
             quantized.append(node)
             if supported_ops is not None and node.op_type not in supported_ops:
@@ -121,6 +123,22 @@ def dpu_compliance(model: onnx.ModelProto, supported_ops: list[str] | None) -> d
         "not_checked": ["shift_cut / shift_bias clamps (decided by the DPU compiler's fusion)",
                         "Concat/Pool/Pad/Slice sharing one scale", "Sigmoid turned into HardSigmoid"],
     }  # fmt: skip
+
+
+def _cpu_side_weights(model, inits, producers) -> set[str]:
+    """DequantizeLinear nodes of INT8 weights that only feed nodes with no quantized activation input: weight-only
+    INT8 on the CPU side of a DPU model (the DPU never sees them, so its rules do not apply)."""
+    def activation_dq(name: str) -> bool:
+        node = producers.get(name)
+        return node is not None and node.op_type == "DequantizeLinear" and node.input[0] not in inits
+
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return {n.name for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits
+            and not any(activation_dq(i) for c in consumers.get(n.output[0], []) for i in c.input)}  # fmt: skip
 
 
 def _add_position_violations(model, inits, producers) -> list[str]:

@@ -26,11 +26,13 @@ def quantize_model(
     calibration_feeds: list[dict] | None = None,
     scheme: str = "onnxruntime",
     power_of_two: bool = False,
+    activation_overrides: dict[str, str] | None = None,
 ) -> dict:
     """Write the quantized model to out_path; return what was done beyond the config (for the report).
 
     Static mode needs calibration feeds (model inputs, one dict a batch); `scheme` "qnn" applies onnxruntime's
-    QNN rules."""
+    QNN rules, and then `activation_overrides` (tensor → integer type) sets single tensors' activation types (the
+    quantizer adds the type converts their neighbours need)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's quantizer warns on the root logger
@@ -46,7 +48,7 @@ def quantize_model(
             _quantize_int4(fp32_path, out_path, q, op_types)
             return {**done, "scheme": "onnxruntime MatMulNBits (round to nearest)", "block_size": q.block_size}
         if q.mode == "static" and scheme == "qnn":
-            _quantize_qnn(fp32_path, out_path, Path(tmp), q, op_types, calibration_feeds or [])
+            _quantize_qnn(fp32_path, out_path, Path(tmp), q, op_types, calibration_feeds or [], activation_overrides)
             return done
         prepare(fp32_path, prepared)
         kept = index_path_nodes(onnx.load(str(prepared), load_external_data=False)) if q.mode == "static" else []
@@ -103,7 +105,7 @@ def _soften_mask(fp32_path: Path, tmp: Path, value: float) -> tuple[Path, int]:
     return softened, changed
 
 
-def _quantize_qnn(fp32_path, out_path, tmp, q, op_types, feeds) -> None:
+def _quantize_qnn(fp32_path, out_path, tmp, q, op_types, feeds, activation_overrides=None) -> None:
     """onnxruntime's QNN recipe: QNN preprocessing, then get_qnn_qdq_config (which knows the HTP's rules: fixed
     16-bit Sigmoid/Tanh output parameters, 8/16-bit type converts) with the recipe's types and calibration."""
     from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
@@ -113,16 +115,26 @@ def _quantize_qnn(fp32_path, out_path, tmp, q, op_types, feeds) -> None:
     source = preprocessed if qnn_preprocess_model(str(fp32_path), str(preprocessed)) else fp32_path
     model = onnx.load(str(source), load_external_data=False)
     reader = FeedReader(input_specs(model), feeds)
+    weight_type = getattr(QuantType, QUANT_TYPES[q.weight_type])
+    overrides = {name: [{"quant_type": weight_type}] for name in _embedding_tables(model)} if q.table_type == "weight" else {}
+    overrides |= {name: [{"quant_type": getattr(QuantType, QUANT_TYPES[kind])}] for name, kind in (activation_overrides or {}).items()}
     config = get_qnn_qdq_config(
         str(source), reader,
         calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[q.calibration.method]),
         activation_type=getattr(QuantType, QUANT_TYPES[q.resolved_activation_type]),
-        weight_type=getattr(QuantType, QUANT_TYPES[q.weight_type]),
+        weight_type=weight_type,
         per_channel=q.per_channel, activation_symmetric=q.symmetric_activations,
         weight_symmetric=q.symmetric_weights, calibration_providers=["CPUExecutionProvider"],
         op_types_to_quantize=op_types, nodes_to_exclude=list(q.nodes_to_exclude) or None,
+        init_overrides=overrides or None,
     )  # fmt: skip
     quantize(str(source), str(out_path), config)
+
+
+def _embedding_tables(model: onnx.ModelProto) -> list[str]:
+    """The 2-D initializers that Gather nodes look rows up in."""
+    shapes = {t.name: len(t.dims) for t in model.graph.initializer}
+    return sorted({n.input[0] for n in model.graph.node if n.op_type == "Gather" and shapes.get(n.input[0]) == 2})
 
 
 def _quantize_int4(fp32_path: Path, out_path: Path, q: QuantizationConfig, op_types: list[str] | None) -> None:

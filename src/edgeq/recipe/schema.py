@@ -182,6 +182,11 @@ class QuantizationConfig(Strict):
         "quantize, restricted to what the target devices support.",
     )
     nodes_to_exclude: list[str] = Field(default=[], description="Exact node names kept in FP32.")
+    table_type: Literal["weight", "activation"] = Field(
+        default="weight", description="Static QNN only: the integer type of embedding tables (Gather data): "
+        "`weight` (the weight type: 8 bits, a quarter of FP32's bytes, with a type convert after the lookup) or "
+        "`activation` (onnxruntime's QNN default: the table takes the activation type, 16 bits with uint16).",
+    )
     attention_mask_fill: float | None = Field(
         default=-100.0, lt=0,
         description="Static only: replace the export's attention-mask fill (-3.4e38, which no static activation scale "
@@ -323,7 +328,8 @@ class MixedPrecisionBudget(Strict):
 
 class MixedPrecisionConfig(Strict):
     enabled: bool = Field(default=True, description="Run the layer-wise mixed-precision search.")
-    candidates: list[Literal["int4", "int4a", "int4g", "xint8", "sint8", "sint8u", "int8", "int8s", "w8", "fp16", "fp32"]] = Field(
+    candidates: list[Literal["int4", "int4a", "int4g", "xint8", "sint8", "sint8u", "int8", "int8s", "w8", "fp16", "fp32",
+                             "a8w8", "a16w8"]] = Field(
         default=["sint8", "int8", "fp32"], min_length=1,
         description="Precisions an island may take, cheapest first: `sint8` (static INT8: the activation scale is "
         "fixed from calibration tokens, so no batch, padding or text length moves it; SmoothQuant folded in per "
@@ -335,7 +341,9 @@ class MixedPrecisionConfig(Strict):
         "error weighted by the calibration activations' energy per channel), `int4g` (4-bit by GPTQ: rounding errors "
         "compensated through the inverse Hessian of the calibration activations), `fp16` (weights stored in FP16, "
         "computed in FP32 on the CPU). With mode static: `xint8` (static INT8, symmetric, per-tensor, power-of-two "
-        "scales, for DPUs) and `fp32` (left to the CPU). The cheapest one listed is the baseline.",
+        "scales, for DPUs), `w8` (left to the CPU with INT8 weights) and `fp32` (left to the CPU). For a QDQ NPU (onnxruntime's QNN scheme, activation_type "
+        "uint16): `[a8w8, a16w8]`, each block's activations 8- or 16-bit (weights 8-bit), with the type converts "
+        "onnxruntime's QNN quantizer inserts at block boundaries. The cheapest one listed is the baseline.",
     )
     smooth_alpha: float = Field(
         default=0.8, ge=0, le=1, description="SmoothQuant migration strength for `int8s` (0: none, 1: all into weights)."
@@ -420,10 +428,18 @@ class Recipe(Strict):
         mp, q = self.mixed_precision, self.quantization
         if mp is None or not mp.enabled:
             return self
-        static_rungs = {"xint8", "fp32"}
+        activation_rungs = {"a8w8", "a16w8"}
+        if set(mp.candidates) & activation_rungs:
+            if set(mp.candidates) != activation_rungs or q.mode != "static" or not q.resolved_activation_type.endswith("16"):
+                raise ValueError("mixed_precision candidates a8w8 and a16w8 (activation types on a QDQ NPU) go "
+                                 "together, with quantization.mode: static and activation_type: uint16")
+            if q.calibration is None:
+                raise ValueError("mixed_precision needs quantization.calibration: its texts drive the sensitivity passes")
+            return self
+        static_rungs = {"xint8", "w8", "fp32"}
         if q.mode == "static" and not set(mp.candidates) <= static_rungs:
-            raise ValueError("mixed_precision with quantization.mode: static takes candidates [xint8, fp32] "
-                             "(power-of-two INT8 for DPUs) in this edgeq version")
+            raise ValueError("mixed_precision with quantization.mode: static takes candidates [xint8, w8, fp32] "
+                             "(power-of-two INT8 for DPUs; w8 and fp32 stay on the CPU) or [a8w8, a16w8] (QDQ NPUs) in this edgeq version")
         if q.mode == "dynamic" and "xint8" in mp.candidates:
             raise ValueError("mixed_precision candidate xint8 needs quantization.mode: static")
         if not q.symmetric_weights:

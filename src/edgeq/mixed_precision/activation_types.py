@@ -1,0 +1,284 @@
+"""Mixed precision for an NPU that runs a fully quantized (QDQ) model: per island, 8- or 16-bit activations
+(rungs `a8w8`, `a16w8`: weights 8-bit either way), following onnxruntime's QNN mixed-precision rules.
+
+The HTP (and its kind) computes every op in integers; what a recipe can choose is each tensor's activation type.
+16-bit activations are faithful and cost the NPU time and bandwidth; 8-bit ones are cheap and lossy where the
+range is wide. The search:
+
+1. quantizes the model twice with onnxruntime's QNN configuration, from the same calibration: 16-bit activations
+   everywhere and 8-bit everywhere (embedding tables 8-bit in both);
+2. islands are the model's blocks (per layer: attention, intermediate, output; the embeddings), found from node
+   names; each island's activation tensors take one type;
+3. sensitivity: each island alone set to 8 bits in the 16-bit model (its Q/DQ parameters swapped for the 8-bit
+   model's, no converts; on the CPU EP, which computes QDQ models exactly), scored on the proxy texts: this only
+   orders the islands;
+4. islands ordered from least to most sensitive; the most islands at 8 bits that still meet the budget on the
+   validation texts, by bisection over that order, each configuration made by onnxruntime's QNN quantizer itself
+   with tensor overrides (it inserts the 8↔16-bit converts at island boundaries and keeps the HTP's fixed output
+   parameters) and scored on the CPU EP;
+5. the chosen model is then validated on the device.
+
+The emulated HTP cannot time the difference, so the cost is counted, not measured: 16-bit activation tensors and
+converts, both reported."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgeq.mixed_precision.search import Budget
+from edgeq.progress import say
+
+LAYER = re.compile(r"^(layer|layers|h|block|blocks|encoder_layer|stages?)\.\d+$|^\w+\.\d+$")
+RUNGS = ("a8w8", "a16w8")
+MEANING = {"a8w8": "8-bit activations", "a16w8": "16-bit activations"}
+
+
+def island_of(node_name: str) -> str:
+    """The block a node belongs to, from its exported name: '/encoder/layer.3/attention/self/MatMul' →
+    '/encoder/layer.3/attention'; '/embeddings/word_embeddings/Gather' → '/embeddings'."""
+    parts = [p for p in node_name.split("/") if p]
+    if len(parts) < 2:
+        return "/other"
+    for index, part in enumerate(parts[:-1]):
+        if LAYER.match(part):
+            return "/" + "/".join(parts[: min(index + 2, len(parts) - 1)])
+    return "/" + parts[0]
+
+
+@dataclass
+class QuantizedActivation:
+    tensor: str
+    quantize_node: int  # index of its QuantizeLinear in the graph
+    island: str
+
+
+def activation_quantizers(model: onnx.ModelProto) -> list[QuantizedActivation]:
+    """Every QuantizeLinear of an activation (not a weight), with the island of the node producing it."""
+    weights = {t.name for t in model.graph.initializer}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    found = []
+    for index, node in enumerate(model.graph.node):
+        if node.op_type != "QuantizeLinear" or node.input[0] in weights or node.input[0] not in producer:
+            continue
+        source = producer[node.input[0]]
+        if source.op_type == "DequantizeLinear":  # a convert: belongs with the tensor it converts
+            continue
+        found.append(QuantizedActivation(node.input[0], index, island_of(source.name)))
+    return found
+
+
+def _params(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """tensor → (scale, zero point) of its QuantizeLinear."""
+    inits = {t.name: t for t in model.graph.initializer}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) == 3 and node.input[1] in inits and node.input[2] in inits:
+            found.setdefault(node.input[0], (numpy_helper.to_array(inits[node.input[1]]),
+                                             numpy_helper.to_array(inits[node.input[2]])))  # fmt: skip
+    return found
+
+
+def with_eight_bit(model16: onnx.ModelProto, params8: dict, tensors: set[str]) -> onnx.ModelProto:
+    """The 16-bit model with `tensors` quantized as the 8-bit model quantizes them (a simulation without converts:
+    every consumer reads the 8-bit value)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(model16)
+    consumers = defaultdict(list)
+    for node in model.graph.node:
+        for position, name in enumerate(node.input):
+            consumers[name].append((node, position))
+    for node in list(model.graph.node):
+        if node.op_type != "QuantizeLinear" or node.input[0] not in tensors or node.input[0] not in params8:
+            continue
+        scale, zero = params8[node.input[0]]
+        names = (f"{node.input[0]}_a8_scale", f"{node.input[0]}_a8_zero_point")
+        model.graph.initializer.extend([numpy_helper.from_array(scale, names[0]), numpy_helper.from_array(zero, names[1])])
+        node.input[1], node.input[2] = names
+        for consumer, _ in consumers[node.output[0]]:
+            if consumer.op_type == "DequantizeLinear":
+                consumer.input[1], consumer.input[2] = names
+    return model
+
+
+@dataclass
+class ActivationSearch:
+    """The inputs of a search: both quantized models, the scorers, the budget."""
+
+    model16: onnx.ModelProto
+    model8: onnx.ModelProto
+    proxy: object  # callable(model) -> float, higher is better
+    evaluate: object  # callable(model) -> metrics dict (worst case over shapes)
+    budget: Budget
+    build: object  # callable(set of tensors at 8 bits) -> the model onnxruntime's QNN quantizer writes for it
+
+
+def search_activation_types(job: ActivationSearch) -> dict:
+    """Which islands take 8-bit activations: the longest prefix of the sensitivity order that meets the budget."""
+    started = time.perf_counter()
+    quantizers = activation_quantizers(job.model16)
+    islands: dict[str, set[str]] = defaultdict(set)
+    for q in quantizers:
+        islands[q.island].add(q.tensor)
+    params8 = _params(job.model8)
+    base = job.proxy(job.model16)
+    say(f"  {len(islands)} blocks: sensitivity of each at 8-bit activations on the proxy texts")
+    loss = {name: base - job.proxy(with_eight_bit(job.model16, params8, tensors)) for name, tensors in islands.items()}
+    order = sorted(islands, key=lambda name: loss[name])
+    evaluations: dict[int, dict] = {}
+
+    def evaluate(count: int) -> dict:
+        if count not in evaluations:
+            tensors = set().union(*(islands[name] for name in order[:count])) if count else set()
+            metrics = job.evaluate(job.build(tensors) if tensors else job.model16)
+            evaluations[count] = {"eight_bit_islands": count, "metrics": metrics,
+                                  "failures": job.budget.fidelity_failures(metrics)}  # fmt: skip
+        return evaluations[count]
+
+    low, high = 0, len(order)  # invariant: `low` islands at 8 bits meet the budget (checked below), `high`+1 do not
+    if evaluate(0)["failures"]:
+        chosen = 0
+    elif not evaluate(high)["failures"]:
+        chosen = high
+    else:
+        high -= 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            if evaluate(middle)["failures"]:
+                high = middle - 1
+            else:
+                low = middle
+        chosen = low
+    eight = set(order[:chosen])
+    return {
+        "islands": [{"name": name, "tensors": len(islands[name]), "proxy_loss_at_8_bit": round(loss[name], 6),
+                     "rank": order.index(name) + 1, "precision": "a8w8" if name in eight else "a16w8",
+                     "reason": _reason(name, name in eight, loss[name], order, chosen, evaluations)}
+                    for name in islands],  # fmt: skip
+        "order": order,
+        "eight_bit_islands": sorted(eight),
+        "eight_bit_tensors": sorted(set().union(*(islands[n] for n in eight)) if eight else set()),
+        "proxy_base": round(base, 6),
+        "evaluations": [evaluations[k] for k in sorted(evaluations)],
+        "evaluations_by_count": evaluations,
+        "chosen": chosen,
+        "budget_met": not evaluate(chosen)["failures"],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _reason(name: str, eight: bool, loss: float, order: list[str], chosen: int, evaluations: dict) -> str:
+    rank = f"rank {order.index(name) + 1} of {len(order)} by sensitivity"
+    if eight:
+        return (f"8-bit activations: alone at 8 bits it lowers the proxy cosine by {loss:.5f} ({rank}); the "
+                f"{chosen} least sensitive islands at 8 bits still meet the budget")  # fmt: skip
+    missed = evaluations.get(chosen + 1)
+    why = f"with it at 8 bits too the budget breaks ({'; '.join(missed['failures'])})" if missed and missed["failures"] \
+        else "the islands before it in the order already take what the budget allows"  # fmt: skip
+    return f"16-bit activations: alone at 8 bits it lowers the proxy cosine by {loss:.5f} ({rank}); {why}"
+
+
+def count_converts(model: onnx.ModelProto) -> int:
+    """QuantizeLinear nodes fed by a DequantizeLinear: the type converts at island boundaries."""
+    producer = {out: node.op_type for node in model.graph.node for out in node.output}
+    return sum(n.op_type == "QuantizeLinear" and producer.get(n.input[0]) == "DequantizeLinear" for n in model.graph.node)
+
+
+def sixteen_bit_share(model: onnx.ModelProto) -> float:
+    """The share of activation tensors quantized to 16 bits."""
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    types = [inits.get(n.input[2]) for n in model.graph.node
+             if n.op_type == "QuantizeLinear" and len(n.input) == 3 and n.input[0] not in inits]  # fmt: skip
+    sixteen = sum(t in (onnx.TensorProto.UINT16, onnx.TensorProto.INT16) for t in types)
+    return round(sixteen / max(len(types), 1), 4)
+
+
+def override_path(folder: Path) -> Path:
+    return folder / "activation_types.yaml"
+
+
+def choose_activation_types(job, quantization, feeds: list[dict], model16_path: Path) -> dict:
+    """The whole stage for a QDQ NPU: write job.out_folder/model.onnx; return the report's mixed_precision section.
+    `job` is a MixedPrecisionJob, `quantization` the recipe's QuantizationConfig (16-bit activations), `feeds`
+    the calibration batches, `model16_path` the quantize stage's all-16-bit model."""
+    import tempfile
+
+    from edgeq.mixed_precision.evaluate import Runner
+    from edgeq.quantize import quantize_model
+    from edgeq.validate.run import worst_case
+    from edgeq.validate.sessions import host_cpu
+
+    host = host_cpu(job.device)
+    fp32 = onnx.load(str(job.fp32_path))
+    proxy_runner = Runner(job.task, job.proxy_samples, job.inputs, host, job.shapes[:1], job.whole_batches_only)
+    full_runner = Runner(job.task, job.validation_samples, job.inputs, host, job.shapes, job.whole_batches_only)
+    proxy_reference = proxy_runner.outputs(fp32)
+    full_reference = full_runner.outputs(fp32)
+    label = proxy_runner.labels[0]
+
+    def proxy(model) -> float:
+        return job.task.proxy_score(proxy_reference[label], proxy_runner.outputs(model)[label])
+
+    def evaluate(model) -> dict:
+        outputs = full_runner.outputs(model)
+        per_shape = {shape: job.task.metrics(full_reference[shape], outputs[shape],
+                                             [s for b in data.batches for s in b.samples], data.inputs)
+                     for shape, data in full_runner.data.items()}  # fmt: skip
+        worst, where = worst_case(list(per_shape.values()), list(per_shape))
+        return {**worst, "worst_shape": where}
+
+    eight_bit = quantization.model_copy(update={"activation_type": "uint8"})
+    with tempfile.TemporaryDirectory(prefix="edgeq-a8-") as tmp:
+        quantize_model(job.fp32_path, Path(tmp) / "model.onnx", eight_bit, job.op_types, feeds, "qnn")
+        model8 = onnx.load(str(Path(tmp) / "model.onnx"))
+    model16 = onnx.load(str(model16_path))
+    budget = Budget(**job.config.budget.model_dump())
+    out = job.out_folder / "model.onnx"
+    built: dict[frozenset, onnx.ModelProto] = {}
+
+    def build(tensors: set[str]) -> onnx.ModelProto:
+        if frozenset(tensors) not in built:
+            say(f"  quantizing with {len(tensors)} activation tensors at 8 bits")
+            overrides = {tensor: "uint8" for tensor in tensors}
+            quantize_model(job.fp32_path, out, quantization, job.op_types, feeds, "qnn", activation_overrides=overrides)
+            built[frozenset(tensors)] = onnx.load(str(out))
+        return built[frozenset(tensors)]
+
+    found = search_activation_types(ActivationSearch(model16, model8, proxy, evaluate, budget, build))
+    final = build(set(found["eight_bit_tensors"])) if found["eight_bit_tensors"] else model16
+    onnx.save(final, str(out))
+    final_metrics = found["evaluations_by_count"][found["chosen"]]["metrics"]
+    overrides = found["eight_bit_tensors"]
+    counts = {rung: sum(i["precision"] == rung for i in found["islands"]) for rung in RUNGS}
+    return {
+        "kind": "activation types (QDQ NPU)",
+        "candidates": list(RUNGS),
+        "shapes": [job.task.shape_label(*s) for s in job.shapes],
+        "budget": job.config.budget.model_dump(),
+        "precision_counts": counts,
+        "size_ratio": round(out.stat().st_size / job.fp32_path.stat().st_size, 4),
+        "sixteen_bit_activation_share": sixteen_bit_share(final),
+        "converts": count_converts(final),
+        "proxy_passes": len(found["islands"]) + 1,
+        "full_evaluations": len(found["evaluations"]),
+        "search_seconds": found["seconds"],
+        "budget_met": not budget.fidelity_failures(final_metrics),
+        "budget_status": {"fidelity": not budget.fidelity_failures(final_metrics)},
+        "notes": [f"scored on the CPU EP (QDQ computed exactly); the chosen model, quantized by onnxruntime's QNN "
+                  f"quantizer with {len(overrides)} activation tensors at 8 bits and {count_converts(final)} converts, "
+                  f"scored {final_metrics.get('cosine_mean', float('nan')):.5f} cosine mean there; the validation "
+                  f"stage measures it on the device"],  # fmt: skip
+        "proxy_score": job.task.proxy_name,
+        "islands": [{**i, "kind": "block", "parameters": None} for i in found["islands"]],
+        "evaluations": [{"configuration": e["eight_bit_islands"], "metrics": e["metrics"], "passed": not e["failures"],
+                         "failures": e["failures"]} for e in found["evaluations"]],  # fmt: skip
+        "chosen_configuration": found["chosen"],
+        "final_on_cpu": final_metrics,
+    }
