@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[1] / "recipes" / "data"
-TEST_DATA = Path(__file__).resolve().parent / "data"
+TEST_DATA = Path(__file__).resolve().parents[1] / "recipes" / "data"  # the labelled samples edgeq ships
 TEXT_LABELS = ["negative", "neutral", "positive"]
 ENTITY_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 IMAGE_LABELS = ["astronaut", "cat", "coffee", "rocket"]

@@ -24,6 +24,69 @@ def build(recipe: str | Path, output: str | Path | None = None, force: bool = Fa
     return run_build(plan_build(recipe, output), force=force)
 
 
+def init_recipe(model: str, device: str | None = None, data: str | Path | None = None) -> str:
+    """A commented starter recipe (YAML text) for MODEL on DEVICE: task detected, the device's rules applied, data
+    paths pointing at edgeq's samples (or at `data`)."""
+    from edgeq.export import resolve_source
+    from edgeq.recipe.starter import starter_recipe
+
+    return starter_recipe(model, resolve_source(model), load_device(device or host_cpu_device()),
+                          str(data) if data else None)  # fmt: skip
+
+
+def build_model(model: str, device: str | None = None, output: str | Path | None = None,
+                data: str | Path | None = None, force: bool = False):
+    """Build MODEL for DEVICE with the starter recipe (no recipe file needed); the recipe used is written into the
+    build folder as recipe.yaml."""
+    import tempfile
+
+    from edgeq.atomic import write_text
+    from edgeq.pipeline import plan_build, run_build
+
+    text = init_recipe(model, device, data)
+    with tempfile.TemporaryDirectory(prefix="edgeq-recipe-") as tmp:
+        path = Path(tmp) / "recipe.yaml"
+        path.write_text(text)
+        plan = plan_build(path, output)
+        result = run_build(plan, force=force)
+    write_text(result.out_dir / "recipe.yaml", text)
+    return result
+
+
+def rerender_report(build_dir: str | Path) -> list[Path]:
+    """Write report.md and report.html again from BUILD_DIR/report.json (e.g. after an edgeq upgrade)."""
+    import json
+
+    from edgeq.atomic import write_text
+    from edgeq.report import render_html, render_markdown
+
+    folder = Path(build_dir)
+    report = _read_report(folder)
+    write_text(folder / "report.md", render_markdown(report))
+    write_text(folder / "report.html", render_html(report))
+    return [folder / "report.md", folder / "report.html"]
+
+
+def compare_builds(first: str | Path, second: str | Path) -> dict:
+    """Two builds side by side: per target device, each build's final artifact, verdict, fidelity, size, latency."""
+    from edgeq.summary import summary_rows
+
+    reports = [_read_report(Path(b)) for b in (first, second)]
+    return {"builds": [str(first), str(second)], "rows": [summary_rows(r) for r in reports]}
+
+
+def _read_report(folder: Path) -> dict:
+    import json
+
+    path = folder / "report.json"
+    if not path.is_file():
+        raise OutputError(f"'{folder}' has no report.json", "Give a build folder (edgeq build writes report.json)")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise OutputError(f"'{path}' is not valid JSON ({exc})", "Rebuild it with edgeq build") from None
+
+
 def export(source: str, output: str | Path, task: str | None = None, opset: int = 17,
            batch_size: int | None = None, sequence_length: int | None = None,
            trust_remote_code: bool = False) -> Path:  # fmt: skip

@@ -19,7 +19,7 @@ from edgeq.errors import EdgeqError
 
 EXIT_BELOW_THRESHOLDS = 3
 TASK_CHOICES = click.Choice(["feature-extraction", "text-classification", "token-classification",
-                             "question-answering", "image-classification"])  # fmt: skip
+                             "question-answering", "image-classification", "text-generation"])  # fmt: skip
 
 
 class EdgeqGroup(click.Group):
@@ -71,26 +71,84 @@ def _write_json(data, target: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- build
 @cli.command()
-@click.argument("recipe")
+@click.argument("recipe", required=False)
+@click.option("--model", help="Build this model (folder, pkg:<module> or hub id) with a starter recipe, no RECIPE.")
+@click.option("--device", help="With --model: the target device. Default: this host's CPU profile.")
+@click.option("--data", help="With --model: calibration and validation data (default: edgeq's samples).")
 @click.option("-o", "--output", help="Build folder. Default: build/<recipe name>.")
 @click.option("--force", is_flag=True, help="Rebuild every stage, ignoring the cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
-def build(recipe: str, output: str | None, force: bool, as_json: bool) -> None:
-    """Run RECIPE: export, quantize, validate on every target, write the build folder and report."""
+def build(recipe: str | None, model: str | None, device: str | None, data: str | None, output: str | None,
+          force: bool, as_json: bool) -> None:  # fmt: skip
+    """Run RECIPE (or --model with --device): export, quantize, validate on every target, write the build folder,
+    report.json/.md/.html, and end with a summary."""
     from edgeq import api
+    from edgeq.summary import print_summary
 
-    result = api.build(recipe, output, force)
+    if (recipe is None) == (model is None):
+        raise click.UsageError("give a RECIPE, or --model (with --device) to build without one")
+    if recipe is not None and (device or data):
+        raise click.UsageError("--device and --data go with --model; a recipe names its own targets and data")
+    result = api.build(recipe, output, force) if recipe else api.build_model(model, device, output, data, force)
     if as_json:
         _echo_json(result.report)
     else:
-        click.echo((result.out_dir / "report.md").read_text())
-        click.echo(f"\nreport: {result.out_dir / 'report.json'}\nfinal model: {result.out_dir / 'final' / 'model.onnx'}")
+        print_summary(result.report, result.out_dir)
+        if model:
+            click.echo(f"recipe used: {result.out_dir / 'recipe.yaml'}")
     if result.exit_code == EXIT_BELOW_THRESHOLDS:
         failures = [f"{v['artifact']} on {v['device']}: {'; '.join(v['failures'])}"
                     for v in result.report["validations"] if v["artifact"] == result.report["final_artifact"]
                     and v["failures"]]  # fmt: skip
         click.echo(f"Below thresholds: built, but {' | '.join(failures)}", err=True)
         sys.exit(EXIT_BELOW_THRESHOLDS)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--device", help="Target device id. Default: this host's CPU profile.")
+@click.option("--data", help="Calibration and validation data (default: edgeq's samples for the task).")
+@click.option("-o", "--output", help="Write the recipe here (default: stdout).")
+def init(model: str, device: str | None, data: str | None, output: str | None) -> None:
+    """Write a commented starter recipe for MODEL on a device: task detected, the device's rules applied."""
+    from edgeq import api
+
+    text = api.init_recipe(model, device, data)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    from edgeq.atomic import write_text
+
+    if Path(output).exists():
+        raise click.UsageError(f"'{output}' exists; choose another path (edgeq init never overwrites)")
+    write_text(Path(output), text)
+    click.echo(f"wrote {output}: edit the data paths, then `edgeq build {output}`")
+
+
+@cli.command()
+@click.argument("build_dir")
+def report(build_dir: str) -> None:
+    """Render BUILD_DIR's report.md and report.html again from its report.json."""
+    from edgeq import api
+
+    for path in api.rerender_report(build_dir):
+        click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("first")
+@click.argument("second")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare(first: str, second: str, as_json: bool) -> None:
+    """Two build folders side by side: per target, artifact, verdict, fidelity, size and latency."""
+    from edgeq import api
+    from edgeq.summary import print_comparison
+
+    found = api.compare_builds(first, second)
+    if as_json:
+        _echo_json(found)
+    else:
+        print_comparison(first, second, found["rows"])
 
 
 # --------------------------------------------------------------------------------------------- export

@@ -168,8 +168,8 @@ def activation_types_markdown(mp: dict) -> list[str]:
         shown = ", ".join(f"{name.replace('_', ' ')} {e['metrics'][name]:.5f}" for name in judged if name in e["metrics"])
         lines.append(f"- {e['configuration']} least sensitive blocks at 8 bits: {shown} → "
                      f"{'meets' if e['passed'] else 'misses'} the budget")  # fmt: skip
-    rows = [[i["name"], str(i["tensors"]), f"{i['proxy_loss_at_8_bit']:+.6f}", str(i["rank"]), f"**{i['precision']}**",
-             i["reason"]] for i in mp["islands"]]  # fmt: skip
+    rows = [[i["name"], str(i["tensors"]), _fmt(i["proxy_loss_at_8_bit"], "+.6f"), _fmt(i["rank"], "d"),
+             f"**{i['precision']}**", i["reason"]] for i in mp["islands"]]  # fmt: skip
     return [*lines, "", table(["block", "activations", "proxy loss at 8 bits", "rank", "precision", "reason"], rows)]
 
 

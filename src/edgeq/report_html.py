@@ -121,7 +121,7 @@ def _islands(report: dict) -> str:
         if "gain" in island:
             value = max(island["gain"].values(), default=0.0)
         else:
-            value = island.get("proxy_loss_at_8_bit", 0.0)
+            value = island.get("proxy_loss_at_8_bit") or 0.0
         bars.append((island["name"], value, colours[island["precision"]], f"{island['name']}: {island['precision']} — {island['reason']}"))
     label = "best proxy gain of a promotion" if any("gain" in i for i in islands) else "proxy loss at 8-bit activations"
     legend = " ".join(f"<span style='color:{c}'>■</span> {escape(p)}" for p, c in colours.items())

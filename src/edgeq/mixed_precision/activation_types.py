@@ -38,15 +38,17 @@ from edgeq.progress import say
 
 LAYER = re.compile(r"^(layer|layers|h|block|blocks|encoder_layer|stages?)\.\d+$|^\w+\.\d+$")
 RUNGS = ("a8w8", "a16w8")
+MODEL_LEVEL = "/model"  # top-level tensors: kept 16-bit (the HTP emulator refuses each of them at 8 bits: measured)
 MEANING = {"a8w8": "8-bit activations", "a16w8": "16-bit activations"}
 
 
 def island_of(node_name: str) -> str:
     """The block a node belongs to, from its exported name: '/encoder/layer.3/attention/self/MatMul' →
-    '/encoder/layer.3/attention'; '/embeddings/word_embeddings/Gather' → '/embeddings'."""
+    '/encoder/layer.3/attention'; '/embeddings/word_embeddings/Gather' → '/embeddings'; top-level nodes ('/Sub':
+    the attention mask's arithmetic, shared by every layer) → MODEL_LEVEL."""
     parts = [p for p in node_name.split("/") if p]
     if len(parts) < 2:
-        return "/other"
+        return MODEL_LEVEL
     for index, part in enumerate(parts[:-1]):
         if LAYER.match(part):
             return "/" + "/".join(parts[: min(index + 2, len(parts) - 1)])
@@ -71,7 +73,8 @@ def activation_quantizers(model: onnx.ModelProto) -> list[QuantizedActivation]:
         source = producer[node.input[0]]
         if source.op_type == "DequantizeLinear":  # a convert: belongs with the tensor it converts
             continue
-        found.append(QuantizedActivation(node.input[0], index, island_of(source.name)))
+        named = source.name if "/" in source.name else node.input[0]  # fused nodes keep their tensors' paths
+        found.append(QuantizedActivation(node.input[0], index, island_of(named)))
     return found
 
 
@@ -126,7 +129,9 @@ def search_activation_types(job: ActivationSearch) -> dict:
     quantizers = activation_quantizers(job.model16)
     islands: dict[str, set[str]] = defaultdict(set)
     for q in quantizers:
-        islands[q.island].add(q.tensor)
+        if q.island != MODEL_LEVEL:
+            islands[q.island].add(q.tensor)
+    fixed = sorted(q.tensor for q in quantizers if q.island == MODEL_LEVEL)
     params8 = _params(job.model8)
     base = job.proxy(job.model16)
     say(f"  {len(islands)} blocks: sensitivity of each at 8-bit activations on the proxy texts")
@@ -157,11 +162,14 @@ def search_activation_types(job: ActivationSearch) -> dict:
                 low = middle
         chosen = low
     eight = set(order[:chosen])
+    kept = [{"name": MODEL_LEVEL, "tensors": len(fixed), "proxy_loss_at_8_bit": None, "rank": None,
+             "precision": "a16w8", "reason": "16-bit activations, not searched: the model-level tensors (the attention "
+             "mask's arithmetic, read by every layer) at 8 bits make the HTP refuse the graph"}] if fixed else []  # fmt: skip
     return {
         "islands": [{"name": name, "tensors": len(islands[name]), "proxy_loss_at_8_bit": round(loss[name], 6),
                      "rank": order.index(name) + 1, "precision": "a8w8" if name in eight else "a16w8",
                      "reason": _reason(name, name in eight, loss[name], order, chosen, evaluations)}
-                    for name in islands],  # fmt: skip
+                    for name in islands] + kept,  # fmt: skip
         "order": order,
         "eight_bit_islands": sorted(eight),
         "eight_bit_tensors": sorted(set().union(*(islands[n] for n in eight)) if eight else set()),
