@@ -12,7 +12,7 @@ import yaml
 from conftest import ROOT
 from edgeq import api
 
-pytestmark = pytest.mark.real_model
+pytestmark = [pytest.mark.real_model, pytest.mark.timeout(2400)]  # the first run trains the model (~7 min)
 LM_METRICS = {"next_token_top1_agreement", "kl_divergence_mean", "perplexity", "perplexity_reference", "greedy_match_tokens"}
 
 

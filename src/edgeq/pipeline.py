@@ -246,7 +246,7 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
     def produce(folder: Path) -> dict:
         feeds = calibration_feeds(plan, source) if calib_samples is not None else None
         done = quantize_model(source.folder / MODEL_FILE, folder / MODEL_FILE, q, plan.op_types, feeds,
-                              plan.scheme, power_of_two)  # fmt: skip
+                              plan.scheme, power_of_two, folded=plan.legalizes)  # fmt: skip
         copy_companions(source.folder, folder)
         return {
             **done,
@@ -257,7 +257,7 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
         }
 
     key = {"input": source.key, "quantization": q.model_dump(mode="json"), "op_types": plan.op_types,
-           "scheme": plan.scheme, "power_of_two": power_of_two,
+           "scheme": plan.scheme, "power_of_two": power_of_two, "folded": plan.legalizes,
            "calibration": [c.key() for c in calib_samples] if calib_samples else None,
            "calibration_shape": [plan.recipe.static_shapes, q.calibration and plan.recipe.sequence_length_for(q.calibration)]}  # fmt: skip
     return cached_stage(plan.out_dir / name, "quantize", key, produce, force)

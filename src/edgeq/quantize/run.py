@@ -27,6 +27,7 @@ def quantize_model(
     scheme: str = "onnxruntime",
     power_of_two: bool = False,
     activation_overrides: dict[str, str] | None = None,
+    folded: bool = False,
 ) -> dict:
     """Write the quantized model to out_path; return what was done beyond the config (for the report).
 
@@ -50,7 +51,7 @@ def quantize_model(
         if q.mode == "static" and scheme == "qnn":
             _quantize_qnn(fp32_path, out_path, Path(tmp), q, op_types, calibration_feeds or [], activation_overrides)
             return done
-        prepare(fp32_path, prepared)
+        prepare(fp32_path, prepared, optimize=not folded)
         kept = index_path_nodes(onnx.load(str(prepared), load_external_data=False)) if q.mode == "static" else []
         if kept:
             done["index_nodes_kept_float"] = len(kept)
@@ -59,7 +60,7 @@ def quantize_model(
             per_channel=q.per_channel,
             reduce_range=q.reduce_range,
             weight_type=getattr(QuantType, QUANT_TYPES[q.weight_type]),
-            nodes_to_exclude=list(q.nodes_to_exclude) + kept,
+            nodes_to_exclude=excluded_nodes(onnx.load(str(prepared), load_external_data=False), q.nodes_to_exclude) + kept,
         )
         if q.mode == "dynamic":
             # DefaultTensorType: fused contrib ops (Attention, SkipLayerNormalization) defeat shape inference
@@ -125,7 +126,7 @@ def _quantize_qnn(fp32_path, out_path, tmp, q, op_types, feeds, activation_overr
         weight_type=weight_type,
         per_channel=q.per_channel, activation_symmetric=q.symmetric_activations,
         weight_symmetric=q.symmetric_weights, calibration_providers=["CPUExecutionProvider"],
-        op_types_to_quantize=op_types, nodes_to_exclude=list(q.nodes_to_exclude) or None,
+        op_types_to_quantize=op_types, nodes_to_exclude=excluded_nodes(model, q.nodes_to_exclude) or None,
         init_overrides=overrides or None,
     )  # fmt: skip
     quantize(str(source), str(out_path), config)
@@ -154,15 +155,24 @@ def _quantize_int4(fp32_path: Path, out_path: Path, q: QuantizationConfig, op_ty
     onnx.save(model, str(out_path))
 
 
-def prepare(fp32_path: Path, prepared: Path) -> None:
-    """onnxruntime's pre-processing (shape inference, basic fusions). Symbolic shape inference fails on some
-    exports ('Incomplete symbolic shape inference'); ONNX's own shape inference is then enough."""
+def excluded_nodes(model: onnx.ModelProto, patterns: list[str]) -> list[str]:
+    """The node names the recipe's nodes_to_exclude match: exact names, or shell-style patterns (`*`, `?`)."""
+    import fnmatch
+
+    names = [n.name for n in model.graph.node]
+    return sorted({name for p in patterns for name in (fnmatch.filter(names, p) if any(c in p for c in "*?[") else [p])})
+
+
+def prepare(fp32_path: Path, prepared: Path, optimize: bool = True) -> None:
+    """onnxruntime's pre-processing (shape inference, basic fusions; `optimize` False for a model legalization has
+    already folded, whose structure is then kept). Symbolic shape inference fails on some exports ('Incomplete
+    symbolic shape inference'); ONNX's own shape inference is then enough."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        quant_pre_process(str(fp32_path), str(prepared))
+        quant_pre_process(str(fp32_path), str(prepared), skip_optimization=not optimize)
     except Exception:
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(fp32_path), str(prepared), skip_optimization=not optimize, skip_symbolic_shape=True)
 
 
 def _quantize_static(prepared, out_path, q, common, feeds, const_b_only: bool = False) -> None:

@@ -181,7 +181,10 @@ class QuantizationConfig(Strict):
         description="ONNX op types to quantize, e.g. [MatMul, Gather]. Unset: every type onnxruntime can "
         "quantize, restricted to what the target devices support.",
     )
-    nodes_to_exclude: list[str] = Field(default=[], description="Exact node names kept in FP32.")
+    nodes_to_exclude: list[str] = Field(
+        default=[], description="Node names kept in FP32: exact, or shell-style patterns such as "
+        "`/encoder/layer.*/output/dense/MatMul` (onnxruntime and QNN static quantization match patterns).",
+    )
     table_type: Literal["weight", "activation"] = Field(
         default="weight", description="Static QNN only: the integer type of embedding tables (Gather data): "
         "`weight` (the weight type: 8 bits, a quarter of FP32's bytes, with a type convert after the lookup) or "
