@@ -54,8 +54,11 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
     cfg = job.config
     fp32 = onnx.load(str(job.fp32_path))
     fp32_size = job.fp32_path.stat().st_size
-    islands = find_islands(fp32, job.op_types)
     ladder = [rung for rung in LADDER if rung in cfg.candidates]
+    op_types = job.op_types
+    if "xint8" in ladder and op_types is not None and "Gather" not in op_types:
+        op_types = [*op_types, "Gather"]  # a DPU model's embedding tables: INT8 rows on the CPU side, not FP32
+    islands = find_islands(fp32, op_types)
     stats = activation_statistics(job, fp32, islands) if STATS_RUNGS & set(ladder) else None
     build_candidates(fp32, islands, ladder, job.per_channel, stats, cfg.smooth_alpha, has_token_mask(fp32),
                      job.device.quantization.int8_pairs_saturate)  # fmt: skip
