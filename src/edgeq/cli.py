@@ -151,6 +151,32 @@ def compare(first: str, second: str, as_json: bool) -> None:
         print_comparison(first, second, found["rows"])
 
 
+@cli.command()
+@click.argument("sweep_file")
+@click.option("--address", help="Join this Ray cluster (host:port). Default: start a local Ray.")
+@click.option("-o", "--output", help="Sweep folder. Default: build/sweeps/<sweep name>.")
+@click.option("--cell-timeout", type=click.FloatRange(min=1), help="Seconds a cell's build may take.")
+@click.option("--json", "as_json", is_flag=True, help="Print sweep.json to stdout.")
+def sweep(sweep_file: str, address: str | None, output: str | None, cell_timeout: float | None, as_json: bool) -> None:
+    """Run SWEEP_FILE: recipes × target devices × a grid of overrides, each cell one build, as Ray tasks."""
+    from edgeq.errors import EdgeqError as _Error
+
+    try:
+        from edgeq.sweep_ray import run_sweep
+        import ray  # noqa: F401
+    except ImportError:
+        raise _Error("edgeq sweep needs Ray, which is not installed", "pip install 'edgeq[ray]'") from None
+    from edgeq.sweep import print_table
+
+    result = run_sweep(sweep_file, output, address, cell_timeout)
+    if as_json:
+        _echo_json(result)
+    else:
+        print_table(result["cells"])
+    if any(row["status"] != "passed" for row in result["cells"]):
+        sys.exit(EXIT_BELOW_THRESHOLDS if all(r["status"] in ("passed", "failed") for r in result["cells"]) else 1)
+
+
 # --------------------------------------------------------------------------------------------- export
 @cli.command()
 @click.argument("source")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -401,9 +402,18 @@ def _write_final(plan: Plan, stage: StageResult, target: Path, devices: list[Dev
 
 
 def cached_stage(folder: Path, stage: str, key_material: dict, produce: Callable[[Path], dict], force: bool) -> StageResult:
-    """Serve the stage from `folder` when its key matches, else run `produce` into a fresh folder atomically."""
+    """Serve the stage from `folder` when its key matches (or from the shared cache, EDGEQ_SHARED_CACHE, a folder
+    of stage outputs by key that builds on several machines share), else run `produce` into a fresh folder
+    atomically (and offer the result to the shared cache)."""
     key = digest({"stage": stage, "edgeq": __version__, "tools": tool_versions(), **key_material})
     record = None if force else read_stage_record(folder, key)
+    if record is None and not force and (shared := _shared_entry(stage, key)) is not None:
+        with atomic_dir(folder) as scratch:
+            shutil.copytree(shared, scratch, dirs_exist_ok=True)
+        record = read_stage_record(folder, key)
+        if record is not None:
+            say(f"✓ {stage}: from the shared cache ({folder.name}/, built in {record['seconds']:.1f}s elsewhere)")
+            return StageResult(stage, folder, key, 0.0, True, record["details"])
     if record is not None:
         say(f"✓ {stage}: cached ({folder.name}/, built in {record['seconds']:.1f}s)")
         return StageResult(stage, folder, key, 0.0, True, record["details"])
@@ -416,7 +426,28 @@ def cached_stage(folder: Path, stage: str, key_material: dict, produce: Callable
                   "files": {MODEL_FILE: sha256_file(scratch / MODEL_FILE)}}  # fmt: skip
         (scratch / STAGE_FILE).write_text(json.dumps(record, indent=2))
     say(f"  {stage}: {seconds:.1f}s")
+    _offer_to_shared_cache(stage, key, folder)
     return StageResult(stage, folder, key, seconds, False, details)
+
+
+def _shared_entry(stage: str, key: str) -> Path | None:
+    root = os.environ.get("EDGEQ_SHARED_CACHE")
+    entry = Path(root) / stage / key if root else None
+    return entry if entry is not None and read_stage_record(entry, key) is not None else None
+
+
+def _offer_to_shared_cache(stage: str, key: str, folder: Path) -> None:
+    """Copy a finished stage folder into the shared cache under its key (content-addressed; first writer wins)."""
+    root = os.environ.get("EDGEQ_SHARED_CACHE")
+    if not root or (Path(root) / stage / key).exists():
+        return
+    target = Path(root) / stage / key
+    scratch = target.parent / f".tmp-{key}-{os.getpid()}"
+    try:
+        shutil.copytree(folder, scratch)
+        scratch.rename(target)
+    except OSError:  # another build published it first, or the folder is not writable: the cache is an optimisation
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def read_stage_record(folder: Path, key: str) -> dict | None:

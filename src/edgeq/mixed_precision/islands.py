@@ -117,7 +117,8 @@ def _matmul_candidates(node, weight, kind, rungs, per_channel, stats, smooth_alp
             alpha = found["sint8"].detail["alpha"] if "sint8" in found else None
             found[rung] = C.matmul_static(node, weight, stats, unsigned=True, alpha=alpha)
         elif rung == "w8" and kind == "matmul":  # onnxruntime folds a weight DQ into MatMul, not into Attention
-            found[rung] = C.matmul_w8(node, weight, per_channel)
+            # beside a DPU's rungs, w8 runs on the CPU, where the DPU's per-tensor rule does not apply
+            found[rung] = C.matmul_w8(node, weight, per_channel or "xint8" in rungs)
         elif rung == "xint8" and kind == "matmul" and stats is not None:
             found[rung] = C.matmul_xint8(node, weight, stats.rows.ravel())
     return found
