@@ -115,6 +115,32 @@ def test_mobile_targets_get_coverage_estimates_and_an_ort_model(tiny_bert, write
     assert "## Coverage estimates (not a run)" in text and "## One artifact per target" in text and "## Legalization" in text
 
 
+def test_nnapi_keeps_excluded_matmuls_in_its_partitions_with_int8_weights(tiny_bert, write_recipe, tmp_path):
+    """MatMuls kept out of activation quantization store uint8 weights per tensor (NNAPI's DequantizeLinear rule)
+    when the recipe says so: a smaller model, the same NNAPI partitions, FP32 compute."""
+    built = {}
+    for weights in ("fp32", "int8"):
+        recipe = static_recipe(tiny_bert, ["pixel-8"], op_types=["MatMul", "Gather"], excluded_weights=weights,
+                               nodes_to_exclude=["/encoder/layer.*/intermediate/dense/MatMul"])  # fmt: skip
+        built[weights] = api.build(write_recipe(recipe), output=tmp_path / weights).report
+    quantize = next(s for s in built["int8"]["stages"] if s["name"] == "quantize")
+    assert quantize["excluded_weights_int8"] == 2
+    model = onnx.load(str(tmp_path / "int8" / "final" / "model.onnx"))
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    ffn = [n for n in model.graph.node if n.op_type == "MatMul" and "intermediate/dense" in n.name]
+    assert len(ffn) == 2
+    for node in ffn:  # the activation stays float (not quantized); the weight is uint8 with one scale
+        dq = producers[node.input[1]]
+        assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].data_type == onnx.TensorProto.UINT8
+        assert list(inits[dq.input[1]].dims) == [] and producers[node.input[0]].op_type != "DequantizeLinear"
+    fp32_entry, int8_entry = (next(v for v in r["validations"] if v["artifact"] == r["finals"]["pixel-8"]["artifact"])
+                              for r in (built["fp32"], built["int8"]))  # fmt: skip
+    assert int8_entry["coverage"]["partitions"] == fp32_entry["coverage"]["partitions"]
+    assert (tmp_path / "int8" / "final" / "model.onnx").stat().st_size < (tmp_path / "fp32" / "final" / "model.onnx").stat().st_size
+    assert int8_entry["metrics"]["cosine_mean"] > 0.99 and int8_entry["passed"]
+
+
 def test_dpu_model_follows_the_xint8_rules(tiny_bert, write_recipe, tmp_path):
     recipe = base_recipe(str(tiny_bert), targets=["kria-kv260"],
                          quantization={"mode": "static", "format": "qdq", "activation_type": "int8", "per_channel": False,

@@ -68,9 +68,21 @@ def quantize_model(
             quantize_dynamic(str(prepared), str(out_path), extra_options=extra, **common)
         else:
             _quantize_static(prepared, out_path, q, common, calibration_feeds or [], power_of_two)
+            if q.excluded_weights == "int8" and q.nodes_to_exclude:
+                done["excluded_weights_int8"] = _store_excluded_int8(out_path, common["nodes_to_exclude"])
             if power_of_two:
                 done["power_of_two"] = _power_of_two(out_path, prepared, calibration_feeds or [])
     return done
+
+
+def _store_excluded_int8(out_path: Path, names: list[str]) -> int:
+    """The FP32 MatMuls left out of activation quantization keep INT8 weights (weight-only); returns how many."""
+    from edgeq.quantize.weight_only import store_weights_int8
+
+    model = onnx.load(str(out_path))
+    rewritten = store_weights_int8(model, names)
+    onnx.save(model, str(out_path))
+    return len(rewritten)
 
 
 def _power_of_two(quantized_path: Path, float_path: Path, feeds: list[dict]) -> dict:

@@ -185,6 +185,12 @@ class QuantizationConfig(Strict):
         default=[], description="Node names kept in FP32: exact, or shell-style patterns such as "
         "`/encoder/layer.*/output/dense/MatMul` (onnxruntime and QNN static quantization match patterns).",
     )
+    excluded_weights: Literal["fp32", "int8"] = Field(
+        default="fp32", description="Static QDQ: how the MatMuls `nodes_to_exclude` keeps out of activation "
+        "quantization store their weights: `fp32`, or `int8` (uint8 with one scale per tensor and a "
+        "DequantizeLinear before the FP32 MatMul: a quarter of the bytes, FP32 compute; per tensor because NNAPI's "
+        "DequantizeLinear takes no per-channel scales, so the pair stays in one NNAPI partition).",
+    )
     table_type: Literal["weight", "activation"] = Field(
         default="weight", description="Static QNN only: the integer type of embedding tables (Gather data): "
         "`weight` (the weight type: 8 bits, a quarter of FP32's bytes, with a type convert after the lookup) or "
@@ -210,6 +216,8 @@ class QuantizationConfig(Strict):
                 raise ValueError("format: qdq needs mode: static (dynamic quantization is always QOperator)")
             if self.activation_type is not None:
                 raise ValueError("activation_type is for mode: static (dynamic activations are uint8 at run time)")
+        if self.excluded_weights == "int8" and (self.mode != "static" or self.format == "qoperator"):
+            raise ValueError("excluded_weights: int8 is for mode: static with format: qdq (weight-only INT8 beside QDQ)")
         if self.activation_type in ("uint16", "int16") and self.format == "qoperator":
             raise ValueError("16-bit activations need format: qdq")
         return self
