@@ -58,6 +58,9 @@ def test_mobile_recipe_writes_ort_and_coverage(tmp_path_factory):
     assert all(v["coverage"]["estimate"] and v["mode"] == "emulated" for v in final)
     coverage = {v["device"]: v["coverage"] for v in final}
     assert coverage["iphone-15-pro"]["share"] >= 0.9 and coverage["pixel-8"]["partitions"] < 20
+    pixel = next(v for v in final if v["device"] == "pixel-8")  # FFN weights INT8 (weight-only): a quarter of FP32
+    assert pixel["metrics"]["cosine_mean"] >= 0.995
+    assert next(a for a in report["artifacts"] if a["name"] == "int8")["size_ratio"] <= 0.30
 
 
 def test_kv260_scales_are_powers_of_two_and_cosine_at_least_098(tmp_path_factory):

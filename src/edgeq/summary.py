@@ -25,11 +25,22 @@ def summary_rows(report: dict) -> list[dict]:
     return rows
 
 
-def print_summary(report: dict, out_dir, console=None) -> None:
+def table_console():
+    """A console for result tables: the terminal's width, or 160 columns when the output is a file or a pipe (rich's
+    80 would fold every cell of a build log into a column of word fragments)."""
+    import os
+    import sys
+
     from rich.console import Console
+
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(width=160) if wide else Console()
+
+
+def print_summary(report: dict, out_dir, console=None) -> None:
     from rich.table import Table
 
-    console = console or Console()
+    console = console or table_console()
     table = Table(title=f"edgeq build {report['recipe']['name']}: {'PASSED' if report['passed'] else 'FAILED'}",
                   title_justify="left")  # fmt: skip
     for column in ("target", "mode", "artifact", "verdict", "fidelity vs FP32", "size", "p50 latency", "model"):
@@ -46,10 +57,9 @@ def print_summary(report: dict, out_dir, console=None) -> None:
 
 
 def print_comparison(first: str, second: str, rows: list[list[dict]], console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or table_console()
     table = Table(title="edgeq compare", title_justify="left")
     table.add_column("target")
     for name in (first, second):

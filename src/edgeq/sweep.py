@@ -215,8 +215,9 @@ def sweep_html(out_dir: Path, rows: list[dict], ray_info: dict) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from edgeq.summary import table_console
 
     table = Table(title=f"edgeq sweep: {sum(r['status'] == 'passed' for r in rows)}/{len(rows)} cells passed",
                   title_justify="left")  # fmt: skip
@@ -229,4 +230,4 @@ def print_table(rows: list[dict]) -> None:
                       f"[{colour}]{row['status']}[/{colour}]" + (f" {row['error']}" if row.get("error") else ""),
                       "" if cosine is None else f"{cosine:.4f}",
                       "" if row["size_ratio"] is None else f"{row['size_ratio']:.1%}", str(row["seconds"]), str(row["node"]))  # fmt: skip
-    Console().print(table)
+    table_console().print(table)
