@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -36,17 +37,22 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    # token authentication with the cluster's own token (a fresh machine has no ~/.ray/auth_token)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     port = _free_port()
     address = f"127.0.0.1:{port}"
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"]
-    subprocess.run([RAY, "start", "--head", "--port", str(port), "--include-dashboard=false", *common], env=env,
-                   check=True, capture_output=True)  # fmt: skip
+    _ray([RAY, "start", "--head", "--port", str(port), "--include-dashboard=false", *common], env)
     try:
-        subprocess.run([RAY, "start", "--address", address, *common], env=env, check=True, capture_output=True)
+        _ray([RAY, "start", "--address", address, *common], env)
         yield address, env
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
+
+
+def _ray(command: list, env: dict) -> None:
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(map(str, command[1:3]))} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 
 def _sweep_files(folder: Path, tiny_bert: Path) -> Path:
