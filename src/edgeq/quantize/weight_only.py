@@ -3,10 +3,11 @@
 The MatMul still computes in floating point; its constant weight W [K, N] is stored as uint8 with a DequantizeLinear
 before it. NNAPI's DequantizeLinear takes only one scale and zero point per tensor (onnxruntime's NNAPI EP: uint8
 input, scalar scale and zero point), and one scale for a whole matrix loses the small columns to the large ones
-(MiniLM's FFN weights per tensor: cosine 0.986). So each column is first divided by its own largest magnitude,
-the normalised matrix is stored per tensor (symmetric, zero point 128), and a Mul by the column scales follows the
-MatMul: X @ (Wn * s) = (X @ Wn) * s. That is per-channel INT8 from ops NNAPI runs, in the partition of the MatMul
-they serve; on any other EP it is one constant DequantizeLinear and one Mul."""
+(MiniLM's FFN weights per tensor: cosine 0.986). So the matrix is quantized per column (symmetric INT8, the
+project's `quantize_symmetric`), the integers are stored as uint8 with zero point 128 and scale 1 (one scale for
+the tensor), and a Mul by the column scales follows the MatMul: X @ (Q * s) = (X @ Q) * s. That is per-channel INT8
+from ops NNAPI runs, in the partition of the MatMul they serve; on any other EP it is one constant
+DequantizeLinear and one Mul."""
 
 from __future__ import annotations
 
@@ -14,16 +15,15 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgeq.mixed_precision.candidates import quantize_symmetric
+
 ZERO_POINT = 128
 
 
-def column_normalised_uint8(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 values with zero point 128 and scale 1/127, per-column scales [N]) with
-    weight ≈ (values - 128) / 127 * scales."""
-    scales = np.abs(weight).max(axis=0)
-    scales = np.where(scales == 0, 1.0, scales).astype(np.float32)
-    q = np.clip(np.round(weight / scales * 127.0) + ZERO_POINT, 1, 255).astype(np.uint8)
-    return q, scales
+def column_uint8(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 values with zero point 128, per-column scales [N]) with weight ≈ (values - 128) * scales."""
+    q, scales = quantize_symmetric(weight, axis=1)
+    return (q.astype(np.int16) + ZERO_POINT).astype(np.uint8), scales
 
 
 def store_weights_int8(model: onnx.ModelProto, node_names: list[str]) -> list[str]:
@@ -50,13 +50,13 @@ def store_weights_int8(model: onnx.ModelProto, node_names: list[str]) -> list[st
 
 
 def _weight_only(model: onnx.ModelProto, node: onnx.NodeProto, weight: onnx.TensorProto):
-    q, scales = column_normalised_uint8(numpy_helper.to_array(weight))
+    q, scales = column_uint8(numpy_helper.to_array(weight))
     base = weight.name
     names = (f"{base}_uint8", f"{base}_uint8_scale", f"{base}_uint8_zero_point")
     column_scales = f"{base}_column_scale"
     model.graph.initializer.remove(weight)
     model.graph.initializer.extend([
-        numpy_helper.from_array(q, names[0]), numpy_helper.from_array(np.array(1 / 127, np.float32), names[1]),
+        numpy_helper.from_array(q, names[0]), numpy_helper.from_array(np.array(1.0, np.float32), names[1]),
         numpy_helper.from_array(np.array(ZERO_POINT, np.uint8), names[2]), numpy_helper.from_array(scales, column_scales),
     ])  # fmt: skip
     dequantized, output, unscaled = f"{base}_dequantized", node.output[0], f"{node.output[0]}_unscaled"

@@ -187,9 +187,9 @@ class QuantizationConfig(Strict):
     )
     excluded_weights: Literal["fp32", "int8"] = Field(
         default="fp32", description="Static QDQ: how the MatMuls `nodes_to_exclude` keeps out of activation "
-        "quantization store their weights: `fp32`, or `int8` (uint8 with one scale per tensor and a "
-        "DequantizeLinear before the FP32 MatMul: a quarter of the bytes, FP32 compute; per tensor because NNAPI's "
-        "DequantizeLinear takes no per-channel scales, so the pair stays in one NNAPI partition).",
+        "quantization store their weights: `fp32`, or `int8` (INT8 per column, a quarter of the bytes, FP32 "
+        "compute: the integers go through a DequantizeLinear with one scale, since NNAPI's takes no per-channel "
+        "scales, and a Mul by the column scales follows the MatMul, so all of it stays in the MatMul's NNAPI partition).",
     )
     table_type: Literal["weight", "activation"] = Field(
         default="weight", description="Static QNN only: the integer type of embedding tables (Gather data): "
