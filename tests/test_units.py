@@ -90,3 +90,36 @@ def test_device_profile_whose_id_does_not_match_its_file(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEQ_DEVICES_PATH", str(tmp_path))
     with pytest.raises(DeviceError, match="id 'other' does not match the file name 'board'"):
         load_device("board")
+
+
+def test_activation_islands_follow_block_paths_and_reach_past_unnamed_preprocessing_nodes():
+    """A tensor's island is its producer's block; a node without a path (QNN pre-processing's Reshape before a Gemm)
+    hands its tensor to the block of the node that reads it; top-level nodes (the mask's arithmetic) are '/model'."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgeq.mixed_precision.activation_types import activation_quantizers
+
+    def qdq(tensor: str) -> list:
+        return [helper.make_node("QuantizeLinear", [tensor, "s", "z"], [f"{tensor}_q"]),
+                helper.make_node("DequantizeLinear", [f"{tensor}_q", "s", "z"], [f"{tensor}_dq"])]  # fmt: skip
+
+    nodes = [helper.make_node("Sub", ["one", "mask"], ["/Sub_output_0"], name="/Sub"), *qdq("/Sub_output_0"),
+             helper.make_node("Reshape", ["x", "shape"], ["gemm_input"], name="gemm_input_reshape"), *qdq("gemm_input"),
+             helper.make_node("Gemm", ["gemm_input_dq", "w"], ["y"], name="/encoder/layer.2/intermediate/dense/Gemm"),
+             helper.make_node("Relu", ["y"], ["/encoder/layer.2/output/Relu_output_0"], name="fused_7"),
+             *qdq("/encoder/layer.2/output/Relu_output_0")]  # fmt: skip
+    inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]), helper.make_tensor("z", TensorProto.UINT8, [], [0]),
+             helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.0] * 16)]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [], [], inits)
+    islands = {q.tensor: q.island for q in activation_quantizers(helper.make_model(graph))}
+    assert islands == {"/Sub_output_0": "/model", "gemm_input": "/encoder/layer.2/intermediate",
+                       "/encoder/layer.2/output/Relu_output_0": "/encoder/layer.2/output"}  # fmt: skip
+
+
+def test_native_prints_on_stdout_go_to_stderr_while_a_command_runs():
+    """onnxruntime-qnn's emulator prints a banner on file descriptor 1; `--json` output must stay parseable."""
+    code = ("import os\nfrom edgeq.cli import _native_stdout_to_stderr\nwith _native_stdout_to_stderr():\n"
+            "    os.write(1, b'native banner\\n')\n    print('{\"ok\": 1}')\nprint('after')")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == '{"ok": 1}\nafter\n' and done.stderr == "native banner\n"

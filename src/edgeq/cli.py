@@ -7,6 +7,7 @@ onnxruntime only inside the commands that run a model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -27,7 +28,8 @@ class EdgeqGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with _native_stdout_to_stderr():
+                return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except EdgeqError as exc:
@@ -43,6 +45,31 @@ class EdgeqGroup(click.Group):
             click.echo(f"Error: internal error ({type(exc).__name__}: {first}). Run with EDGEQ_DEBUG=1 for the "
                        "traceback and please report it", err=True)  # fmt: skip
             ctx.exit(1)
+
+
+@contextlib.contextmanager
+def _native_stdout_to_stderr():
+    """Native libraries print banners on file descriptor 1 (onnxruntime-qnn's HTP emulator does, on every session):
+    point it at stderr while a command runs, with Python's stdout kept on the real stdout, so that what edgeq prints
+    (e.g. `--json`) is all that stdout holds. A stream that is not file descriptor 1 (a test runner's) is left alone."""
+    try:
+        redirect = sys.stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError):
+        redirect = False
+    if not redirect:
+        yield
+        return
+    original = sys.stdout
+    original.flush()
+    sys.stdout = os.fdopen(os.dup(1), "w", buffering=1, encoding=original.encoding, errors=original.errors)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(sys.stdout.fileno(), 1)
+        sys.stdout.close()
+        sys.stdout = original
 
 
 @click.group(cls=EdgeqGroup)

@@ -38,7 +38,7 @@ from edgeq.progress import say
 
 LAYER = re.compile(r"^(layer|layers|h|block|blocks|encoder_layer|stages?)\.\d+$|^\w+\.\d+$")
 RUNGS = ("a8w8", "a16w8")
-MODEL_LEVEL = "/model"  # top-level tensors: kept 16-bit (the HTP emulator refuses each of them at 8 bits: measured)
+MODEL_LEVEL = "/model"  # top-level tensors (the attention mask's arithmetic, read by every layer): an island too
 MEANING = {"a8w8": "8-bit activations", "a16w8": "16-bit activations"}
 
 
@@ -66,6 +66,10 @@ def activation_quantizers(model: onnx.ModelProto) -> list[QuantizedActivation]:
     """Every QuantizeLinear of an activation (not a weight), with the island of the node producing it."""
     weights = {t.name for t in model.graph.initializer}
     producer = {out: node for node in model.graph.node for out in node.output}
+    readers = defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name].append(node)
     found = []
     for index, node in enumerate(model.graph.node):
         if node.op_type != "QuantizeLinear" or node.input[0] in weights or node.input[0] not in producer:
@@ -73,9 +77,22 @@ def activation_quantizers(model: onnx.ModelProto) -> list[QuantizedActivation]:
         source = producer[node.input[0]]
         if source.op_type == "DequantizeLinear":  # a convert: belongs with the tensor it converts
             continue
-        named = source.name if "/" in source.name else node.input[0]  # fused nodes keep their tensors' paths
-        found.append(QuantizedActivation(node.input[0], index, island_of(named)))
+        found.append(QuantizedActivation(node.input[0], index, island_of(_path_name(source, node, readers))))
     return found
+
+
+def _path_name(source: onnx.NodeProto, quantize: onnx.NodeProto, readers: dict) -> str:
+    """A name with the block's path for the tensor `quantize` quantizes: its producer's; else (fused nodes) the
+    tensor's own; else (a node a pre-processing added, e.g. QNN's Reshape before a Gemm) that of the node reading
+    it through its DequantizeLinear."""
+    for name in (source.name, quantize.input[0]):
+        if "/" in name:
+            return name
+    for dequantize in readers[quantize.output[0]]:
+        for reader in readers[dequantize.output[0]]:
+            if "/" in reader.name:
+                return reader.name
+    return quantize.input[0]
 
 
 def _params(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -129,9 +146,7 @@ def search_activation_types(job: ActivationSearch) -> dict:
     quantizers = activation_quantizers(job.model16)
     islands: dict[str, set[str]] = defaultdict(set)
     for q in quantizers:
-        if q.island != MODEL_LEVEL:
-            islands[q.island].add(q.tensor)
-    fixed = sorted(q.tensor for q in quantizers if q.island == MODEL_LEVEL)
+        islands[q.island].add(q.tensor)
     params8 = _params(job.model8)
     base = job.proxy(job.model16)
     say(f"  {len(islands)} blocks: sensitivity of each at 8-bit activations on the proxy texts")
@@ -162,14 +177,11 @@ def search_activation_types(job: ActivationSearch) -> dict:
                 low = middle
         chosen = low
     eight = set(order[:chosen])
-    kept = [{"name": MODEL_LEVEL, "tensors": len(fixed), "proxy_loss_at_8_bit": None, "rank": None,
-             "precision": "a16w8", "reason": "16-bit activations, not searched: the model-level tensors (the attention "
-             "mask's arithmetic, read by every layer) at 8 bits make the HTP refuse the graph"}] if fixed else []  # fmt: skip
     return {
         "islands": [{"name": name, "tensors": len(islands[name]), "proxy_loss_at_8_bit": round(loss[name], 6),
                      "rank": order.index(name) + 1, "precision": "a8w8" if name in eight else "a16w8",
                      "reason": _reason(name, name in eight, loss[name], order, chosen, evaluations)}
-                    for name in islands] + kept,  # fmt: skip
+                    for name in islands],  # fmt: skip
         "order": order,
         "eight_bit_islands": sorted(eight),
         "eight_bit_tensors": sorted(set().union(*(islands[n] for n in eight)) if eight else set()),
