@@ -37,16 +37,17 @@ def build(name: str, tmp_path_factory, **changes) -> dict:
     return report | {"_out": out}
 
 
-def test_snapdragon_htp_reaches_099_with_every_node_on_the_htp(tmp_path_factory):
+def test_snapdragon_htp_reaches_0998_with_every_node_on_the_htp(tmp_path_factory):
     pytest.importorskip("onnxruntime_qnn")
-    # 32 texts, not the recipe's 128: the HTP emulator takes seconds a text (the recipe's own build says how long)
+    # 32 texts, not the recipe's 128: the HTP emulator takes about a second a text (the recipe's build says how long).
+    # 0.998 needs the device profile's HTP generation (v75): emulated as v68/v69 the same model gives 0.9976.
     report = build("minilm-snapdragon", tmp_path_factory, validation__samples=32)
     entry = next(v for v in report["validations"] if v["artifact"] == report["final_artifact"])
     assert report["final_artifact"] == "mixed" and report["mixed_precision"]["kind"] == "activation types (QDQ NPU)"
     assert next(a for a in report["artifacts"] if a["name"] == "mixed")["size_ratio"] <= 0.30
     assert entry["provider"] == "QNNExecutionProvider" and entry["mode"] == "emulated"
     assert entry["fallback_nodes"] == 0 and list(entry["placement"]) == ["QNNExecutionProvider"]
-    assert entry["metrics"]["cosine_mean"] >= 0.99
+    assert entry["metrics"]["cosine_mean"] >= 0.998
 
 
 def test_mobile_recipe_writes_ort_and_coverage(tmp_path_factory):

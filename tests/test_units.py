@@ -123,3 +123,45 @@ def test_native_prints_on_stdout_go_to_stderr_while_a_command_runs():
             "    os.write(1, b'native banner\\n')\n    print('{\"ok\": 1}')\nprint('after')")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout == '{"ok": 1}\nafter\n' and done.stderr == "native banner\n"
+
+
+def test_eight_bit_simulation_requantizes_the_int32_bias_of_a_gemm_whose_input_changed(tmp_path):
+    """onnxruntime's fused integer Gemm assumes bias scale = input scale × weight scale: a swapped input scale
+    without a requantized bias puts the bias off by the ratio of the scales."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from edgeq.mixed_precision.activation_types import _params, with_eight_bit
+
+    rng = np.random.default_rng(0)
+    weight, bias = rng.standard_normal((8, 8)).astype(np.float32), (5 * rng.standard_normal(8)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["g"]), helper.make_node("Relu", ["g"], ["y"])],
+                              "gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+                              [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), tmp_path / "f.onnx")
+    feeds = [{"x": rng.standard_normal((4, 8)).astype(np.float32)} for _ in range(8)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(feeds)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    for kind in ("u16", "u8"):
+        quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / f"{kind}.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt16 if kind == "u16" else QuantType.QUInt8,
+                        weight_type=QuantType.QUInt8)  # fmt: skip
+    model16, model8 = onnx.load(str(tmp_path / "u16.onnx")), onnx.load(str(tmp_path / "u8.onnx"))
+    params8 = _params(model8)  # the Gemm's input and output (its Relu folded into the output's quantizer)
+    simulated = with_eight_bit(model16, params8, set(params8))
+
+    def run(model) -> np.ndarray:
+        source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+        return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, feeds[0])[0]
+
+    exact, eight = run(tmp_path / "f.onnx"), run(simulated)
+    assert np.abs(eight - exact).max() < 0.2 * np.abs(exact).max()  # 8-bit error, not a bias off by ~256×
