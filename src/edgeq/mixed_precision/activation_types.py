@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgeq.graph import producers, readers
 from edgeq.mixed_precision.search import Budget
 from edgeq.progress import say
 
@@ -65,11 +66,7 @@ class QuantizedActivation:
 def activation_quantizers(model: onnx.ModelProto) -> list[QuantizedActivation]:
     """Every QuantizeLinear of an activation (not a weight), with the island of the node producing it."""
     weights = {t.name for t in model.graph.initializer}
-    producer = {out: node for node in model.graph.node for out in node.output}
-    readers = defaultdict(list)
-    for node in model.graph.node:
-        for name in node.input:
-            readers[name].append(node)
+    producer, reading = producers(model), readers(model)
     found = []
     for index, node in enumerate(model.graph.node):
         if node.op_type != "QuantizeLinear" or node.input[0] in weights or node.input[0] not in producer:
@@ -77,19 +74,19 @@ def activation_quantizers(model: onnx.ModelProto) -> list[QuantizedActivation]:
         source = producer[node.input[0]]
         if source.op_type == "DequantizeLinear":  # a convert: belongs with the tensor it converts
             continue
-        found.append(QuantizedActivation(node.input[0], index, island_of(_path_name(source, node, readers))))
+        found.append(QuantizedActivation(node.input[0], index, island_of(_path_name(source, node, reading))))
     return found
 
 
-def _path_name(source: onnx.NodeProto, quantize: onnx.NodeProto, readers: dict) -> str:
+def _path_name(source: onnx.NodeProto, quantize: onnx.NodeProto, reading: dict) -> str:
     """A name with the block's path for the tensor `quantize` quantizes: its producer's; else (fused nodes) the
     tensor's own; else (a node a pre-processing added, e.g. QNN's Reshape before a Gemm) that of the node reading
     it through its DequantizeLinear."""
     for name in (source.name, quantize.input[0]):
         if "/" in name:
             return name
-    for dequantize in readers[quantize.output[0]]:
-        for reader in readers[dequantize.output[0]]:
+    for dequantize in reading[quantize.output[0]]:
+        for reader in reading[dequantize.output[0]]:
             if "/" in reader.name:
                 return reader.name
     return quantize.input[0]
@@ -111,10 +108,7 @@ def with_eight_bit(model16: onnx.ModelProto, params8: dict, tensors: set[str]) -
     every consumer reads the 8-bit value)."""
     model = onnx.ModelProto()
     model.CopyFrom(model16)
-    consumers = defaultdict(list)
-    for node in model.graph.node:
-        for position, name in enumerate(node.input):
-            consumers[name].append((node, position))
+    consumers = readers(model)
     rescaled = {}  # dequantized tensor → (its scale in the 16-bit model, its 8-bit scale)
     inits = {t.name: t for t in model.graph.initializer}
     for node in list(model.graph.node):
@@ -125,7 +119,7 @@ def with_eight_bit(model16: onnx.ModelProto, params8: dict, tensors: set[str]) -
         model.graph.initializer.extend([numpy_helper.from_array(scale, names[0]), numpy_helper.from_array(zero, names[1])])
         old_scale = numpy_helper.to_array(inits[node.input[1]])
         node.input[1], node.input[2] = names
-        for consumer, _ in consumers[node.output[0]]:
+        for consumer in consumers[node.output[0]]:
             if consumer.op_type == "DequantizeLinear":
                 consumer.input[1], consumer.input[2] = names
                 rescaled[consumer.output[0]] = (old_scale, scale)
@@ -137,11 +131,11 @@ def _requantize_biases(model: onnx.ModelProto, rescaled: dict, consumers: dict) 
     """A Gemm/Conv's INT32 bias is quantized with scale input scale × weight scale, and onnxruntime's fused integer
     kernel assumes that scale: when the input's scale changed, requantize the bias to the new product (else the
     bias is off by the ratio of the scales)."""
-    producer = {out: node for node in model.graph.node for out in node.output}
+    producer = producers(model)
     inits = {t.name: t for t in model.graph.initializer}
     for dequantized, (old, new) in rescaled.items():
-        for node, position in consumers[dequantized]:
-            if node.op_type not in ("Gemm", "Conv") or position != 0 or len(node.input) < 3:
+        for node in consumers[dequantized]:
+            if node.op_type not in ("Gemm", "Conv") or node.input[0] != dequantized or len(node.input) < 3:
                 continue
             bias = producer.get(node.input[2])
             if bias is None or bias.op_type != "DequantizeLinear" or bias.input[0] not in inits:
@@ -251,8 +245,9 @@ def _reason(name: str, eight: bool, loss: float, order: list[str], chosen: int, 
 
 def count_converts(model: onnx.ModelProto) -> int:
     """QuantizeLinear nodes fed by a DequantizeLinear: the type converts at island boundaries."""
-    producer = {out: node.op_type for node in model.graph.node for out in node.output}
-    return sum(n.op_type == "QuantizeLinear" and producer.get(n.input[0]) == "DequantizeLinear" for n in model.graph.node)
+    producer = producers(model)
+    return sum(n.op_type == "QuantizeLinear" and getattr(producer.get(n.input[0]), "op_type", None) == "DequantizeLinear"
+               for n in model.graph.node)  # fmt: skip
 
 
 def sixteen_bit_share(model: onnx.ModelProto) -> float:

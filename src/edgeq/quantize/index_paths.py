@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import onnx
 
+from edgeq.graph import producers
+
 INTEGER_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
                  onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}  # fmt: skip
 COMPUTE_OPS = {"MatMul", "Gemm", "Conv", "Attention", "MultiHeadAttention", "LayerNormalization",
@@ -15,7 +17,7 @@ COMPUTE_OPS = {"MatMul", "Gemm", "Conv", "Attention", "MultiHeadAttention", "Lay
 def index_path_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes whose float results flow into a Cast to an integer type, walking back from each such
     Cast through everything but model compute (MatMul, attention, normalisation)."""
-    producer = {out: node for node in model.graph.node for out in node.output}
+    producer = producers(model)
     found: set[str] = set()
     stack = [n for n in model.graph.node if n.op_type == "Cast" and _cast_to(n) in INTEGER_TYPES]
     while stack:

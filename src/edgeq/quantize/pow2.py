@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgeq.graph import producers as producer_map, readers
+
 QMIN, QMAX = -128, 127
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 
@@ -86,7 +88,7 @@ def dpu_compliance(model: onnx.ModelProto, supported_ops: list[str] | None) -> d
     the positions (−log2 scale) of an Add's two inputs differ by at most 7. Not checked: the shift_cut /
     shift_bias clamps, which depend on the DPU compiler's layer fusion."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    producers = {o: n for n in model.graph.node for o in n.output}
+    producers = producer_map(model)
     cpu_side = _cpu_side_weights(model, inits, producers)
     violations = []
     for node in model.graph.node:
@@ -132,10 +134,7 @@ def _cpu_side_weights(model, inits, producers) -> set[str]:
         node = producers.get(name)
         return node is not None and node.op_type == "DequantizeLinear" and node.input[0] not in inits
 
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = readers(model)
     return {n.name for n in model.graph.node
             if n.op_type == "DequantizeLinear" and n.input[0] in inits
             and not any(activation_dq(i) for c in consumers.get(n.output[0], []) for i in c.input)}  # fmt: skip

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgeq.graph import readers
 from edgeq.mixed_precision.candidates import quantize_symmetric
 
 ZERO_POINT = 128
@@ -30,15 +31,12 @@ def store_weights_int8(model: onnx.ModelProto, node_names: list[str]) -> list[st
     """Rewrite, in place, the named MatMuls whose second input is a constant FP32 matrix read by no other node.
     Returns the names of the MatMuls rewritten."""
     inits = {t.name: t for t in model.graph.initializer}
-    readers: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    reading = readers(model)
     wanted, rewritten, nodes = set(node_names), [], []
     for node in model.graph.node:
         weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
         if (node.name in wanted and weight is not None and weight.data_type == onnx.TensorProto.FLOAT
-                and len(weight.dims) == 2 and readers.get(weight.name) == 1):  # fmt: skip
+                and len(weight.dims) == 2 and len(reading[weight.name]) == 1):  # fmt: skip
             dequantize, rescale = _weight_only(model, node, weight)
             nodes += [dequantize, node, rescale]
             rewritten.append(node.name)
