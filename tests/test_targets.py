@@ -206,3 +206,16 @@ def test_mask_fill_is_softened(tiny_onnx):
     for tensor in model.graph.initializer:
         array = numpy_helper.to_array(tensor)
         assert not (array.dtype.kind == "f" and array.size and (array < -1e30).any())
+
+
+def test_a_qnn_profile_that_names_no_htp_generation_is_told_so():
+    """Without htp_arch/soc_model the emulator computes as an HTP v68/v69: the validation note says so."""
+    pytest.importorskip("onnxruntime_qnn")
+    from edgeq.devices import load_device
+    from edgeq.validate.sessions import runtime_for
+
+    named = load_device("snapdragon-8-gen-3")
+    ep = named.execution_provider
+    unnamed = named.model_copy(update={"execution_provider": ep.model_copy(update={"options": {"backend_type": "htp"}})})
+    assert "htp_arch" not in runtime_for(named).note and runtime_for(named).mode == "emulated"
+    assert "names no htp_arch or soc_model" in runtime_for(unnamed).note
