@@ -18,7 +18,10 @@ from edgeq.resources import bundled_dir
 
 class ExecutionProvider(Strict):
     name: str = Field(description="onnxruntime execution provider, e.g. CPUExecutionProvider.")
-    options: dict[str, str | int | float | bool] = Field(default={}, description="Provider options.")
+    options: dict[str, str | int | float | bool] = Field(
+        default={}, description="Provider options as the EP names them (QNN HTP: backend_type; htp_arch and soc_model "
+        "name the HTP generation, which sets its numerics).",
+    )
     plugin: str | None = Field(
         default=None, description="Python module of a plugin EP library (with get_library_path()), e.g. onnxruntime_qnn."
     )
