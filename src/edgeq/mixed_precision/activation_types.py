@@ -143,9 +143,9 @@ def _requantize_biases(model: onnx.ModelProto, rescaled: dict, consumers: dict) 
             values = numpy_helper.to_array(inits[bias.input[0]])
             if values.dtype != np.int32:
                 continue
-            bias_scale = numpy_helper.to_array(inits[bias.input[1]])
-            new_scale = (bias_scale * (new / old)).astype(np.float32)
-            requantized = np.clip(np.round(values * bias_scale / new_scale), -(2**31), 2**31 - 1).astype(np.int32)
+            ratio = old / new  # the bias scale shrinks by it, its integers grow by it
+            new_scale = (numpy_helper.to_array(inits[bias.input[1]]) / ratio).astype(np.float32)
+            requantized = np.clip(np.round(values * ratio), -(2**31), 2**31 - 1).astype(np.int32)
             names = (f"{bias.input[0]}_a8", f"{bias.input[1]}_a8")
             model.graph.initializer.extend([numpy_helper.from_array(requantized, names[0]),
                                             numpy_helper.from_array(new_scale, names[1])])  # fmt: skip
@@ -246,7 +246,7 @@ def _reason(name: str, eight: bool, loss: float, order: list[str], chosen: int, 
 def count_converts(model: onnx.ModelProto) -> int:
     """QuantizeLinear nodes fed by a DequantizeLinear: the type converts at island boundaries."""
     producer = producers(model)
-    return sum(n.op_type == "QuantizeLinear" and getattr(producer.get(n.input[0]), "op_type", None) == "DequantizeLinear"
+    return sum(n.op_type == "QuantizeLinear" and n.input[0] in producer and producer[n.input[0]].op_type == "DequantizeLinear"
                for n in model.graph.node)  # fmt: skip
 
 
