@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[export,models,qnn,test,ray]'
+	$(PY) -m pip install --quiet -e '.[export,models,gguf,genai,qnn,test,ray]'
 	touch $(STAMP)
 
 demo: install

@@ -1,5 +1,6 @@
-"""Find the model folder a recipe's `model.source` names: a local folder, `pkg:<module>`, `trained:<name>` (a
-model edgeq trains here once, e.g. trained:tiny-llama), or a hub id."""
+"""Find the model folder a recipe's `model.source` names: a local folder, a `.gguf` file (converted once, see
+edgeq.export.gguf), `pkg:<module>` (a package that ships a model folder or a .gguf), `trained:<name>` (a model edgeq
+trains here once, e.g. trained:tiny-llama), or a hub id."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import socket
 from pathlib import Path
 
 from edgeq.errors import ModelError
+from edgeq.export.gguf import is_gguf
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 HUB_HOST = ("huggingface.co", 443)
@@ -22,6 +24,8 @@ def resolve_source(source: str) -> Path:
     if source.startswith("trained:"):
         return _trained(source.removeprefix("trained:"))
     path = Path(source).expanduser()
+    if is_gguf(path):
+        return _from_gguf(path)
     if path.exists():
         return _check_folder(path)
     if not HUB_ID.match(source):
@@ -30,6 +34,12 @@ def resolve_source(source: str) -> Path:
 
 
 def _from_package(module_name: str) -> Path:
+    from edgeq.export.gguf import gguf_in_package, package_folder
+
+    folder = package_folder(module_name)
+    shipped = gguf_in_package(folder) if folder is not None else None
+    if shipped is not None:  # a package that ships a GGUF: never imported (it may load a runtime of its own)
+        return _from_gguf(shipped)
     try:
         module = importlib.import_module(module_name)
     except ImportError:
@@ -52,9 +62,17 @@ def _trained(name: str) -> Path:
     return _check_folder(demo_lm.ensure(say=say))
 
 
+def _from_gguf(path: Path) -> Path:
+    from edgeq.export.gguf import converted_folder
+    from edgeq.progress import say
+
+    return _check_folder(converted_folder(path.resolve(), say=say))
+
+
 def _check_folder(path: Path) -> Path:
     if not path.is_dir():
-        raise ModelError(f"model source '{path}' is a file, not a folder", "Point model.source at the model folder")
+        raise ModelError(f"model source '{path}' is a file, not a folder or a .gguf",
+                         "Point model.source at the model folder or at a llama.cpp .gguf file")  # fmt: skip
     if not (path / "config.json").is_file():
         raise ModelError(
             f"model folder '{path}' has no config.json", "Give a Hugging Face model folder (save_pretrained output)"
