@@ -58,7 +58,7 @@ def test_size_ceiling_is_respected_when_fidelity_is_out_of_reach(planted_bert, w
     mp = report["mixed_precision"]
     fp32 = report["artifacts"][0]["size_bytes"]
     mixed = next(a for a in report["artifacts"] if a["name"] == "mixed")
-    assert mixed["size_bytes"] <= 0.4 * fp32 * 1.01  # the exact weight bytes are ≤ 40%; 1% for graph overhead
+    assert mixed["size_bytes"] <= 0.4 * fp32  # the search counts the bytes the file holds
     assert mp["size_ratio"] <= 0.4
     assert mp["budget_met"] is False and "no configuration meets the fidelity budget" in mp["notes"][0]
     assert set(mp["precision_counts"]) == {"int8", "fp32"}

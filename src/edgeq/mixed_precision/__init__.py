@@ -73,12 +73,15 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
                              assemble(fp32, islands, lowest), job.whole_batches_only)  # fmt: skip
         result = search(fp32, fp32_size, islands, ladder, budget, proxy, full)
         assignment = result.assignment
-    onnx.save(assemble(fp32, islands, assignment), str(job.out_folder / "model.onnx"))
+    model_path = job.out_folder / "model.onnx"
+    onnx.save(assemble(fp32, islands, assignment), str(model_path))
     header = (f"edgeq mixed-precision overrides for {job.fp32_path.name}: pin this file with\n"
               f"  mixed_precision: {{overrides: <path to this file>}}\nto rebuild the same model with no search.")  # fmt: skip
     write_overrides(job.out_folder / OVERRIDES_FILE, islands, assignment, header)
-    return section(islands, assignment, ladder, result, cfg, fp32_size, [job.task.shape_label(*s) for s in job.shapes],
-                   job.task.proxy_name)  # fmt: skip
+    report = section(islands, assignment, ladder, result, cfg, fp32_size, [job.task.shape_label(*s) for s in job.shapes],
+                     job.task.proxy_name)  # fmt: skip
+    report["size_ratio"] = round(model_path.stat().st_size / fp32_size, 4)  # the file's bytes, not an estimate
+    return report
 
 
 def activation_statistics(job: MixedPrecisionJob, fp32: onnx.ModelProto, islands: list[Island]) -> dict[str, ActivationStats]:

@@ -78,6 +78,23 @@ def build_candidates(model: onnx.ModelProto, islands: list[Island], rungs: list[
         island.candidates = _matmul_candidates(node, weight, island.kind, rungs, per_channel,
                                                (stats or {}).get(node.input[0]), smooth_alpha, token_mask, pair_safe)  # fmt: skip
         island.candidates["fp32"] = fp32
+    for island in islands:
+        for candidate in island.candidates.values():
+            candidate.size_bytes = serialized_bytes(candidate)
+
+
+def serialized_bytes(candidate: Candidate) -> int:
+    """What the candidate's nodes and initializers weigh inside a saved model: each message's bytes plus its field
+    tag and length prefix. A model's bytes are the sum of such fields, so the search counts what the file holds
+    (up to the few bytes of the graph's own length prefix, and a weight another island still reads)."""
+    return sum(_field_bytes(m.ByteSize()) for m in [*candidate.nodes, *candidate.initializers])
+
+
+def _field_bytes(size: int) -> int:
+    prefix = 1
+    while size >= 0x80 ** prefix:
+        prefix += 1
+    return 1 + prefix + size
 
 
 def _gather_candidates(node, table, rungs) -> dict[str, Candidate]:

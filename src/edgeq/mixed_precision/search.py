@@ -115,14 +115,17 @@ def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder:
     evaluations: list[dict] = []
 
     def evaluate(index: int) -> bool:
-        metrics = full(assemble(fp32, islands, configurations[index]["assignment"]))
-        failures = budget.fidelity_failures(metrics)
+        model = assemble(fp32, islands, configurations[index]["assignment"])
+        exact = _set_exact_size(configurations, index, model.ByteSize(), fp32_size)
+        metrics = full(model)
+        failures = budget.fidelity_failures(metrics) + _size_failures(budget, exact, configurations, fp32_size)
         evaluations.append({"configuration": index, "metrics": metrics, "passed": not failures, "failures": failures})
         return not failures
 
     chosen, notes = bisect(len(configurations), evaluate)
     if chosen < 0:  # nothing passes: keep the evaluated configuration that misses the floors by the least
-        chosen = min(evaluations, key=lambda e: (budget.shortfall(e["metrics"]), e["configuration"]))["configuration"]
+        chosen = min(evaluations, key=lambda e: (any(f.startswith("size ") for f in e["failures"]),
+                                                 budget.shortfall(e["metrics"]), e["configuration"]))["configuration"]  # fmt: skip
         notes = [f"no configuration meets the fidelity budget; kept configuration {chosen}, the evaluated one that "
                  "misses its floors by the least"]  # fmt: skip
     chosen_eval = next(e for e in evaluations if e["configuration"] == chosen)
@@ -141,6 +144,23 @@ def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder:
         seconds=time.perf_counter() - started, latency_model=latency,
         binding=max(below, key=lambda e: e["configuration"])["failures"] if below else [],
     )  # fmt: skip
+
+
+def _set_exact_size(configurations: list[dict], index: int, size: int, fp32_size: int) -> int:
+    """An evaluated configuration's bytes are those of the model itself, serialized (what its file will hold)."""
+    configurations[index].update(size_bytes=size, size_ratio=round(size / fp32_size, 4), size_exact=True)
+    return size
+
+
+def _size_failures(budget: Budget, size: int, configurations: list[dict], fp32_size: int) -> list[str]:
+    """The size ceilings an evaluated configuration's exact bytes break (the estimate that admitted it was under)."""
+    failures = []
+    if budget.max_size_ratio is not None and size > budget.max_size_ratio * fp32_size:
+        failures.append(f"size {size} bytes > {budget.max_size_ratio} x FP32's {fp32_size}")
+    lowest = configurations[0]["size_bytes"]
+    if budget.max_size_over_lowest is not None and size > budget.max_size_over_lowest * lowest:
+        failures.append(f"size {size} bytes > {budget.max_size_over_lowest} x the all-lowest model's {lowest}")
+    return failures
 
 
 def proxy_scores(fp32, islands, ladder, lowest, proxy: Runner) -> tuple[dict[str, dict], int]:
