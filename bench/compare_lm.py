@@ -77,13 +77,14 @@ def measure_fidelity(models: dict[str, Path], texts: list[str], folder: Path, de
     sessions = {name: make_session(path, device, spinning=False) for name, path in models.items()}
     items = {name: [] for name in models}
     follow = {name: [] for name in models}
+    reference = next(iter(models))
     for index, batch in enumerate(batches):
+        produced = {name: task.compared(run_batch(session, batch), batch) for name, session in sessions.items()}
         for name, session in sessions.items():
-            items[name] += task.compared(run_batch(session, batch), batch)
+            items[name] += task.pair(produced[reference], produced[name], batch)  # reduced batch by batch
             if index < task.follow_up_samples:
                 follow[name] += task.follow_up(session, batch, inputs)
-    reference = next(iter(models))
-    return {name: task.metrics(items[reference], items[name], samples, inputs, (follow[reference], follow[name]))
+    return {name: task.metrics(None, items[name], samples, inputs, (follow[reference], follow[name]))
             for name in models}  # fmt: skip
 
 

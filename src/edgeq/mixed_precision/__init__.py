@@ -15,7 +15,8 @@ from edgeq.mixed_precision.evaluate import FullEvaluator, Runner
 from edgeq.mixed_precision.islands import LADDER, STATS_RUNGS, Island, build_candidates, find_islands, matmul_inputs
 from edgeq.mixed_precision.overrides import load_overrides, resolve, write_overrides
 from edgeq.mixed_precision.search import Budget, SearchResult, model_size, search
-from edgeq.mixed_precision.statistics import ActivationStats, token_statistics
+from edgeq.mixed_precision.statistics import ActivationStats, StatisticsAccumulator
+from edgeq.progress import track
 
 OVERRIDES_FILE = "overrides.yaml"
 MEANING = {"int4": "4-bit weights (round to nearest, blocks of 32)",
@@ -88,7 +89,11 @@ def activation_statistics(job: MixedPrecisionJob, fp32: onnx.ModelProto, islands
     """Per-channel statistics of every MatMul/Attention island's input over the calibration samples' real tokens."""
     runner = Runner(job.task, job.calibration_samples, job.inputs, job.device, job.shapes[:1], job.whole_batches_only)
     names = matmul_inputs(fp32, islands)
-    return {name: token_statistics(pairs) for name, pairs in runner.tensors(fp32, names).items()}
+    accumulators = {name: StatisticsAccumulator() for name in names}
+    for found, mask in track(runner.each_sample(fp32, names), "activation statistics", total=len(runner.single)):
+        for name, values in found.items():
+            accumulators[name].add(values, mask)
+    return {name: accumulator.result() for name, accumulator in accumulators.items()}
 
 
 def section(islands: list[Island], assignment: dict[str, str], ladder: list[str], result: SearchResult | None,

@@ -283,10 +283,10 @@ def choose_activation_types(job, quantization, feeds: list[dict], model16_path: 
     label = proxy_runner.labels[0]
 
     def proxy(model) -> float:
-        return job.task.proxy_score(proxy_reference[label], proxy_runner.outputs(model)[label])
+        return job.task.proxy_score(proxy_reference[label], proxy_runner.outputs(model, proxy_reference)[label])
 
     def evaluate(model) -> dict:
-        outputs = full_runner.outputs(model)
+        outputs = full_runner.outputs(model, full_reference)
         per_shape = {shape: job.task.metrics(full_reference[shape], outputs[shape],
                                              [s for b in data.batches for s in b.samples], data.inputs)
                      for shape, data in full_runner.data.items()}  # fmt: skip

@@ -37,60 +37,81 @@ class Runner:
 
         return make_session(model.SerializeToString(), self.device, spinning=False)
 
-    def outputs(self, model: onnx.ModelProto) -> dict[str, list[np.ndarray]]:
+    def outputs(self, model: onnx.ModelProto, reference: dict[str, list] | None = None) -> dict[str, list]:
+        """Per shape, what the task compares of `model`. Without `reference` (the reference model itself): what the
+        task stores of a reference (`summarize`); with it (an earlier `outputs` of the reference): each batch paired
+        with it as it is produced (`pair`), so no pass holds more than a batch of a language model's logits."""
         session = self.session(model)
-        return {label: self._items(session, data.batches) for label, data in self.data.items()}
-
-    def _items(self, session, batches) -> list[np.ndarray]:
-        return [item for batch in batches for item in self.task.compared(run_batch(session, batch), batch)]
+        found = {}
+        for label, data in self.data.items():
+            items: list = []
+            for batch in data.batches:
+                produced = self.task.compared(run_batch(session, batch), batch)
+                if reference is None:
+                    items += self.task.summarize(produced, batch)
+                else:
+                    items += self.task.pair(reference[label][len(items) : len(items) + len(produced)], produced, batch)
+            found[label] = items
+        return found
 
     def tensors(self, model: onnx.ModelProto, names: list[str]) -> dict[str, list[tuple[np.ndarray, np.ndarray | None]]]:
         """Named intermediate tensors, sample by sample (batch 1), each with its token mask (None for images)."""
-        session = self.session(with_outputs(model, names))
         collected: dict[str, list] = {n: [] for n in names}
-        for batch in self.single:
-            for name, value in zip(names, session.run(names, feed_for(session.get_inputs(), batch.feed))):
-                collected[name].append((value, batch.mask))
+        for found, mask in self.each_sample(model, names):
+            for name, value in found.items():
+                collected[name].append((value, mask))
         return collected
+
+    def each_sample(self, model: onnx.ModelProto, names: list[str]):
+        """({name: tensor}, token mask) for one sample at a time (batch 1): for statistics kept as they stream."""
+        session = self.session(with_outputs(model, names))
+        for batch in self.single:
+            yield dict(zip(names, session.run(names, feed_for(session.get_inputs(), batch.feed)))), batch.mask
 
     def latencies(self, models: dict[str, onnx.ModelProto]) -> dict[str, dict[str, float]]:
         """p50 ms of each model at each shape, measured interleaved: {shape: {model: ms}}."""
         sessions = {name: self.session(model) for name, model in models.items()}
         return {label: self._interleaved(sessions, data.batches)[0] for label, data in self.data.items()}
 
-    def _interleaved(self, sessions: dict, batches: list) -> tuple[dict[str, float], dict[str, list]]:
+    def _interleaved(self, sessions: dict, batches: list, compared: tuple[str, str] | None = None) -> tuple[dict, list, list]:
+        """p50 ms per session over the batches, run in turn; with `compared` = (reference, candidate), also the
+        reference's stored form and the candidate paired with it, batch by batch, from the first round."""
         for session in sessions.values():
             run_batch(session, batches[0])  # warm-up
         timings: dict[str, list[float]] = {name: [] for name in sessions}
-        items: dict[str, list] = {name: [] for name in sessions}
+        reference, candidate = [], []
         for round_ in range(min(MAX_ROUNDS, math.ceil(MIN_TIMED_BATCHES / len(batches)))):
             for batch in batches:
+                produced = {}
                 for name, session in sessions.items():
                     start = time.perf_counter()
                     outputs = run_batch(session, batch)
                     timings[name].append((time.perf_counter() - start) * 1000)
-                    if round_ == 0:
-                        items[name] += self.task.compared(outputs, batch)
-        return {name: float(np.median(t)) for name, t in timings.items()}, items
+                    if round_ == 0 and compared and name in compared:
+                        produced[name] = self.task.compared(outputs, batch)
+                if produced:
+                    reference += self.task.summarize(produced[compared[0]], batch)
+                    candidate += self.task.pair(produced[compared[0]], produced[compared[1]], batch)
+        return {name: float(np.median(t)) for name, t in timings.items()}, reference, candidate
 
 
 class FullEvaluator(Runner):
     """Validation metrics of a candidate against FP32 at every shape (the worst case on top), and its p50
-    latency at each shape as a ratio to FP32 and to the baseline (all-lowest) model, measured interleaved."""
+    latency at each shape as a ratio to FP32 and to the baseline (all-lowest) model, measured interleaved. FP32
+    runs beside every candidate, so its outputs are paired batch by batch and never stored whole."""
 
     def __init__(self, task, samples, inputs, device, shapes, fp32: onnx.ModelProto, baseline: onnx.ModelProto,
                  whole_batches_only: bool = False):  # fmt: skip
         super().__init__(task, samples, inputs, device, shapes, whole_batches_only)
         self.fixed = {"fp32": self.session(fp32), "baseline": self.session(baseline)}
-        self.reference = {label: self._items(self.fixed["fp32"], data.batches) for label, data in self.data.items()}
 
     def __call__(self, model: onnx.ModelProto) -> dict:
         sessions = {**self.fixed, "candidate": self.session(model)}
         per_shape = {}
         for label, data in self.data.items():
-            p50, items = self._interleaved(sessions, data.batches)
+            p50, reference, candidate = self._interleaved(sessions, data.batches, ("fp32", "candidate"))
             samples = [s for batch in data.batches for s in batch.samples]
-            metrics = self.task.metrics(self.reference[label], items["candidate"], samples, data.inputs)
+            metrics = self.task.metrics(reference, candidate, samples, data.inputs)
             metrics["latency_ratio"] = round(p50["candidate"] / p50["fp32"], 3)
             metrics["slowdown"] = round(p50["candidate"] / p50["baseline"], 3)
             per_shape[label] = metrics

@@ -170,7 +170,7 @@ def proxy_scores(fp32, islands, ladder, lowest, proxy: Runner) -> tuple[dict[str
     base_model = assemble(fp32, islands, lowest)
     reference = proxy.outputs(fp32)
     sqnr = island_output_sqnr(fp32, base_model, islands, proxy)
-    base = _scores(proxy.task, reference, proxy.outputs(base_model))
+    base = _scores(proxy.task, reference, proxy.outputs(base_model, reference))
     scores = {i.name: {"output_sqnr_db": sqnr.get(i.name), "gain": {}, "gain_by_shape": {}} for i in islands}
     passes = 4  # FP32 and all-lowest: vectors, and island outputs
     jobs = [(i, rung) for i in islands for rung in _rungs(i, ladder)[1:]]
@@ -181,7 +181,7 @@ def proxy_scores(fp32, islands, ladder, lowest, proxy: Runner) -> tuple[dict[str
             entry["gain"][rung] = entry["gain"].get(same_as, 0.0)
             entry["gain_by_shape"][rung] = entry["gain_by_shape"].get(same_as, {})
             continue
-        promoted = _scores(proxy.task, reference, proxy.outputs(assemble(fp32, islands, {**lowest, island.name: rung})))
+        promoted = _scores(proxy.task, reference, proxy.outputs(assemble(fp32, islands, {**lowest, island.name: rung}), reference))
         by_shape = {label: round(promoted[label] - base[label], 6) for label in base}
         entry["gain_by_shape"][rung] = by_shape
         entry["gain"][rung] = round(float(np.mean(list(by_shape.values()))), 6)
@@ -212,18 +212,18 @@ def latency_model(fp32, islands, ladder, lowest, proxy: Runner) -> dict:
 
 
 def island_output_sqnr(fp32, quantized, islands, proxy: Runner) -> dict[str, float]:
-    """SQNR (dB) of each island's output tensor, quantized model vs FP32, over the proxy texts (batch 1)."""
+    """SQNR (dB) of each island's output tensor, quantized model vs FP32, over the proxy texts (batch 1), summed
+    sample by sample as both models run (no tensor is kept past its sample)."""
     outputs = {i.name: _output_of(fp32, i.node_name) for i in islands}
-    wanted = [o for o in outputs.values() if o]
-    ref, quant = proxy.tensors(fp32, wanted), proxy.tensors(quantized, wanted)
-    result = {}
-    for name, tensor in outputs.items():
-        if tensor in ref:
-            r = np.concatenate([a.ravel() for a, _ in ref[tensor]])
-            q = np.concatenate([a.ravel() for a, _ in quant[tensor]])
-            noise = float(((r - q) ** 2).sum())
-            result[name] = round(10 * math.log10(float((r**2).sum()) / noise), 2) if noise > 0 else None
-    return result
+    wanted = sorted({o for o in outputs.values() if o})
+    signal, noise = dict.fromkeys(wanted, 0.0), dict.fromkeys(wanted, 0.0)
+    for (ref, _), (quant, _) in zip(proxy.each_sample(fp32, wanted), proxy.each_sample(quantized, wanted)):
+        for tensor in ref:
+            r, q = ref[tensor].astype(np.float64).ravel(), quant[tensor].astype(np.float64).ravel()
+            signal[tensor] += float(r @ r)
+            noise[tensor] += float((r - q) @ (r - q))
+    return {name: round(10 * math.log10(signal[t] / noise[t]), 2) if noise[t] > 0 and signal[t] > 0 else None
+            for name, t in outputs.items() if t in signal}  # fmt: skip
 
 
 def ordered_steps(islands, ladder, lowest, scores, latency, fp32_size, budget: Budget) -> list[Step]:

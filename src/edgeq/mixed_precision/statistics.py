@@ -30,16 +30,34 @@ class ActivationStats:
         return np.maximum(np.abs(self.minimum), np.abs(self.maximum))
 
 
-def token_statistics(batches: list[tuple[np.ndarray, np.ndarray | None]], seed: int = 0) -> ActivationStats:
-    """Statistics of one tensor from (activation [B,S,K], attention mask [B,S] or None) pairs: padded rows are
-    dropped; without a mask (images) every row counts."""
-    rows = [values[mask.astype(bool)] if mask is not None and values.ndim == 3 and values.shape[:2] == mask.shape
-            else values.reshape(-1, values.shape[-1]) for values, mask in batches]  # fmt: skip
-    matrix = np.concatenate(rows).astype(np.float32)
-    sample = matrix
-    if len(matrix) > MAX_ROWS:
-        sample = matrix[np.random.default_rng(seed).choice(len(matrix), MAX_ROWS, replace=False)]
-    return ActivationStats(matrix.min(axis=0), matrix.max(axis=0), sample)
+class StatisticsAccumulator:
+    """Per-channel extremes and a uniform sample of at most MAX_ROWS real-token rows, batch by batch: memory is
+    bounded by the sample, whatever the number of calibration texts (every row gets a random key; the rows with
+    the smallest keys are kept)."""
+
+    def __init__(self, seed: int = 0):
+        self.random = np.random.default_rng(seed)
+        self.minimum = self.maximum = self.rows = self.keys = None
+
+    def add(self, values: np.ndarray, mask: np.ndarray | None) -> None:
+        if mask is not None and values.ndim == 3 and values.shape[:2] == mask.shape:
+            rows = values[mask.astype(bool)]
+        else:
+            rows = values.reshape(-1, values.shape[-1])
+        rows = rows.astype(np.float32)
+        if not len(rows):
+            return
+        low, high = rows.min(axis=0), rows.max(axis=0)
+        self.minimum = low if self.minimum is None else np.minimum(self.minimum, low)
+        self.maximum = high if self.maximum is None else np.maximum(self.maximum, high)
+        keys = self.random.random(len(rows))
+        if self.rows is not None:
+            rows, keys = np.concatenate([self.rows, rows]), np.concatenate([self.keys, keys])
+        keep = np.sort(np.argsort(keys, kind="stable")[:MAX_ROWS])
+        self.rows, self.keys = rows[keep], keys[keep]
+
+    def result(self) -> ActivationStats:
+        return ActivationStats(self.minimum, self.maximum, self.rows)
 
 
 def smoothing_factors(stats: ActivationStats, weight: np.ndarray, alpha: float) -> np.ndarray:

@@ -95,6 +95,16 @@ class Task:
 
         return float(sample_cosines(reference, candidate).mean())
 
+    def pair(self, reference: list, candidate: list, batch: Batch) -> list:
+        """Per sample, what the metrics need of a candidate beside the reference, computed batch by batch as both
+        are produced. A task with large outputs (a language model's logits) reduces them here so that no pass
+        holds more than one batch of them; by default the candidate's outputs are kept whole."""
+        return candidate
+
+    def summarize(self, reference: list, batch: Batch) -> list:
+        """What a stored reference keeps of one batch's outputs, to pair later candidates with (default: all)."""
+        return reference
+
     follow_up_samples = 0  # how many samples a validation runs `follow_up` on (0: the task has none)
     generates = False  # profiled as generations (prompt, then token by token through a KV cache)
 

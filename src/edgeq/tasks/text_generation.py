@@ -3,11 +3,19 @@
 Validation runs each text through the model once (an empty cache, the whole text as the prompt) and compares the
 next-token distribution at every real position: top-1 agreement, KL(FP32 ‖ candidate) in nats per token, and
 each model's perplexity on the text itself. Greedy continuations of held-out prompts, decoded token by token
-through the cache, give `greedy_match_tokens` (the mean common prefix with FP32's continuation)."""
+through the cache, give `greedy_match_tokens` (the mean common prefix with FP32's continuation).
+
+Memory is bounded by design: logits are vocabulary × tokens per text (49,152 × 128 × 4 bytes = 25 MB for SmolLM2),
+so they are reduced batch by batch, as the reference and the candidate are produced (`pair`), to a few numbers per
+token (`TokenComparison`), and never held for a whole data set. A reference stored for repeated passes (the
+mixed-precision proxy) keeps only its `TOP_TOKENS` most likely tokens per position (`TopTokens`); KL against it
+is the KL of the two distributions coarse-grained to those tokens plus "the rest" (a lower bound of the exact KL,
+used only to rank islands; every reported KL is exact)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +25,33 @@ from edgeq.recipe.schema import DataSource
 from edgeq.tasks.base import Batch, Sample, Task, first_output, text_records
 
 PROMPT_TOKENS, GREEDY_TOKENS, GREEDY_SAMPLES = 16, 16, 16
+TOP_TOKENS = 256  # tokens per position a stored reference keeps
+
+
+@dataclass
+class TokenComparison:
+    """One text's candidate logits against the reference's, reduced to what the metrics need, per position."""
+
+    kl: np.ndarray  # KL(reference ‖ candidate), nats
+    agree: np.ndarray  # same most likely token
+    nll: np.ndarray  # candidate's negative log-likelihood of the text's next token (one fewer position)
+    nll_reference: np.ndarray
+    dot: float  # sums over the text's flattened logits, for cosine, SQNR and errors as `fidelity` gives them
+    reference_sq: float
+    candidate_sq: float
+    error_sq: float
+    error_abs: float
+    error_max: float
+    values: int
+
+
+@dataclass
+class TopTokens:
+    """A stored reference: per position its most likely token ids, their log-probabilities and its top-1."""
+
+    ids: np.ndarray  # [positions, TOP_TOKENS]
+    log_p: np.ndarray  # [positions, TOP_TOKENS]
+    top1: np.ndarray  # [positions]
 
 
 class DecoderInputs:
@@ -86,9 +121,17 @@ class TextGeneration(Task):
         logits = np.asarray(first_output(outputs, "logits"), dtype=np.float32)
         return [logits[i, : int(batch.mask[i].sum())] for i in range(len(batch.samples))]
 
-    def proxy_score(self, reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
+    def pair(self, reference: list, candidate: list[np.ndarray], batch: Batch) -> list[TokenComparison]:
+        """Each text's logits reduced against the reference's (full logits: exact; TopTokens: coarse-grained)."""
+        ids = batch.feed["input_ids"]
+        return [compare_logits(r, c, ids[i, : len(c)]) for i, (r, c) in enumerate(zip(reference, candidate))]
+
+    def summarize(self, reference: list[np.ndarray], batch: Batch) -> list[TopTokens]:
+        return [top_tokens(r) for r in reference]
+
+    def proxy_score(self, reference: list, candidate: list[TokenComparison]) -> float:
         """Higher is better: minus the mean KL(FP32 ‖ candidate) per token."""
-        return -float(np.mean(np.concatenate([kl_per_token(r, c) for r, c in zip(reference, candidate)])))
+        return -float(np.mean(np.concatenate([c.kl for c in candidate])))
 
     def follow_up(self, session, batch: Batch, inputs) -> list[np.ndarray]:
         """Greedy continuations of the first samples' prompts, decoded through the KV cache."""
@@ -98,16 +141,15 @@ class TextGeneration(Task):
     follow_up_samples = GREEDY_SAMPLES
     generates = True
 
-    def metrics(self, reference, candidate, samples, inputs, followed=None) -> dict:
-        from edgeq.validate.metrics import fidelity
-
-        metrics = fidelity(reference, candidate)
-        agree = np.concatenate([r.argmax(-1) == c.argmax(-1) for r, c in zip(reference, candidate)])
+    def metrics(self, reference, candidate: list[TokenComparison], samples, inputs, followed=None) -> dict:
+        metrics = comparison_fidelity(candidate)
+        agree = np.concatenate([c.agree for c in candidate])
         metrics["next_token_top1_agreement"] = round(float(agree.mean()), 6)
-        metrics["kl_divergence_mean"] = _finite(np.mean(np.concatenate([kl_per_token(r, c) for r, c in zip(reference, candidate)])))
-        targets = [inputs.encode([s.text])["input_ids"][0] for s in samples]
-        metrics["perplexity"] = _finite(perplexity(candidate, targets))
-        metrics["perplexity_reference"] = _finite(perplexity(reference, targets))
+        metrics["kl_divergence_mean"] = _finite(np.mean(np.concatenate([c.kl for c in candidate])))
+        nll = [c.nll for c in candidate if c.nll.size]
+        metrics["perplexity"] = _finite(np.exp(np.mean(np.concatenate(nll)))) if nll else None
+        nll_ref = [c.nll_reference for c in candidate if c.nll_reference.size]
+        metrics["perplexity_reference"] = _finite(np.exp(np.mean(np.concatenate(nll_ref)))) if nll_ref else None
         metrics["tokens"] = int(agree.size)
         if followed is not None:
             ref_runs, cand_runs = followed
@@ -134,10 +176,54 @@ def kl_per_token(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     return (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
 
 
-def perplexity(logits: list[np.ndarray], targets: list[np.ndarray]) -> float:
-    """exp(mean negative log-likelihood of each next token of the texts themselves)."""
-    nll = [-log_softmax(l[:-1])[np.arange(len(l) - 1), t[1 : len(l)]] for l, t in zip(logits, targets) if len(l) > 1]
-    return float(np.exp(np.mean(np.concatenate(nll)))) if nll else float("nan")
+def compare_logits(reference, candidate: np.ndarray, ids: np.ndarray) -> TokenComparison:
+    """One text's candidate logits [positions, vocabulary] against the reference's (logits, or TopTokens)."""
+    log_q = log_softmax(candidate)
+    following = ids[1 : len(candidate)]
+    nll = -log_q[np.arange(len(following)), following]
+    if isinstance(reference, TopTokens):
+        return _against_top_tokens(reference, candidate, log_q, nll)
+    log_p = log_softmax(reference)
+    ref, cand = reference.astype(np.float64).ravel(), candidate.astype(np.float64).ravel()
+    error = cand - ref
+    return TokenComparison(
+        kl=(np.exp(log_p) * (log_p - log_q)).sum(axis=-1), agree=reference.argmax(-1) == candidate.argmax(-1),
+        nll=nll, nll_reference=-log_p[np.arange(len(following)), following], dot=float(ref @ cand),
+        reference_sq=float(ref @ ref), candidate_sq=float(cand @ cand), error_sq=float(error @ error),
+        error_abs=float(np.abs(error).sum()), error_max=float(np.abs(error).max(initial=0.0)), values=error.size)  # fmt: skip
+
+
+def top_tokens(logits: np.ndarray, keep: int = TOP_TOKENS) -> TopTokens:
+    log_p = log_softmax(logits)
+    keep = min(keep, log_p.shape[-1])
+    ids = np.argpartition(-log_p, keep - 1, axis=-1)[:, :keep]
+    return TopTokens(ids.astype(np.int32), np.take_along_axis(log_p, ids, -1).astype(np.float32), logits.argmax(-1))
+
+
+def _against_top_tokens(reference: TopTokens, candidate, log_q, nll) -> TokenComparison:
+    """KL of the two distributions coarse-grained to the reference's top tokens plus one bucket for the rest."""
+    p = np.exp(reference.log_p.astype(np.float64))
+    q_top = np.take_along_axis(log_q, reference.ids.astype(np.int64), -1)
+    p_rest = np.clip(1.0 - p.sum(-1), 1e-12, None)
+    q_rest = np.clip(1.0 - np.exp(q_top).sum(-1), 1e-12, None)
+    kl = (p * (reference.log_p - q_top)).sum(-1) + p_rest * (np.log(p_rest) - np.log(q_rest))
+    nothing = np.zeros(0)
+    return TokenComparison(kl=np.maximum(kl, 0.0), agree=reference.top1 == candidate.argmax(-1), nll=nll,
+                           nll_reference=nothing, dot=0.0, reference_sq=0.0, candidate_sq=0.0, error_sq=0.0,
+                           error_abs=0.0, error_max=0.0, values=0)  # fmt: skip
+
+
+def comparison_fidelity(comparisons: list[TokenComparison]) -> dict:
+    """cosine mean/min (per text, over its flattened logits), abs errors and SQNR, as `fidelity` computes them."""
+    from edgeq.validate.metrics import EXACT
+
+    cos = np.array([c.dot / max(np.sqrt(c.reference_sq * c.candidate_sq), 1e-12) for c in comparisons])
+    noise, signal = sum(c.error_sq for c in comparisons), sum(c.reference_sq for c in comparisons)
+    values = max(sum(c.values for c in comparisons), 1)
+    return {"cosine_mean": _finite(cos.mean()), "cosine_min": _finite(cos.min()),
+            "max_abs_error": _finite(max(c.error_max for c in comparisons)),
+            "mean_abs_error": _finite(sum(c.error_abs for c in comparisons) / values),
+            "sqnr_db": round(float(10 * np.log10(signal / noise)), 2) if noise > 0 else EXACT}  # fmt: skip
 
 
 def greedy(session, inputs: DecoderInputs, prompt: np.ndarray, steps: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 from edgeq.devices import DeviceProfile
 from edgeq.progress import track
 from edgeq.feeds import ShapeData, run_batch, shape_data
-from edgeq.validate.metrics import EXACT, HIGHER_IS_BETTER, fidelity, judge
+from edgeq.validate.metrics import EXACT, HIGHER_IS_BETTER, judge
 from edgeq.validate.sessions import (CPU_EP, environment, host_cpu, make_session, placement, placement_from_trace,
                                     runtime_for)  # fmt: skip
 
@@ -86,9 +86,12 @@ def validate_models(
         if compliance is not None:
             entry["compliance"] = compliance
         if runtime.in_runner:  # the same model on this host's CPU: how far apart the two platforms' kernels are
-            host = _host_reference(models[name], device, first["data"], task)
-            entry["versus_host_cpu"] = {k: v for k, v in fidelity(host, first["items"][name]).items()
-                                        if k in ("cosine_min", "cosine_mean", "max_abs_error")}  # fmt: skip
+            data = first["data"]
+            samples = [s for batch in data.batches for s in batch.samples]
+            apart = task.metrics(*first["runs"][name]["versus_host"], samples, data.inputs)
+            entry["versus_host_cpu"] = {k: v for k, v in apart.items()
+                                        if k in ("cosine_min", "cosine_mean", "max_abs_error", "kl_divergence_mean",
+                                                 "next_token_top1_agreement")}  # fmt: skip
         if device.coverage:
             from edgeq.validate.coverage import coverage_estimate
 
@@ -100,8 +103,9 @@ def validate_models(
 def _measure_shape(models, rows, reference, device, runtime, task, data: ShapeData, warmup, first) -> dict:
     """Every model of `rows` on the batches of one shape: what the task compares, timings, placement."""
     if runtime.in_runner:
-        runs = _run_in_device_runner({n: models[n] for n in rows}, data.batches, device, runtime, task)
-        truth = _host_reference(models[reference], device, data, task)
+        truth = _host_outputs(models[reference], device, data, task)
+        runs = _run_in_device_runner({n: models[n] for n in rows}, data, device, runtime, task, truth)
+        truth = [item for batch, items in zip(data.batches, truth) for item in task.summarize(items, batch)]
         comparable = False
     else:
         comparable = runtime.provider == CPU_EP and runtime.mode == "on-host" and reference in rows
@@ -168,14 +172,16 @@ def _run_here(models, reference_path, data: ShapeData, device, runtime, task, wa
     runs = {name: {"items": [], "timings": []} for name in models}
     truth = []
     for batch in track(data.batches, f"validating on {device.id} {data.label}", total=len(data.batches)):
+        produced = {}
         for name, session in sessions.items():
             start = time.perf_counter()
             outputs = run_batch(session, batch)
             runs[name]["timings"].append((time.perf_counter() - start) * 1000)
-            runs[name]["items"] += task.compared(outputs, batch)
-        reference_outputs = runs[reference]["items"][-len(batch.samples):] if comparable else \
-            task.compared(run_batch(reference_session, batch), batch)  # fmt: skip
-        truth += reference_outputs
+            produced[name] = task.compared(outputs, batch)
+        reference_outputs = produced[reference] if comparable else task.compared(run_batch(reference_session, batch), batch)
+        for name in sessions:  # reduced batch by batch: a language model's logits are never held for the data set
+            runs[name]["items"] += task.pair(reference_outputs, produced[name], batch)
+        truth += task.summarize(reference_outputs, batch)
     for name, path in models.items() if with_placement else ():
         runs[name]["placement"] = placement(path, runtime, data.batches[0])
     if with_placement and task.follow_up_samples:  # e.g. greedy continuations: on the first shape only
@@ -195,25 +201,35 @@ def follow_up(task, session, data: ShapeData) -> list:
     return found[: task.follow_up_samples]
 
 
-def _run_in_device_runner(models, batches, device, runtime, task) -> dict:
-    """Every model through the device's runner (an arm64 stand-in): what the task compares, timings, placement."""
+def _run_in_device_runner(models, data: ShapeData, device, runtime, task, truth: list[list]) -> dict:
+    """Every model through the device's runner (an arm64 stand-in): what the task compares (paired with the host's
+    FP32 `truth`, batch by batch), timings, placement, and the same model on this host's CPU beside it."""
     from edgeq.profile.run import default_transport, run_outputs
     from edgeq.progress import say
 
+    batches = data.batches
     say(f"  running {len(models)} model(s) on {len(batches)} inputs in the {device.id} stand-in (slow: emulated)")
     produced = run_outputs(list(models.values()), [b.feed for b in batches], device, default_transport(device))
     runs = {}
     for (name, path), raw in zip(models.items(), produced):
         env = {**raw["environment"], "intra_op_spinning": True}
-        items = [item for outputs, batch in zip(raw["outputs"], batches) for item in task.compared(outputs, batch)]
+        here = make_session(path, host_cpu(device))
+        items, host, versus_host = [], [], []
+        for outputs, batch, reference in zip(raw["outputs"], batches, truth):
+            compared, on_host = task.compared(outputs, batch), task.compared(run_batch(here, batch), batch)
+            items += task.pair(reference, compared, batch)
+            versus_host += task.pair(on_host, compared, batch)
+            host += task.summarize(on_host, batch)
         runs[name] = {"items": items, "timings": raw["timings_ms"], "environment": env,
+                      "versus_host": (host, versus_host),
                       "placement": placement_from_trace(raw["trace"], path, runtime)}  # fmt: skip
     return runs
 
 
-def _host_reference(reference_path, device, data: ShapeData, task) -> list[np.ndarray]:
-    session = make_session(reference_path, host_cpu(device))
-    return [item for batch in data.batches for item in task.compared(run_batch(session, batch), batch)]
+def _host_outputs(model_path, device, data: ShapeData, task) -> list[list]:
+    """What the task compares of a model run on this host's CPU, batch by batch."""
+    session = make_session(model_path, host_cpu(device))
+    return [task.compared(run_batch(session, batch), batch) for batch in data.batches]
 
 
 def _compliance(model_path: Path, device: DeviceProfile) -> dict | None:
