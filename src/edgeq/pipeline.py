@@ -286,7 +286,8 @@ def mixed_precision_stage(plan: Plan, source: StageResult, force: bool, quantize
         inputs = plan.task.inputs(source.folder, plan.recipe.sequence_length_for(val), plan.recipe.static_shapes)
         job = MixedPrecisionJob(source.folder / MODEL_FILE, folder, mp, plan.op_types, q.per_channel,
                                 plan.devices[0], plan.task, proxy_samples, plan.validation_samples, inputs,
-                                plan.recipe.validation_shapes, plan.calibration_samples or [], plan.recipe.fixed_batch)  # fmt: skip
+                                plan.recipe.validation_shapes, plan.calibration_samples or [], plan.recipe.fixed_batch,
+                                q.accuracy_level)  # fmt: skip
         if set(mp.candidates) <= set(RUNGS):  # activation types of a QDQ NPU's model
             section = choose_activation_types(job, q, calibration_feeds(plan, source), quantized.folder / MODEL_FILE)
         else:

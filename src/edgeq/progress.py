@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -22,10 +23,17 @@ def say(message: str) -> None:
         console.print(message)
 
 
+LOG_EVERY_SECONDS = 30.0
+
+
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate with a progress bar (on a terminal), and a closing line saying how many items were done."""
-    if quiet() or not console.is_terminal:
+    """Iterate with a progress bar on a terminal; elsewhere (CI, a log file) a line at most every 30 seconds
+    saying how far it is, so a long loop is never silent."""
+    if quiet():
         yield from items
+        return
+    if not console.is_terminal:
+        yield from _logged(items, description, total)
         return
     columns = (TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
@@ -33,3 +41,15 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for item in items:
             yield item
             bar.advance(task)
+
+
+def _logged(items: Iterable[T], description: str, total: int | None) -> Iterator[T]:
+    started = last = time.monotonic()
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        now = time.monotonic()
+        if now - last >= LOG_EVERY_SECONDS:
+            last = now
+            console.print(f"  {description}: {done}{f' of {total}' if total else ''} after {now - started:.0f} s")

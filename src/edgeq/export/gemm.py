@@ -32,3 +32,33 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return rewritten
+
+
+def fold_weight_transposes(model: onnx.ModelProto) -> int:
+    """Replace, in place, every Transpose of a 2-D constant that only MatMuls read as their weight by the transposed
+    constant; return how many. A language model with tied embeddings exports its LM head as
+    MatMul(x, Transpose(embedding)): no quantizer sees a constant weight there, so the head (a quarter of
+    SmolLM2's weights, most of its decode time) stayed FP32. The cost: the FP32 reference holds the table twice;
+    quantized models hold each in their own precision."""
+    inits = {t.name: t for t in model.graph.initializer}
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in model.graph.node:
+        for position, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, position))
+    outputs = {o.name for o in model.graph.output}
+    kept, folded = [], 0
+    for node in model.graph.node:
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
+        source = inits.get(node.input[0]) if node.op_type == "Transpose" else None
+        users = readers.get(node.output[0], []) if source is not None else []
+        if (source is None or len(source.dims) != 2 or perm != [1, 0] or node.output[0] in outputs or not users
+                or not all(user.op_type == "MatMul" and position == 1 for user, position in users)):  # fmt: skip
+            kept.append(node)
+            continue
+        transposed = np.ascontiguousarray(numpy_helper.to_array(source).T)
+        model.graph.initializer.append(numpy_helper.from_array(transposed, node.output[0]))
+        folded += 1
+    if folded:
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    return folded

@@ -61,10 +61,10 @@ def _gemm_as_matmul(model_path: Path) -> None:
     import onnx
 
     from edgeq.artifact import external_files
-    from edgeq.export.gemm import gemm_to_matmul
+    from edgeq.export.gemm import fold_weight_transposes, gemm_to_matmul
 
     model = onnx.load(str(model_path))
-    if gemm_to_matmul(model):
+    if gemm_to_matmul(model) + fold_weight_transposes(model):
         external = bool(external_files(onnx.load(str(model_path), load_external_data=False)))
         onnx.save(model, str(model_path), save_as_external_data=external, location=f"{model_path.name}.data")
 

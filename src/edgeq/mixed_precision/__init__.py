@@ -48,6 +48,7 @@ class MixedPrecisionJob:
     shapes: list[tuple[int, int]]
     calibration_samples: list
     whole_batches_only: bool = False
+    accuracy_level: int = 0  # MatMulNBits' compute for the 4-bit rungs (4: INT8 dot products)
 
 
 def choose_precisions(job: MixedPrecisionJob) -> dict:
@@ -62,7 +63,7 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
     islands = find_islands(fp32, op_types)
     stats = activation_statistics(job, fp32, islands) if STATS_RUNGS & set(ladder) else None
     build_candidates(fp32, islands, ladder, job.per_channel, stats, cfg.smooth_alpha, has_token_mask(fp32),
-                     job.device.quantization.int8_pairs_saturate)  # fmt: skip
+                     job.device.quantization.int8_pairs_saturate, job.accuracy_level)  # fmt: skip
     if cfg.overrides is not None:
         assignment = resolve(load_overrides(Path(cfg.overrides)), islands, ladder, Path(cfg.overrides))
         result = None
@@ -72,7 +73,7 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
         lowest = {i.name: next(r for r in ladder if r in i.candidates) for i in islands}
         full = FullEvaluator(job.task, job.validation_samples, job.inputs, job.device, job.shapes, fp32,
                              assemble(fp32, islands, lowest), job.whole_batches_only)  # fmt: skip
-        result = search(fp32, fp32_size, islands, ladder, budget, proxy, full)
+        result = search(fp32, fp32_size, islands, ladder, budget, proxy, full, cfg.measure_top)
         assignment = result.assignment
     model_path = job.out_folder / "model.onnx"
     onnx.save(assemble(fp32, islands, assignment), str(model_path))
@@ -154,6 +155,9 @@ def reason(island: Island, choice: str, score: dict, result: SearchResult, ladde
     lowest = next(r for r in ladder if r in island.candidates)
     sqnr = score["output_sqnr_db"]
     measured = f"its output SQNR in the all-{lowest} model is {sqnr:.1f} dB; " if sqnr is not None else ""
+    if choice == lowest and score.get("unmeasured"):
+        return (f"kept {choice}: {measured}not among the islands whose output the all-{lowest} model damages most "
+                f"(measure_top), so no promotion of it was measured")  # fmt: skip
     if choice == lowest:
         best = max(score["gain"].values(), default=0.0)
         if result.chosen_index == 0:

@@ -314,7 +314,7 @@ def pack_nibbles(values: np.ndarray) -> np.ndarray:
 
 
 def matmul_int4(node: onnx.NodeProto, weight: np.ndarray, importance: np.ndarray | None = None,
-                tag: str = "q4", samples: np.ndarray | None = None) -> Candidate:  # fmt: skip
+                tag: str = "q4", samples: np.ndarray | None = None, accuracy_level: int = 0) -> Candidate:  # fmt: skip
     """MatMulNBits with 4-bit weights in blocks of 32 along K (FP32 activations; onnxruntime's CPU kernels):
     round to nearest, importance-weighted ranges, or (with calibration `samples` of the input) GPTQ."""
     rows, cols = weight.shape
@@ -324,7 +324,8 @@ def matmul_int4(node: onnx.NodeProto, weight: np.ndarray, importance: np.ndarray
              numpy_helper.from_array(scale.reshape(-1), f"{base}_scales"),
              numpy_helper.from_array(pack_nibbles(zero).reshape(-1), f"{base}_zero_points")]  # fmt: skip
     matmul = helper.make_node("MatMulNBits", [node.input[0], *(t.name for t in inits)], list(node.output),
-                              name=node.name, domain=MS_DOMAIN, K=rows, N=cols, bits=4, block_size=INT4_BLOCK)  # fmt: skip
+                              name=node.name, domain=MS_DOMAIN, K=rows, N=cols, bits=4, block_size=INT4_BLOCK,
+                              accuracy_level=accuracy_level)  # fmt: skip
     size = sum(numpy_helper.to_array(t).nbytes for t in inits)
     method = "GPTQ" if samples is not None else "importance-weighted ranges" if importance is not None else "round to nearest"
     return Candidate([matmul], inits, size, {"bits": 4, "block_size": INT4_BLOCK, "method": method})

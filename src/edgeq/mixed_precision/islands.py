@@ -62,7 +62,7 @@ def find_islands(model: onnx.ModelProto, op_types: list[str] | None = None) -> l
 
 def build_candidates(model: onnx.ModelProto, islands: list[Island], rungs: list[str], per_channel: bool = True,
                      stats: dict[str, ActivationStats] | None = None, smooth_alpha: float = 0.8,
-                     token_mask: bool = False, pair_safe: bool = False) -> None:  # fmt: skip
+                     token_mask: bool = False, pair_safe: bool = False, accuracy_level: int = 0) -> None:  # fmt: skip
     """Fill each island's candidates for `rungs` (and fp32). `stats` maps the input tensor of a MatMul/Attention
     island to its activation statistics, which the static and smoothed rungs need; `token_mask` says the model
     has an attention mask with which int8s can zero padded rows; `pair_safe` quantizes the weights of u8 x s8
@@ -76,7 +76,8 @@ def build_candidates(model: onnx.ModelProto, islands: list[Island], rungs: list[
             island.candidates = _gather_candidates(node, weight, rungs) | {"fp32": fp32}
             continue
         island.candidates = _matmul_candidates(node, weight, island.kind, rungs, per_channel,
-                                               (stats or {}).get(node.input[0]), smooth_alpha, token_mask, pair_safe)  # fmt: skip
+                                               (stats or {}).get(node.input[0]), smooth_alpha, token_mask, pair_safe,
+                                               accuracy_level)  # fmt: skip
         island.candidates["fp32"] = fp32
     for island in islands:
         for candidate in island.candidates.values():
@@ -113,15 +114,16 @@ def _gather_candidates(node, table, rungs) -> dict[str, Candidate]:
 
 
 def _matmul_candidates(node, weight, kind, rungs, per_channel, stats, smooth_alpha, token_mask,
-                       pair_safe) -> dict[str, Candidate]:  # fmt: skip
+                       pair_safe, accuracy_level=0) -> dict[str, Candidate]:  # fmt: skip
     found: dict[str, Candidate] = {}
     for rung in rungs:
         if rung == "int4" and kind == "matmul":
-            found[rung] = C.matmul_int4(node, weight)
+            found[rung] = C.matmul_int4(node, weight, accuracy_level=accuracy_level)
         elif rung == "int4a" and kind == "matmul" and stats is not None:
-            found[rung] = C.matmul_int4(node, weight, (stats.rows.astype(np.float64) ** 2).mean(axis=0), tag="q4a")
+            found[rung] = C.matmul_int4(node, weight, (stats.rows.astype(np.float64) ** 2).mean(axis=0), tag="q4a",
+                                        accuracy_level=accuracy_level)  # fmt: skip
         elif rung == "int4g" and kind == "matmul" and stats is not None:
-            found[rung] = C.matmul_int4(node, weight, tag="q4g", samples=stats.rows)
+            found[rung] = C.matmul_int4(node, weight, tag="q4g", samples=stats.rows, accuracy_level=accuracy_level)
         elif rung == "fp16" and kind == "matmul":
             found[rung] = C.matmul_fp16(node, weight)
         elif rung == "int8":

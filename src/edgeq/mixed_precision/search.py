@@ -103,11 +103,12 @@ def model_size(fp32_size: int, islands: list[Island], assignment: dict[str, str]
 
 
 def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder: list[str], budget: Budget,
-           proxy: Runner, full: Callable[[onnx.ModelProto], dict]) -> SearchResult:  # fmt: skip
-    """`proxy` runs models on the proxy texts; `full(model)` gives validation metrics at every shape."""
+           proxy: Runner, full: Callable[[onnx.ModelProto], dict], measure_top: int | None = None) -> SearchResult:  # fmt: skip
+    """`proxy` runs models on the proxy texts; `full(model)` gives validation metrics at every shape; only the
+    `measure_top` islands with the lowest output SQNR get promotion passes (all when None)."""
     started = time.perf_counter()
     lowest = {i.name: _rungs(i, ladder)[0] for i in islands}
-    scores, passes = proxy_scores(fp32, islands, ladder, lowest, proxy)
+    scores, passes = proxy_scores(fp32, islands, ladder, lowest, proxy, measure_top)
     latency = latency_model(fp32, islands, ladder, lowest, proxy)
     steps = ordered_steps(islands, ladder, lowest, scores, latency, fp32_size, budget)
     configurations = cumulative(lowest, steps, fp32_size, islands, budget, latency)
@@ -163,17 +164,22 @@ def _size_failures(budget: Budget, size: int, configurations: list[dict], fp32_s
     return failures
 
 
-def proxy_scores(fp32, islands, ladder, lowest, proxy: Runner) -> tuple[dict[str, dict], int]:
+def proxy_scores(fp32, islands, ladder, lowest, proxy: Runner, measure_top: int | None = None) -> tuple[dict[str, dict], int]:
     """Per island: output SQNR in the all-lowest model, and the proxy-score gain (cosine, or minus KL for a
     language model) of promoting it alone to each rung,
-    per shape ("gain_by_shape") and as the mean over shapes ("gain")."""
+    per shape ("gain_by_shape") and as the mean over shapes ("gain"). With `measure_top`, only that many islands
+    (the lowest output SQNR first) are promoted; the others are marked unmeasured and gain nothing."""
     base_model = assemble(fp32, islands, lowest)
     reference = proxy.outputs(fp32)
     sqnr = island_output_sqnr(fp32, base_model, islands, proxy)
     base = _scores(proxy.task, reference, proxy.outputs(base_model, reference))
     scores = {i.name: {"output_sqnr_db": sqnr.get(i.name), "gain": {}, "gain_by_shape": {}} for i in islands}
     passes = 4  # FP32 and all-lowest: vectors, and island outputs
-    jobs = [(i, rung) for i in islands for rung in _rungs(i, ladder)[1:]]
+    measured = most_damaged(islands, sqnr, measure_top)
+    for island in islands:
+        if island.name not in measured:
+            scores[island.name].update(unmeasured=True, gain={r: 0.0 for r in _rungs(island, ladder)[1:]})
+    jobs = [(i, rung) for i in islands if i.name in measured for rung in _rungs(i, ladder)[1:]]
     for island, rung in track(jobs, "sensitivity", total=len(jobs)):
         entry = scores[island.name]
         same_as = next((r for r in LADDER if island.candidates.get(r) is island.candidates[rung]), rung)
@@ -187,6 +193,14 @@ def proxy_scores(fp32, islands, ladder, lowest, proxy: Runner) -> tuple[dict[str
         entry["gain"][rung] = round(float(np.mean(list(by_shape.values()))), 6)
         passes += 1
     return scores, passes
+
+
+def most_damaged(islands: list[Island], sqnr: dict[str, float | None], top: int | None) -> set[str]:
+    """The names of the `top` islands with the lowest output SQNR (all of them when `top` is None)."""
+    if top is None or top >= len(islands):
+        return {i.name for i in islands}
+    ranked = sorted(islands, key=lambda i: sqnr.get(i.name) if sqnr.get(i.name) is not None else math.inf)
+    return {i.name for i in ranked[:top]}
 
 
 def latency_model(fp32, islands, ladder, lowest, proxy: Runner) -> dict:

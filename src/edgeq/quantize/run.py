@@ -154,9 +154,12 @@ def _quantize_int4(fp32_path: Path, out_path: Path, q: QuantizationConfig, op_ty
     """onnxruntime's own weight-only quantizer: MatMul (and Gather) weights to 4 bits in blocks."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    # its own logger prints a line for every node it skips (thousands for a real LM) and opset notices edgeq resolves
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
     quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), bits=4, block_size=q.block_size,
                                      is_symmetric=q.symmetric_weights, nodes_to_exclude=list(q.nodes_to_exclude),
-                                     op_types_to_quantize=tuple(op_types or ("MatMul",)))  # fmt: skip
+                                     op_types_to_quantize=tuple(op_types or ("MatMul",)),
+                                     accuracy_level=q.accuracy_level)  # fmt: skip
     original = {o.domain or "ai.onnx": o.version for o in onnx.load(str(fp32_path), load_external_data=False).opset_import}
     quantizer.process()
     model = quantizer.model.model

@@ -161,6 +161,12 @@ class QuantizationConfig(Strict):
         "`block_size`), what language models ship at; activations stay FP32."
     )
     block_size: int = Field(default=32, ge=16, description="mode int4: weights per quantization block (a power of two).")
+    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
+        default=4, description="mode int4: how onnxruntime's MatMulNBits computes on the CPU. 4 (the default, as "
+        "onnxruntime-genai's builder does): activations quantized to INT8 per block at run time, integer dot products "
+        "(VNNI/AVX2/NEON): the fast path. 0: FP32 compute (exact dequantized weights, slower). Validation measures "
+        "the chosen level's fidelity, since it runs the real kernel.",
+    )
     format: Literal["qdq", "qoperator"] | None = Field(
         default=None,
         description="Static models only: `qdq` (QuantizeLinear/DequantizeLinear pairs, what NPUs want) or "
@@ -361,6 +367,12 @@ class MixedPrecisionConfig(Strict):
     )
     proxy_samples: PositiveInt = Field(
         default=32, description="Calibration texts used for the per-island sensitivity passes."
+    )
+    measure_top: PositiveInt | None = Field(
+        default=None, description="Measure promotions (one proxy pass each) only for the islands whose output is most "
+        "damaged in the all-lowest model (lowest output SQNR, one pass for all), at most this many; the others keep "
+        "the lowest rung and the report says why. For a language model of 30 layers x 7 projections this turns "
+        "hundreds of passes into a few dozen. Default: every island.",
     )
     budget: MixedPrecisionBudget = Field(default=MixedPrecisionBudget(), description="What the choice must meet.")
     overrides: Path | None = Field(
