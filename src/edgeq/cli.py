@@ -397,6 +397,31 @@ def plan(models, device, context, memory_mb, json_file) -> None:
                                                    for r in result["comparison"]["models"]))  # fmt: skip
 
 
+# -------------------------------------------------------------------------------------------- generate
+@cli.command()
+@click.argument("model_or_build")
+@click.argument("prompt")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--chat", is_flag=True, help="Send PROMPT as a user message through the model's chat template.")
+@click.option("--engine", type=click.Choice(["auto", "genai", "onnxruntime"]), default="auto", show_default=True,
+              help="auto: onnxruntime-genai when installed and the folder has genai_config.json.")
+@click.option("--json", "json_file", help="Write the result (tokens, tokens_per_s, ttft_ms, peak_rss_mb) here ('-': stdout).")
+def generate(model_or_build, prompt, max_tokens, chat, engine, json_file) -> None:
+    """Greedy text from a language model (a build folder, its final/, or a model folder), streamed as it comes,
+    then the measured tokens/s, time to first token and peak RSS."""
+    from edgeq.generate import generate as run
+
+    streaming = json_file != "-"
+    result = run(model_or_build, prompt, max_tokens, chat, (lambda t: click.echo(t, nl=False)) if streaming else None, engine)
+    if streaming:
+        click.echo("")
+        click.echo(f"[{result['engine']}, {result['mode']}] {result['generated_tokens']} tokens, "
+                   f"{result['tokens_per_s'] or 0:.1f} tokens/s, first token {result['ttft_ms']:.0f} ms "
+                   f"(prompt {result['prompt_tokens']} tokens), peak RSS {result['peak_rss_mb']:.0f} MB", err=True)  # fmt: skip
+    if json_file:
+        _write_json(result, json_file)
+
+
 # -------------------------------------------------------------------------------------------- inspect
 @cli.command()
 @click.argument("model")

@@ -395,6 +395,10 @@ def _write_final(plan: Plan, stage: StageResult, target: Path, devices: list[Dev
     with atomic_dir(target) as folder:
         shutil.copy2(stage.folder / MODEL_FILE, folder / MODEL_FILE)
         copy_companions(stage.folder, folder)
+        if plan.task.generates:  # a language model: onnxruntime-genai runs the folder as it is
+            from edgeq.genai import write_genai_config
+
+            write_genai_config(folder, MODEL_FILE)
         if any(d.ort_format for d in devices):
             from edgeq.mobile import write_ort_format
 

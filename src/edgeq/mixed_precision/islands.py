@@ -67,9 +67,11 @@ def build_candidates(model: onnx.ModelProto, islands: list[Island], rungs: list[
     island to its activation statistics, which the static and smoothed rungs need; `token_mask` says the model
     has an attention mask with which int8s can zero padded rows; `pair_safe` quantizes the weights of u8 x s8
     rungs so that a CPU without VNNI cannot saturate (see candidates.pair_safe_int8)."""
+    from edgeq.progress import track
+
     inits = {t.name: t for t in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
-    for island in islands:
+    for island in track(islands, "candidates", total=len(islands)):
         node, weight = nodes[island.node_name], numpy_helper.to_array(inits[island.weight])
         fp32 = Candidate([node], [inits[island.weight]], weight.nbytes)
         if island.kind == "gather":

@@ -109,10 +109,19 @@ class TextGeneration(Task):
     proxy_name = "score (minus KL, nats/token)"
 
     def read(self, source: DataSource, limit: int | None, key: str, model_dir: Path) -> list[Sample]:
+        """Texts; a .jsonl record with `messages` ([{role, content}]) is a conversation, rendered with the model's
+        chat template (as an instruct model sees it)."""
+        from edgeq.chat import check_messages, render
         from edgeq.data import field_of
 
-        return [Sample(text=str(field_of(r, source.field or "text", n, source.path, key)).strip(), row=n)
-                for n, r in text_records(source, limit, key)]  # fmt: skip
+        samples = []
+        for n, record in text_records(source, limit, key):
+            if source.field is None and "messages" in record:
+                messages = check_messages(record["messages"], f"{key}: '{source.path}' line {n}")
+                samples.append(Sample(text=render(model_dir, messages), row=n))
+            else:
+                samples.append(Sample(text=str(field_of(record, source.field or "text", n, source.path, key)).strip(), row=n))
+        return samples
 
     def inputs(self, model_dir: Path, sequence_length: int, pad_to_length: bool):
         return DecoderInputs(model_dir, sequence_length, pad_to_length)
@@ -226,8 +235,9 @@ def comparison_fidelity(comparisons: list[TokenComparison]) -> dict:
             "sqnr_db": round(float(10 * np.log10(signal / noise)), 2) if noise > 0 else EXACT}  # fmt: skip
 
 
-def greedy(session, inputs: DecoderInputs, prompt: np.ndarray, steps: int) -> np.ndarray:
-    """`steps` greedy tokens after `prompt`: the prompt in one pass, then one token a step through the cache."""
+def greedy(session, inputs: DecoderInputs, prompt: np.ndarray, steps: int, on_token=None) -> np.ndarray:
+    """`steps` greedy tokens after `prompt`: the prompt in one pass, then one token a step through the cache.
+    `on_token(token)` is called as each comes and may stop the loop by returning False."""
     from edgeq.feeds import feed_for
 
     specs, names = session.get_inputs(), [o.name for o in session.get_outputs()]
@@ -237,6 +247,8 @@ def greedy(session, inputs: DecoderInputs, prompt: np.ndarray, steps: int) -> np
         outputs = dict(zip(names, session.run(None, feed_for(specs, feed))))
         token = int(outputs["logits"][0, -1].argmax())
         produced.append(token)
+        if on_token is not None and on_token(token) is False:
+            break
         past = {n.replace("present", "past_key_values"): v for n, v in outputs.items() if n.startswith("present")}
         ids, mask = np.array([[token]], np.int64), np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
     return np.array(produced)

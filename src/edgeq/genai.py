@@ -1,0 +1,83 @@
+"""A language model's folder as onnxruntime-genai runs it: `genai_config.json` beside the ONNX model, the tokenizer
+and the chat template.
+
+edgeq's decoder graphs (optimum's `text-generation-with-past` export, quantized by edgeq) take `input_ids`,
+`attention_mask`, `position_ids` and `past_key_values.N.key/value`, and return `logits` and `present.N.key/value`,
+the cache growing by one position a step. onnxruntime-genai's `decoder` section names exactly these, so the same
+model.onnx serves edgeq's own loop, optimum's ORTModelForCausalLM and `og.Model(folder)`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgeq.errors import ModelError
+
+CONFIG_FILE = "genai_config.json"
+# genai model types that use the plain decoder pipeline (inputs and outputs named in the config)
+GENAI_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3",
+               "gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3_text", "granite": "granite",
+               "olmo": "olmo", "smollm3": "smollm3", "gpt2": "gpt2"}  # fmt: skip
+
+
+def genai_config(model_dir: Path, onnx_name: str = "model.onnx", max_length: int | None = None) -> dict:
+    """The genai_config.json content for a decoder folder (config.json + generation_config.json)."""
+    config = _read(Path(model_dir) / "config.json")
+    generation = _read(Path(model_dir) / "generation_config.json", required=False)
+    model_type = str(config.get("model_type", ""))
+    if model_type not in GENAI_TYPES:
+        raise ModelError(f"onnxruntime-genai has no decoder type for model_type '{model_type}'",
+                         f"Known: {', '.join(sorted(GENAI_TYPES))}")  # fmt: skip
+    layers = config.get("num_hidden_layers") or config.get("n_layer")
+    heads = config.get("num_attention_heads") or config.get("n_head")
+    hidden = config.get("hidden_size") or config.get("n_embd")
+    context = config.get("max_position_embeddings") or config.get("n_positions") or 2048
+    eos = generation.get("eos_token_id", config.get("eos_token_id"))
+    pad = generation.get("pad_token_id", config.get("pad_token_id"))
+    return {
+        "model": {
+            "type": GENAI_TYPES[model_type],
+            "bos_token_id": generation.get("bos_token_id", config.get("bos_token_id")),
+            "eos_token_id": eos,
+            "pad_token_id": pad if pad is not None else (eos[0] if isinstance(eos, list) else eos),
+            "context_length": context,
+            "vocab_size": config["vocab_size"],
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": onnx_name,
+                "head_size": config.get("head_dim") or hidden // heads,
+                "hidden_size": hidden,
+                "num_attention_heads": heads,
+                "num_hidden_layers": layers,
+                "num_key_value_heads": config.get("num_key_value_heads") or heads,
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
+                           "past_value_names": "past_key_values.%d.value"},  # fmt: skip
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},  # fmt: skip
+            },
+        },
+        "search": {"do_sample": False, "max_length": min(int(max_length or context), int(context)), "num_beams": 1,
+                   "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+                   "temperature": 1.0, "top_k": 1, "top_p": 1.0},  # fmt: skip
+    }
+
+
+def write_genai_config(folder: Path, onnx_name: str = "model.onnx") -> Path:
+    """Write genai_config.json into a decoder's folder (its config.json must be there); return its path."""
+    from edgeq.atomic import write_text
+
+    path = Path(folder) / CONFIG_FILE
+    write_text(path, json.dumps(genai_config(folder, onnx_name), indent=2) + "\n")
+    return path
+
+
+def _read(path: Path, required: bool = True) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if required:
+            raise ModelError(f"no {path.name} in '{path.parent}'", "A language model's folder needs it") from None
+        return {}
+    except ValueError as exc:
+        raise ModelError(f"'{path}' is not valid JSON ({exc})") from None
