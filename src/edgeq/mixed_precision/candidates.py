@@ -291,18 +291,19 @@ def int4_gptq(weight: np.ndarray, rows: np.ndarray, block: int = INT4_BLOCK, dam
     inverse = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H⁻¹, as GPTQ uses it
     codes = np.zeros((n, blocks, block), np.uint8)
     scales, zeros = np.zeros((n, blocks), np.float32), np.zeros((n, blocks), np.uint8)
-    for row in range(blocks * block):
-        g, i = divmod(row, block)
-        if i == 0:
-            group = w[row : row + block]
-            low, high = np.minimum(group.min(axis=0), 0), np.maximum(group.max(axis=0), 0)
-            scale = np.where(high - low == 0, 1.0, (high - low) / 15.0)
-            zero = np.clip(np.round(-low / scale), 0, 15)
-            scales[:, g], zeros[:, g] = scale, zero
-        q = np.clip(np.round(w[row] / scale) + zero, 0, 15)
-        codes[:, g, i] = q
-        error = (w[row] - (q - zero) * scale) / inverse[row, row]
-        w[row + 1 :] -= np.outer(inverse[row, row + 1 :], error)
+    for g in range(blocks):  # GPTQ's lazy batches: errors pushed within the block, then onto the rest at once
+        start, end = g * block, (g + 1) * block
+        group, errors = w[start:end].copy(), np.zeros((block, n))
+        low, high = np.minimum(group.min(axis=0), 0), np.maximum(group.max(axis=0), 0)
+        scale = np.where(high - low == 0, 1.0, (high - low) / 15.0)
+        zero = np.clip(np.round(-low / scale), 0, 15)
+        scales[:, g], zeros[:, g] = scale, zero
+        for i in range(block):
+            q = np.clip(np.round(group[i] / scale) + zero, 0, 15)
+            codes[:, g, i] = q
+            errors[i] = (group[i] - (q - zero) * scale) / inverse[start + i, start + i]
+            group[i + 1 :] -= np.outer(inverse[start + i, start + i + 1 : end], errors[i])
+        w[end:] -= inverse[start:end, end:].T @ errors
     return codes, scales, zeros
 
 
