@@ -26,7 +26,8 @@ def corpus() -> list[str]:
     for file in sorted(TEST_DATA.glob("*.jsonl")):
         for line in file.read_text().splitlines():
             record = json.loads(line)
-            lines += [" ".join(v) if isinstance(v, list) else str(v) for v in record.values()]
+            lines += [" ".join(x["content"] if isinstance(x, dict) else str(x) for x in v) if isinstance(v, list)
+                      else str(v) for v in record.values()]  # fmt: skip
     return lines
 
 
@@ -183,10 +184,10 @@ def make_image_folder(folder: Path, per_label: int = 4) -> Path:
 DECODERS = ("gpt2", "llama", "qwen2")
 
 
-def decoder_config(arch: str, vocab: dict):
+def decoder_config(arch: str, vocab: dict, **overrides):
     import transformers
 
-    common = dict(vocab_size=vocab["vocab_size"], pad_token_id=vocab["pad_token_id"])
+    common = dict(vocab_size=vocab["vocab_size"], pad_token_id=vocab["pad_token_id"], **overrides)
     if arch == "gpt2":
         return transformers.GPT2Config(**common, n_embd=64, n_layer=2, n_head=4, n_positions=256)
     shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -194,7 +195,7 @@ def decoder_config(arch: str, vocab: dict):
     return (transformers.LlamaConfig if arch == "llama" else transformers.Qwen2Config)(**common, **shape)
 
 
-def make_decoder(folder: Path, arch: str, seed: int = 0, planted: bool = False) -> Path:
+def make_decoder(folder: Path, arch: str, seed: int = 0, planted: bool = False, **config) -> Path:
     """A tiny random decoder with a byte-level BPE tokenizer. `planted` (Llama/Qwen2) makes PLANTED_DECODER_ISLAND
     sensitive to 4-bit rounding only: one input channel is always zero (its norm weight is 0), and that channel's
     weights in the value projection are huge. FP32 outputs do not see them; a block's round-to-nearest scale does."""
@@ -204,7 +205,7 @@ def make_decoder(folder: Path, arch: str, seed: int = 0, planted: bool = False) 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = save_tokenizer("roberta", folder)
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(decoder_config(arch, vocab))
+    model = transformers.AutoModelForCausalLM.from_config(decoder_config(arch, vocab, **config))
     if planted:
         layer = model.model.layers[1]
         with torch.no_grad():

@@ -102,7 +102,9 @@ class DataSource(Strict):
     )
     field: str | None = Field(
         default=None, description="The JSON key or CSV column holding the text (for token classification: the "
-        "list of words).",
+        "list of words). A .jsonl without it: each record's `text`, or, for text generation, its `messages` "
+        "([{role, content}], roles system/user/assistant/tool): a conversation rendered with the model's chat "
+        "template, as an instruct model sees it.",
     )
     label_field: str | None = Field(
         default=None, description="The key or column holding the label: a class name or id (classification), a "
@@ -124,7 +126,7 @@ class DataSource(Strict):
         if suffix and suffix not in (".txt", ".jsonl", ".csv"):
             raise ValueError(f"unsupported data file type '{suffix}': use .txt, .jsonl or .csv (or an image folder)")
         records = suffix in (".jsonl", ".csv")
-        if records and not (self.field or self.question_field):
+        if suffix == ".csv" and not (self.field or self.question_field):
             raise ValueError(f"a {suffix} file needs `field` (the key or column holding the text)")
         if not records and self.fields():
             raise ValueError("`field` and the other *_field keys are only for .jsonl and .csv files; a .txt file has "

@@ -1,0 +1,172 @@
+"""A language model end to end, on tiny random decoders and synthetic files (mechanics, not quality): GGUF sources
+and their errors, chat data, streamed metrics equal to the whole-array ones, the tied LM head, a final/ that
+onnxruntime-genai runs with edgeq's own greedy tokens, and `edgeq generate`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import DATA, base_recipe
+from edgeq import api
+from edgeq.tasks.base import Batch
+from edgeq.tasks.text_generation import TASK, TokenComparison, compare_logits, top_tokens
+from edgeq.validate.metrics import fidelity
+from tiny_models import make_decoder
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code != 0, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+# ------------------------------------------------------------------ GGUF sources
+def test_a_file_that_is_not_gguf_is_refused_in_one_line(run_cli, write_recipe, tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"PK\x03\x04 not a gguf at all")
+    line = one_error_line(run_cli("build", write_recipe(base_recipe(str(fake)))))
+    assert line == f"Error: '{fake}' is not a GGUF file (it does not start with 'GGUF'). Give a llama.cpp .gguf file, or a Hugging Face folder"
+
+
+def test_a_truncated_gguf_is_refused_in_one_line(run_cli, write_recipe, tmp_path):
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (10).to_bytes(8, "little"))  # 10 tensors, then nothing
+    line = one_error_line(run_cli("build", write_recipe(base_recipe(str(truncated)))))
+    assert line.startswith(f"Error: GGUF file '{truncated}' is corrupt or truncated (")
+
+
+def test_a_gguf_architecture_transformers_cannot_load_is_named(run_cli, write_recipe, tmp_path):
+    import gguf
+
+    path = tmp_path / "encoder.gguf"
+    writer = gguf.GGUFWriter(str(path), "bert")
+    writer.add_tensor("token_embd.weight", np.zeros((8, 4), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    line = one_error_line(run_cli("build", write_recipe(base_recipe(str(path)))))
+    assert line.startswith("Error: GGUF architecture 'bert' cannot be loaded by transformers' GGUF loader. It loads: ")
+
+
+def test_score_merges_tokenize_as_llama_cpp_does():
+    from edgeq.export.gguf import ScoreMerges
+
+    tokens = ["▁", "t", "h", "e", "▁t", "he", "▁the", "c", "a", "▁c", "at", "▁cat"]
+    scores = [0, 0, 0, 0, -3, -2, -1, 0, 0, -4, -5, -0.5]
+    assert ScoreMerges(tokens, scores).tokenize("the cat") == ["▁the", "▁cat"]
+    assert ScoreMerges(tokens, scores).tokenize("thé") == ["▁t", "h", "<0xC3>", "<0xA9>"]
+
+
+# ------------------------------------------------------------------ chat data
+@pytest.fixture(scope="module")
+def chat_llama(tmp_path_factory):
+    folder = make_decoder(tmp_path_factory.mktemp("chat-llama"), "llama")
+    (folder / "chat_template.jinja").write_text(
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}")  # fmt: skip
+    return folder
+
+
+def test_messages_are_rendered_with_the_chat_template(chat_llama, tmp_path):
+    from edgeq.recipe.schema import DataSource
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi there"},
+                                             {"role": "assistant", "content": "Hello!"}]}) + "\n")  # fmt: skip
+    samples = TASK.read(DataSource(path=data), None, "validation.data", chat_llama)
+    assert [s.text for s in samples] == ["<|user|>Hi there\n<|assistant|>Hello!\n"]
+
+
+def test_a_message_with_an_unknown_role_is_named(run_cli, write_recipe, chat_llama, tmp_path):
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "a"}]}) + "\n"
+                    + json.dumps({"messages": [{"role": "narrator", "content": "b"}]}) + "\n")  # fmt: skip
+    recipe = base_recipe(str(chat_llama), model={"task": "text-generation"},
+                         validation={"data": {"path": str(data)}, "thresholds": {"cosine_mean": None}})  # fmt: skip
+    line = one_error_line(run_cli("build", write_recipe(recipe)))
+    assert line == (f"Error: validation.data: '{data}' line 2: message 0 has an unknown role 'narrator'. "
+                    "Roles: system, user, assistant, tool")  # fmt: skip
+
+
+# ------------------------------------------------------------------ streamed metrics
+def test_streamed_comparisons_give_the_whole_array_figures():
+    rng = np.random.default_rng(0)
+    reference = [rng.normal(size=(n, 50)).astype(np.float32) for n in (7, 12)]
+    candidate = [r + rng.normal(scale=0.3, size=r.shape).astype(np.float32) for r in reference]
+    ids = np.zeros((2, 12), np.int64)
+    ids[0, :7], ids[1] = rng.integers(0, 50, 7), rng.integers(0, 50, 12)
+    batch = Batch({"input_ids": ids}, np.ones_like(ids), [])
+    streamed = TASK.metrics(None, TASK.pair(reference, candidate, batch), [], None)
+    whole = fidelity(reference, candidate)
+    for key in ("cosine_mean", "cosine_min", "max_abs_error", "mean_abs_error", "sqnr_db"):
+        assert streamed[key] == pytest.approx(whole[key], rel=1e-5), key
+    exact = np.concatenate([c.kl for c in TASK.pair(reference, candidate, batch)])
+    manual = []
+    for r, c in zip(reference, candidate):
+        p = np.exp(r - r.max(-1, keepdims=True)); p /= p.sum(-1, keepdims=True)
+        q = np.exp(c - c.max(-1, keepdims=True)); q /= q.sum(-1, keepdims=True)
+        manual.append((p * np.log(p / q)).sum(-1))
+    assert np.allclose(exact, np.concatenate(manual), atol=1e-6)
+    assert streamed["perplexity"] > 0 and streamed["tokens"] == 19
+
+
+def test_a_stored_reference_keeps_its_top_tokens_and_bounds_the_kl_from_below():
+    rng = np.random.default_rng(1)
+    reference = rng.normal(scale=3, size=(9, 400)).astype(np.float32)
+    candidate = reference + rng.normal(scale=0.5, size=reference.shape).astype(np.float32)
+    ids = rng.integers(0, 400, 9)
+    exact = compare_logits(reference, candidate, ids).kl
+    coarse = compare_logits(top_tokens(reference, keep=256), candidate, ids)
+    assert isinstance(coarse, TokenComparison) and np.all(coarse.kl <= exact + 1e-9)
+    assert np.allclose(coarse.kl, exact, rtol=0.1)  # 256 of 400 tokens hold nearly all the mass here
+
+
+# ------------------------------------------------------------------ the tied LM head, genai, generate
+@pytest.fixture(scope="module")
+def tied_build(tmp_path_factory):
+    folder = make_decoder(tmp_path_factory.mktemp("tied-llama"), "llama", tie_word_embeddings=True)
+    recipe = base_recipe(str(folder), model={"task": "text-generation"},
+                         quantization={"mode": "int4", "op_types": ["MatMul", "Gather"]},
+                         validation={"data": {"path": str(DATA / "validation.txt")}, "samples": 8, "sequence_length": 32,
+                                     "thresholds": {"cosine_mean": None}})  # fmt: skip
+    out = tmp_path_factory.mktemp("tied-build")
+    (out / "recipe.yaml").write_text(json.dumps(recipe))
+    return api.build(out / "recipe.yaml", output=out / "build")
+
+
+def test_a_tied_lm_head_is_quantized_too(tied_build):
+    model = onnx.load(str(tied_build.out_dir / "final" / "model.onnx"))
+    head = next(n for n in model.graph.node if n.output[0] == "logits")
+    assert head.op_type == "MatMulNBits"
+    assert any(n.op_type == "GatherBlockQuantized" for n in model.graph.node)
+    assert next(a.i for a in head.attribute if a.name == "accuracy_level") == 4
+
+
+def test_genai_runs_the_final_folder_with_edgeqs_own_greedy_tokens(tied_build, run_cli):
+    pytest.importorskip("onnxruntime_genai")
+    final = tied_build.out_dir / "final"
+    assert json.loads((final / "genai_config.json").read_text())["model"]["decoder"]["filename"] == "model.onnx"
+    runs = {}
+    for engine in ("genai", "onnxruntime"):
+        result = run_cli("generate", str(tied_build.out_dir), "The river runs", "--max-tokens", "12", "--engine",
+                         engine, "--json", "-")  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        runs[engine] = json.loads(result.stdout)
+    assert runs["genai"]["engine"] == "onnxruntime-genai" and runs["onnxruntime"]["engine"] == "onnxruntime"
+    assert runs["genai"]["tokens"] == runs["onnxruntime"]["tokens"] and len(runs["genai"]["tokens"]) >= 1
+    assert runs["genai"]["tokens_per_s"] > 0 and runs["genai"]["peak_rss_mb"] > 0
+
+
+def test_generate_errors(tied_build, run_cli):
+    line = one_error_line(run_cli("generate", str(tied_build.out_dir), "hello", "--chat"))
+    assert line.startswith("Error: the model in '") and line.endswith("has no chat template. Give plain text, or a model "
+                                                                      "whose tokenizer_config.json or chat_template.jinja has one")  # fmt: skip
+    long_prompt = " ".join(["river"] * 600)
+    line = one_error_line(run_cli("generate", str(tied_build.out_dir), long_prompt, "--engine", "onnxruntime"))
+    assert "over the model's context of" in line or "exceed the model's context of" in line
