@@ -170,3 +170,39 @@ def test_generate_errors(tied_build, run_cli):
     long_prompt = " ".join(["river"] * 600)
     line = one_error_line(run_cli("generate", str(tied_build.out_dir), long_prompt, "--engine", "onnxruntime"))
     assert "over the model's context of" in line or "exceed the model's context of" in line
+
+
+# ------------------------------------------------------------------ bounded memory
+def test_a_262k_vocabulary_decoder_builds_in_bounded_memory(tmp_path):
+    """Logits of 262,144 tokens x 64 positions are 67 MB a text: holding them for 24 validation texts and four models,
+    as validation once did, would take over 6 GB. The build reduces them batch by batch; its peak RSS (the whole
+    build in a child process: export, quantization, search, validation) is asserted under 4 GB."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    folder = make_decoder(tmp_path / "wide", "llama", vocab_size=262_144, tie_word_embeddings=True)
+    recipe = base_recipe(str(folder), model={"task": "text-generation"},
+                         quantization={"mode": "int4", "op_types": ["MatMul", "Gather"],
+                                       "calibration": {"data": {"path": str(DATA / "calibration.txt")}, "samples": 8,
+                                                       "sequence_length": 64}},
+                         mixed_precision={"proxy_samples": 4, "candidates": ["int4", "w8"],
+                                          "budget": {"min_cosine_mean": None, "max_size_over_lowest": 1.2,
+                                                     "ceilings": {"kl_divergence_mean": 1e-9}}},
+                         validation={"data": {"path": str(DATA / "validation.txt")}, "samples": 24,
+                                     "sequence_length": 64, "thresholds": {"cosine_mean": None}})  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    # a fresh parent whose only child is the build: its RUSAGE_CHILDREN peak is the build's own
+    measure = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
+               "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "edgeq.cli", "build", str(path), "-o",
+                           str(tmp_path / "out")], capture_output=True, text=True,
+                          env={**os.environ, "EDGEQ_QUIET": "1"})  # fmt: skip
+    code, peak_kb = (int(v) for v in done.stdout.split()[-2:])
+    assert code in (0, 3), done.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert {v["artifact"] for v in report["validations"]} == {"fp32", "int4", "mixed"}
+    assert peak_kb / 1024 < 4000, f"peak RSS {peak_kb / 1024:.0f} MB"  # measured 3.1 GB here (export included)

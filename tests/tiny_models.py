@@ -187,7 +187,7 @@ DECODERS = ("gpt2", "llama", "qwen2")
 def decoder_config(arch: str, vocab: dict, **overrides):
     import transformers
 
-    common = dict(vocab_size=vocab["vocab_size"], pad_token_id=vocab["pad_token_id"], **overrides)
+    common = {"vocab_size": vocab["vocab_size"], "pad_token_id": vocab["pad_token_id"], **overrides}
     if arch == "gpt2":
         return transformers.GPT2Config(**common, n_embd=64, n_layer=2, n_head=4, n_positions=256)
     shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
