@@ -206,3 +206,40 @@ def test_a_262k_vocabulary_decoder_builds_in_bounded_memory(tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert {v["artifact"] for v in report["validations"]} == {"fp32", "int4", "mixed"}
     assert peak_kb / 1024 < 4000, f"peak RSS {peak_kb / 1024:.0f} MB"  # measured 3.1 GB here (export included)
+
+
+# ------------------------------------------------------------------ the 4-bit grid of a GGUF, and 8-bit blocks
+def _run_candidate(candidate, weight: np.ndarray, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    k, n = weight.shape
+    graph = helper.make_graph(candidate.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, n])], candidate.initializers)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def test_int4_with_offsets_reproduces_a_q4_1_grid_exactly():
+    from onnx import helper
+
+    from edgeq.mixed_precision.candidates import matmul_int4, matmul_int4_offset, matmul_int8_blocks
+
+    rng = np.random.default_rng(3)
+    k, n = 96, 40
+    d = rng.uniform(0.01, 0.03, (k // 32, n)).astype(np.float16).astype(np.float64)
+    m = rng.normal(scale=0.2, size=(k // 32, n)).astype(np.float16).astype(np.float64)
+    q = rng.integers(0, 16, (k // 32, 32, n))
+    q[:, 0], q[:, 1] = 0, 15  # every block uses its whole range, as llama.cpp's Q4_1 does
+    weight = (d[:, None] * q + m[:, None]).reshape(k, n).astype(np.float32)
+    node = helper.make_node("MatMul", ["x", "W"], ["y"], name="/layer/proj/MatMul")
+    x = rng.normal(size=(2, 5, k)).astype(np.float32)
+    exact = x.astype(np.float64) @ weight.astype(np.float64)
+    offset = _run_candidate(matmul_int4_offset(node, weight), weight, x)
+    integer = _run_candidate(matmul_int4(node, weight), weight, x)
+    eight = _run_candidate(matmul_int8_blocks(node, weight), weight, x)
+    assert np.abs(offset - exact).max() < 1e-4 * np.abs(exact).max()  # on the grid: exact up to float rounding
+    assert np.abs(integer - exact).max() > 100 * np.abs(offset - exact).max()  # integer zero points move weights
+    assert np.abs(eight - exact).max() < 0.02 * np.abs(exact).max()

@@ -22,6 +22,8 @@ OVERRIDES_FILE = "overrides.yaml"
 MEANING = {"int4": "4-bit weights (round to nearest, blocks of 32)",
            "int4a": "4-bit weights with importance-weighted block ranges",
            "int4g": "4-bit weights by GPTQ (rounding errors compensated through the input's Hessian)",
+           "int4o": "4-bit weights with a float offset per block (w = d*q + m, llama.cpp's Q4_1 form)",
+           "int8b": "8-bit weights in blocks of 32 (MatMulNBits)",
            "fp16": "FP16 weights (FP32 compute)",
            "xint8": "static INT8 with power-of-two scales, on the DPU",
            "sint8": "static INT8 (activation scale fixed from calibration tokens)",

@@ -332,6 +332,66 @@ def matmul_int4(node: onnx.NodeProto, weight: np.ndarray, importance: np.ndarray
     return Candidate([matmul], inits, size, {"bits": 4, "block_size": INT4_BLOCK, "method": method})
 
 
+def matmul_int4_offset(node: onnx.NodeProto, weight: np.ndarray, accuracy_level: int = 0) -> Candidate:
+    """4-bit codes with a scale and a float offset per block of 32 along K, w = d·q + m (llama.cpp's Q4_1 form):
+    the block's minimum and maximum are exact, and weights that already lie on such a grid (a Q4_1 GGUF, dequantized)
+    are reproduced exactly, where MatMulNBits' integer zero points move every one of them. onnxruntime's kernel for
+    float zero points is ~30x slower, so the offset is applied outside it: x·W = MatMulNBits(x, q, d, zero 0) +
+    (x summed per block)·M, one small MatMul by a block-indicator matrix shared by every island of the same K, and
+    one of [K/32, N] offsets, stored in FP16."""
+    rows, cols = weight.shape
+    blocks = -(-rows // INT4_BLOCK)
+    grouped = np.zeros((blocks * INT4_BLOCK, cols), np.float64)
+    grouped[:rows] = weight
+    grouped = grouped.reshape(blocks, INT4_BLOCK, cols)
+    low, high = grouped.min(axis=1), grouped.max(axis=1)  # [blocks, N]
+    offset = low.astype(np.float16).astype(np.float64)  # the stored offset, so the codes fit what is stored
+    scale = np.where(high - offset == 0, 1.0, (high - offset) / 15.0).astype(np.float32)
+    codes = np.clip(np.round((grouped - offset[:, None]) / scale[:, None]), 0, 15).astype(np.uint8)  # [blocks, 32, N]
+    base = f"{_base(node)}_q4o"
+    sums, indicator = f"{base}_block_sums", f"edgeq_block_indicator_k{rows}"
+    inits = [numpy_helper.from_array(pack_nibbles(codes.transpose(2, 0, 1)), f"{base}_B"),
+             numpy_helper.from_array(np.ascontiguousarray(scale.T).reshape(-1), f"{base}_scales"),
+             numpy_helper.from_array(np.zeros(cols * -(-blocks // 2), np.uint8), f"{base}_zero_points"),
+             numpy_helper.from_array(offset.astype(np.float16), f"{base}_offsets"),
+             numpy_helper.from_array((np.arange(rows)[:, None] // INT4_BLOCK == np.arange(blocks)).astype(np.float32),
+                                     indicator)]  # fmt: skip
+    nodes = [
+        helper.make_node("MatMulNBits", [node.input[0], *(t.name for t in inits[:3])], [f"{base}_codes_out"],
+                         name=node.name, domain=MS_DOMAIN, K=rows, N=cols, bits=4, block_size=INT4_BLOCK,
+                         accuracy_level=accuracy_level),  # fmt: skip
+        helper.make_node("MatMul", [node.input[0], indicator], [sums], name=f"{node.name}_block_sums"),
+        helper.make_node("Cast", [f"{base}_offsets"], [f"{base}_offsets_fp32"], name=f"{node.name}_cast_offsets",
+                         to=onnx.TensorProto.FLOAT),  # fmt: skip
+        helper.make_node("MatMul", [sums, f"{base}_offsets_fp32"], [f"{base}_offset_out"], name=f"{node.name}_offsets"),
+        helper.make_node("Add", [f"{base}_codes_out", f"{base}_offset_out"], list(node.output), name=f"{node.name}_add_offsets"),
+    ]
+    size = sum(numpy_helper.to_array(t).nbytes for t in inits[:4])
+    return Candidate(nodes, inits, size, {"bits": 4, "block_size": INT4_BLOCK, "method": "min/max with a float offset"})
+
+
+def matmul_int8_blocks(node: onnx.NodeProto, weight: np.ndarray, accuracy_level: int = 0) -> Candidate:
+    """MatMulNBits with 8-bit weights in blocks of 32 along K, symmetric (zero point 128): twice a 4-bit block's
+    bytes, and on onnxruntime's CPU at accuracy_level 4 (INT8 dot products) as fast as 4-bit or faster, where INT8
+    weights dequantized to FP32 (`w8`) are not."""
+    rows, cols = weight.shape
+    blocks = -(-rows // INT4_BLOCK)
+    grouped = np.zeros((blocks * INT4_BLOCK, cols), np.float64)
+    grouped[:rows] = weight
+    grouped = grouped.reshape(blocks, INT4_BLOCK, cols)
+    scale = np.abs(grouped).max(axis=1) / 127.0
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)  # [blocks, N]
+    codes = (np.clip(np.round(grouped / scale[:, None]), -127, 127) + 128).astype(np.uint8)  # [blocks, 32, N]
+    base = f"{_base(node)}_q8b"
+    inits = [numpy_helper.from_array(np.ascontiguousarray(codes.transpose(2, 0, 1)), f"{base}_B"),
+             numpy_helper.from_array(np.ascontiguousarray(scale.T).reshape(-1), f"{base}_scales")]  # fmt: skip
+    matmul = helper.make_node("MatMulNBits", [node.input[0], *(t.name for t in inits)], list(node.output),
+                              name=node.name, domain=MS_DOMAIN, K=rows, N=cols, bits=8, block_size=INT4_BLOCK,
+                              accuracy_level=accuracy_level)  # fmt: skip
+    size = sum(numpy_helper.to_array(t).nbytes for t in inits)
+    return Candidate([matmul], inits, size, {"bits": 8, "block_size": INT4_BLOCK, "method": "round to nearest"})
+
+
 def matmul_fp16(node: onnx.NodeProto, weight: np.ndarray) -> Candidate:
     """Weights stored in FP16 (half the bytes), cast to FP32 for the MatMul (the CPU EP computes in FP32)."""
     name = f"{_base(node)}_W_fp16"

@@ -19,9 +19,9 @@ from edgeq.mixed_precision.candidates import MS_DOMAIN, Candidate
 from edgeq.mixed_precision.statistics import ActivationStats
 
 # Every precision an island can take, cheapest first (the order of promotion when costs tie).
-LADDER = ("int4", "int4a", "int4g", "xint8", "sint8", "sint8u", "int8", "int8s", "w8", "fp16", "fp32")
+LADDER = ("int4", "int4a", "int4g", "int4o", "int8b", "xint8", "sint8", "sint8u", "int8", "int8s", "w8", "fp16", "fp32")
 STATS_RUNGS = {"int4a", "int4g", "xint8", "sint8", "sint8u", "int8s"}  # rungs that need activation statistics
-INT8_ROWS = {"sint8", "sint8u", "int8", "int8s", "w8"}  # the rungs whose embedding tables are INT8 rows
+INT8_ROWS = {"sint8", "sint8u", "int8", "int8s", "w8", "int8b"}  # the rungs whose embedding tables are INT8 rows
 
 
 @dataclass
@@ -107,7 +107,7 @@ def _gather_candidates(node, table, rungs) -> dict[str, Candidate]:
     for rung in rungs:
         if rung in INT8_ROWS or rung == "xint8":
             found[rung] = rows
-        elif rung in ("int4", "int4a", "int4g") and table.shape[1] % C.INT4_BLOCK == 0:
+        elif rung in ("int4", "int4a", "int4g", "int4o") and table.shape[1] % C.INT4_BLOCK == 0:
             found.setdefault("int4", C.gather_int4(node, table))
             found[rung] = found["int4"]
         elif rung == "fp16":
@@ -126,6 +126,10 @@ def _matmul_candidates(node, weight, kind, rungs, per_channel, stats, smooth_alp
                                         accuracy_level=accuracy_level)  # fmt: skip
         elif rung == "int4g" and kind == "matmul" and stats is not None:
             found[rung] = C.matmul_int4(node, weight, tag="q4g", samples=stats.rows, accuracy_level=accuracy_level)
+        elif rung == "int4o" and kind == "matmul":
+            found[rung] = C.matmul_int4_offset(node, weight, accuracy_level)
+        elif rung == "int8b" and kind == "matmul":
+            found[rung] = C.matmul_int8_blocks(node, weight, accuracy_level)
         elif rung == "fp16" and kind == "matmul":
             found[rung] = C.matmul_fp16(node, weight)
         elif rung == "int8":

@@ -175,7 +175,9 @@ def proxy_scores(fp32, islands, ladder, lowest, proxy: Runner, measure_top: int 
     base = _scores(proxy.task, reference, proxy.outputs(base_model, reference))
     scores = {i.name: {"output_sqnr_db": sqnr.get(i.name), "gain": {}, "gain_by_shape": {}} for i in islands}
     passes = 4  # FP32 and all-lowest: vectors, and island outputs
-    measured = most_damaged(islands, sqnr, measure_top)
+    ends = {i.name for i in islands if i.kind == "gather" or _output_of(fp32, i.node_name) in
+            {o.name for o in fp32.graph.output}}  # fmt: skip
+    measured = most_damaged(islands, sqnr, measure_top) | ends
     for island in islands:
         if island.name not in measured:
             scores[island.name].update(unmeasured=True, gain={r: 0.0 for r in _rungs(island, ladder)[1:]})
@@ -196,7 +198,9 @@ def proxy_scores(fp32, islands, ladder, lowest, proxy: Runner, measure_top: int 
 
 
 def most_damaged(islands: list[Island], sqnr: dict[str, float | None], top: int | None) -> set[str]:
-    """The names of the `top` islands with the lowest output SQNR (all of them when `top` is None)."""
+    """The names of the `top` islands with the lowest output SQNR (all of them when `top` is None). The ends of the
+    network (embedding tables, the layer writing the model's output) are measured anyway: an output SQNR says how
+    damaged a tensor is, not how much the next-token distribution cares (SmolLM2's LM head was left out by it)."""
     if top is None or top >= len(islands):
         return {i.name for i in islands}
     ranked = sorted(islands, key=lambda i: sqnr.get(i.name) if sqnr.get(i.name) is not None else math.inf)

@@ -347,7 +347,7 @@ class MixedPrecisionBudget(Strict):
 
 class MixedPrecisionConfig(Strict):
     enabled: bool = Field(default=True, description="Run the layer-wise mixed-precision search.")
-    candidates: list[Literal["int4", "int4a", "int4g", "xint8", "sint8", "sint8u", "int8", "int8s", "w8", "fp16", "fp32",
+    candidates: list[Literal["int4", "int4a", "int4g", "int4o", "int8b", "xint8", "sint8", "sint8u", "int8", "int8s", "w8", "fp16", "fp32",
                              "a8w8", "a16w8"]] = Field(
         default=["sint8", "int8", "fp32"], min_length=1,
         description="Precisions an island may take, cheapest first: `sint8` (static INT8: the activation scale is "
@@ -358,7 +358,10 @@ class MixedPrecisionConfig(Strict):
         "compute), `fp32`. For language models: `int4` (MatMulNBits, 4-bit weights in blocks of 32, round to nearest; "
         "embeddings via GatherBlockQuantized), `int4a` (4-bit, asymmetric, each block's range chosen to minimise the "
         "error weighted by the calibration activations' energy per channel), `int4g` (4-bit by GPTQ: rounding errors "
-        "compensated through the inverse Hessian of the calibration activations), `fp16` (weights stored in FP16, "
+        "compensated through the inverse Hessian of the calibration activations), `int4o` (4-bit with a scale and a "
+        "float offset per block, w = d*q + m: llama.cpp's Q4_1 form, exact on a Q4_1 GGUF's weights; the offset is a "
+        "small extra MatMul), `int8b` (8-bit weights in blocks of 32, MatMulNBits: fast at accuracy_level 4), "
+        "`fp16` (weights stored in FP16, "
         "computed in FP32 on the CPU). With mode static: `xint8` (static INT8, symmetric, per-tensor, power-of-two "
         "scales, for DPUs), `w8` (left to the CPU with INT8 weights) and `fp32` (left to the CPU). For a QDQ NPU (onnxruntime's QNN scheme, activation_type "
         "uint16): `[a8w8, a16w8]`, each block's activations 8- or 16-bit (weights 8-bit), with the type converts "
@@ -372,7 +375,8 @@ class MixedPrecisionConfig(Strict):
     )
     measure_top: PositiveInt | None = Field(
         default=None, description="Measure promotions (one proxy pass each) only for the islands whose output is most "
-        "damaged in the all-lowest model (lowest output SQNR, one pass for all), at most this many; the others keep "
+        "damaged in the all-lowest model (lowest output SQNR, one pass for all), at most this many, plus the embedding "
+        "tables and the layer writing the model's output (the LM head); the others keep "
         "the lowest rung and the report says why. For a language model of 30 layers x 7 projections this turns "
         "hundreds of passes into a few dozen. Default: every island.",
     )
