@@ -88,6 +88,15 @@ def measure_fidelity(models: dict[str, Path], texts: list[str], folder: Path, de
             for name in models}  # fmt: skip
 
 
+def held_out_texts(path: Path, model_dir: Path) -> list[str]:
+    """A .txt (a text a line) or a .jsonl of conversations (`messages`, rendered with the model's chat template)."""
+    if path.suffix == ".jsonl":
+        from edgeq.recipe.schema import DataSource
+
+        return [s.text for s in TASKS["text-generation"].read(DataSource(path=path), None, "heldout", model_dir)]
+    return [t.strip() for t in path.read_text().splitlines() if t.strip()]
+
+
 def measure_speed(models: dict[str, Path], folder: Path, device, rounds: int) -> dict[str, dict]:
     from edgeq.profile import profile_models
     from edgeq.profile.run import default_transport
@@ -112,9 +121,12 @@ def main() -> None:
     fp32 = build / "fp32" / "model.onnx"
     if not fp32.is_file():
         sys.exit(f"Error: no {fp32}; run `edgeq build recipes/tiny-llama-int4.yaml` first")
-    texts = [t.strip() for t in args.heldout.read_text().splitlines() if t.strip()]
-    seen = {line.strip() for name in ("lm-calibration.txt", "lm-validation.txt")
+    texts = held_out_texts(args.heldout, build / "fp32")
+    seen = {line.strip() for name in ("lm-calibration.txt", "lm-validation.txt", "lm-chat-calibration.jsonl",
+                                      "lm-chat-validation.jsonl")
             for line in (ROOT / "recipes" / "data" / name).read_text().splitlines()}  # fmt: skip
+    seen |= set(held_out_texts(ROOT / "recipes" / "data" / "lm-chat-calibration.jsonl", build / "fp32"))
+    seen |= set(held_out_texts(ROOT / "recipes" / "data" / "lm-chat-validation.jsonl", build / "fp32"))
     if overlap := [t for t in texts if t in seen]:
         sys.exit(f"Error: {len(overlap)} held-out texts also appear in the recipe's calibration/validation data")
     device = load_device(args.device or host_cpu_device())

@@ -66,15 +66,17 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
     stats = activation_statistics(job, fp32, islands) if STATS_RUNGS & set(ladder) else None
     build_candidates(fp32, islands, ladder, job.per_channel, stats, cfg.smooth_alpha, has_token_mask(fp32),
                      job.device.quantization.int8_pairs_saturate, job.accuracy_level)  # fmt: skip
+    del stats  # sampled activation rows: only the candidates needed them
     if cfg.overrides is not None:
         assignment = resolve(load_overrides(Path(cfg.overrides)), islands, ladder, Path(cfg.overrides))
         result = None
     else:
         budget = Budget(**cfg.budget.model_dump())
         proxy = Runner(job.task, job.proxy_samples, job.inputs, job.device, job.shapes, job.whole_batches_only)
+        proxy.keep(fp32)
         lowest = {i.name: next(r for r in ladder if r in i.candidates) for i in islands}
         full = FullEvaluator(job.task, job.validation_samples, job.inputs, job.device, job.shapes, fp32,
-                             assemble(fp32, islands, lowest), job.whole_batches_only)  # fmt: skip
+                             assemble(fp32, islands, lowest), job.whole_batches_only, proxy.shared)  # fmt: skip
         result = search(fp32, fp32_size, islands, ladder, budget, proxy, full, cfg.measure_top)
         assignment = result.assignment
     model_path = job.out_folder / "model.onnx"

@@ -23,8 +23,9 @@ class Runner:
     """What the task compares, for a model over fixed samples at each shape (batch size, most tokens)."""
 
     def __init__(self, task, samples: list, inputs, device: DeviceProfile, shapes: list[tuple[int, int]],
-                 whole_batches_only: bool = False):  # fmt: skip
+                 whole_batches_only: bool = False, shared: dict | None = None):  # fmt: skip
         self.task, self.device = task, device
+        self.shared = shared if shared is not None else {}  # id(model) -> session, kept across runners (FP32's)
         self.data = {d.label: d for d in shape_data(task, samples, inputs, shapes, whole_batches_only)}
         self.single = shape_data(task, samples, inputs, [(1, shapes[0][1])], whole_batches_only)[0].batches
 
@@ -35,7 +36,15 @@ class Runner:
     def session(self, model: onnx.ModelProto):
         from edgeq.validate.sessions import make_session
 
+        if id(model) in self.shared:
+            return self.shared[id(model)]
         return make_session(model.SerializeToString(), self.device, spinning=False)
+
+    def keep(self, model: onnx.ModelProto) -> None:
+        """Make one session of `model` and serve it to every runner sharing this one's cache: a real LM's FP32
+        session is the largest thing the search holds, and the proxy, the latency model and every full evaluation
+        run FP32."""
+        self.shared[id(model)] = self.session(model)
 
     def outputs(self, model: onnx.ModelProto, reference: dict[str, list] | None = None) -> dict[str, list]:
         """Per shape, what the task compares of `model`. Without `reference` (the reference model itself): what the
@@ -101,8 +110,8 @@ class FullEvaluator(Runner):
     runs beside every candidate, so its outputs are paired batch by batch and never stored whole."""
 
     def __init__(self, task, samples, inputs, device, shapes, fp32: onnx.ModelProto, baseline: onnx.ModelProto,
-                 whole_batches_only: bool = False):  # fmt: skip
-        super().__init__(task, samples, inputs, device, shapes, whole_batches_only)
+                 whole_batches_only: bool = False, shared: dict | None = None):  # fmt: skip
+        super().__init__(task, samples, inputs, device, shapes, whole_batches_only, shared)
         self.fixed = {"fp32": self.session(fp32), "baseline": self.session(baseline)}
 
     def __call__(self, model: onnx.ModelProto) -> dict:
