@@ -243,3 +243,13 @@ def test_int4_with_offsets_reproduces_a_q4_1_grid_exactly():
     assert np.abs(offset - exact).max() < 1e-4 * np.abs(exact).max()  # on the grid: exact up to float rounding
     assert np.abs(integer - exact).max() > 100 * np.abs(offset - exact).max()  # integer zero points move weights
     assert np.abs(eight - exact).max() < 0.02 * np.abs(exact).max()
+
+
+def test_the_report_says_a_model_came_from_a_gguf_and_what_its_reference_is():
+    from edgeq.report import _source_lines
+
+    source = {"source": "/x/m.gguf", "architecture": "llama", "tensor_types": {"Q4_1": 210, "F32": 61},
+              "tokenizer_check": {"agrees": False, "detail": "'The' is 3 pieces here and 1 by the GGUF's own merges"},
+              "note": "the FP32 reference is the dequantized GGUF"}  # fmt: skip
+    line = _source_lines(source)[0]
+    assert "210 Q4_1, 61 F32" in line and "**disagrees**" in line and "The FP32 reference is the dequantized GGUF" in line

@@ -14,6 +14,18 @@ from edgeq.atomic import write_text
 RESOLVED_RECIPE = "recipe.resolved.yaml"
 
 
+def _gguf_source(model_dir) -> dict | None:
+    """Where a model converted from a GGUF came from, its llama.cpp tensor types and the tokenizer check."""
+    from edgeq.export.gguf import describe
+
+    info = describe(model_dir)
+    if info is None:
+        return None
+    return {"kind": "gguf", **{k: info[k] for k in ("source", "sha256", "architecture", "tensor_types", "tokenizer_check")},
+            "note": "the FP32 reference is the dequantized GGUF: its weights already lie on the GGUF's grid, so "
+                    "fidelity is measured against the GGUF users have, not against the model as trained"}  # fmt: skip
+
+
 def build_report(plan, stages, final_artifact: str, total: float, finals: dict[str, str] | None = None,
                  served: dict[str, str] | None = None) -> dict:  # fmt: skip
     artifacts = [describe(s.folder / "model.onnx", s.folder.name, plan.out_dir) for s in stages if s.folder]
@@ -30,6 +42,7 @@ def build_report(plan, stages, final_artifact: str, total: float, finals: dict[s
         "task": plan.task.name,
         "task_reason": plan.task_reason,
         "compared_output": plan.task.compares,
+        **({"model_source": source} if (source := _gguf_source(plan.model_dir)) else {}),
         "stages": [{k: v for k, v in s.record().items() if k not in ("validations", "mixed_precision", "profiles")}
                    for s in stages],
         "artifacts": artifacts,
@@ -62,6 +75,16 @@ def write_report(out_dir: Path, recipe, report: dict) -> None:
     write_text(out_dir / "report.html", render_html(report))
 
 
+def _source_lines(source: dict | None) -> list[str]:
+    if not source:
+        return []
+    types = ", ".join(f"{count} {kind}" for kind, count in source["tensor_types"].items())
+    check = source["tokenizer_check"]
+    said = "agrees with the GGUF's own" if check["agrees"] else f"**disagrees** with the GGUF's own: {check['detail']}"
+    return [f"Converted from GGUF `{source['source']}` ({source['architecture']}; llama.cpp tensor types: {types}); "
+            f"the converted tokenizer {said}. {source['note'][0].upper()}{source['note'][1:]}.", ""]
+
+
 def render_markdown(report: dict) -> str:
     recipe = report["recipe"]
     lines = [
@@ -71,6 +94,7 @@ def render_markdown(report: dict) -> str:
         f"final artifact **{report['final_artifact']}** → `{report['final']}`: "
         f"**{'PASSED' if report['passed'] else 'FAILED'}** ({report['total_seconds']:.1f} s in all).",
         "",
+        *_source_lines(report.get("model_source")),
         "## Stages",
         "",
         table(["stage", "seconds", "cached"],
