@@ -253,3 +253,13 @@ def test_the_report_says_a_model_came_from_a_gguf_and_what_its_reference_is():
               "note": "the FP32 reference is the dequantized GGUF"}  # fmt: skip
     line = _source_lines(source)[0]
     assert "210 Q4_1, 61 F32" in line and "**disagrees**" in line and "The FP32 reference is the dequantized GGUF" in line
+
+
+def test_a_relative_ceiling_is_set_from_the_all_lowest_models_measurement():
+    from edgeq.mixed_precision.search import Budget
+
+    budget = Budget(min_cosine_mean=None, ceilings={"perplexity": 50.0}, ceilings_over_lowest={"kl_divergence_mean": 0.5})
+    said = budget.settle({"kl_divergence_mean": 0.4, "perplexity": 60.0})
+    assert budget.ceilings == {"perplexity": 50.0, "kl_divergence_mean": 0.2}
+    assert said == ["ceiling kl_divergence_mean = 0.5 x the all-lowest model's 0.4 = 0.2"]
+    assert budget.fidelity_failures({"kl_divergence_mean": 0.3, "perplexity": 40.0}) == ["kl_divergence_mean 0.3000 > 0.2"]

@@ -125,6 +125,7 @@ def check_metric_names(recipe: Recipe, task) -> None:
         budget = recipe.mixed_precision.budget
         named += [(f"mixed_precision.budget.floors.{k}", k) for k in budget.floors]
         named += [(f"mixed_precision.budget.ceilings.{k}", k) for k in budget.ceilings]
+        named += [(f"mixed_precision.budget.ceilings_over_lowest.{k}", k) for k in budget.ceilings_over_lowest]
         if budget.min_nn_agreement is not None:
             named.append(("mixed_precision.budget.min_nn_agreement", "nn_agreement"))
     for key, metric in named:

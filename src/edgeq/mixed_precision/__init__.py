@@ -166,6 +166,10 @@ def reason(island: Island, choice: str, score: dict, result: SearchResult, ladde
         best = max(score["gain"].values(), default=0.0)
         if result.chosen_index == 0:
             return f"kept {choice}: the all-{choice} model already meets the budget ({measured}{rank})"
+        if not result.budget_status.get("fidelity", True):
+            return (f"kept {choice}: {measured}promoting it alone would raise the proxy {proxy_name} by {best:+.5f} "
+                    f"({rank}); the fidelity budget was not met, and the bytes the size ceiling left went to islands "
+                    "that gained more per byte")  # fmt: skip
         return (f"kept {choice}: {measured}promoting it alone would raise the proxy {proxy_name} by only {best:+.5f} "
                 f"({rank}), not needed to meet the budget")  # fmt: skip
     by_shape = score["gain_by_shape"].get(choice, {})

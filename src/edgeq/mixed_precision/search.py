@@ -41,7 +41,19 @@ class Budget:
     max_slowdown: float | None = None
     floors: dict[str, float] = field(default_factory=dict)
     ceilings: dict[str, float] = field(default_factory=dict)
+    ceilings_over_lowest: dict[str, float] = field(default_factory=dict)
     max_size_over_lowest: float | None = None
+
+    def settle(self, lowest: dict) -> list[str]:
+        """Turn the relative ceilings into absolute ones from the all-lowest model's metrics; say what they became."""
+        said = []
+        for key, factor in self.ceilings_over_lowest.items():
+            measured = lowest.get(key)
+            if measured is None:
+                continue
+            self.ceilings[key] = min(self.ceilings.get(key, float("inf")), factor * measured)
+            said.append(f"ceiling {key} = {factor} x the all-lowest model's {measured:.6g} = {self.ceilings[key]:.6g}")
+        return said
 
     def limits(self) -> list[tuple[str, float, int]]:
         """(metric, limit, +1 for a floor or -1 for a ceiling) of every fidelity limit set."""
@@ -114,11 +126,14 @@ def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder:
     configurations = cumulative(lowest, steps, fp32_size, islands, budget, latency)
     say(f"  mixed precision: {len(islands)} islands, {passes} proxy passes, {len(configurations)} configurations")
     evaluations: list[dict] = []
+    settled: list[str] = []
 
     def evaluate(index: int) -> bool:
         model = assemble(fp32, islands, configurations[index]["assignment"])
         exact = _set_exact_size(configurations, index, model.ByteSize(), fp32_size)
         metrics = full(model)
+        if index == 0:
+            settled.extend(budget.settle(metrics))
         failures = budget.fidelity_failures(metrics) + _size_failures(budget, exact, configurations, fp32_size)
         evaluations.append({"configuration": index, "metrics": metrics, "passed": not failures, "failures": failures})
         return not failures
@@ -141,7 +156,8 @@ def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder:
         assignment=configurations[chosen]["assignment"], chosen_index=chosen,
         configurations=[{k: v for k, v in c.items() if k != "assignment"} for c in configurations],
         evaluations=evaluations, scores=scores, proxy_passes=passes, full_evaluations=len(evaluations),
-        budget_met=all(v is not False for v in status.values()), budget_status=status, notes=notes + latency_notes,
+        budget_met=all(v is not False for v in status.values()), budget_status=status,
+        notes=settled + notes + latency_notes,
         seconds=time.perf_counter() - started, latency_model=latency,
         binding=max(below, key=lambda e: e["configuration"])["failures"] if below else [],
     )  # fmt: skip

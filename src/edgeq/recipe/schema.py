@@ -330,6 +330,11 @@ class MixedPrecisionBudget(Strict):
         default={}, description="Ceilings on metrics where lower is better, worst shape, e.g. "
         "{kl_divergence_mean: 0.02} (nats/token) for a language model.",
     )
+    ceilings_over_lowest: dict[str, float] = Field(
+        default={}, description="Ceilings relative to what the all-lowest-rung model measures (the search's first "
+        "evaluation), e.g. {kl_divergence_mean: 0.5}: at most half uniform INT4's KL. A budget that fits the model, "
+        "where a constant fits only the model it was tuned on; the report gives the absolute ceiling it became.",
+    )
     max_size_over_lowest: float | None = Field(
         default=None, ge=1, description="Size ceiling as a multiple of the all-lowest-rung model's bytes (e.g. 1.15: at "
         "most 15% more than uniform INT4); enforced exactly.",
