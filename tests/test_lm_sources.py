@@ -263,3 +263,15 @@ def test_a_relative_ceiling_is_set_from_the_all_lowest_models_measurement():
     assert budget.ceilings == {"perplexity": 50.0, "kl_divergence_mean": 0.2}
     assert said == ["ceiling kl_divergence_mean = 0.5 x the all-lowest model's 0.4 = 0.2"]
     assert budget.fidelity_failures({"kl_divergence_mean": 0.3, "perplexity": 40.0}) == ["kl_divergence_mean 0.3000 > 0.2"]
+
+
+def test_a_build_that_cannot_fit_is_refused_before_it_starts(run_cli, write_recipe, tmp_path, monkeypatch):
+    import edgeq.headroom
+
+    folder = make_decoder(tmp_path / "small", "llama")
+    monkeypatch.setattr(edgeq.headroom, "available_bytes", lambda: 512 * 2**20)
+    recipe = base_recipe(str(folder), model={"task": "text-generation"},
+                         validation={"thresholds": {"cosine_mean": None}})  # fmt: skip
+    line = one_error_line(run_cli("build", write_recipe(recipe), "-o", str(tmp_path / "out")))
+    assert line.startswith("Error: this build needs about ") and "GiB at peak and this machine has 0.5 GiB available" in line
+    assert not (tmp_path / "out").exists()

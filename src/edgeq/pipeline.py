@@ -95,6 +95,11 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None) -> Pla
     task, reason = resolve_task(recipe.model.task, model_dir)
     check_metric_names(recipe, task)
     check_context(recipe, model_dir)
+    if task.generates:  # a language model's build is the one that can outgrow the machine: know it before the kernel
+        from edgeq.headroom import check_headroom
+        from edgeq.tasks import model_config
+
+        check_headroom(model_config(model_dir), recipe.sequence_length_for(recipe.validation) or 128, say)
     validation = task.read(recipe.validation.data, recipe.validation.samples, "validation.data", model_dir)
     calib = recipe.quantization.calibration
     calibration = task.read(calib.data, calib.samples, "quantization.calibration.data", model_dir) if calib else None

@@ -136,6 +136,8 @@ def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder:
             settled.extend(budget.settle(metrics))
         failures = budget.fidelity_failures(metrics) + _size_failures(budget, exact, configurations, fp32_size)
         evaluations.append({"configuration": index, "metrics": metrics, "passed": not failures, "failures": failures})
+        say(f"  configuration {index} of {len(configurations) - 1} ({exact / 1e6:.1f} MB): "
+            f"{'meets the budget' if not failures else 'misses ' + '; '.join(failures)}")  # fmt: skip
         return not failures
 
     chosen, notes = bisect(len(configurations), evaluate)
