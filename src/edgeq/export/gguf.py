@@ -27,7 +27,7 @@ from edgeq.errors import ModelError
 
 MAGIC = b"GGUF"
 INFO_FILE = "edgeq-gguf.json"
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 SAMPLE_TEXTS = ("The capital of France is", "Quantization keeps a model small; its accuracy must be measured.",
                 "def add(a, b):\n    return a + b", "Numbers 12345 and naïve café, ünïcode!")  # fmt: skip
 
@@ -71,7 +71,8 @@ def converted_folder(gguf_path: Path, say=print) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(folder) as scratch:
         tokenizer = _convert(gguf_path, header, scratch)
-        check = check_tokenizer(gguf_path, tokenizer)
+        repaired = repair_byte_level_tokenizer(gguf_path, scratch)
+        check = {**check_tokenizer(gguf_path, tokenizer), "repaired": repaired}
         info = {"source": str(gguf_path), "sha256": digest, **header, "tokenizer_check": check,
                 "reference_note": "the FP32 reference is the dequantized GGUF: its weights lie on the GGUF's grid"}  # fmt: skip
         (scratch / INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
@@ -174,6 +175,48 @@ def _check_bpe(tokenizer, tokens: list[str], merges: list[str]) -> dict:
             return {"agrees": False, "detail": f"{text!r} is {len(ours)} pieces here and {len(theirs)} by the GGUF's "
                                                "own merges"}  # fmt: skip
     return {}
+
+
+def repair_byte_level_tokenizer(gguf_path: Path, folder: Path) -> list[str]:
+    """Undo what transformers' GGUF conversion gets wrong for a byte-level BPE vocabulary (tokenizer.ggml.model
+    "gpt2"), measured on SmolLM2's: it writes a SentencePiece-style tokenizer.json (byte fallback, a decoder that maps
+    '▁' to spaces) that onnxruntime-genai's tokenizer then cuts into unknown ids (-1) at every space; it adds the BOS
+    token the GGUF says not to add (tokenizer.ggml.add_bos_token false); and its tokenizer_config names BOS as EOS.
+    The GGUF's own fields decide. Returns what was changed, for the conversion record."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf_path))
+    if _field_text(reader, "tokenizer.ggml.model", default="") != "gpt2":
+        return []
+    tokens = _field_list(reader, "tokenizer.ggml.tokens")
+    add_bos = bool(_field_value(reader, "tokenizer.ggml.add_bos_token", False))
+    bos_id, eos_id = _field_value(reader, "tokenizer.ggml.bos_token_id"), _field_value(reader, "tokenizer.ggml.eos_token_id")
+    path = folder / "tokenizer.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    changed = []
+    if data.get("model", {}).get("byte_fallback"):
+        data["model"]["byte_fallback"] = False
+        changed.append("byte fallback off (a byte-level vocabulary has every byte)")
+    if (data.get("decoder") or {}).get("type") != "ByteLevel":
+        data["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+        changed.append("byte-level decoder")
+    if not add_bos and (data.get("post_processor") or {}).get("type") == "TemplateProcessing":
+        data["post_processor"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}
+        changed.append("no BOS added to every text (tokenizer.ggml.add_bos_token is false)")
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    wanted = {"add_bos_token": add_bos}
+    if isinstance(eos_id, int) and eos_id < len(tokens):
+        wanted["eos_token"] = tokens[eos_id]
+    if isinstance(bos_id, int) and bos_id < len(tokens):
+        wanted["bos_token"] = tokens[bos_id]
+    for key, value in wanted.items():
+        if config.get(key) != value:
+            changed.append(f"{key} {config.get(key)!r} -> {value!r} (the GGUF's own)")
+            config[key] = value
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    return changed
 
 
 class ScoreMerges:
