@@ -60,8 +60,8 @@ def check_headroom(config: dict, sequence_length: int, say) -> None:
     peak, available = estimated_peak_bytes(config, sequence_length), available_bytes()
     if peak is None or available is None:
         return
-    say(f"  memory: about {peak / 2**30:.1f} GiB at peak (estimated from config.json, fitted on {FITTED_ON}); "
-        f"{available / 2**30:.1f} GiB available")  # fmt: skip
+    say(f"  memory: about {peak / 2**30:.1f} GiB at peak (an estimate from config.json), {available / 2**30:.1f} GiB "
+        "available")  # fmt: skip
     if peak > available and os.environ.get("EDGEQ_MEMORY_CHECK", "1") != "0":
         raise MemoryHeadroomError(
             f"this build needs about {peak / 2**30:.1f} GiB at peak and this machine has {available / 2**30:.1f} GiB "

