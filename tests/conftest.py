@@ -151,3 +151,21 @@ def run_cli():
         return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
     return run
+
+
+def build_bundled_recipe(name: str, folder: Path, adjust) -> tuple:
+    """Build recipes/<name>.yaml into `folder` with its data paths made absolute and `adjust(recipe)` applied (a
+    lighter test-time variant); returns (BuildResult, report.json)."""
+    import json
+
+    import yaml
+
+    from edgeq import api
+
+    recipe = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text())
+    for section in (recipe["quantization"]["calibration"], recipe["validation"]):
+        section["data"]["path"] = str(ROOT / "recipes" / section["data"]["path"])
+    adjust(recipe)
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = api.build(folder / "recipe.yaml", output=folder / "build")
+    return result, json.loads((folder / "build" / "report.json").read_text())

@@ -4,13 +4,10 @@ cached under ~/.cache/edgeq) through the LLM recipe, on this host only (the reci
 
 from __future__ import annotations
 
-import json
 
 import pytest
-import yaml
 
-from conftest import ROOT
-from edgeq import api
+from conftest import build_bundled_recipe
 
 pytestmark = [pytest.mark.real_model, pytest.mark.timeout(2400)]  # the first run trains the model (~7 min)
 LM_METRICS = {"next_token_top1_agreement", "kl_divergence_mean", "perplexity", "perplexity_reference", "greedy_match_tokens"}
@@ -18,16 +15,12 @@ LM_METRICS = {"next_token_top1_agreement", "kl_divergence_mean", "perplexity", "
 
 @pytest.fixture(scope="module")
 def lm_build(tmp_path_factory):
-    recipe = yaml.safe_load((ROOT / "recipes" / "tiny-llama-int4.yaml").read_text())
-    for section in (recipe["quantization"]["calibration"], recipe["validation"]):
-        section["data"]["path"] = str(ROOT / "recipes" / section["data"]["path"])
-    recipe["targets"] = ["x86-avx2"]
-    recipe["validation"]["samples"] = 24
-    recipe["profile"]["runs"] = 2
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    result = api.build(folder / "recipe.yaml", output=folder / "build")
-    return result, json.loads((folder / "build" / "report.json").read_text())
+    def lighter(recipe: dict) -> None:
+        recipe["targets"] = ["x86-avx2"]
+        recipe["validation"]["samples"] = 24
+        recipe["profile"]["runs"] = 2
+
+    return build_bundled_recipe("tiny-llama-int4", tmp_path_factory.mktemp("tiny-llama"), lighter)
 
 
 def test_llm_recipe_reports_the_language_model_metrics(lm_build):

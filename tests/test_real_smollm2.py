@@ -8,10 +8,8 @@ import json
 
 import numpy as np
 import pytest
-import yaml
 
-from conftest import ROOT
-from edgeq import api
+from conftest import build_bundled_recipe
 
 pytestmark = [pytest.mark.real_model, pytest.mark.timeout(1800)]
 
@@ -19,17 +17,14 @@ pytestmark = [pytest.mark.real_model, pytest.mark.timeout(1800)]
 @pytest.fixture(scope="module")
 def smol_build(tmp_path_factory):
     pytest.importorskip("gguf")
-    recipe = yaml.safe_load((ROOT / "recipes" / "smollm2-int4.yaml").read_text())
-    for section in (recipe["quantization"]["calibration"], recipe["validation"]):
-        section["data"]["path"] = str(ROOT / "recipes" / section["data"]["path"])
-    recipe["quantization"]["calibration"]["samples"] = 8
-    recipe["mixed_precision"].update(proxy_samples=4, measure_top=6)
-    recipe["validation"].update(samples=8)
-    recipe.pop("profile", None)
-    folder = tmp_path_factory.mktemp("smollm2")
-    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    result = api.build(folder / "recipe.yaml", output=folder / "build")
-    return result, json.loads((folder / "build" / "report.json").read_text())
+
+    def lighter(recipe: dict) -> None:
+        recipe["quantization"]["calibration"]["samples"] = 8
+        recipe["mixed_precision"].update(proxy_samples=4, measure_top=6)
+        recipe["validation"].update(samples=8)
+        recipe.pop("profile", None)
+
+    return build_bundled_recipe("smollm2-int4", tmp_path_factory.mktemp("smollm2"), lighter)
 
 
 def test_the_gguf_is_converted_checked_and_reported(smol_build):
