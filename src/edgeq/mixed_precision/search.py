@@ -124,6 +124,7 @@ def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder:
     latency = latency_model(fp32, islands, ladder, lowest, proxy)
     steps = ordered_steps(islands, ladder, lowest, scores, latency, fp32_size, budget)
     configurations = cumulative(lowest, steps, fp32_size, islands, budget, latency)
+    dropped = trim_to_exact_size(configurations, fp32, islands, budget, fp32_size)
     say(f"  mixed precision: {len(islands)} islands, {passes} proxy passes, {len(configurations)} configurations")
     evaluations: list[dict] = []
     settled: list[str] = []
@@ -159,10 +160,30 @@ def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder:
         configurations=[{k: v for k, v in c.items() if k != "assignment"} for c in configurations],
         evaluations=evaluations, scores=scores, proxy_passes=passes, full_evaluations=len(evaluations),
         budget_met=all(v is not False for v in status.values()), budget_status=status,
-        notes=settled + notes + latency_notes,
+        notes=settled + dropped + notes + latency_notes,
         seconds=time.perf_counter() - started, latency_model=latency,
         binding=max(below, key=lambda e: e["configuration"])["failures"] if below else [],
     )  # fmt: skip
+
+
+def trim_to_exact_size(configurations: list[dict], fp32, islands, budget: Budget, fp32_size: int) -> list[str]:
+    """Drop, from the most promoted end, the configurations whose serialized bytes pass a size ceiling that their
+    estimate did not (a bisection that finds its last configuration over the ceiling has nothing to stand on). Each
+    check assembles one model; usually one or two are dropped."""
+    if budget.max_size_ratio is None and budget.max_size_over_lowest is None:
+        return []
+    lowest = _set_exact_size(configurations, 0, assemble(fp32, islands, configurations[0]["assignment"]).ByteSize(), fp32_size)
+    dropped = 0
+    while len(configurations) > 1:
+        size = assemble(fp32, islands, configurations[-1]["assignment"]).ByteSize()
+        over = (budget.max_size_ratio is not None and size > budget.max_size_ratio * fp32_size) or \
+            (budget.max_size_over_lowest is not None and size > budget.max_size_over_lowest * lowest)  # fmt: skip
+        if not over:
+            _set_exact_size(configurations, len(configurations) - 1, size, fp32_size)
+            break
+        configurations.pop()
+        dropped += 1
+    return [f"{dropped} configuration(s) dropped: their serialized bytes pass the size ceiling their estimate did not"] if dropped else []
 
 
 def _set_exact_size(configurations: list[dict], index: int, size: int, fp32_size: int) -> int:
