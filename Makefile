@@ -33,6 +33,8 @@ bench: install
 	$(PY) bench/compare_minilm.py
 	$(EDGEQ) build recipes/tiny-llama-int4.yaml > /dev/null
 	$(PY) bench/compare_lm.py
+	$(EDGEQ) build recipes/smollm2-int4.yaml > /dev/null || test $$? -eq 3
+	$(PY) bench/compare_lm_genai.py --build build/smollm2-int4
 
 clean:
 	rm -rf build .pytest_cache
