@@ -33,6 +33,7 @@ def test_llm_recipe_reports_the_language_model_metrics(lm_build):
     assert validated["fp32"]["metrics"]["kl_divergence_mean"] < 1e-6
     profile = next(p for p in report["profiles"] if p["device"] == "x86-avx2")
     assert profile["decode_tokens_per_s"] > 0 and profile["ttft_ms"]["p50"] > 0 and profile["generated_tokens"] == 32
+    assert profile["planned_bytes"] > 0 and profile["measured_over_planned"] > 0  # the planner beside the measurement
 
 
 def test_mixed_precision_beats_uniform_int4_within_its_byte_budget(lm_build):

@@ -379,8 +379,20 @@ def profile_stage(plan: Plan, finals: dict[str, Path]) -> StageResult:
                                cfg.min_seconds, cfg.warmup, sequence_length=seq, task=plan.task,
                                new_tokens=cfg.new_tokens)  # fmt: skip
         entry["model"] = f"{finals[device.id].name}/{MODEL_FILE}"
+        if plan.task.generates and entry.get("peak_rss_mb") and device.memory_mb:
+            entry.update(planned_beside_measured(plan.model_dir, device, seq + cfg.new_tokens, entry["peak_rss_mb"]))
         profiles.append(entry)
     return StageResult("profile", None, None, time.perf_counter() - start, False, {"profiles": profiles})
+
+
+def planned_beside_measured(model_dir: Path, device: DeviceProfile, context: int, peak_rss_mb: float) -> dict:
+    """`edgeq plan`'s INT4 prediction for the same context beside the measured peak RSS of the decoding process, so
+    the planner is checked against a measurement in every build (the measurement includes Python and onnxruntime)."""
+    from edgeq.plan import plan as plan_memory
+
+    int4 = next(o for o in plan_memory(model_dir, device, context)["options"] if o["precision"] == "int4")
+    return {"planned_bytes": int4["total_bytes"], "planned_precision": "int4", "planned_context": context,
+            "measured_over_planned": round(peak_rss_mb * 2**20 / int4["total_bytes"], 2)}  # fmt: skip
 
 
 def finalize(plan: Plan, served: dict[str, StageResult]) -> dict[str, Path]:
