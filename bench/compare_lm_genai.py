@@ -57,9 +57,11 @@ def builder_model(source: Path, rule: str) -> Path:
     if not (out / "genai_config.json").is_file():
         print(f"  building the builder's {rule} model from {source}", file=sys.stderr)
         shutil.rmtree(out, ignore_errors=True)
-        subprocess.run([str(builder_python()), "-m", "onnxruntime_genai.models.builder", "-i", str(source), "-o", str(out),
-                        "-p", "int4", "-e", "cpu", "-c", str(BUILDER_MODELS / "cache"), "--extra_options",
-                        f"algo_config={rule}"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        command = [str(builder_python()), "-m", "onnxruntime_genai.models.builder", "-i", str(source), "-o", str(out),
+                   "-p", "int4", "-e", "cpu", "-c", str(BUILDER_MODELS / "cache"), "--extra_options", f"algo_config={rule}"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"Error: the genai builder failed on {source} ({rule}): {done.stderr.strip()[-400:]}")
     return out
 
 
