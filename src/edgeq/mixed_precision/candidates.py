@@ -237,6 +237,14 @@ def token_mask_nodes(mask_input: str) -> tuple[list[onnx.NodeProto], list[onnx.T
 INT4_BLOCK = 32
 
 
+def blocks_along_k(weight: np.ndarray, block: int = INT4_BLOCK, dtype=np.float32) -> np.ndarray:
+    """A MatMul weight [K, N] as [N, blocks, block] (MatMulNBits' layout), K padded with zeros to whole blocks."""
+    rows, cols = weight.shape
+    padded = np.zeros((-(-rows // block) * block, cols), dtype)
+    padded[:rows] = weight
+    return padded.T.reshape(cols, -1, block)
+
+
 def int4_blocks(weight: np.ndarray, importance: np.ndarray | None = None, block: int = INT4_BLOCK):
     """4-bit block quantization of a MatMul weight [K, N] along K: (codes [N, blocks, block] in 0..15, scales
     [N, blocks], zero points [N, blocks]).
@@ -245,11 +253,9 @@ def int4_blocks(weight: np.ndarray, importance: np.ndarray | None = None, block:
     -8, so all 16 levels are used, as onnxruntime's and llama.cpp's Q4_0 do). With it (E[x²] per input
     channel, from calibration tokens): asymmetric, and each block's range is shrunk to the factor that minimises
     the importance-weighted error Σ h_k (w_k - ŵ_k)², as llama.cpp's k-quants do with an importance matrix."""
-    rows, cols = weight.shape
-    blocks = -(-rows // block)
-    padded = np.zeros((blocks * block, cols), np.float32)
-    padded[:rows] = weight
-    w = padded.T.reshape(cols, blocks, block)
+    rows = weight.shape[0]
+    w = blocks_along_k(weight, block)
+    blocks = w.shape[1]
     if importance is None:
         extreme = np.take_along_axis(w, np.abs(w).argmax(axis=2)[..., None], axis=2)[..., 0]
         scale = np.where(extreme == 0, 1.0, extreme / -8.0)
@@ -340,20 +346,18 @@ def matmul_int4_offset(node: onnx.NodeProto, weight: np.ndarray, accuracy_level:
     (x summed per block)·M, one small MatMul by a block-indicator matrix shared by every island of the same K, and
     one of [K/32, N] offsets, stored in FP16."""
     rows, cols = weight.shape
-    blocks = -(-rows // INT4_BLOCK)
-    grouped = np.zeros((blocks * INT4_BLOCK, cols), np.float64)
-    grouped[:rows] = weight
-    grouped = grouped.reshape(blocks, INT4_BLOCK, cols)
-    low, high = grouped.min(axis=1), grouped.max(axis=1)  # [blocks, N]
+    w = blocks_along_k(weight, dtype=np.float64)  # [N, blocks, 32]
+    blocks = w.shape[1]
+    low, high = w.min(axis=2), w.max(axis=2)  # [N, blocks]
     offset = low.astype(np.float16).astype(np.float64)  # the stored offset, so the codes fit what is stored
     scale = np.where(high - offset == 0, 1.0, (high - offset) / 15.0).astype(np.float32)
-    codes = np.clip(np.round((grouped - offset[:, None]) / scale[:, None]), 0, 15).astype(np.uint8)  # [blocks, 32, N]
+    codes = np.clip(np.round((w - offset[..., None]) / scale[..., None]), 0, 15).astype(np.uint8)
     base = f"{_base(node)}_q4o"
     sums, indicator = f"{base}_block_sums", f"edgeq_block_indicator_k{rows}"
-    inits = [numpy_helper.from_array(pack_nibbles(codes.transpose(2, 0, 1)), f"{base}_B"),
-             numpy_helper.from_array(np.ascontiguousarray(scale.T).reshape(-1), f"{base}_scales"),
+    inits = [numpy_helper.from_array(pack_nibbles(codes), f"{base}_B"),
+             numpy_helper.from_array(scale.reshape(-1), f"{base}_scales"),
              numpy_helper.from_array(np.zeros(cols * -(-blocks // 2), np.uint8), f"{base}_zero_points"),
-             numpy_helper.from_array(offset.astype(np.float16), f"{base}_offsets"),
+             numpy_helper.from_array(np.ascontiguousarray(offset.T).astype(np.float16), f"{base}_offsets"),
              numpy_helper.from_array((np.arange(rows)[:, None] // INT4_BLOCK == np.arange(blocks)).astype(np.float32),
                                      indicator)]  # fmt: skip
     nodes = [
@@ -375,16 +379,12 @@ def matmul_int8_blocks(node: onnx.NodeProto, weight: np.ndarray, accuracy_level:
     bytes, and on onnxruntime's CPU at accuracy_level 4 (INT8 dot products) as fast as 4-bit or faster, where INT8
     weights dequantized to FP32 (`w8`) are not."""
     rows, cols = weight.shape
-    blocks = -(-rows // INT4_BLOCK)
-    grouped = np.zeros((blocks * INT4_BLOCK, cols), np.float64)
-    grouped[:rows] = weight
-    grouped = grouped.reshape(blocks, INT4_BLOCK, cols)
-    scale = np.abs(grouped).max(axis=1) / 127.0
-    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)  # [blocks, N]
-    codes = (np.clip(np.round(grouped / scale[:, None]), -127, 127) + 128).astype(np.uint8)  # [blocks, 32, N]
+    w = blocks_along_k(weight, dtype=np.float64)  # [N, blocks, 32]
+    scale = np.abs(w).max(axis=2) / 127.0
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)  # [N, blocks]
+    codes = (np.clip(np.round(w / scale[..., None]), -127, 127) + 128).astype(np.uint8)
     base = f"{_base(node)}_q8b"
-    inits = [numpy_helper.from_array(np.ascontiguousarray(codes.transpose(2, 0, 1)), f"{base}_B"),
-             numpy_helper.from_array(np.ascontiguousarray(scale.T).reshape(-1), f"{base}_scales")]  # fmt: skip
+    inits = [numpy_helper.from_array(codes, f"{base}_B"), numpy_helper.from_array(scale.reshape(-1), f"{base}_scales")]
     matmul = helper.make_node("MatMulNBits", [node.input[0], *(t.name for t in inits)], list(node.output),
                               name=node.name, domain=MS_DOMAIN, K=rows, N=cols, bits=8, block_size=INT4_BLOCK,
                               accuracy_level=accuracy_level)  # fmt: skip
