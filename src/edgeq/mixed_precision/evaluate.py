@@ -63,14 +63,6 @@ class Runner:
             found[label] = items
         return found
 
-    def tensors(self, model: onnx.ModelProto, names: list[str]) -> dict[str, list[tuple[np.ndarray, np.ndarray | None]]]:
-        """Named intermediate tensors, sample by sample (batch 1), each with its token mask (None for images)."""
-        collected: dict[str, list] = {n: [] for n in names}
-        for found, mask in self.each_sample(model, names):
-            for name, value in found.items():
-                collected[name].append((value, mask))
-        return collected
-
     def each_sample(self, model: onnx.ModelProto, names: list[str]):
         """({name: tensor}, token mask) for one sample at a time (batch 1): for statistics kept as they stream."""
         session = self.session(with_outputs(model, names))

@@ -179,12 +179,6 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def kl_per_token(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """KL(P_reference ‖ P_candidate) in nats at each position."""
-    log_p, log_q = log_softmax(reference), log_softmax(candidate)
-    return (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
-
-
 def compare_logits(reference, candidate: np.ndarray, ids: np.ndarray) -> TokenComparison:
     """One text's candidate logits [positions, vocabulary] against the reference's (logits, or TopTokens)."""
     log_q = log_softmax(candidate)

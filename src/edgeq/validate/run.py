@@ -103,9 +103,8 @@ def validate_models(
 def _measure_shape(models, rows, reference, device, runtime, task, data: ShapeData, warmup, first) -> dict:
     """Every model of `rows` on the batches of one shape: what the task compares, timings, placement."""
     if runtime.in_runner:
-        truth = _host_outputs(models[reference], device, data, task)
-        runs = _run_in_device_runner({n: models[n] for n in rows}, data, device, runtime, task, truth)
-        truth = [item for batch, items in zip(data.batches, truth) for item in task.summarize(items, batch)]
+        runs, truth = _run_in_device_runner({n: models[n] for n in rows}, models[reference], data, device, runtime, task,
+                                            with_host=first)  # fmt: skip
         comparable = False
     else:
         comparable = runtime.provider == CPU_EP and runtime.mode == "on-host" and reference in rows
@@ -201,35 +200,34 @@ def follow_up(task, session, data: ShapeData) -> list:
     return found[: task.follow_up_samples]
 
 
-def _run_in_device_runner(models, data: ShapeData, device, runtime, task, truth: list[list]) -> dict:
-    """Every model through the device's runner (an arm64 stand-in): what the task compares (paired with the host's
-    FP32 `truth`, batch by batch), timings, placement, and the same model on this host's CPU beside it."""
+def _run_in_device_runner(models, reference_path, data: ShapeData, device, runtime, task, with_host: bool) -> tuple[dict, list]:
+    """Every model through the device's runner (an arm64 stand-in): what the task compares, paired batch by batch with
+    the FP32 reference run on this host's CPU; timings; placement; and (`with_host`) each model on this host's CPU
+    beside it. Returns the runs and the reference's stored form."""
     from edgeq.profile.run import default_transport, run_outputs
     from edgeq.progress import say
 
     batches = data.batches
     say(f"  running {len(models)} model(s) on {len(batches)} inputs in the {device.id} stand-in (slow: emulated)")
-    produced = run_outputs(list(models.values()), [b.feed for b in batches], device, default_transport(device))
-    runs = {}
-    for (name, path), raw in zip(models.items(), produced):
-        env = {**raw["environment"], "intra_op_spinning": True}
-        here = make_session(path, host_cpu(device))
-        items, host, versus_host = [], [], []
-        for outputs, batch, reference in zip(raw["outputs"], batches, truth):
-            compared, on_host = task.compared(outputs, batch), task.compared(run_batch(here, batch), batch)
-            items += task.pair(reference, compared, batch)
-            versus_host += task.pair(on_host, compared, batch)
-            host += task.summarize(on_host, batch)
-        runs[name] = {"items": items, "timings": raw["timings_ms"], "environment": env,
-                      "versus_host": (host, versus_host),
-                      "placement": placement_from_trace(raw["trace"], path, runtime)}  # fmt: skip
-    return runs
-
-
-def _host_outputs(model_path, device, data: ShapeData, task) -> list[list]:
-    """What the task compares of a model run on this host's CPU, batch by batch."""
-    session = make_session(model_path, host_cpu(device))
-    return [task.compared(run_batch(session, batch), batch) for batch in data.batches]
+    produced = dict(zip(models, run_outputs(list(models.values()), [b.feed for b in batches], device, default_transport(device))))
+    reference = make_session(reference_path, host_cpu(device))
+    here = {name: make_session(path, host_cpu(device)) for name, path in models.items()} if with_host else {}
+    runs = {name: {"items": [], "timings": raw["timings_ms"], "environment": {**raw["environment"], "intra_op_spinning": True},
+                   "placement": placement_from_trace(raw["trace"], models[name], runtime)} for name, raw in produced.items()}  # fmt: skip
+    for name in here:
+        runs[name]["versus_host"] = ([], [])
+    truth = []
+    for index, batch in enumerate(batches):
+        expected = task.compared(run_batch(reference, batch), batch)
+        truth += task.summarize(expected, batch)
+        for name, raw in produced.items():
+            compared = task.compared(raw["outputs"][index], batch)
+            runs[name]["items"] += task.pair(expected, compared, batch)
+            if name in here:
+                on_host = task.compared(run_batch(here[name], batch), batch)
+                runs[name]["versus_host"][0].extend(task.summarize(on_host, batch))
+                runs[name]["versus_host"][1].extend(task.pair(on_host, compared, batch))
+    return runs, truth
 
 
 def _compliance(model_path: Path, device: DeviceProfile) -> dict | None:
