@@ -61,18 +61,19 @@ def converted_folder(gguf_path: Path, say=print) -> Path:
     """The Hugging Face folder converted from `gguf_path` (cached by its content); converted first if needed."""
     from edgeq.atomic import atomic_dir
 
-    header = read_header(gguf_path)
+    _check_magic(gguf_path)
     digest = _sha256(gguf_path)
     folder = cache_root() / "models" / f"gguf-{digest[:16]}-v{CONVERTER_VERSION}"
     if (folder / INFO_FILE).is_file() and (folder / "config.json").is_file():
         return folder
+    reader, header = open_gguf(gguf_path)
     say(f"  converting {gguf_path.name} ({header['architecture']}, {gguf_path.stat().st_size / 1e6:.0f} MB) "
         f"to a Hugging Face folder, once: {folder}")  # fmt: skip
     folder.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(folder) as scratch:
         tokenizer = _convert(gguf_path, header, scratch)
-        repaired = repair_byte_level_tokenizer(gguf_path, scratch)
-        check = {**check_tokenizer(gguf_path, tokenizer), "repaired": repaired}
+        repaired = repair_byte_level_tokenizer(reader, scratch)
+        check = {**check_tokenizer(reader, tokenizer), "repaired": repaired}
         info = {"source": str(gguf_path), "sha256": digest, **header, "tokenizer_check": check,
                 "reference_note": "the FP32 reference is the dequantized GGUF: its weights lie on the GGUF's grid"}  # fmt: skip
         (scratch / INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
@@ -81,11 +82,15 @@ def converted_folder(gguf_path: Path, say=print) -> Path:
     return folder
 
 
-def read_header(gguf_path: Path) -> dict:
-    """Architecture, tensor count and llama.cpp tensor types, or one ModelError for a corrupt or truncated file."""
+def _check_magic(gguf_path: Path) -> None:
     if _magic(gguf_path) != MAGIC:
         raise ModelError(f"'{gguf_path}' is not a GGUF file (it does not start with 'GGUF')",
                          "Give a llama.cpp .gguf file, or a Hugging Face folder")  # fmt: skip
+
+
+def open_gguf(gguf_path: Path) -> tuple:
+    """The file's reader (read once, for the conversion and both tokenizer passes) and its header: architecture,
+    tensor count and llama.cpp tensor types; one ModelError for a corrupt or truncated file."""
     try:
         from gguf import GGUFReader
     except ImportError:
@@ -98,8 +103,8 @@ def read_header(gguf_path: Path) -> dict:
     except Exception as exc:
         raise ModelError(f"GGUF file '{gguf_path}' is corrupt or truncated ({type(exc).__name__}: "
                          f"{_first_line(exc)})", "Download it again and check its size")  # fmt: skip
-    return {"architecture": architecture, "tensors": tensors, "tensor_types": dict(types.most_common()),
-            "name": _field_text(reader, "general.name", default=None)}  # fmt: skip
+    return reader, {"architecture": architecture, "tensors": tensors, "tensor_types": dict(types.most_common()),
+                    "name": _field_text(reader, "general.name", default=None)}  # fmt: skip
 
 
 def _convert(gguf_path: Path, header: dict, out: Path):
@@ -129,12 +134,9 @@ def _convert(gguf_path: Path, header: dict, out: Path):
     return tokenizer
 
 
-def check_tokenizer(gguf_path: Path, tokenizer) -> dict:
+def check_tokenizer(reader, tokenizer) -> dict:
     """Does the converted tokenizer agree with the GGUF's own token list (every id) and, for a SentencePiece-style
     vocabulary, with the GGUF's own score-driven merges on sample text?"""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(gguf_path))
     tokens = _field_list(reader, "tokenizer.ggml.tokens")
     kind = _field_text(reader, "tokenizer.ggml.model", default="")
     converted = tokenizer.convert_ids_to_tokens(list(range(len(tokens))))
@@ -177,15 +179,12 @@ def _check_bpe(tokenizer, tokens: list[str], merges: list[str]) -> dict:
     return {}
 
 
-def repair_byte_level_tokenizer(gguf_path: Path, folder: Path) -> list[str]:
+def repair_byte_level_tokenizer(reader, folder: Path) -> list[str]:
     """Undo what transformers' GGUF conversion gets wrong for a byte-level BPE vocabulary (tokenizer.ggml.model
     "gpt2"), measured on SmolLM2's: it writes a SentencePiece-style tokenizer.json (byte fallback, a decoder that maps
     '▁' to spaces) that onnxruntime-genai's tokenizer then cuts into unknown ids (-1) at every space; it adds the BOS
     token the GGUF says not to add (tokenizer.ggml.add_bos_token false); and its tokenizer_config names BOS as EOS.
     The GGUF's own fields decide. Returns what was changed, for the conversion record."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(gguf_path))
     if _field_text(reader, "tokenizer.ggml.model", default="") != "gpt2":
         return []
     tokens = _field_list(reader, "tokenizer.ggml.tokens")
