@@ -172,13 +172,11 @@ def trim_to_exact_size(configurations: list[dict], fp32, islands, budget: Budget
     check assembles one model; usually one or two are dropped."""
     if budget.max_size_ratio is None and budget.max_size_over_lowest is None:
         return []
-    lowest = _set_exact_size(configurations, 0, assemble(fp32, islands, configurations[0]["assignment"]).ByteSize(), fp32_size)
+    _set_exact_size(configurations, 0, assemble(fp32, islands, configurations[0]["assignment"]).ByteSize(), fp32_size)
     dropped = 0
     while len(configurations) > 1:
         size = assemble(fp32, islands, configurations[-1]["assignment"]).ByteSize()
-        over = (budget.max_size_ratio is not None and size > budget.max_size_ratio * fp32_size) or \
-            (budget.max_size_over_lowest is not None and size > budget.max_size_over_lowest * lowest)  # fmt: skip
-        if not over:
+        if not _size_failures(budget, size, configurations, fp32_size):
             _set_exact_size(configurations, len(configurations) - 1, size, fp32_size)
             break
         configurations.pop()
@@ -214,9 +212,7 @@ def proxy_scores(fp32, islands, ladder, lowest, proxy: Runner, measure_top: int 
     base = _scores(proxy.task, reference, proxy.outputs(base_model, reference))
     scores = {i.name: {"output_sqnr_db": sqnr.get(i.name), "gain": {}, "gain_by_shape": {}} for i in islands}
     passes = 4  # FP32 and all-lowest: vectors, and island outputs
-    ends = {i.name for i in islands if i.kind == "gather" or _output_of(fp32, i.node_name) in
-            {o.name for o in fp32.graph.output}}  # fmt: skip
-    measured = most_damaged(islands, sqnr, measure_top) | ends
+    measured = most_damaged(fp32, islands, sqnr, measure_top)
     for island in islands:
         if island.name not in measured:
             scores[island.name].update(unmeasured=True, gain={r: 0.0 for r in _rungs(island, ladder)[1:]})
@@ -236,14 +232,17 @@ def proxy_scores(fp32, islands, ladder, lowest, proxy: Runner, measure_top: int 
     return scores, passes
 
 
-def most_damaged(islands: list[Island], sqnr: dict[str, float | None], top: int | None) -> set[str]:
-    """The names of the `top` islands with the lowest output SQNR (all of them when `top` is None). The ends of the
-    network (embedding tables, the layer writing the model's output) are measured anyway: an output SQNR says how
+def most_damaged(fp32, islands: list[Island], sqnr: dict[str, float | None], top: int | None) -> set[str]:
+    """The names of the `top` islands with the lowest output SQNR (all of them when `top` is None), and the ends of
+    the network (embedding tables, the layer writing the model's output), measured anyway: an output SQNR says how
     damaged a tensor is, not how much the next-token distribution cares (SmolLM2's LM head was left out by it)."""
     if top is None or top >= len(islands):
         return {i.name for i in islands}
+    graph_outputs = {o.name for o in fp32.graph.output}
+    writes = {n.name: n.output[0] for n in fp32.graph.node}
+    ends = {i.name for i in islands if i.kind == "gather" or writes.get(i.node_name) in graph_outputs}
     ranked = sorted(islands, key=lambda i: sqnr.get(i.name) if sqnr.get(i.name) is not None else math.inf)
-    return {i.name for i in ranked[:top]}
+    return {i.name for i in ranked[:top]} | ends
 
 
 def latency_model(fp32, islands, ladder, lowest, proxy: Runner) -> dict:
