@@ -4,7 +4,6 @@ onnxruntime (the same graph, the same tokens); then tokens/s, time to first toke
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,8 @@ def generate(model_or_build: str | Path, prompt: str, max_tokens: int = 64, chat
              on_text: Callable[[str], None] | None = None, engine: str = "auto") -> dict:  # fmt: skip
     """Generate up to `max_tokens` greedy tokens after `prompt` (a user message rendered with the chat template when
     `chat`); `on_text` receives the text as it grows. Returns the tokens, the text and the measured figures."""
+    from edgeq.profile.runner import peak_rss_mb  # VmHWM: a child's own peak, not its parent's
+
     folder = model_folder(model_or_build)
     text = prompt
     if chat:
@@ -44,20 +45,8 @@ def generate(model_or_build: str | Path, prompt: str, max_tokens: int = 64, chat
     return {"model": str(folder), "engine": "onnxruntime-genai" if use_genai else "onnxruntime", "prompt": prompt,
             "chat": chat, "prompt_tokens": prompt_tokens, "tokens": tokens, "generated_tokens": len(tokens),
             "ttft_ms": round(first_token_s * 1000, 2), "tokens_per_s": round((len(tokens) - 1) / decode, 2) if len(tokens) > 1 and decode > 0 else None,
-            "seconds": round(total, 3), "peak_rss_mb": peak_rss_mb(),
+            "seconds": round(total, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
             "mode": "on-host"}  # fmt: skip
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS: VmHWM (Linux), which starts afresh at exec; ru_maxrss keeps the peak of the process
-    that forked it (a bench holding five models made every child report its 2.2 GB)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _genai_ready(folder: Path) -> bool:
@@ -66,18 +55,11 @@ def _genai_ready(folder: Path) -> bool:
     return (folder / "genai_config.json").is_file() and importlib.util.find_spec("onnxruntime_genai") is not None
 
 
-def _context_of(folder: Path) -> int | None:
-    import json
-
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return config.get("max_position_embeddings") or config.get("n_positions")
-
-
 def _check_length(folder: Path, prompt_tokens: int, max_tokens: int) -> None:
-    context = _context_of(folder)
+    from edgeq.tasks import model_config
+
+    config = model_config(folder)
+    context = config.get("max_position_embeddings") or config.get("n_positions")
     if context and prompt_tokens >= context:
         raise DataError(f"the prompt is {prompt_tokens} tokens, over the model's context of {context}",
                         "Shorten the prompt")  # fmt: skip

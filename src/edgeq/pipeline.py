@@ -99,7 +99,7 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None) -> Pla
         from edgeq.headroom import check_headroom
         from edgeq.tasks import model_config
 
-        check_headroom(model_config(model_dir), recipe.sequence_length_for(recipe.validation) or 128, say)
+        check_headroom(model_config(model_dir), recipe.sequence_length_for(recipe.validation), say)
     validation = task.read(recipe.validation.data, recipe.validation.samples, "validation.data", model_dir)
     calib = recipe.quantization.calibration
     calibration = task.read(calib.data, calib.samples, "quantization.calibration.data", model_dir) if calib else None
