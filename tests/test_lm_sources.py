@@ -275,3 +275,12 @@ def test_a_build_that_cannot_fit_is_refused_before_it_starts(run_cli, write_reci
     line = one_error_line(run_cli("build", write_recipe(recipe), "-o", str(tmp_path / "out")))
     assert line.startswith("Error: this build needs about ") and "GiB at peak and this machine has 0.5 GiB available" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_decoder_genai_has_no_type_for_is_said_not_failed(tmp_path):
+    from edgeq.genai import unsupported
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "falcon"}))
+    assert unsupported(tmp_path) == "onnxruntime-genai has no decoder type for model_type 'falcon'"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert unsupported(tmp_path) is None

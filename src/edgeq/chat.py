@@ -16,11 +16,7 @@ def chat_template(model_dir: Path) -> str | None:
     folder = Path(model_dir)
     if (folder / "chat_template.jinja").is_file():
         return (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    try:
-        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    template = config.get("chat_template")
+    template = _tokenizer_config(folder).get("chat_template")
     if isinstance(template, list):  # named templates: the default one
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
     return template if isinstance(template, str) else None
@@ -58,11 +54,15 @@ def render(model_dir: Path, messages: list[dict], add_generation_prompt: bool = 
         raise ModelError(f"the chat template of '{model_dir}' failed: {exc}") from None
 
 
-def _special_tokens(folder: Path) -> dict:
+def _tokenizer_config(folder: Path) -> dict:
     try:
-        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        return json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+
+
+def _special_tokens(folder: Path) -> dict:
+    config = _tokenizer_config(folder)
     found = {}
     for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
         value = config.get(key)

@@ -15,41 +15,46 @@ from edgeq.errors import ModelError
 
 CONFIG_FILE = "genai_config.json"
 # genai model types that use the plain decoder pipeline (inputs and outputs named in the config)
-GENAI_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3",
-               "gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3_text", "granite": "granite",
-               "olmo": "olmo", "smollm3": "smollm3", "gpt2": "gpt2"}  # fmt: skip
+GENAI_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "granite",
+                         "olmo", "smollm3", "gpt2"})  # fmt: skip
 
 
-def genai_config(model_dir: Path, onnx_name: str = "model.onnx", max_length: int | None = None) -> dict:
+def unsupported(model_dir: Path) -> str | None:
+    """Why onnxruntime-genai cannot run this decoder folder as it is, or None when it can."""
+    from edgeq.tasks import model_config
+
+    model_type = str(model_config(model_dir).get("model_type", ""))
+    return None if model_type in GENAI_TYPES else f"onnxruntime-genai has no decoder type for model_type '{model_type}'"
+
+
+def genai_config(model_dir: Path, onnx_name: str = "model.onnx") -> dict:
     """The genai_config.json content for a decoder folder (config.json + generation_config.json)."""
+    from edgeq.plan import model_shape
+
+    if reason := unsupported(model_dir):
+        raise ModelError(reason, f"Known: {', '.join(sorted(GENAI_TYPES))}")
     config = _read(Path(model_dir) / "config.json")
     generation = _read(Path(model_dir) / "generation_config.json", required=False)
-    model_type = str(config.get("model_type", ""))
-    if model_type not in GENAI_TYPES:
-        raise ModelError(f"onnxruntime-genai has no decoder type for model_type '{model_type}'",
-                         f"Known: {', '.join(sorted(GENAI_TYPES))}")  # fmt: skip
-    layers = config.get("num_hidden_layers") or config.get("n_layer")
-    heads = config.get("num_attention_heads") or config.get("n_head")
-    hidden = config.get("hidden_size") or config.get("n_embd")
-    context = config.get("max_position_embeddings") or config.get("n_positions") or 2048
+    shape = model_shape(config)
+    context = shape.max_positions or 2048
     eos = generation.get("eos_token_id", config.get("eos_token_id"))
     pad = generation.get("pad_token_id", config.get("pad_token_id"))
     return {
         "model": {
-            "type": GENAI_TYPES[model_type],
+            "type": config["model_type"],
             "bos_token_id": generation.get("bos_token_id", config.get("bos_token_id")),
             "eos_token_id": eos,
             "pad_token_id": pad if pad is not None else (eos[0] if isinstance(eos, list) else eos),
             "context_length": context,
-            "vocab_size": config["vocab_size"],
+            "vocab_size": shape.vocab,
             "decoder": {
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
                 "filename": onnx_name,
-                "head_size": config.get("head_dim") or hidden // heads,
-                "hidden_size": hidden,
-                "num_attention_heads": heads,
-                "num_hidden_layers": layers,
-                "num_key_value_heads": config.get("num_key_value_heads") or heads,
+                "head_size": shape.head_dim,
+                "hidden_size": shape.hidden,
+                "num_attention_heads": shape.heads,
+                "num_hidden_layers": shape.layers,
+                "num_key_value_heads": shape.kv_heads,
                 "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
                            "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
                            "past_value_names": "past_key_values.%d.value"},  # fmt: skip
@@ -57,7 +62,7 @@ def genai_config(model_dir: Path, onnx_name: str = "model.onnx", max_length: int
                             "present_value_names": "present.%d.value"},  # fmt: skip
             },
         },
-        "search": {"do_sample": False, "max_length": min(int(max_length or context), int(context)), "num_beams": 1,
+        "search": {"do_sample": False, "max_length": int(context), "num_beams": 1,
                    "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
                    "temperature": 1.0, "top_k": 1, "top_p": 1.0},  # fmt: skip
     }

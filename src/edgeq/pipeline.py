@@ -414,9 +414,12 @@ def _write_final(plan: Plan, stage: StageResult, target: Path, devices: list[Dev
         shutil.copy2(stage.folder / MODEL_FILE, folder / MODEL_FILE)
         copy_companions(stage.folder, folder)
         if plan.task.generates:  # a language model: onnxruntime-genai runs the folder as it is
-            from edgeq.genai import write_genai_config
+            from edgeq.genai import unsupported, write_genai_config
 
-            write_genai_config(folder, MODEL_FILE)
+            if reason := unsupported(folder):
+                say(f"  {target.name}/ has no genai_config.json: {reason}")
+            else:
+                write_genai_config(folder, MODEL_FILE)
         if any(d.ort_format for d in devices):
             from edgeq.mobile import write_ort_format
 
