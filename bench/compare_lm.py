@@ -121,11 +121,9 @@ def main() -> None:
     if not fp32.is_file():
         sys.exit(f"Error: no {fp32}; run `edgeq build recipes/tiny-llama-int4.yaml` first")
     texts = held_out_texts(args.heldout, build / "fp32")
-    seen = {line.strip() for name in ("lm-calibration.txt", "lm-validation.txt", "lm-chat-calibration.jsonl",
-                                      "lm-chat-validation.jsonl")
-            for line in (ROOT / "recipes" / "data" / name).read_text().splitlines()}  # fmt: skip
-    seen |= set(held_out_texts(ROOT / "recipes" / "data" / "lm-chat-calibration.jsonl", build / "fp32"))
-    seen |= set(held_out_texts(ROOT / "recipes" / "data" / "lm-chat-validation.jsonl", build / "fp32"))
+    seen = {text for name in ("lm-calibration.txt", "lm-validation.txt", "lm-chat-calibration.jsonl",
+                              "lm-chat-validation.jsonl")
+            for text in held_out_texts(ROOT / "recipes" / "data" / name, build / "fp32")}  # fmt: skip
     if overlap := [t for t in texts if t in seen]:
         sys.exit(f"Error: {len(overlap)} held-out texts also appear in the recipe's calibration/validation data")
     device = load_device(args.device or host_cpu_device())

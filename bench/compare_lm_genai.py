@@ -110,7 +110,6 @@ def fidelity(folders: dict[str, Path], texts: list[str], reference: str) -> dict
 
     tokenizer = Tokenizer.from_file(str(folders[reference] / "tokenizer.json"))
     encoded = [np.array(tokenizer.encode(t, add_special_tokens=False).ids[:128], np.int64) for t in texts]
-    truth = {}
     model = og.Model(str(folders[reference]))
     truth = [logits_of(model, ids) for ids in encoded]
     truth_greedy = [greedy_of(model, ids[:16], 16) for ids in encoded[:16]]
@@ -158,7 +157,7 @@ def main() -> None:
     args = parser.parse_args()
     build = args.build.resolve()
     report = json.loads((build / "report.json").read_text())
-    source = args.source or Path(report.get("model_source", {}).get("folder") or _model_folder(report, build))
+    source = args.source or _model_folder(report)
     scratch = build / ".bench-genai"
     models = {"FP32 (export)": genai_folder(build / "fp32" / "model.onnx", scratch),
               "uniform INT4 (build's int4/)": genai_folder(build / "int4" / "model.onnx", scratch)}
@@ -183,7 +182,7 @@ def main() -> None:
         args.json.write_text(json.dumps({"texts": len(texts), "rows": rows}, indent=2))
 
 
-def _model_folder(report: dict, build: Path) -> Path:
+def _model_folder(report: dict) -> Path:
     from edgeq.export.source import resolve_source
 
     return resolve_source(report["recipe"]["model"]["source"])
