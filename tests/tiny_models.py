@@ -198,7 +198,8 @@ def decoder_config(arch: str, vocab: dict, **overrides):
 def make_decoder(folder: Path, arch: str, seed: int = 0, planted: bool = False, **config) -> Path:
     """A tiny random decoder with a byte-level BPE tokenizer. `planted` (Llama/Qwen2) makes PLANTED_DECODER_ISLAND
     sensitive to 4-bit rounding only: one input channel is always zero (its norm weight is 0), and that channel's
-    weights in the value projection are huge. FP32 outputs do not see them; a block's round-to-nearest scale does."""
+    weights in the value projection are huge. The fused decoder graph packs Q, K and V into one MatMul: that is the
+    island. FP32 outputs do not see them; a block's round-to-nearest scale does."""
     import torch
     import transformers
 
@@ -215,4 +216,4 @@ def make_decoder(folder: Path, arch: str, seed: int = 0, planted: bool = False, 
     return folder
 
 
-PLANTED_DECODER_ISLAND = "model.layers.1.self_attn.v_proj"
+PLANTED_DECODER_ISLAND = "model.layers.1.self_attn.qkv_proj"

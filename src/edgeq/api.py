@@ -113,7 +113,7 @@ def quantize(model: str | Path, output: str | Path, config: QuantizationConfig,
     `task` says (default: detected from the folder's config.json, else plain texts)."""
     from edgeq.artifact import check_loadable, load_onnx
     from edgeq.atomic import atomic_dir
-    from edgeq.pipeline import copy_companions
+    from edgeq.artifact import copy_companions
     from edgeq.quantize import check_against_device, quantize_model, resolve_op_types
     from edgeq.quantize.calibration import pads_to_length
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -217,3 +218,18 @@ def _numel(tensor: onnx.TensorProto) -> int:
     for dim in tensor.dims:
         count *= dim
     return count
+
+
+# The files that travel with a model: its config, tokenizer, image processor and generation settings. Nothing else
+# of the model's folder is copied (a user's downloads folder is not a model's companion).
+COMPANIONS = ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
+              "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json",
+              "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "chat_template.jinja",
+              "genai_config.json", "overrides.yaml")  # fmt: skip
+
+
+def copy_companions(source: Path, target: Path) -> None:
+    """Copy the model's companion files (COMPANIONS) from `source` into `target`."""
+    for name in COMPANIONS:
+        if (source / name).is_file() and not (target / name).exists():
+            shutil.copy2(source / name, target / name)

@@ -1,15 +1,17 @@
 """A language model's folder as onnxruntime-genai runs it: `genai_config.json` beside the ONNX model, the tokenizer
 and the chat template.
 
-edgeq's decoder graphs (optimum's `text-generation-with-past` export, quantized by edgeq) take `input_ids`,
-`attention_mask`, `position_ids` and `past_key_values.N.key/value`, and return `logits` and `present.N.key/value`,
-the cache growing by one position a step. onnxruntime-genai's `decoder` section names exactly these, so the same
-model.onnx serves edgeq's own loop, optimum's ORTModelForCausalLM and `og.Model(folder)`."""
+edgeq's decoder graphs take `input_ids`, `attention_mask`, `position_ids` (optimum's traced export only: the fused
+graph's GroupQueryAttention takes positions from the mask) and `past_key_values.N.key/value`, and return `logits`
+and `present.N.key/value`. onnxruntime-genai's `decoder` section names exactly these, so the same model.onnx serves
+edgeq's own loop and `og.Model(folder)`. A fused graph shares one cache buffer between past and present
+(`past_present_share_buffer`), as the builder's models do; a traced one grows its cache by a position a step."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 from edgeq.errors import ModelError
 
@@ -36,6 +38,11 @@ def genai_config(model_dir: Path, onnx_name: str = "model.onnx") -> dict:
     config = _read(Path(model_dir) / "config.json")
     generation = _read(Path(model_dir) / "generation_config.json", required=False)
     shape = model_shape(config)
+    graph = _graph_io(Path(model_dir) / onnx_name)
+    inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+              "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"}
+    if "position_ids" not in graph.inputs:
+        del inputs["position_ids"]
     context = shape.max_positions or 2048
     eos = generation.get("eos_token_id", config.get("eos_token_id"))
     pad = generation.get("pad_token_id", config.get("pad_token_id"))
@@ -55,17 +62,31 @@ def genai_config(model_dir: Path, onnx_name: str = "model.onnx") -> dict:
                 "num_attention_heads": shape.heads,
                 "num_hidden_layers": shape.layers,
                 "num_key_value_heads": shape.kv_heads,
-                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
-                           "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
-                           "past_value_names": "past_key_values.%d.value"},  # fmt: skip
+                "inputs": inputs,
                 "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
                             "present_value_names": "present.%d.value"},  # fmt: skip
             },
         },
         "search": {"do_sample": False, "max_length": int(context), "num_beams": 1,
-                   "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+                   "num_return_sequences": 1, "past_present_share_buffer": graph.shares_cache, "repetition_penalty": 1.0,
                    "temperature": 1.0, "top_k": 1, "top_p": 1.0},  # fmt: skip
     }
+
+
+class _GraphIO(NamedTuple):
+    inputs: set[str]
+    shares_cache: bool
+
+
+def _graph_io(path: Path) -> _GraphIO:
+    """The decoder's input names, and whether its attention can share past and present cache buffers
+    (GroupQueryAttention can; a traced graph's Concat cannot)."""
+    from edgeq.artifact import load_onnx
+
+    if not path.is_file():
+        raise ModelError(f"no {path.name} in '{path.parent}'", "Build or export the model first")
+    model = load_onnx(path, load_weights=False)
+    return _GraphIO({i.name for i in model.graph.input}, any(n.op_type == "GroupQueryAttention" for n in model.graph.node))
 
 
 def write_genai_config(folder: Path, onnx_name: str = "model.onnx") -> Path:

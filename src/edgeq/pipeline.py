@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from edgeq import __version__
-from edgeq.artifact import sha256_file, sha256_tree
+from edgeq.artifact import copy_companions, sha256_file, sha256_tree
 from edgeq.atomic import atomic_dir, remove_leftovers
 from edgeq.devices import DeviceProfile, load_device
 from edgeq.errors import OutputError, StageError
@@ -211,7 +211,7 @@ def export_stage(plan: Plan, force: bool) -> StageResult:
 
     def produce(folder: Path) -> dict:
         model = export_onnx(plan.model_dir, folder, task.export_task, exp.opset, exp.batch_size,
-                            exp.sequence_length, recipe.model.trust_remote_code)  # fmt: skip
+                            exp.sequence_length, recipe.model.trust_remote_code, exp.decoder)  # fmt: skip
         check = check_export(plan.model_dir, model, task, check_samples, seq, recipe.static_shapes,
                              recipe.model.trust_remote_code)  # fmt: skip
         if check["cosine_min"] is None or check["cosine_min"] < 0.99:
@@ -487,21 +487,6 @@ def read_stage_record(folder: Path, key: str) -> dict | None:
         if not (folder / name).is_file() or sha256_file(folder / name) != sha:
             return None
     return record
-
-
-# The files that travel with a model: its config, tokenizer, image processor and generation settings. Nothing else
-# of the model's folder is copied (a user's downloads folder is not a model's companion).
-COMPANIONS = ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
-              "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json",
-              "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "chat_template.jinja",
-              "genai_config.json", "overrides.yaml")  # fmt: skip
-
-
-def copy_companions(source: Path, target: Path) -> None:
-    """Copy the model's companion files (COMPANIONS) from `source` into `target`."""
-    for name in COMPANIONS:
-        if (source / name).is_file() and not (target / name).exists():
-            shutil.copy2(source / name, target / name)
 
 
 def tool_versions() -> dict[str, str | None]:

@@ -23,8 +23,18 @@ def export_onnx(
     batch_size: int | None = None,
     sequence_length: int | None = None,
     trust_remote_code: bool = False,
+    decoder: str = "auto",
 ) -> Path:
-    """Write out_dir/model.onnx plus config.json and tokenizer files; return the model path."""
+    """Write out_dir/model.onnx plus config.json and tokenizer files; return the model path. A Llama-family decoder
+    at dynamic shapes is written as onnxruntime-genai's fused graph (`decoder` "auto" or "fused"), anything else
+    through optimum's traced export."""
+    if uses_fused_decoder(model_dir, task, decoder, fixed=bool(batch_size or sequence_length)):
+        from edgeq.artifact import copy_companions
+        from edgeq.export.decoder import export_decoder
+
+        model_path = export_decoder(model_dir, out_dir / "model.onnx", opset)
+        copy_companions(model_dir, out_dir)
+        return model_path
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the folder is local: never reach for the hub
     from optimum.exporters.onnx import main_export
 
@@ -55,6 +65,19 @@ def export_onnx(
     if batch_size or sequence_length:
         fix_shapes(model_path, batch_size, sequence_length)
     return model_path
+
+
+def uses_fused_decoder(model_dir: Path, task: str, decoder: str, fixed: bool) -> bool:
+    """Whether the export writes the fused decoder graph; a ModelError when `fused` was asked for and cannot be."""
+    from edgeq.export.decoder import unsupported
+
+    if decoder == "traced" or task != "text-generation-with-past":
+        return False
+    reason = "fixed shapes (the fused graph's attention takes a growing cache)" if fixed else unsupported(model_dir)
+    if reason and decoder == "fused":
+        raise ModelError(f"export.decoder 'fused' cannot be written for '{model_dir}': {reason}",
+                         "Use export.decoder: traced (optimum's export), or auto")  # fmt: skip
+    return reason is None
 
 
 def _gemm_as_matmul(model_path: Path) -> None:

@@ -71,6 +71,12 @@ class ExportConfig(Strict):
     sequence_length: PositiveInt | None = Field(
         default=None, description="Fix the sequence dimension to this length (static shapes). Unset: dynamic."
     )
+    decoder: Literal["auto", "fused", "traced"] = Field(
+        default="auto", description="How a language model's graph is written. `fused`: onnxruntime-genai's form "
+        "(GroupQueryAttention with rotary embedding and KV cache inside, RMSNorm fused with the residual add, Q/K/V "
+        "in one MatMul), ~11 nodes a layer, for Llama, Mistral and Qwen2 at dynamic shapes. `traced`: optimum's "
+        "export (every architecture it knows, fixed shapes too; ~250 nodes a layer). `auto`: fused where it can be.",
+    )
 
 
 class OptimizeConfig(Strict):
