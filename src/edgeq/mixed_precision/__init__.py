@@ -138,6 +138,8 @@ def island_entry(island: Island, assignment: dict[str, str], result: SearchResul
     choice = assignment[island.name]
     entry = {"name": island.name, "node": island.node_name, "kind": island.kind, "parameters": island.parameters,
              "precision": choice}  # fmt: skip
+    if island.tied:
+        entry["tied_embedding"] = island.tied
     if island.candidates[choice].detail:
         entry["detail"] = island.candidates[choice].detail
     if result is None:

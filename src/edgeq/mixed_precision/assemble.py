@@ -14,9 +14,13 @@ MASK_INPUT = "attention_mask"
 def assemble(fp32: onnx.ModelProto, islands: list[Island], assignment: dict[str, str]) -> onnx.ModelProto:
     """A new model where each island uses `assignment[island.name]` (default: fp32). The input is unchanged."""
     by_node = {i.node_name: i for i in islands}
+    by_tied = {i.tied: i for i in islands if i.tied}
     nodes, initializers = [], {}
     replaced_weights = set()
     for node in fp32.graph.node:
+        if tied := by_tied.get(node.name):  # a tied lookup takes the form its head's precision gives it, in its place
+            nodes.extend(tied.candidates[assignment.get(tied.name, "fp32")].tied_nodes)
+            continue
         island = by_node.get(node.name)
         choice = assignment.get(island.name, "fp32") if island else None
         if island is None or choice == "fp32":
@@ -25,7 +29,7 @@ def assemble(fp32: onnx.ModelProto, islands: list[Island], assignment: dict[str,
         candidate = island.candidates[choice]
         nodes.extend(candidate.nodes)
         initializers.update({t.name: t for t in candidate.initializers})
-        replaced_weights.add(island.weight)
+        replaced_weights.update({island.weight, *([nodes_input(fp32, island.tied)] if island.tied else [])})
     still_used = {name for node in nodes for name in node.input}
     if TOKEN_MASK in still_used:
         mask_nodes, mask_inits = token_mask_nodes(MASK_INPUT)
@@ -41,6 +45,10 @@ def assemble(fp32: onnx.ModelProto, islands: list[Island], assignment: dict[str,
     four_bit = any(t.data_type in (onnx.TensorProto.UINT4, onnx.TensorProto.INT4) for t in initializers.values())
     model.ir_version = max(fp32.ir_version, 10) if four_bit else fp32.ir_version
     return model
+
+
+def nodes_input(model: onnx.ModelProto, node_name: str, position: int = 0) -> str:
+    return next(n.input[position] for n in model.graph.node if n.name == node_name)
 
 
 def has_token_mask(model: onnx.ModelProto) -> bool:

@@ -19,7 +19,7 @@ initializers) for the island's node, so any assignment assembles in milliseconds
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -37,6 +37,7 @@ class Candidate:
     initializers: list[onnx.TensorProto]
     size_bytes: int
     detail: dict | None = None  # what was chosen inside the candidate (e.g. the smoothing strength)
+    tied_nodes: list[onnx.NodeProto] = field(default_factory=list)  # replace a tied embedding's lookup, in its place
 
 
 def quantize_symmetric(weight: np.ndarray, axis: int, per_channel: bool = True,
@@ -344,7 +345,8 @@ def matmul_int4_offset(node: onnx.NodeProto, weight: np.ndarray, accuracy_level:
     are reproduced exactly, where MatMulNBits' integer zero points move every one of them. onnxruntime's kernel for
     float zero points is ~30x slower, so the offset is applied outside it: x·W = MatMulNBits(x, q, d, zero 0) +
     (x summed per block)·M, one small MatMul by a block-indicator matrix shared by every island of the same K, and
-    one of [K/32, N] offsets, stored in FP16."""
+    one of offsets, stored in FP16 as [N, K/32] (a tied embedding's lookup reads them by row; onnxruntime folds the
+    Transpose and the Cast once, when the session loads)."""
     rows, cols = weight.shape
     w = blocks_along_k(weight, dtype=np.float64)  # [N, blocks, 32]
     blocks = w.shape[1]
@@ -357,7 +359,7 @@ def matmul_int4_offset(node: onnx.NodeProto, weight: np.ndarray, accuracy_level:
     inits = [numpy_helper.from_array(pack_nibbles(codes), f"{base}_B"),
              numpy_helper.from_array(scale.reshape(-1), f"{base}_scales"),
              numpy_helper.from_array(np.zeros(cols * -(-blocks // 2), np.uint8), f"{base}_zero_points"),
-             numpy_helper.from_array(np.ascontiguousarray(offset.T).astype(np.float16), f"{base}_offsets"),
+             numpy_helper.from_array(offset.astype(np.float16), f"{base}_offsets"),
              numpy_helper.from_array((np.arange(rows)[:, None] // INT4_BLOCK == np.arange(blocks)).astype(np.float32),
                                      indicator)]  # fmt: skip
     nodes = [
@@ -365,7 +367,8 @@ def matmul_int4_offset(node: onnx.NodeProto, weight: np.ndarray, accuracy_level:
                          name=node.name, domain=MS_DOMAIN, K=rows, N=cols, bits=4, block_size=INT4_BLOCK,
                          accuracy_level=accuracy_level),  # fmt: skip
         helper.make_node("MatMul", [node.input[0], indicator], [sums], name=f"{node.name}_block_sums"),
-        helper.make_node("Cast", [f"{base}_offsets"], [f"{base}_offsets_fp32"], name=f"{node.name}_cast_offsets",
+        helper.make_node("Transpose", [f"{base}_offsets"], [f"{base}_offsets_by_block"], name=f"{node.name}_offsets_by_block"),
+        helper.make_node("Cast", [f"{base}_offsets_by_block"], [f"{base}_offsets_fp32"], name=f"{node.name}_cast_offsets",
                          to=onnx.TensorProto.FLOAT),  # fmt: skip
         helper.make_node("MatMul", [sums, f"{base}_offsets_fp32"], [f"{base}_offset_out"], name=f"{node.name}_offsets"),
         helper.make_node("Add", [f"{base}_codes_out", f"{base}_offset_out"], list(node.output), name=f"{node.name}_add_offsets"),
@@ -390,6 +393,53 @@ def matmul_int8_blocks(node: onnx.NodeProto, weight: np.ndarray, accuracy_level:
                               accuracy_level=accuracy_level)  # fmt: skip
     size = sum(numpy_helper.to_array(t).nbytes for t in inits)
     return Candidate([matmul], inits, size, {"bits": 8, "block_size": INT4_BLOCK, "method": "round to nearest"})
+
+
+SHAREABLE = {"int4", "int4a", "int4g", "int4o", "int8b"}  # MatMulNBits forms a tied embedding can gather from
+
+
+def tied_lookup(gather: onnx.NodeProto, head: Candidate, rows: int, width: int) -> list[onnx.NodeProto]:
+    """A tied embedding's lookup from the LM head's own quantized weights (one table in the file, as the builder's
+    `shared_embeddings`): GatherBlockQuantized over the MatMulNBits codes and scales, read as [vocabulary, hidden]
+    rows, plus the per-block float offsets of `int4o`. `head` is a MatMulNBits candidate of the [hidden, vocabulary]
+    head weight; `rows` and `width` are the table's shape."""
+    matmul = next(n for n in head.nodes if n.op_type == "MatMulNBits")
+    bits = next(a.i for a in matmul.attribute if a.name == "bits")
+    blocks = width // INT4_BLOCK
+    _, codes, scales, *zero = [name for name in matmul.input if name]
+    base = codes.removesuffix("_B")
+    shapes = {f"{base}_table_shape": [rows, width * bits // 8], f"{base}_scales_shape": [rows, blocks]}
+    if zero:
+        shapes[f"{base}_zero_shape"] = [rows, -(-blocks // 2)]
+    nodes = [helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(np.array(v, np.int64)))
+             for name, v in shapes.items()]  # fmt: skip
+    nodes += [helper.make_node("Reshape", [codes, f"{base}_table_shape"], [f"{base}_table"], name=f"{gather.name}_table"),
+              helper.make_node("Reshape", [scales, f"{base}_scales_shape"], [f"{base}_table_scales"], name=f"{gather.name}_scales")]
+    inputs = [f"{base}_table", gather.input[1], f"{base}_table_scales"]
+    if zero:
+        nodes.append(helper.make_node("Reshape", [zero[0], f"{base}_zero_shape"], [f"{base}_table_zero"], name=f"{gather.name}_zero"))
+        inputs.append(f"{base}_table_zero")
+    offsets = next((t.name for t in head.initializers if t.name.endswith("_offsets")), None)
+    looked_up = f"{base}_rows" if offsets else gather.output[0]
+    nodes.append(helper.make_node("GatherBlockQuantized", inputs, [looked_up], name=gather.name, domain=MS_DOMAIN,
+                                  bits=bits, block_size=INT4_BLOCK, gather_axis=0, quantize_axis=1))  # fmt: skip
+    return nodes + (_add_row_offsets(gather, offsets, looked_up, blocks, width) if offsets else [])
+
+
+def _add_row_offsets(gather: onnx.NodeProto, offsets: str, rows: str, blocks: int, width: int) -> list[onnx.NodeProto]:
+    """rows [.., width] + each row's per-block offsets [vocabulary, blocks] (FP16), broadcast over its block."""
+    name = gather.name
+    shapes = {f"{name}_by_block": [0, 0, blocks, INT4_BLOCK], f"{name}_by_row": [0, 0, width], f"{name}_last": [-1]}
+    nodes = [helper.make_node("Constant", [], [k], name=k, value=numpy_helper.from_array(np.array(v, np.int64)))
+             for k, v in shapes.items()]  # fmt: skip
+    return nodes + [
+        helper.make_node("Gather", [offsets, gather.input[1]], [f"{name}_offsets16"], name=f"{name}_offsets", axis=0),
+        helper.make_node("Cast", [f"{name}_offsets16"], [f"{name}_offsets32"], name=f"{name}_cast_offsets", to=onnx.TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", [f"{name}_offsets32", f"{name}_last"], [f"{name}_offsets_b"], name=f"{name}_unsqueeze"),
+        helper.make_node("Reshape", [rows, f"{name}_by_block"], [f"{name}_blocks"], name=f"{name}_blocks"),
+        helper.make_node("Add", [f"{name}_blocks", f"{name}_offsets_b"], [f"{name}_shifted"], name=f"{name}_add_offsets"),
+        helper.make_node("Reshape", [f"{name}_shifted", f"{name}_by_row"], list(gather.output), name=f"{name}_rows"),
+    ]
 
 
 def matmul_fp16(node: onnx.NodeProto, weight: np.ndarray) -> Candidate:

@@ -32,6 +32,7 @@ class Island:
     weight: str  # initializer name
     parameters: int
     candidates: dict[str, Candidate] = field(default_factory=dict)
+    tied: str | None = None  # the embedding lookup (Gather node) that reads this LM head's table: they switch together
 
 
 def readable_name(node_name: str) -> str:
@@ -39,16 +40,33 @@ def readable_name(node_name: str) -> str:
     return ".".join(parts[:-1]) if len(parts) > 1 else (parts[0] if parts else node_name)
 
 
+def tied_pair(model: onnx.ModelProto) -> tuple[str, str] | None:
+    """(embedding Gather, LM head MatMul) node names when the export says they read one table (tied embeddings)."""
+    from edgeq.export.decoder import TIED_KEY
+
+    value = next((p.value for p in model.metadata_props if p.key == TIED_KEY), None)
+    names = {n.name for n in model.graph.node}
+    pair = tuple(value.split(",")) if value else ()
+    return pair if len(pair) == 2 and set(pair) <= names else None  # type: ignore[return-value]
+
+
 def find_islands(model: onnx.ModelProto, op_types: list[str] | None = None) -> list[Island]:
-    """Weight-bearing MatMul / Gather nodes of the FP32 model, in graph order."""
+    """Weight-bearing MatMul / Gather nodes of the FP32 model, in graph order. A tied embedding's lookup is no island
+    of its own: it follows the LM head's precision (one table for both), when both kinds are wanted."""
     wanted = set(op_types or ("MatMul", "Attention", "Gather"))
     inits = {t.name: t for t in model.graph.initializer}
+    gather, head = tied_pair(model) or (None, None)
+    if not {"MatMul", "Gather"} <= wanted:
+        gather = head = None
     islands = []
     for node in model.graph.node:
+        if node.name == gather:
+            continue
         if node.op_type == "MatMul" and "MatMul" in wanted and node.input[1] in inits:
             weight = inits[node.input[1]]
             if len(weight.dims) == 2 and weight.data_type == onnx.TensorProto.FLOAT:
-                islands.append(Island(readable_name(node.name), node.name, "matmul", weight.name, _numel(weight)))
+                islands.append(Island(readable_name(node.name), node.name, "matmul", weight.name, _numel(weight),
+                                      tied=gather if node.name == head else None))  # fmt: skip
         elif node.op_type == "Attention" and "Attention" in wanted and _plain_attention(node, inits):
             weight = inits[node.input[1]]
             islands.append(Island(readable_name(node.name), node.name, "attention", weight.name, _numel(weight)))
@@ -81,16 +99,39 @@ def build_candidates(model: onnx.ModelProto, islands: list[Island], rungs: list[
                                                (stats or {}).get(node.input[0]), smooth_alpha, token_mask, pair_safe,
                                                accuracy_level)  # fmt: skip
         island.candidates["fp32"] = fp32
+        if island.tied:
+            _tie_lookup(island, nodes[island.tied], inits[nodes[island.tied].input[0]], rungs)
     for island in islands:
         for candidate in island.candidates.values():
             candidate.size_bytes = serialized_bytes(candidate)
+
+
+def _tie_lookup(island: Island, gather: onnx.NodeProto, table: onnx.TensorProto, rungs: list[str]) -> None:
+    """Give each of the LM head's candidates the embedding lookup that goes with it: read from the head's own
+    MatMulNBits codes where the form allows (one table in the file), else the lookup's own rung (INT8 rows, FP16)
+    or the FP32 table."""
+    rows, width = table.dims
+    own = _gather_candidates(gather, numpy_helper.to_array(table), rungs) if width % C.INT4_BLOCK == 0 else {}
+    for rung, candidate in list(island.candidates.items()):
+        shared = rung in C.SHAREABLE and width % C.INT4_BLOCK == 0
+        lookup = own.get(rung) if rung != "fp32" else Candidate([gather], [table], 0)
+        if not shared and lookup is None:  # no lookup of this precision: the island cannot take the rung
+            del island.candidates[rung]
+            continue
+        tied = Candidate(list(candidate.nodes), list(candidate.initializers), 0, candidate.detail)
+        if shared:
+            tied.tied_nodes = C.tied_lookup(gather, candidate, rows, width)
+            tied.detail = {**(candidate.detail or {}), "tied_embedding": "shares the head's table"}
+        else:
+            tied.tied_nodes, tied.initializers = list(lookup.nodes), tied.initializers + list(lookup.initializers)
+        island.candidates[rung] = tied
 
 
 def serialized_bytes(candidate: Candidate) -> int:
     """What the candidate's nodes and initializers weigh inside a saved model: each message's bytes plus its field
     tag and length prefix. A model's bytes are the sum of such fields, so the search counts what the file holds
     (up to the few bytes of the graph's own length prefix, and a weight another island still reads)."""
-    return sum(_field_bytes(m.ByteSize()) for m in [*candidate.nodes, *candidate.initializers])
+    return sum(_field_bytes(m.ByteSize()) for m in [*candidate.nodes, *candidate.tied_nodes, *candidate.initializers])
 
 
 def _field_bytes(size: int) -> int:
