@@ -40,9 +40,25 @@ def test_the_search_carries_the_q4_1_grid_and_beats_uniform_int4(smol_build):
     search = report["mixed_precision"]
     chosen = search["configurations"][search["chosen_configuration"]]
     sizes = {a["name"]: a["size_bytes"] for a in report["artifacts"]}
-    assert chosen["size_bytes"] == sizes["mixed"] <= 1.15 * search["configurations"][0]["size_bytes"]
+    ceiling = report["recipe"]["mixed_precision"]["budget"]["max_size_over_lowest"]
+    assert chosen["size_bytes"] == sizes["mixed"] <= ceiling * search["configurations"][0]["size_bytes"]
     assert validated["mixed"]["kl_divergence_mean"] < 0.25 * validated["int4"]["kl_divergence_mean"]
     assert validated["mixed"]["next_token_top1_agreement"] > validated["int4"]["next_token_top1_agreement"]
+
+
+def test_the_tied_table_is_stored_once(smol_build):
+    import onnx
+
+    result, report = smol_build
+    model = onnx.load(str(result.out_dir / "final" / "model.onnx"))
+    lookup = next(n for n in model.graph.node if n.name == "/model/embed_tokens/Gather")
+    head = next(n for n in model.graph.node if n.name == "/lm_head/MatMul")
+    reshaped = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Reshape"}
+    assert lookup.op_type == "GatherBlockQuantized" and head.op_type == "MatMulNBits"
+    assert reshaped[lookup.input[0]] == head.input[1]  # the lookup reads the head's own codes
+    assert not [t.name for t in model.graph.initializer if list(t.dims) == [49152, 576] or list(t.dims) == [576, 49152]]
+    head_island = next(i for i in report["mixed_precision"]["islands"] if i["name"] == "lm_head")
+    assert head_island["tied_embedding"] == "/model/embed_tokens/Gather"
 
 
 def test_genai_runs_smollm2s_final_with_edgeqs_greedy_tokens(smol_build, run_cli):

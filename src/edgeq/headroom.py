@@ -68,3 +68,36 @@ def check_headroom(config: dict, sequence_length: int, say) -> None:
             "available",
             "Free memory, lower validation.samples and validation.sequence_length, or set EDGEQ_MEMORY_CHECK=0 to try anyway",
         )
+
+
+def reset_peak_rss() -> None:
+    """Start a new high-water mark of this process's resident memory (Linux: clear_refs 5), so that the next
+    `peak_rss_mb` is one stage's own peak; elsewhere a no-op (the peak then covers the process so far)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float | None:
+    """This process's resident-memory high-water mark (VmHWM) since it started or `reset_peak_rss`."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the system (glibc's malloc_trim) after a stage: the export's PyTorch model
+    and a stage's sessions leave hundreds of MB of freed memory the next stage's peak would otherwise sit on."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

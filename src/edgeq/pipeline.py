@@ -24,6 +24,7 @@ from edgeq.artifact import copy_companions, sha256_file, sha256_tree
 from edgeq.atomic import atomic_dir, remove_leftovers
 from edgeq.devices import DeviceProfile, load_device
 from edgeq.errors import OutputError, StageError
+from edgeq.headroom import peak_rss_mb, reset_peak_rss, trim_heap
 from edgeq.progress import say
 from edgeq.quantize import check_against_device, quantization_scheme, resolve_op_types
 from edgeq.recipe import Recipe, load_recipe
@@ -212,6 +213,7 @@ def export_stage(plan: Plan, force: bool) -> StageResult:
     def produce(folder: Path) -> dict:
         model = export_onnx(plan.model_dir, folder, task.export_task, exp.opset, exp.batch_size,
                             exp.sequence_length, recipe.model.trust_remote_code, exp.decoder)  # fmt: skip
+        trim_heap()  # the export's graph is on disk now: the check's PyTorch model need not sit on top of it
         check = check_export(plan.model_dir, model, task, check_samples, seq, recipe.static_shapes,
                              recipe.model.trust_remote_code)  # fmt: skip
         if check["cosine_min"] is None or check["cosine_min"] < 0.99:
@@ -351,6 +353,8 @@ def validate_stage(plan: Plan, models: dict[str, Path], reference: str, served: 
     say(f"▶ validate on {', '.join(d.id for d in plan.devices)} ({len(plan.validation_samples)} samples; shapes "
         f"{', '.join(task.shape_label(*s) for s in shapes)})")  # fmt: skip
     start = time.perf_counter()
+    trim_heap()
+    reset_peak_rss()
     own_artifacts = {name for d in plan.devices if d.artifact != "recipe" for name in [served[d.id]]}
     results = []
     for device in plan.devices:
@@ -360,9 +364,9 @@ def validate_stage(plan: Plan, models: dict[str, Path], reference: str, served: 
             wanted = {n: p for n, p in models.items() if n in (reference, served[device.id])}
         results += validate_models(wanted, reference, device, plan.validation_samples, inputs, task, shapes,
                                    val.warmup, thresholds, plan.recipe.fixed_batch)  # fmt: skip
-    seconds = time.perf_counter() - start
-    say(f"  validate: {seconds:.1f}s (measured now, never cached)")
-    return StageResult("validate", None, None, seconds, False, {"validations": results})
+    seconds, peak = time.perf_counter() - start, peak_rss_mb()
+    say(f"  validate: {seconds:.1f}s, peak RSS {peak or '?'} MB (measured now, never cached)")
+    return StageResult("validate", None, None, seconds, False, {"validations": results, "peak_rss_mb": peak})
 
 
 def profile_stage(plan: Plan, finals: dict[str, Path]) -> StageResult:
@@ -445,13 +449,17 @@ def cached_stage(folder: Path, stage: str, key_material: dict, produce: Callable
         return StageResult(stage, folder, key, 0.0, True, record["details"])
     say(f"▶ {stage} → {folder.name}/")
     start = time.perf_counter()
+    trim_heap()
+    reset_peak_rss()
     with atomic_dir(folder) as scratch:
         details = produce(scratch)
         seconds = time.perf_counter() - start
+        details["peak_rss_mb"] = peak_rss_mb()  # this stage's own high-water mark (the process's, off Linux)
         record = {"stage": stage, "key": key, "seconds": round(seconds, 2), "details": details,
                   "files": {MODEL_FILE: sha256_file(scratch / MODEL_FILE)}}  # fmt: skip
         (scratch / STAGE_FILE).write_text(json.dumps(record, indent=2))
-    say(f"  {stage}: {seconds:.1f}s")
+    say(f"  {stage}: {seconds:.1f}s, peak RSS {details['peak_rss_mb'] or '?'} MB")
+    trim_heap()
     _offer_to_shared_cache(stage, key, folder)
     return StageResult(stage, folder, key, seconds, False, details)
 

@@ -11,7 +11,8 @@ import onnx
 from edgeq.devices import DeviceProfile
 from edgeq.mixed_precision.assemble import assemble, has_token_mask
 from edgeq.mixed_precision.evaluate import FullEvaluator, Runner
-from edgeq.mixed_precision.islands import LADDER, STATS_RUNGS, Island, build_candidates, find_islands, matmul_inputs
+from edgeq.mixed_precision.islands import (LADDER, STATS_RUNGS, Island, build_candidates, find_islands, island_outputs,
+                                           matmul_inputs)
 from edgeq.mixed_precision.overrides import load_overrides, resolve, write_overrides
 from edgeq.mixed_precision.search import Budget, SearchResult, model_size, search
 from edgeq.mixed_precision.statistics import ActivationStats, StatisticsAccumulator
@@ -72,7 +73,7 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
     else:
         budget = Budget(**cfg.budget.model_dump())
         proxy = Runner(job.task, job.proxy_samples, job.inputs, job.device, job.shapes, job.whole_batches_only)
-        proxy.keep(fp32)
+        proxy.keep(fp32, expose=sorted(set(island_outputs(fp32, islands).values())))
         lowest = {i.name: next(r for r in ladder if r in i.candidates) for i in islands}
         full = FullEvaluator(job.task, job.validation_samples, job.inputs, job.device, job.shapes, fp32,
                              assemble(fp32, islands, lowest), job.whole_batches_only, proxy.shared)  # fmt: skip

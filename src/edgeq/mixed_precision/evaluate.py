@@ -40,11 +40,25 @@ class Runner:
             return self.shared[id(model)]
         return make_session(model.SerializeToString(), self.device, spinning=False)
 
-    def keep(self, model: onnx.ModelProto) -> None:
+    def keep(self, model: onnx.ModelProto, expose: list[str] = ()) -> None:
         """Make one session of `model` and serve it to every runner sharing this one's cache: a real LM's FP32
-        session is the largest thing the search holds, and the proxy, the latency model and every full evaluation
-        run FP32."""
-        self.shared[id(model)] = self.session(model)
+        session is the largest thing the search holds, and the proxy, the latency model, the island SQNR and every
+        full evaluation run FP32. `expose` names intermediate tensors the session can also return (the islands'
+        outputs), so no second FP32 session is made to read them; a plain run still fetches the model's own
+        outputs only."""
+        from onnx.helper import make_empty_tensor_value_info
+
+        from edgeq.validate.sessions import make_session
+
+        declared = [o.name for o in model.graph.output]
+        model.graph.output.extend(make_empty_tensor_value_info(n) for n in expose if n not in declared)
+        try:
+            serialized = model.SerializeToString()
+        finally:
+            del model.graph.output[len(declared):]
+        session = make_session(serialized, self.device, spinning=False)
+        del serialized
+        self.shared[id(model)] = _DeclaredOutputs(session, declared) if len(session.get_outputs()) > len(declared) else session
 
     def outputs(self, model: onnx.ModelProto, reference: dict[str, list] | None = None) -> dict[str, list]:
         """Per shape, what the task compares of `model`. Without `reference` (the reference model itself): what the
@@ -65,7 +79,8 @@ class Runner:
 
     def each_sample(self, model: onnx.ModelProto, names: list[str]):
         """({name: tensor}, token mask) for one sample at a time (batch 1): for statistics kept as they stream."""
-        session = self.session(with_outputs(model, names))
+        kept = self.shared.get(id(model))
+        session = kept if isinstance(kept, _DeclaredOutputs) and kept.exposes(names) else self.session(with_outputs(model, names))
         for batch in self.single:
             yield dict(zip(names, session.run(names, feed_for(session.get_inputs(), batch.feed)))), batch.mask
 
@@ -94,6 +109,25 @@ class Runner:
                     reference += self.task.summarize(produced[compared[0]], batch)
                     candidate += self.task.pair(produced[compared[0]], produced[compared[1]], batch)
         return {name: float(np.median(t)) for name, t in timings.items()}, reference, candidate
+
+
+class _DeclaredOutputs:
+    """A session whose model also outputs intermediate tensors: a plain run fetches the declared outputs only."""
+
+    def __init__(self, session, declared: list[str]):
+        self.session, self.declared = session, declared
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+    def get_outputs(self):
+        return [o for o in self.session.get_outputs() if o.name in self.declared]
+
+    def exposes(self, names: list[str]) -> bool:
+        return set(names) <= {o.name for o in self.session.get_outputs()}
+
+    def run(self, names, feed):
+        return self.session.run(names or self.declared, feed)
 
 
 class FullEvaluator(Runner):

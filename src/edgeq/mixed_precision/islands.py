@@ -204,5 +204,11 @@ def matmul_inputs(model: onnx.ModelProto, islands: list[Island]) -> list[str]:
     return sorted({nodes[i.node_name].input[0] for i in islands if i.kind != "gather"})
 
 
+def island_outputs(model: onnx.ModelProto, islands: list[Island]) -> dict[str, str]:
+    """Each island's output tensor (by island name): what its precision changes first."""
+    writes = {n.name: n.output[0] for n in model.graph.node}
+    return {i.name: writes[i.node_name] for i in islands if i.node_name in writes}
+
+
 def _numel(tensor: onnx.TensorProto) -> int:
     return int(np.prod(tensor.dims)) if tensor.dims else 1

@@ -27,7 +27,7 @@ import onnx
 
 from edgeq.mixed_precision.assemble import assemble
 from edgeq.mixed_precision.evaluate import Runner
-from edgeq.mixed_precision.islands import LADDER, Island
+from edgeq.mixed_precision.islands import LADDER, Island, island_outputs
 from edgeq.progress import say, track
 
 
@@ -270,8 +270,8 @@ def latency_model(fp32, islands, ladder, lowest, proxy: Runner) -> dict:
 def island_output_sqnr(fp32, quantized, islands, proxy: Runner) -> dict[str, float]:
     """SQNR (dB) of each island's output tensor, quantized model vs FP32, over the proxy texts (batch 1), summed
     sample by sample as both models run (no tensor is kept past its sample)."""
-    outputs = {i.name: _output_of(fp32, i.node_name) for i in islands}
-    wanted = sorted({o for o in outputs.values() if o})
+    outputs = island_outputs(fp32, islands)
+    wanted = sorted(set(outputs.values()))
     signal, noise = dict.fromkeys(wanted, 0.0), dict.fromkeys(wanted, 0.0)
     for (ref, _), (quant, _) in zip(proxy.each_sample(fp32, wanted), proxy.each_sample(quantized, wanted)):
         for tensor in ref:
@@ -399,8 +399,3 @@ def _fmt(value) -> str:
 
 def _rungs(island: Island, ladder: list[str]) -> list[str]:
     return [rung for rung in ladder if rung in island.candidates]
-
-
-def _output_of(model: onnx.ModelProto, node_name: str) -> str | None:
-    node = next((n for n in model.graph.node if n.name == node_name), None)
-    return node.output[0] if node is not None else None
