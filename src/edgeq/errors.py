@@ -20,6 +20,9 @@ class EdgeqError(Exception):
     def __str__(self) -> str:
         return f"{self.message}. {self.hint}" if self.hint else self.message
 
+    def __reduce__(self):  # raised in a child process (edgeq.isolated), re-raised whole in the parent
+        return self.__class__, (self.message, self.hint)
+
 
 class RecipeError(EdgeqError):
     """The recipe file is missing, unparsable or does not match the schema."""

@@ -203,27 +203,36 @@ def run_build(plan: Plan, force: bool = False) -> BuildResult:
 
 
 def export_stage(plan: Plan, force: bool) -> StageResult:
-    from edgeq.export import export_onnx
-    from edgeq.export.check import check_export
+    from edgeq.isolated import run_isolated
 
     recipe, exp, task = plan.recipe, plan.recipe.export, plan.task
     check_samples = plan.validation_samples[:EXPORT_CHECK_SAMPLES]
-    seq = exp.sequence_length or 128
 
     def produce(folder: Path) -> dict:
-        model = export_onnx(plan.model_dir, folder, task.export_task, exp.opset, exp.batch_size,
-                            exp.sequence_length, recipe.model.trust_remote_code, exp.decoder)  # fmt: skip
-        trim_heap()  # the export's graph is on disk now: the check's PyTorch model need not sit on top of it
-        check = check_export(plan.model_dir, model, task, check_samples, seq, recipe.static_shapes,
-                             recipe.model.trust_remote_code)  # fmt: skip
+        check, peak = run_isolated(export_and_check, plan.model_dir, folder, task, exp, check_samples,
+                                   recipe.static_shapes, recipe.model.trust_remote_code)  # fmt: skip
         if check["cosine_min"] is None or check["cosine_min"] < 0.99:
             raise StageError(f"the exported ONNX model disagrees with PyTorch (cosine min {check['cosine_min']})")
         return {"source": recipe.model.source, "task": task.name, "task_reason": plan.task_reason,
-                "compared_output": task.compares, "export_check": check}  # fmt: skip
+                "compared_output": task.compares, "export_check": check, "child_peak_rss_mb": peak}  # fmt: skip
 
     key = {"model": plan.model_hash, "model_config": recipe.model.model_dump(mode="json"), "task": task.name,
            "export": exp.model_dump(mode="json"), "check_samples": [s.key() for s in check_samples]}  # fmt: skip
     return cached_stage(plan.out_dir / "fp32", "export", key, produce, force)
+
+
+def export_and_check(model_dir: Path, folder: Path, task, exp, check_samples: list, static: bool,
+                     trust_remote_code: bool) -> tuple[dict, float | None]:  # fmt: skip
+    """Export, then check the ONNX model against PyTorch; run in a child process (edgeq.isolated), so PyTorch and
+    its model never sit in the build's memory. Returns the check and the child's peak RSS."""
+    from edgeq.export import export_onnx
+    from edgeq.export.check import check_export
+
+    model = export_onnx(model_dir, folder, task.export_task, exp.opset, exp.batch_size, exp.sequence_length,
+                        trust_remote_code, exp.decoder)  # fmt: skip
+    trim_heap()  # the export's graph is on disk now: the check's PyTorch model need not sit on top of it
+    check = check_export(model_dir, model, task, check_samples, exp.sequence_length or 128, static, trust_remote_code)
+    return check, peak_rss_mb()
 
 
 def optimize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
@@ -454,7 +463,7 @@ def cached_stage(folder: Path, stage: str, key_material: dict, produce: Callable
     with atomic_dir(folder) as scratch:
         details = produce(scratch)
         seconds = time.perf_counter() - start
-        details["peak_rss_mb"] = peak_rss_mb()  # this stage's own high-water mark (the process's, off Linux)
+        details["peak_rss_mb"] = max(peak_rss_mb() or 0, details.get("child_peak_rss_mb") or 0) or None  # this stage's own
         record = {"stage": stage, "key": key, "seconds": round(seconds, 2), "details": details,
                   "files": {MODEL_FILE: sha256_file(scratch / MODEL_FILE)}}  # fmt: skip
         (scratch / STAGE_FILE).write_text(json.dumps(record, indent=2))

@@ -140,6 +140,8 @@ def render_markdown(report: dict) -> str:
         lines += ["", *mixed_precision_markdown(report["mixed_precision"])]
     if "profiles" in report:
         lines += ["", "## Profiles of the final model", "", profile_table(report["profiles"])]
+        if decoding := [p for p in report["profiles"] if "decode_tokens_per_s" in p]:
+            lines += ["", "Language model, batch 1 (latency above is one decoded token):", "", decode_table(decoding)]
     checks = [s for s in report["stages"] if "export_check" in s]
     if checks:
         c = checks[0]["export_check"]
@@ -284,6 +286,16 @@ def profile_table(profiles: list[dict]) -> str:
             for p in profiles]  # fmt: skip
     return table(["device", "mode", "runs", "min ms", "p50 ms", "p90 ms", "p99 ms", "per s", "load ms", "first ms",
                   "peak RSS MB", "top ops"], rows)  # fmt: skip
+
+
+def decode_table(profiles: list[dict]) -> str:
+    """Decode speed, time to first token and the decoding process's memory beside `edgeq plan`'s prediction."""
+    rows = [[p["device"], p["mode"], str(p["prompt_tokens"]), str(p["generated_tokens"]), f"{p['decode_tokens_per_s']:.1f}",
+             f"{p['ttft_ms']['p50']:.0f}", f"{p['peak_rss_mb']:.0f}",
+             f"{p['planned_bytes'] / 2**20:.0f} ({p['measured_over_planned']}x)" if "planned_bytes" in p else "—"]
+            for p in profiles]  # fmt: skip
+    return table(["device", "mode", "prompt tokens", "new tokens", "decode tokens/s", "TTFT p50 ms", "peak RSS MB",
+                  "edgeq plan MB (measured / planned)"], rows)  # fmt: skip
 
 
 def coverage_table(validations: list[dict]) -> str:

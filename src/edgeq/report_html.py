@@ -56,13 +56,17 @@ def _verdicts(report: dict) -> str:
         size = next((a for a in report["artifacts"] if a["name"] == v["artifact"]), {})
         metric = _headline(v["metrics"])
         latency = v.get("latency_ms") or {}
+        decoding = next((p for p in report.get("profiles", []) if p["device"] == v["device"] and "decode_tokens_per_s" in p), None)
+        speed = (f"<div>{decoding['decode_tokens_per_s']:.1f} tokens/s decoding, first token in "
+                 f"{decoding['ttft_ms']['p50']:.0f} ms</div>") if decoding else ""  # fmt: skip
         cards.append(
             f"<div class=card><div><b>{escape(v['device'])}</b> <span class=mode>{escape(v['mode'])}</span></div>"
             f"<div class={'pass' if v['passed'] else 'fail'}>{'PASSED' if v['passed'] else 'FAILED'}</div>"
             f"<div>artifact <b>{escape(v['artifact'])}</b> → <code>{escape(finals.get(v['device'], {}).get('path', report['final']))}</code></div>"
             f"<div>{escape(metric)}</div><div>size {size.get('size_bytes', 0) / 1e6:.1f} MB "
             f"({size.get('size_ratio', 0):.1%} of FP32)</div>"
-            f"<div>p50 {latency.get('p50', float('nan')):.2f} ms on {escape(v['provider'])}</div>"
+            f"<div>p50 {latency.get('p50', float('nan')):.2f} ms{' a prompt pass' if decoding else ''} on "
+            f"{escape(v['provider'])}</div>{speed}"
             + "".join(f"<div class=fail>{escape(f)}</div>" for f in v.get("failures", [])) + "</div>")  # fmt: skip
     return f"<h2>Verdict per target</h2><div class=cards>{''.join(cards)}</div>"
 
@@ -133,19 +137,24 @@ def _islands(report: dict) -> str:
 
 
 def _shapes(report: dict) -> str:
+    """The headline fidelity metric (a language model's KL, else cosine mean) per artifact, device and shape."""
+    found = [v for v in report["validations"] if v["artifact"] != "fp32"]
+    key = next((k for k in ("kl_divergence_mean", "cosine_mean") for v in found for s in v.get("shapes", [])
+                if isinstance(s["metrics"].get(k), (int, float))), None)  # fmt: skip
     groups = []
-    for v in report["validations"]:
-        if v["artifact"] == "fp32":
-            continue
+    for v in found:
         for shape in v.get("shapes", []):
-            value = shape["metrics"].get("cosine_mean")
+            value = shape["metrics"].get(key)
             if isinstance(value, (int, float)):
                 groups.append((f"{v['artifact']} · {v['device']} · {shape['shape']}", value,
                                PALETTE[len(groups) % len(PALETTE)],
-                               f"{v['artifact']} on {v['device']} ({v['mode']}) at {shape['shape']}: cosine mean "
-                               f"{value:.5f}, min {shape['metrics'].get('cosine_min', float('nan')):.5f}"))  # fmt: skip
+                               f"{v['artifact']} on {v['device']} ({v['mode']}) at {shape['shape']}: "
+                               f"{key.replace('_', ' ')} {value:.5f}"))  # fmt: skip
     if not groups:
         return ""
+    if key == "kl_divergence_mean":
+        return ("<h2>Fidelity per shape</h2><p class=note>KL divergence from FP32's next-token distribution, nats "
+                "per token (lower is better), at each deployment shape.</p>" + _hbars(groups))
     low = min(g[1] for g in groups)
     return ("<h2>Fidelity per shape</h2><p class=note>Cosine mean against FP32 at each deployment shape (the "
             f"validation entry's metrics are the worst of them).</p>{_hbars(groups, start=min(low - 0.002, 0.99))}")
@@ -158,14 +167,29 @@ def _latency(report: dict) -> str:
         if "p50" in lat:
             rows.append((f"{v['artifact']} · {v['device']} ({v['mode']})", lat.get("min", lat["p50"]), lat["p50"],
                          lat.get("p90", lat["p50"]), lat.get("p90", lat["p50"])))  # fmt: skip
+    decoding = [p for p in report.get("profiles", []) if "decode_tokens_per_s" in p]
     for p in report.get("profiles", []):
         lat = p["latency_ms"]
-        rows.append((f"profile {p['model']} · {p['device']} ({p['mode']})", lat["min"], lat["p50"], lat["p90"], lat["max"]))
+        if p in decoding:  # one prompt pass: beside the validation's prompt passes, on the same axis
+            ttft = p["ttft_ms"]
+            rows.append((f"profile {p['model']} · {p['device']} ({p['mode']}): prompt of {p['prompt_tokens']} tokens "
+                         "(time to first token)", ttft["p50"], ttft["p50"], ttft["p90"], ttft["p90"]))  # fmt: skip
+        else:
+            rows.append((f"profile {p['model']} · {p['device']} ({p['mode']})", lat["min"], lat["p50"], lat["p90"], lat["max"]))
     if not rows:
         return ""
-    return ("<h2>Latency per device</h2><p class=note>Each line spans min to max (validation: to p90), the box p50 "
-            "to p90, the tick p50, in ms on a log scale. Emulated latencies are the stand-in's, not the device's."
-            f"</p>{_ranges(rows)}")
+    what = "one prompt pass (a whole text)" if decoding else "one batch"
+    html = ("<h2>Latency per device</h2><p class=note>Time of " + what + ": each line spans min to max (validation: "
+            "to p90), the box p50 to p90, the tick p50, in ms on a log scale. Emulated latencies are the stand-in's, "
+            f"not the device's.</p>{_ranges(rows)}")  # fmt: skip
+    if decoding:
+        steps = [(f"{p['model']} · {p['device']} ({p['mode']})", p["latency_ms"]["min"], p["latency_ms"]["p50"],
+                  p["latency_ms"]["p90"], p["latency_ms"]["max"]) for p in decoding]  # fmt: skip
+        speeds = "; ".join(f"{escape(p['device'])}: {p['decode_tokens_per_s']:.1f} tokens/s decoding, time to first "
+                           f"token {p['ttft_ms']['p50']:.0f} ms, peak RSS {p['peak_rss_mb']:.0f} MB" for p in decoding)  # fmt: skip
+        html += ("<h2>Decoding, one token at a time</h2><p class=note>Time of one decoded token with the KV cache "
+                 f"(batch 1), ms on a log scale. {speeds}.</p>{_ranges(steps)}")
+    return html
 
 
 def _placement(report: dict) -> str:

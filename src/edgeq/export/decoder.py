@@ -119,7 +119,9 @@ class _DecoderGraph:
         self.layers = int(config["num_hidden_layers"])
         self.eps = float(config.get("rms_norm_eps", 1e-6))
         self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
+        # initializers go straight into the model's own graph: make_graph and make_model would copy every weight
+        # twice more (SmolLM2's export peaked at 3.7 GB that way)
+        self.model = onnx.ModelProto()
 
     def build(self, opset: int) -> onnx.ModelProto:
         lengths, total = self._mask_lengths()
@@ -206,7 +208,7 @@ class _DecoderGraph:
         return output
 
     def _init(self, name: str, value: np.ndarray) -> None:
-        self.inits.append(numpy_helper.from_array(value, name))
+        self.model.graph.initializer.append(numpy_helper.from_array(value, name))
 
     def _model(self, opset: int, tied: bool) -> onnx.ModelProto:
         cache = ["batch_size", self.kv_heads, "past_sequence_length", self.head_dim]
@@ -218,10 +220,13 @@ class _DecoderGraph:
             for kind in ("key", "value"):
                 inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, cache))
                 outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", TensorProto.FLOAT, present))
-        graph = helper.make_graph(self.nodes, "decoder", inputs, outputs, self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS_DOMAIN, 1)],
-                                  producer_name="edgeq")  # fmt: skip
-        model.ir_version = min(model.ir_version, 10)
+        model = self.model
+        model.graph.name = "decoder"
+        model.graph.node.extend(self.nodes)
+        model.graph.input.extend(inputs)
+        model.graph.output.extend(outputs)
+        model.opset_import.extend([helper.make_opsetid("", opset), helper.make_opsetid(MS_DOMAIN, 1)])
+        model.producer_name, model.ir_version = "edgeq", 10
         if tied:
             helper.set_model_props(model, {TIED_KEY: "/model/embed_tokens/Gather,/lm_head/MatMul"})
         return model

@@ -12,7 +12,7 @@ from edgeq.devices import DeviceProfile
 from edgeq.mixed_precision.assemble import assemble, has_token_mask
 from edgeq.mixed_precision.evaluate import FullEvaluator, Runner
 from edgeq.mixed_precision.islands import (LADDER, STATS_RUNGS, Island, build_candidates, find_islands, island_outputs,
-                                           matmul_inputs)
+                                           matmul_inputs, release_fp32_weights)
 from edgeq.mixed_precision.overrides import load_overrides, resolve, write_overrides
 from edgeq.mixed_precision.search import Budget, SearchResult, model_size, search
 from edgeq.mixed_precision.statistics import ActivationStats, StatisticsAccumulator
@@ -77,6 +77,8 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
         lowest = {i.name: next(r for r in ladder if r in i.candidates) for i in islands}
         full = FullEvaluator(job.task, job.validation_samples, job.inputs, job.device, job.shapes, fp32,
                              assemble(fp32, islands, lowest), job.whole_batches_only, proxy.shared)  # fmt: skip
+        if "fp32" not in ladder:  # FP32 runs from its session from here on; no assignment reads its island weights
+            release_fp32_weights(fp32, islands)
         result = search(fp32, fp32_size, islands, ladder, budget, proxy, full, cfg.measure_top)
         assignment = result.assignment
     model_path = job.out_folder / "model.onnx"

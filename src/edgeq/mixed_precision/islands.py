@@ -204,6 +204,21 @@ def matmul_inputs(model: onnx.ModelProto, islands: list[Island]) -> list[str]:
     return sorted({nodes[i.node_name].input[0] for i in islands if i.kind != "gather"})
 
 
+def release_fp32_weights(model: onnx.ModelProto, islands: list[Island]) -> int:
+    """Empty, in place, the FP32 weights of every island (and a tied lookup's table): once the FP32 session exists
+    and no island can be assigned fp32, no model assembled from `model` reads them, and they are the largest thing
+    the search holds in Python (650 MB for SmolLM2). Returns the bytes released."""
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    names = {i.weight for i in islands} | {nodes[i.tied].input[0] for i in islands if i.tied}
+    released = 0
+    for name in names:
+        released += len(inits[name].raw_data)
+        inits[name].ClearField("raw_data")
+        inits[name].ClearField("float_data")
+    return released
+
+
 def island_outputs(model: onnx.ModelProto, islands: list[Island]) -> dict[str, str]:
     """Each island's output tensor (by island name): what its precision changes first."""
     writes = {n.name: n.output[0] for n in model.graph.node}
