@@ -70,24 +70,52 @@ def check_headroom(config: dict, sequence_length: int, say) -> None:
         )
 
 
-def reset_peak_rss() -> None:
-    """Start a new high-water mark of this process's resident memory (Linux: clear_refs 5), so that the next
-    `peak_rss_mb` is one stage's own peak; elsewhere a no-op (the peak then covers the process so far)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
+class StagePeak:
+    """The highest resident memory of this process while a stage runs, sampled every 50 ms by a thread (VmRSS).
+    The process's own high-water mark (VmHWM) cannot be reset without also resetting what `/usr/bin/time -v`
+    reports, so a stage's peak is sampled; a spike shorter than a sample can be missed."""
+
+    def __init__(self, interval: float = 0.05):
+        import threading
+
+        self.interval, self.peak_kb = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> StagePeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_kb = max(self.peak_kb, _status_kb("VmRSS") or 0)
+
+    @property
+    def mb(self) -> float | None:
+        return round(self.peak_kb / 1024, 1) if self.peak_kb else None
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kb = max(self.peak_kb, _status_kb("VmRSS") or 0)
+            self._stop.wait(self.interval)
 
 
-def peak_rss_mb() -> float | None:
-    """This process's resident-memory high-water mark (VmHWM) since it started or `reset_peak_rss`."""
+def _status_kb(field: str) -> int | None:
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1])
     except OSError:
         pass
     return None
+
+
+def peak_rss_mb() -> float | None:
+    """This process's resident-memory high-water mark (VmHWM) since it started."""
+    found = _status_kb("VmHWM")
+    return round(found / 1024, 1) if found else None
 
 
 def trim_heap() -> None:

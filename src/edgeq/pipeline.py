@@ -24,7 +24,7 @@ from edgeq.artifact import copy_companions, sha256_file, sha256_tree
 from edgeq.atomic import atomic_dir, remove_leftovers
 from edgeq.devices import DeviceProfile, load_device
 from edgeq.errors import OutputError, StageError
-from edgeq.headroom import peak_rss_mb, reset_peak_rss, trim_heap
+from edgeq.headroom import StagePeak, peak_rss_mb, trim_heap
 from edgeq.progress import say
 from edgeq.quantize import check_against_device, quantization_scheme, resolve_op_types
 from edgeq.recipe import Recipe, load_recipe
@@ -363,17 +363,17 @@ def validate_stage(plan: Plan, models: dict[str, Path], reference: str, served: 
         f"{', '.join(task.shape_label(*s) for s in shapes)})")  # fmt: skip
     start = time.perf_counter()
     trim_heap()
-    reset_peak_rss()
     own_artifacts = {name for d in plan.devices if d.artifact != "recipe" for name in [served[d.id]]}
     results = []
-    for device in plan.devices:
-        if device.artifact == "recipe":
-            wanted = {n: p for n, p in models.items() if n not in own_artifacts}
-        else:
-            wanted = {n: p for n, p in models.items() if n in (reference, served[device.id])}
-        results += validate_models(wanted, reference, device, plan.validation_samples, inputs, task, shapes,
-                                   val.warmup, thresholds, plan.recipe.fixed_batch)  # fmt: skip
-    seconds, peak = time.perf_counter() - start, peak_rss_mb()
+    with StagePeak() as sampled:
+        for device in plan.devices:
+            if device.artifact == "recipe":
+                wanted = {n: p for n, p in models.items() if n not in own_artifacts}
+            else:
+                wanted = {n: p for n, p in models.items() if n in (reference, served[device.id])}
+            results += validate_models(wanted, reference, device, plan.validation_samples, inputs, task, shapes,
+                                       val.warmup, thresholds, plan.recipe.fixed_batch)  # fmt: skip
+    seconds, peak = time.perf_counter() - start, sampled.mb
     say(f"  validate: {seconds:.1f}s, peak RSS {peak or '?'} MB (measured now, never cached)")
     return StageResult("validate", None, None, seconds, False, {"validations": results, "peak_rss_mb": peak})
 
@@ -459,11 +459,11 @@ def cached_stage(folder: Path, stage: str, key_material: dict, produce: Callable
     say(f"▶ {stage} → {folder.name}/")
     start = time.perf_counter()
     trim_heap()
-    reset_peak_rss()
     with atomic_dir(folder) as scratch:
-        details = produce(scratch)
+        with StagePeak() as peak:
+            details = produce(scratch)
         seconds = time.perf_counter() - start
-        details["peak_rss_mb"] = max(peak_rss_mb() or 0, details.get("child_peak_rss_mb") or 0) or None  # this stage's own
+        details["peak_rss_mb"] = max(peak.mb or 0, details.get("child_peak_rss_mb") or 0) or None  # the stage's own
         record = {"stage": stage, "key": key, "seconds": round(seconds, 2), "details": details,
                   "files": {MODEL_FILE: sha256_file(scratch / MODEL_FILE)}}  # fmt: skip
         (scratch / STAGE_FILE).write_text(json.dumps(record, indent=2))

@@ -55,7 +55,16 @@ def build_report(plan, stages, final_artifact: str, total: float, finals: dict[s
         "finals": {device: {"artifact": served[device], "path": path} for device, path in (finals or {}).items()},
         "passed": all(v["passed"] for v in final_checks),
         "total_seconds": round(total, 2),
+        "peak_rss_mb": _build_peak_mb(stages),
     }
+
+
+def _build_peak_mb(stages) -> float | None:
+    """The build's peak resident memory: this process's high-water mark, or a child's (the export) when higher."""
+    from edgeq.headroom import peak_rss_mb
+
+    children = [s.details.get("child_peak_rss_mb") or 0 for s in stages if not s.cached]
+    return max([peak_rss_mb() or 0, *children]) or None
 
 
 def _mixed_precision(stages) -> dict | None:
@@ -92,7 +101,8 @@ def render_markdown(report: dict) -> str:
         "",
         f"Model `{recipe['model']['source']}` ({report.get('task', recipe['model']['task'])}), "
         f"final artifact **{report['final_artifact']}** → `{report['final']}`: "
-        f"**{'PASSED' if report['passed'] else 'FAILED'}** ({report['total_seconds']:.1f} s in all).",
+        f"**{'PASSED' if report['passed'] else 'FAILED'}** ({report['total_seconds']:.1f} s in all"
+        f"{f', peak RSS {peak:.0f} MB' if (peak := report.get('peak_rss_mb')) else ''}).",
         "",
         *_source_lines(report.get("model_source")),
         "## Stages",
