@@ -284,3 +284,73 @@ def test_a_decoder_genai_has_no_type_for_is_said_not_failed(tmp_path):
     assert unsupported(tmp_path) == "onnxruntime-genai has no decoder type for model_type 'falcon'"
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     assert unsupported(tmp_path) is None
+
+
+# ------------------------------------------------------------------ the fused decoder graph and the tied table
+def _decoder_logits(model_path, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    feed = {"input_ids": ids, "attention_mask": mask, "position_ids": np.maximum(np.cumsum(mask, 1) - 1, 0)}
+    for spec in session.get_inputs():
+        if spec.name.startswith("past_key_values"):
+            feed[spec.name] = np.zeros((ids.shape[0], spec.shape[1], 0, spec.shape[3]), np.float32)
+    names = {s.name for s in session.get_inputs()}
+    return session.run(["logits"], {k: v for k, v in feed.items() if k in names})[0]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_the_fused_decoder_graph_computes_what_optimums_trace_does(arch, tmp_path):
+    from edgeq.export import export_onnx
+
+    folder = make_decoder(tmp_path / arch, arch, tie_word_embeddings=arch == "llama")
+    fused = export_onnx(folder, tmp_path / "fused", "text-generation-with-past", 17, decoder="fused")
+    traced = export_onnx(folder, tmp_path / "traced", "text-generation-with-past", 17, decoder="traced")
+    ids = np.array([[5, 17, 99, 3, 42, 8], [7, 11, 64, 0, 0, 0]], np.int64)  # the second row right-padded
+    mask = (np.arange(6) < np.array([[6], [3]])).astype(np.int64)
+    a, b = _decoder_logits(fused, ids, mask), _decoder_logits(traced, ids, mask)
+    real = mask.astype(bool)
+    assert np.abs(a[real] - b[real]).max() < 1e-4 * max(1.0, np.abs(b[real]).max())
+    nodes = {name: len(onnx.load(str(p)).graph.node) for name, p in (("fused", fused), ("traced", traced))}
+    assert nodes["fused"] * 4 < nodes["traced"], nodes
+    assert not {"position_ids"} & {i.name for i in onnx.load(str(fused)).graph.input}
+
+
+def test_a_fused_graph_asked_of_a_model_it_cannot_write_is_one_error_line(run_cli, write_recipe, tmp_path):
+    folder = make_decoder(tmp_path / "gelu", "llama", hidden_act="gelu")
+    recipe = base_recipe(str(folder), model={"task": "text-generation"}, export={"decoder": "fused"},
+                         quantization={"mode": "int4", "op_types": ["MatMul"]})  # fmt: skip
+    line = one_error_line(run_cli("build", write_recipe(recipe)))
+    assert "export.decoder 'fused' cannot be written" in line and "hidden_act 'gelu'" in line
+
+
+def test_every_rung_of_a_tied_head_gives_its_lookup_and_shareable_ones_store_one_table(tmp_path):
+    import onnxruntime as ort
+
+    from edgeq.export.decoder import export_decoder
+    from edgeq.mixed_precision.assemble import assemble
+    from edgeq.mixed_precision.islands import build_candidates, find_islands
+
+    folder = make_decoder(tmp_path / "tied", "llama", tie_word_embeddings=True)
+    path = export_decoder(folder, tmp_path / "fp32" / "model.onnx", 17)
+    fp32 = onnx.load(str(path))
+    islands = find_islands(fp32, ["MatMul", "Gather"])
+    head = next(i for i in islands if i.tied)
+    assert head.name == "lm_head" and not [i for i in islands if i.kind == "gather"]
+    build_candidates(fp32, islands, ["int4", "int4o", "int8b", "int8", "fp16"], accuracy_level=4)
+    ids, mask = np.array([[5, 9, 11, 40]], np.int64), np.ones((1, 4), np.int64)
+    reference = _decoder_logits(path, ids, mask)
+    table_shape = [int(d) for d in next(t for t in fp32.graph.initializer if t.name == "model.embed_tokens.weight").dims]
+    for rung in ("int4", "int4o", "int8b", "int8", "fp16"):
+        model = assemble(fp32, islands, {**{i.name: "fp32" for i in islands}, head.name: rung})
+        out = tmp_path / rung / "model.onnx"
+        out.parent.mkdir()
+        onnx.save(model, str(out))
+        error = np.abs(_decoder_logits(out, ids, mask) - reference).max() / np.abs(reference).max()
+        assert error < {"int4": 0.2, "int4o": 0.2}.get(rung, 0.02), (rung, error)
+        lookup = next(n for n in model.graph.node if n.name == "/model/embed_tokens/Gather")
+        tables = [t for t in model.graph.initializer if t.dims and int(t.dims[0]) == table_shape[0]]
+        if rung in ("int4", "int4o", "int8b"):
+            assert lookup.op_type == "GatherBlockQuantized", rung
+            assert all(t.name.startswith("lm_head") for t in tables), (rung, [t.name for t in tables])  # the head's only
+        assert ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
