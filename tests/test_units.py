@@ -165,3 +165,19 @@ def test_eight_bit_simulation_requantizes_the_int32_bias_of_a_gemm_whose_input_c
 
     exact, eight = run(tmp_path / "f.onnx"), run(simulated)
     assert np.abs(eight - exact).max() < 0.2 * np.abs(exact).max()  # 8-bit error, not a bias off by ~256×
+
+
+def test_a_synthetic_kv_cache_starts_empty_with_the_configs_head_size(tmp_path):
+    """onnxruntime-genai's builder leaves the cache's head size free (`kv_cache_dim`): the profile's synthetic feed
+    takes it from the model's config, and starts the cache with no past positions."""
+    import json
+    from types import SimpleNamespace
+
+    from edgeq.profile.inputs import head_dim_near, synthetic_feed
+
+    (tmp_path / "genai_config.json").write_text(json.dumps({"model": {"decoder": {"head_size": 64}}}))
+    specs = [SimpleNamespace(name="input_ids", shape=["batch_size", "sequence_length"], type="tensor(int64)"),
+             SimpleNamespace(name="past_key_values.0.key", shape=["batch_size", 3, "past_sequence_length", "kv_cache_dim"],
+                             type="tensor(float)")]  # fmt: skip
+    feed = synthetic_feed(specs, 1, 16, 100, head_dim=head_dim_near(tmp_path / "model.onnx"))
+    assert feed["input_ids"].shape == (1, 16) and feed["past_key_values.0.key"].shape == (1, 3, 0, 64)

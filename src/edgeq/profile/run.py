@@ -15,7 +15,7 @@ import numpy as np
 from edgeq.artifact import load_onnx
 from edgeq.devices import DeviceProfile
 from edgeq.errors import DataError
-from edgeq.profile.inputs import synthetic_feed, vocab_size_near
+from edgeq.profile.inputs import head_dim_near, synthetic_feed, vocab_size_near
 from edgeq.profile.transport import LocalTransport, TransportError
 from edgeq.progress import say
 from edgeq.validate.sessions import Runtime, placement_from_trace, runtime_for
@@ -166,7 +166,7 @@ def _feed(model: Path, specs: list[InputSpec], batch_size: int, sequence_length:
             except ModelError:  # no tokenizer or image processor there
                 continue
     if inputs is None:
-        return synthetic_feed(specs, batch_size, sequence_length, vocab_size_near(model))
+        return synthetic_feed(specs, batch_size, sequence_length, vocab_size_near(model), head_dim=head_dim_near(model))
     with np.load(inputs) as data:
         missing = [s.name for s in specs if s.name not in data.files]
         if missing:

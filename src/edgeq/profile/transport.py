@@ -158,7 +158,10 @@ class SSHTransport:
 
 def _last_line(text: str) -> str:
     lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "no message"
+    if not lines:
+        return "no message"
+    last = lines[-1].strip()
+    return last if len(last) <= 600 else f"{last[:600]}… (cut at 600 characters)"
 
 
 class QemuTransport:
