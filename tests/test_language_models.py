@@ -131,6 +131,12 @@ def test_plan_for_a_7b_config_at_4096_tokens_in_8_gb(run_cli, tmp_path):
     assert abs(options["int4"]["weights_bytes"] / arithmetic - 1) < 0.02
     assert options["int4"]["kv_cache_bytes"] == 2 * 32 * 32 * 128 * 4096 * 2 and options["int4"]["kv_dtype"] == "float16"
     assert "int4" in result.output or out.is_file()
+    assert options["int4"]["prepacked_bytes"] == 0 and options["int4"]["runtime_bytes"] == 45 * 2**20  # an NPU: no MLAS
+    on_cpu = run_cli("plan", tmp_path, "--device", "raspberry-pi-5", "--context", "4096", "--json", out)
+    assert on_cpu.exit_code == 0, on_cpu.output
+    int4 = next(o for o in json.loads(out.read_text())["options"] if o["precision"] == "int4")
+    assert abs(int4["prepacked_bytes"] / (plan["model"]["parameters"] * 0.75) - 1) < 0.01
+    assert int4["total_bytes"] == sum(int4[k] for k in ("runtime_bytes", "weights_bytes", "prepacked_bytes", "kv_cache_bytes", "workspace_bytes"))
 
 
 def test_planted_projection_is_found_and_promoted(tmp_path, write_recipe):

@@ -388,7 +388,9 @@ def plan(models, device, context, memory_mb, json_file) -> None:
                    f"{m['kv_heads']} KV heads x {m['head_dim']}; {d['id']} with {d['memory_bytes'] / 2**30:.2f} GiB, "
                    f"context {entry['context']}")  # fmt: skip
         for o in entry["options"]:
-            click.echo(f"  {o['precision']:<5} weights {o['weights_bytes'] / 2**30:7.2f} GiB + KV ({o['kv_dtype']}) "
+            packed = f" + packed {o['prepacked_bytes'] / 2**30:.2f} GiB" if o["prepacked_bytes"] else ""
+            click.echo(f"  {o['precision']:<5} runtime {o['runtime_bytes'] / 2**30:.2f} GiB + weights "
+                       f"{o['weights_bytes'] / 2**30:7.2f} GiB{packed} + KV ({o['kv_dtype']}) "
                        f"{o['kv_cache_bytes'] / 2**30:6.2f} GiB + workspace {o['workspace_bytes'] / 2**30:5.2f} GiB = "
                        f"{o['total_bytes'] / 2**30:7.2f} GiB  {'fits' if o['fits'] else 'does not fit'}")  # fmt: skip
         click.echo(f"  largest that fits: {entry['largest_fitting'] or 'none'}")

@@ -387,20 +387,25 @@ def profile_stage(plan: Plan, finals: dict[str, Path]) -> StageResult:
     seq = cfg.sequence_length or plan.recipe.export.sequence_length or 128
     start = time.perf_counter()
     profiles = []
+    uniform = plan.out_dir / "int4" / MODEL_FILE  # a language model's uniform INT4: what `edgeq plan` predicts
     for device in plan.devices:
-        entry = profile_models([finals[device.id] / MODEL_FILE], device, default_transport(device), cfg.runs,
-                               cfg.min_seconds, cfg.warmup, sequence_length=seq, task=plan.task,
-                               new_tokens=cfg.new_tokens)  # fmt: skip
-        entry["model"] = f"{finals[device.id].name}/{MODEL_FILE}"
-        if plan.task.generates and entry.get("peak_rss_mb") and device.memory_mb:
-            entry.update(planned_beside_measured(plan.model_dir, device, seq + cfg.new_tokens, entry["peak_rss_mb"]))
-        profiles.append(entry)
+        models = [finals[device.id] / MODEL_FILE] + ([uniform] if plan.task.generates and uniform.is_file() else [])
+        found = profile_models(models, device, default_transport(device), cfg.runs, cfg.min_seconds, cfg.warmup,
+                               sequence_length=seq, task=plan.task, new_tokens=cfg.new_tokens)  # fmt: skip
+        for model, entry in zip(models, found["profiles"] if len(models) > 1 else [found]):
+            entry["model"] = f"{model.parent.name}/{MODEL_FILE}"
+            if plan.task.generates and entry.get("peak_rss_mb") and device.memory_mb:
+                entry.update(planned_beside_measured(plan.model_dir, device, seq + cfg.new_tokens, entry["peak_rss_mb"]))
+                entry["planned_is_same_precision"] = model == uniform
+            profiles.append(entry)
     return StageResult("profile", None, None, time.perf_counter() - start, False, {"profiles": profiles})
 
 
 def planned_beside_measured(model_dir: Path, device: DeviceProfile, context: int, peak_rss_mb: float) -> dict:
     """`edgeq plan`'s INT4 prediction for the same context beside the measured peak RSS of the decoding process, so
-    the planner is checked against a measurement in every build (the measurement includes Python and onnxruntime)."""
+    the planner is checked against a measurement in every build (the measurement includes Python and onnxruntime).
+    The build's uniform INT4 model is the like-for-like check; a mixed final carries 8-bit blocks and offsets the
+    INT4 plan does not."""
     from edgeq.plan import plan as plan_memory
 
     int4 = next(o for o in plan_memory(model_dir, device, context)["options"] if o["precision"] == "int4")

@@ -1,10 +1,14 @@
 """Memory planner for language models: from config.json alone (no weights), what each precision needs on a
 device at a context length, and which fits.
 
-    memory = weights + KV cache + workspace
+    memory = runtime + weights + prepacked + KV cache + workspace
+    runtime  = the inference process before it loads a model (`runtime_mb` in the device profile; default: a
+               Python process with numpy and onnxruntime imported, 45 MiB measured on x86-64 Linux)
     weights  = parameters × bytes per weight in edgeq's formats (scales included):
                fp32 4, fp16 2, int8 1 + a 4-byte scale per output channel, int4 0.5 + a 4-byte scale and a 4-bit
                zero point per block of 32 (MatMulNBits, GatherBlockQuantized)
+    prepacked = on onnxruntime's CPU EP, MLAS keeps its own packed copy of 4-bit weights beside the file's
+               (codes, and a scale and a block sum per block of 32: 0.75 bytes per weight); 0 elsewhere
     KV cache = 2 × layers × kv_heads × head_dim × context × bytes of the KV dtype the device's runtime keeps
     workspace = one prefill chunk of min(context, 512) tokens: its logits and hidden activations, and one
                layer's attention scores against the whole context (the export's attention is not fused)
@@ -20,6 +24,8 @@ from edgeq.errors import DeviceError, ModelError
 
 BLOCK = 32
 PREFILL_CHUNK = 512
+RUNTIME_MB = 45  # python + numpy + onnxruntime imported, before a model: VmRSS measured on x86-64 Linux
+PACKED_INT4 = 0.5 + 8 / BLOCK  # MLAS's packed 4-bit weights: codes, and a float scale and block sum per block
 KV_BYTES = {"float32": 4, "float16": 2}
 
 
@@ -88,6 +94,11 @@ def kv_cache_bytes(shape: Shape, context: int, dtype: str, batch: int = 1) -> in
     return 2 * shape.layers * shape.kv_heads * shape.head_dim * context * KV_BYTES[dtype] * batch
 
 
+def prepacked_bytes(shape: Shape, precision: str, device) -> int:
+    cpu = device.execution_provider.name == "CPUExecutionProvider"
+    return int(shape.matmul_parameters * PACKED_INT4) if cpu and precision == "int4" else 0
+
+
 def workspace_bytes(shape: Shape, context: int) -> int:
     chunk = min(context, PREFILL_CHUNK)
     activations = chunk * (shape.vocab + 4 * shape.hidden + 3 * shape.intermediate) * 4
@@ -107,11 +118,14 @@ def plan(model: str | Path, device, context: int, memory_mb: int | None = None) 
         raise DeviceError(f"device '{device.id}' has no memory facts (memory_mb)", "Pass --memory-mb N")
     memory = memory_mb * 1024 * 1024
     kv_dtype = device.kv_cache_dtype
+    runtime = int((device.runtime_mb if device.runtime_mb is not None else RUNTIME_MB) * 2**20)
     options = []
     for precision in ("fp32", "fp16", "int8", "int4"):
         weights, kv, work = weight_bytes(shape, precision), kv_cache_bytes(shape, context, kv_dtype), workspace_bytes(shape, context)
-        total = weights + kv + work
-        options.append({"precision": precision, "weights_bytes": weights, "kv_cache_bytes": kv, "kv_dtype": kv_dtype,
+        packed = prepacked_bytes(shape, precision, device)
+        total = runtime + weights + packed + kv + work
+        options.append({"precision": precision, "weights_bytes": weights, "prepacked_bytes": packed,
+                        "runtime_bytes": runtime, "kv_cache_bytes": kv, "kv_dtype": kv_dtype,
                         "workspace_bytes": work, "total_bytes": total, "fits": total <= memory})  # fmt: skip
     fitting = [o["precision"] for o in options if o["fits"]]
     return {

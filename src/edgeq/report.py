@@ -300,11 +300,11 @@ def profile_table(profiles: list[dict]) -> str:
 
 def decode_table(profiles: list[dict]) -> str:
     """Decode speed, time to first token and the decoding process's memory beside `edgeq plan`'s prediction."""
-    rows = [[p["device"], p["mode"], str(p["prompt_tokens"]), str(p["generated_tokens"]), f"{p['decode_tokens_per_s']:.1f}",
+    rows = [[p["model"], p["device"], p["mode"], str(p["prompt_tokens"]), str(p["generated_tokens"]), f"{p['decode_tokens_per_s']:.1f}",
              f"{p['ttft_ms']['p50']:.0f}", f"{p['peak_rss_mb']:.0f}",
              f"{p['planned_bytes'] / 2**20:.0f} ({p['measured_over_planned']}x)" if "planned_bytes" in p else "—"]
             for p in profiles]  # fmt: skip
-    return table(["device", "mode", "prompt tokens", "new tokens", "decode tokens/s", "TTFT p50 ms", "peak RSS MB",
+    return table(["model", "device", "mode", "prompt tokens", "new tokens", "decode tokens/s", "TTFT p50 ms", "peak RSS MB",
                   "edgeq plan MB (measured / planned)"], rows)  # fmt: skip
 
 

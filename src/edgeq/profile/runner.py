@@ -125,6 +125,9 @@ def measure(job):
             break
         if elapsed >= job.get("max_seconds", 3600):
             break
+    peak = peak_rss_mb()  # the timed runs' peak: the profiling sessions below load every model once more
+    providers = [session.get_providers() for session in sessions]
+    del session, sessions[:]
     traces = []
     for index, (model, feed) in enumerate(zip(job["models"], feeds)):
         session = make(model, profile_prefix="trace_%d" % index)
@@ -134,12 +137,12 @@ def measure(job):
     return {
         "models": [
             {"load_ms": load_ms[i], "first_run_ms": first_ms[i], "timings_ms": records[i]["timings"],
-             "trace": traces[i], "providers": sessions[i].get_providers(),
+             "trace": traces[i], "providers": providers[i],
              **({"generation": {k: records[i][k] for k in ("ttft_ms", "decode_tokens_per_s")}} if job.get("generation") else {})}
-            for i in range(len(sessions))
+            for i in range(len(providers))
         ],
         "seconds": time.perf_counter() - started,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak,
         "environment": environment(job),
     }
 
