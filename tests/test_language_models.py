@@ -131,7 +131,7 @@ def test_plan_for_a_7b_config_at_4096_tokens_in_8_gb(run_cli, tmp_path):
     assert abs(options["int4"]["weights_bytes"] / arithmetic - 1) < 0.02
     assert options["int4"]["kv_cache_bytes"] == 2 * 32 * 32 * 128 * 4096 * 2 and options["int4"]["kv_dtype"] == "float16"
     assert "int4" in result.output or out.is_file()
-    assert options["int4"]["prepacked_bytes"] == 0 and options["int4"]["runtime_bytes"] == 45 * 2**20  # an NPU: no MLAS
+    assert options["int4"]["prepacked_bytes"] == 0 and options["int4"]["runtime_bytes"] == 55 * 2**20  # an NPU: no MLAS
     on_cpu = run_cli("plan", tmp_path, "--device", "raspberry-pi-5", "--context", "4096", "--json", out)
     assert on_cpu.exit_code == 0, on_cpu.output
     int4 = next(o for o in json.loads(out.read_text())["options"] if o["precision"] == "int4")

@@ -87,7 +87,8 @@ class DeviceProfile(Strict):
     memory_mb: int | None = Field(default=None, ge=1, description="The device's total memory (RAM), for `edgeq plan`.")
     runtime_mb: float | None = Field(
         default=None, ge=0, description="Resident memory of the inference process before it loads a model, for `edgeq "
-        "plan`. Unset: 45 MiB, a Python process with numpy and onnxruntime imported (measured on x86-64 Linux).",
+        "plan`. Unset: 55 MiB, a Python process with numpy and onnxruntime imported and one session's fixed cost "
+        "(measured on x86-64 Linux).",
     )
     kv_cache_dtype: Literal["float32", "float16"] = Field(
         default="float32", description="The type the device's runtime keeps a language model's KV cache in "

@@ -390,9 +390,9 @@ def profile_stage(plan: Plan, finals: dict[str, Path]) -> StageResult:
     uniform = plan.out_dir / "int4" / MODEL_FILE  # a language model's uniform INT4: what `edgeq plan` predicts
     for device in plan.devices:
         models = [finals[device.id] / MODEL_FILE] + ([uniform] if plan.task.generates and uniform.is_file() else [])
-        found = profile_models(models, device, default_transport(device), cfg.runs, cfg.min_seconds, cfg.warmup,
-                               sequence_length=seq, task=plan.task, new_tokens=cfg.new_tokens)  # fmt: skip
-        for model, entry in zip(models, found["profiles"] if len(models) > 1 else [found]):
+        for model in models:  # one process each: a process's peak RSS is its one model's
+            entry = profile_models([model], device, default_transport(device), cfg.runs, cfg.min_seconds, cfg.warmup,
+                                   sequence_length=seq, task=plan.task, new_tokens=cfg.new_tokens)  # fmt: skip
             entry["model"] = f"{model.parent.name}/{MODEL_FILE}"
             if plan.task.generates and entry.get("peak_rss_mb") and device.memory_mb:
                 entry.update(planned_beside_measured(plan.model_dir, device, seq + cfg.new_tokens, entry["peak_rss_mb"]))

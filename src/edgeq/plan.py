@@ -2,8 +2,10 @@
 device at a context length, and which fits.
 
     memory = runtime + weights + prepacked + KV cache + workspace
-    runtime  = the inference process before it loads a model (`runtime_mb` in the device profile; default: a
-               Python process with numpy and onnxruntime imported, 45 MiB measured on x86-64 Linux)
+    runtime  = the inference process before any weight (`runtime_mb` in the device profile; default 55 MiB: a
+               Python process with numpy and onnxruntime imported, 45 MiB, plus what one session costs before any
+               weight, its thread pools, allocator arena and kernels, 10 MiB; both measured on x86-64 Linux, the
+               second with a one-node model)
     weights  = parameters × bytes per weight in edgeq's formats (scales included):
                fp32 4, fp16 2, int8 1 + a 4-byte scale per output channel, int4 0.5 + a 4-byte scale and a 4-bit
                zero point per block of 32 (MatMulNBits, GatherBlockQuantized)
@@ -24,7 +26,7 @@ from edgeq.errors import DeviceError, ModelError
 
 BLOCK = 32
 PREFILL_CHUNK = 512
-RUNTIME_MB = 45  # python + numpy + onnxruntime imported, before a model: VmRSS measured on x86-64 Linux
+RUNTIME_MB = 55  # imports (45 MiB) + a session with no weights (10 MiB): VmRSS measured on x86-64 Linux
 PACKED_INT4 = 0.5 + 8 / BLOCK  # MLAS's packed 4-bit weights: codes, and a float scale and block sum per block
 KV_BYTES = {"float32": 4, "float16": 2}
 
