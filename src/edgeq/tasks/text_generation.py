@@ -249,8 +249,10 @@ def greedy(session, inputs: DecoderInputs, prompt: np.ndarray, steps: int, on_to
 
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
-    same = np.asarray(a) == np.asarray(b)
-    return int(same.argmin()) if not same.all() else len(same)
+    """Tokens the two continuations share from the start (one may have stopped early, at an end-of-text token)."""
+    n = min(len(a), len(b))
+    same = np.asarray(a)[:n] == np.asarray(b)[:n]
+    return int(same.argmin()) if not same.all() else n
 
 
 def _finite(value) -> float | None:
