@@ -34,6 +34,8 @@ def test_llm_recipe_reports_the_language_model_metrics(lm_build):
     profile = next(p for p in report["profiles"] if p["device"] == "x86-avx2")
     assert profile["decode_tokens_per_s"] > 0 and profile["ttft_ms"]["p50"] > 0 and profile["generated_tokens"] == 32
     assert profile["planned_bytes"] > 0 and profile["measured_over_planned"] > 0  # the planner beside the measurement
+    uniform = next(p for p in report["profiles"] if p["device"] == "x86-avx2" and p["model"] == "int4/model.onnx")
+    assert uniform["planned_is_same_precision"] and not profile["planned_is_same_precision"]  # the like-for-like row
 
 
 def test_mixed_precision_beats_uniform_int4_within_its_byte_budget(lm_build):
