@@ -99,7 +99,7 @@ def test_yaml_tags_that_construct_objects_are_refused_and_nothing_runs(run_cli, 
     path = write_recipe(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
     result = run_cli("build", path)
     assert_error(result, f"Error: recipe '{path}' line 1: YAML tag not allowed (could not determine a constructor "
-                         "for the tag 'tag:yaml.org,2002:python/object/apply:os.system'). Recipes are plain data; "
+                         "for the tag 'tag:yaml.org,2002:python/object/apply:os.system'). A recipe is plain data; "
                          "tags that construct objects are refused and nothing was run")  # fmt: skip
     assert not marker.exists()
 
@@ -166,6 +166,19 @@ def test_device_constraint_is_checked_before_any_work(run_cli, write_recipe, tmp
     assert_error(result, "Error: quantization.per_channel: device 'per-tensor-npu' allows only per-tensor weight "
                          "scales. Set per_channel: false")  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+def test_a_broken_device_profile_is_named_as_one(run_cli, tmp_path, monkeypatch):
+    devices = tmp_path / "devices"
+    devices.mkdir()
+    (devices / "my-board.yaml").write_text("id: my-board\ndescription: a board\ndevice_class: [cpu\n")
+    monkeypatch.setenv("EDGEQ_DEVICES_PATH", str(devices))
+    result = run_cli("devices", "show", "my-board")
+    assert result.exit_code == 1 and result.stderr.startswith(
+        f"Error: device profile '{devices / 'my-board.yaml'}' line 4: cannot parse YAML")  # fmt: skip
+    (devices / "my-board.yaml").write_text("- a list\n")
+    assert_error(run_cli("devices", "show", "my-board"),
+                 f"Error: device profile '{devices / 'my-board.yaml'}': the top level must be a mapping of keys")
 
 
 def test_usage_error_exits_2(run_cli):

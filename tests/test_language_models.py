@@ -139,6 +139,64 @@ def test_plan_for_a_7b_config_at_4096_tokens_in_8_gb(run_cli, tmp_path):
     assert int4["total_bytes"] == sum(int4[k] for k in ("runtime_bytes", "weights_bytes", "prepacked_bytes", "kv_cache_bytes", "workspace_bytes"))
 
 
+def _plan(run_cli, tmp_path, *args) -> dict:
+    out = tmp_path / "plan.json"
+    result = run_cli("plan", *args, "--json", out)
+    assert result.exit_code == 0, result.output + result.stderr
+    return json.loads(out.read_text())
+
+
+def test_the_plan_gives_each_precision_its_longest_context_and_the_kv_dtype_its_bytes(run_cli, tmp_path):
+    from edgeq.devices import load_device
+    from edgeq.plan import model_shape, read_config, total_bytes
+
+    config = ROOT / "examples" / "configs" / "llama-2-7b"
+    fp32 = _plan(run_cli, tmp_path, config, "--device", "raspberry-pi-5", "--context", "4096")
+    int8 = _plan(run_cli, tmp_path, config, "--device", "raspberry-pi-5", "--context", "4096", "--kv-dtype", "int8")
+    shape, pi = model_shape(read_config(config)), load_device("raspberry-pi-5")
+    for plan, kv in ((fp32, "float32"), (int8, "int8")):
+        assert plan["kv_dtype"] == kv
+        for option in plan["options"]:
+            longest = option["max_context"]  # the longest that fits: one token more does not
+            if longest:
+                assert total_bytes(shape, option["precision"], pi, longest, kv) <= plan["device"]["memory_bytes"]
+            if option["max_context_limited_by"] == "memory":
+                assert total_bytes(shape, option["precision"], pi, longest + 1, kv) > plan["device"]["memory_bytes"]
+            else:
+                assert longest == 4096  # Llama-2's max_position_embeddings
+            assert option["fits"] == (longest >= 4096)
+    for a, b in zip(fp32["options"], int8["options"]):
+        assert a["kv_cache_bytes"] == 4 * b["kv_cache_bytes"] == 2 * 32 * 32 * 128 * 4096 * 4
+        assert b["max_context"] >= a["max_context"]
+    assert fp32["largest_fitting"] is None and int8["largest_fitting"] == "int8"
+
+
+def test_the_plan_counts_what_the_model_is(run_cli, tmp_path):
+    gemma = {"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], "vocab_size": 262144,
+             "hidden_size": 640, "intermediate_size": 2048, "num_hidden_layers": 18, "num_attention_heads": 4,
+             "num_key_value_heads": 1, "head_dim": 256, "max_position_embeddings": 32768, "sliding_window": 512,
+             "layer_types": ["sliding_attention"] * 5 + ["full_attention"] + ["sliding_attention"] * 5
+                            + ["full_attention"] + ["sliding_attention"] * 5 + ["full_attention"]}  # fmt: skip
+    (tmp_path / "gemma").mkdir()
+    (tmp_path / "gemma" / "config.json").write_text(json.dumps(gemma))  # no tie_word_embeddings: tied
+    plan = _plan(run_cli, tmp_path, tmp_path / "gemma", "--memory-mb", "2048", "--context", "8192")
+    assert plan["model"]["tied_embeddings"] and "default" in plan["model"]["tied_embeddings_from"]
+    assert abs(plan["model"]["parameters"] / 0.268e9 - 1) < 0.01  # Gemma 3 270M's count, not 0.436 B
+    assert plan["model"]["sliding_window"] == {"window": 512, "layers": 15}
+    for option in plan["options"]:
+        windowed = option["windowed_runtime"]  # 3 of 18 layers keep 8192 tokens, 15 keep their 512
+        assert windowed["kv_cache_bytes"] * 18 * 8192 == option["kv_cache_bytes"] * (3 * 8192 + 15 * 512)
+        assert windowed["max_context"] >= option["max_context"]
+    llama = json.loads((ROOT / "examples" / "configs" / "llama-2-7b" / "config.json").read_text())
+    llama.pop("tie_word_embeddings", None)
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps(llama))  # LlamaConfig's default: untied
+    assert _plan(run_cli, tmp_path, tmp_path / "llama", "--device", "snapdragon-8-gen-3")["model"]["parameters"] == 6_738_415_616
+    ranked = _plan(run_cli, tmp_path, tmp_path / "gemma", tmp_path / "llama", "--device", "raspberry-pi-5",
+                   "--context", "1024")["comparison"]  # fmt: skip
+    assert [r["rank"] for r in ranked["models"]] == [1, 2] and ranked["models"][0]["model"] == str(tmp_path / "llama")
+
+
 def test_planted_projection_is_found_and_promoted(tmp_path, write_recipe):
     model = make_decoder(tmp_path / "planted", "llama", seed=1, planted=True)
     recipe = base_recipe(str(model), model={"task": "text-generation"},
@@ -208,3 +266,26 @@ def test_architecture_the_exporter_does_not_support(run_cli, write_recipe, tmp_p
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("Error: the ONNX exporter (optimum) has no text-generation-with-past export for "
                            "model_type 'xlnet'. Supported: ") and "llama" in line and "qwen2" in line  # fmt: skip
+
+
+def test_an_int4_build_keeps_library_logging_in_its_log_file(write_recipe, tmp_path):
+    """onnxruntime's 4-bit quantizer logs a line per node at INFO: the terminal shows edgeq's stage lines only, and
+    build.log holds everything (a fresh process, as a user runs it: the quantizer's logging is set up at import)."""
+    import os
+    import subprocess
+    import sys
+
+    model = make_decoder(tmp_path / "model", "llama")
+    recipe = base_recipe(str(model), model={"task": "text-generation"},
+                         quantization={"mode": "int4", "block_size": 32, "op_types": ["MatMul", "Gather"]},
+                         validation={"samples": 4, "thresholds": {"cosine_mean": None}})  # fmt: skip
+    out = tmp_path / "build"
+    env = {k: v for k, v in os.environ.items() if k != "EDGEQ_QUIET"}  # the terminal a user sees
+    done = subprocess.run([sys.executable, "-m", "edgeq.cli", "build", str(write_recipe(recipe)), "-o", str(out)],
+                          capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    assert done.returncode in (0, 3), done.stderr
+    assert "[INFO]" not in done.stderr and "matmul_nbits" not in done.stderr and "Warning" not in done.stderr
+    assert "▶ quantize → int4/" in done.stderr and "validate:" in done.stderr
+    log = (out / "build.log").read_text()
+    assert "onnxruntime.quantization.matmul_nbits_quantizer [INFO]" in log and "▶ quantize → int4/" in log
+    assert json.loads((out / "report.json").read_text())["log_file"] == "build.log"

@@ -39,6 +39,51 @@ def test_init_then_build_for_every_task(task, run_cli, tmp_path):
     assert "## Validations" not in built.output  # a summary, not the Markdown report
 
 
+# Models whose position table is under edgeq's default length of 128 tokens (CamemBERT's 80 positions take 78
+# tokens: RoBERTa-style position ids start after the padding id).
+SHORT_MODELS = [("squeezebert", 64, 64), ("mobilebert", 64, 64), ("roformer", 64, 64), ("camembert", 80, 78)]
+
+
+@pytest.mark.parametrize("arch,positions,tokens", SHORT_MODELS)
+def test_init_recipes_fit_a_model_with_a_short_position_table(arch, positions, tokens, run_cli, tmp_path):
+    model = make_text_model(tmp_path / "model", arch, "text-classification", positions=positions)
+    recipe = tmp_path / "recipe.yaml"
+    assert run_cli("init", model, "--device", "x86-avx2", "-o", recipe).exit_code == 0
+    built = run_cli("build", recipe, "-o", tmp_path / "build")
+    assert built.exit_code == 0, built.output + built.stderr
+    report = json.loads((tmp_path / "build" / "report.json").read_text())
+    assert report["default_sequence_length"]["tokens"] == tokens
+    assert f"position table ({tokens} tokens)" in report["default_sequence_length"]["from"]
+    assert {s["sequence_length"] for v in report["validations"] for s in v["shapes"]} == {tokens}
+
+
+def test_a_recipe_without_lengths_fits_the_model_and_an_explicit_length_over_it_is_an_error(write_recipe, run_cli,
+                                                                                              tmp_path):  # fmt: skip
+    model = make_text_model(tmp_path / "model", "squeezebert", "feature-extraction", positions=64)
+    recipe = {"name": "short", "model": {"source": str(model)},
+              "quantization": {"mode": "static", "calibration": {"data": {"path": "data/calibration.txt"}, "samples": 8}},
+              "validation": {"data": {"path": "data/validation.txt"}, "samples": 8},
+              "profile": {"runs": 2, "min_seconds": 0}, "targets": ["x86-avx2"]}  # fmt: skip
+    built = run_cli("build", write_recipe(recipe), "-o", tmp_path / "build")
+    assert built.exit_code == 0, built.output + built.stderr
+    log = (tmp_path / "build" / "build.log").read_text()  # edgeq's terminal lines, kept in the build's log
+    assert "sequence length where the recipe sets none: 64 tokens (the model's position table" in log
+    report = json.loads((tmp_path / "build" / "report.json").read_text())
+    assert report["profiles"][0]["sequence_length"] == 64
+    recipe["validation"]["sequence_length"] = 65
+    refused = run_cli("build", write_recipe(recipe), "-o", tmp_path / "refused")
+    assert refused.exit_code == 1 and not (tmp_path / "refused").exists()
+    assert refused.stderr.strip() == ("Error: validation.sequence_length: 65 tokens is over the model's "
+                                      "max_position_embeddings (64). Use at most 64")  # fmt: skip
+
+
+def test_a_fixed_shape_starter_recipe_takes_the_model_s_length(run_cli, tmp_path):
+    model = make_text_model(tmp_path / "model", "camembert", "text-classification", positions=80)
+    recipe = tmp_path / "recipe.yaml"
+    assert run_cli("init", model, "--device", "pixel-8", "-o", recipe).exit_code == 0
+    assert yaml.safe_load(recipe.read_text())["export"]["sequence_length"] == 78
+
+
 def test_build_with_model_and_device_keeps_the_recipe_it_used(run_cli, tmp_path):
     model = make_text_model(tmp_path / "model", "distilbert", "text-classification")
     result = run_cli("build", "--model", model, "--device", "pixel-8", "-o", tmp_path / "build")

@@ -137,3 +137,30 @@ def test_devices_are_resources_and_bad_sweeps_are_one_line(run_cli, tmp_path):
     result = run_cli("sweep", tmp_path / "sweep.yaml")
     assert result.stderr.strip() == (f"Error: sweep '{tmp_path / 'sweep.yaml'}': key 'devices': unknown key. "
                                      "Keys: name, recipes, targets, grid")  # fmt: skip
+
+
+def test_a_sweep_checks_every_cell_before_ray_starts(run_cli, write_recipe, tiny_bert, tmp_path, monkeypatch):
+    import ray
+
+    write_recipe({"name": "r", "model": {"source": str(tiny_bert)}, "quantization": {"mode": "dynamic"},
+                  "validation": {"data": {"path": "data/validation.txt"}, "samples": 4}, "targets": ["x86-avx2"]},
+                 "r.yaml")  # fmt: skip
+    def never(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(ray, "init", never)
+    out = tmp_path / "out"
+
+    def sweep(grid: dict):
+        (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"name": "s", "recipes": ["r.yaml"], "grid": grid}))
+        return run_cli("sweep", tmp_path / "sweep.yaml", "-o", out)
+
+    result = sweep({"quantization.per_chanel": [True, False]})
+    assert result.exit_code == 1 and not out.exists()
+    assert result.stderr.strip() == (f"Error: sweep '{tmp_path / 'sweep.yaml'}': grid key 'quantization.per_chanel': "
+                                     "unknown recipe key 'quantization.per_chanel'. Did you mean "
+                                     "'quantization.per_channel'?")  # fmt: skip
+    result = sweep({"quantization.mode": ["dynamic", "int3"]})
+    assert result.exit_code == 1 and not out.exists() and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(f"Error: sweep '{tmp_path / 'sweep.yaml'}': the cell r on x86-avx2, "
+                                    "quantization.mode='int3': key 'quantization.mode': Input should be")  # fmt: skip

@@ -13,7 +13,7 @@ TEST_DATA = Path(__file__).resolve().parents[1] / "recipes" / "data"  # the labe
 TEXT_LABELS = ["negative", "neutral", "positive"]
 ENTITY_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 IMAGE_LABELS = ["astronaut", "cat", "coffee", "rocket"]
-WORDPIECE = {"bert", "distilbert", "electra", "mobilebert", "mpnet"}
+WORDPIECE = {"bert", "distilbert", "electra", "mobilebert", "mpnet", "squeezebert", "roformer"}
 TEXT_ARCHITECTURES = ("bert", "distilbert", "roberta", "xlm-roberta", "albert", "electra", "mpnet", "deberta-v2",
                       "mobilebert")  # fmt: skip
 VISION_ARCHITECTURES = ("vit", "deit", "swin")
@@ -75,14 +75,16 @@ def save_tokenizer(arch: str, folder: Path) -> dict:
         vocab = folder / "vocab.txt"
         vocab.write_text("\n".join(_vocabulary(special)) + "\n")
         cls = {"bert": "BertTokenizerFast", "distilbert": "DistilBertTokenizerFast", "electra": "ElectraTokenizerFast",
-               "mobilebert": "MobileBertTokenizerFast", "mpnet": "MPNetTokenizerFast"}[arch]  # fmt: skip
+               "mobilebert": "MobileBertTokenizerFast", "mpnet": "MPNetTokenizerFast",
+               "squeezebert": "SqueezeBertTokenizerFast",
+               "roformer": "BertTokenizerFast"}[arch]  # RoFormer's own needs rjieba (Chinese); same WordPiece  # fmt: skip
         tokenizer = getattr(transformers, cls)(vocab_file=str(vocab), do_lower_case=True)
     elif arch == "roberta":
         raw = _with_template(_trained("bpe", ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]), "<s>", "</s>", "</s> </s>")
         tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>",
                                                          cls_token="<s>", sep_token="</s>", pad_token="<pad>",
                                                          unk_token="<unk>", mask_token="<mask>")  # fmt: skip
-    elif arch == "xlm-roberta":
+    elif arch in ("xlm-roberta", "camembert"):
         raw = _with_template(_trained("unigram", ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]), "<s>", "</s>", "</s> </s>")
         tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>",
                                                          cls_token="<s>", sep_token="</s>", pad_token="<pad>",
@@ -96,16 +98,19 @@ def save_tokenizer(arch: str, folder: Path) -> dict:
     return {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
 
 
-def text_config(arch: str, vocab: dict, labels: list[str] | None):
+def text_config(arch: str, vocab: dict, labels: list[str] | None, positions: int = 160):
     import transformers
 
-    small = dict(vocab_size=vocab["vocab_size"], pad_token_id=vocab["pad_token_id"], max_position_embeddings=160)
+    small = dict(vocab_size=vocab["vocab_size"], pad_token_id=vocab["pad_token_id"], max_position_embeddings=positions)
     layers = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
     configs = {
         "bert": lambda: transformers.BertConfig(**small, **layers),
         "distilbert": lambda: transformers.DistilBertConfig(**small, dim=64, n_layers=2, n_heads=4, hidden_dim=128),
         "roberta": lambda: transformers.RobertaConfig(**small, **layers, bos_token_id=0, eos_token_id=2, type_vocab_size=1),
         "xlm-roberta": lambda: transformers.XLMRobertaConfig(**small, **layers, bos_token_id=0, eos_token_id=2, type_vocab_size=1),
+        "camembert": lambda: transformers.CamembertConfig(**small, **layers, bos_token_id=0, eos_token_id=2, type_vocab_size=1),
+        "squeezebert": lambda: transformers.SqueezeBertConfig(**small, **layers, embedding_size=64),
+        "roformer": lambda: transformers.RoFormerConfig(**small, **layers, embedding_size=64),
         "albert": lambda: transformers.AlbertConfig(**small, **layers, embedding_size=32),
         "electra": lambda: transformers.ElectraConfig(**small, **layers, embedding_size=32),
         "mpnet": lambda: transformers.MPNetConfig(**small, **layers),
@@ -127,13 +132,15 @@ HEADS = {"feature-extraction": "AutoModel", "text-classification": "AutoModelFor
 TASK_LABELS = {"text-classification": TEXT_LABELS, "token-classification": ENTITY_LABELS}
 
 
-def make_text_model(folder: Path, arch: str, task: str, seed: int = 0) -> Path:
+def make_text_model(folder: Path, arch: str, task: str, seed: int = 0, positions: int = 160) -> Path:
+    """A tiny `arch` model for `task`; `positions` is its max_position_embeddings (the longest text it takes;
+    RoBERTa-style models reserve pad_token_id + 1 of them)."""
     import torch
     import transformers
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = save_tokenizer(arch, folder)
-    config = text_config(arch, vocab, TASK_LABELS.get(task))
+    config = text_config(arch, vocab, TASK_LABELS.get(task), positions)
     torch.manual_seed(seed)
     getattr(transformers, HEADS[task]).from_config(config).save_pretrained(str(folder))
     return folder

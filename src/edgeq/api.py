@@ -15,6 +15,7 @@ from pathlib import Path
 from edgeq.devices import DeviceProfile, host_cpu_device, list_devices, load_device
 from edgeq.errors import OutputError
 from edgeq.recipe.schema import DataSource, QuantizationConfig, Thresholds
+from edgeq.tasks import default_length
 
 
 def build(recipe: str | Path, output: str | Path | None = None, force: bool = False):
@@ -128,7 +129,7 @@ def quantize(model: str | Path, output: str | Path, config: QuantizationConfig,
         folder = Path(tokenizer) if tokenizer else model_path.parent
         chosen = _task_for(folder, task)
         samples = chosen.read(calib.data, calib.samples, "--calibration", folder)
-        inputs = chosen.inputs(folder, calib.sequence_length or 128, pads_to_length(calib.method, static_shapes))
+        inputs = chosen.inputs(folder, calib.sequence_length or default_length(folder), pads_to_length(calib.method, static_shapes))
         feeds = [b.feed for b in chosen.batches(samples, inputs, calib.batch_size, True)]
     out = _output_folder(output)
     with atomic_dir(out) as folder:
@@ -139,7 +140,7 @@ def quantize(model: str | Path, output: str | Path, config: QuantizationConfig,
 
 
 def validate(model: str | Path, reference: str | Path, data: DataSource, device: str | None = None,
-             task: str | None = None, samples: int | None = None, sequence_length: int = 128,
+             task: str | None = None, samples: int | None = None, sequence_length: int | None = None,
              batch_size: int = 1, thresholds: Thresholds | None = None,
              tokenizer: str | Path | None = None) -> dict:  # fmt: skip
     """Compare MODEL against REFERENCE on DEVICE over the samples of DATA; the validation entry of MODEL."""
@@ -155,6 +156,7 @@ def validate(model: str | Path, reference: str | Path, data: DataSource, device:
     folder = Path(tokenizer) if tokenizer else reference_path.parent
     chosen = _task_for(folder, task)
     items = chosen.read(data, samples, "--data", folder)
+    sequence_length = sequence_length or default_length(folder)
     inputs = chosen.inputs(folder, sequence_length, static)
     limits = (thresholds or Thresholds()).model_dump(exclude_none=True)
     if not profile.runs_float:
@@ -171,7 +173,7 @@ def validate(model: str | Path, reference: str | Path, data: DataSource, device:
 
 
 def profile(models: str | Path | list, device: str | None = None, runs: int = 100, min_seconds: float = 2.0,
-            warmup: int = 10, threads: int | None = None, batch_size: int = 1, sequence_length: int = 128,
+            warmup: int = 10, threads: int | None = None, batch_size: int = 1, sequence_length: int | None = None,
             inputs: str | Path | None = None, host: str | None = None, ssh_key: str | None = None,
             known_hosts: str | None = None, remote_python: str | None = None, timeout: float = 900,
             new_tokens: int = 32) -> dict:  # fmt: skip
@@ -184,18 +186,21 @@ def profile(models: str | Path | list, device: str | None = None, runs: int = 10
     paths = [Path(m) for m in (models if isinstance(models, list) else [models])]
     transport = default_transport(profile_device, host, ssh_key, known_hosts, remote_python)
     task = _task_for(paths[0].parent, None) if (paths[0].parent / "config.json").is_file() else None
+    sequence_length = sequence_length or default_length(paths[0].parent)
     return profile_models(paths, profile_device, transport, runs, min_seconds, warmup, threads, batch_size,
                           sequence_length, Path(inputs) if inputs else None, timeout, task, new_tokens)  # fmt: skip
 
 
-def plan(models: str | Path | list, device: str | None = None, context: int = 2048, memory_mb: int | None = None) -> dict:
+def plan(models: str | Path | list, device: str | None = None, context: int = 2048, memory_mb: int | None = None,
+         kv_dtype: str | None = None) -> dict:  # fmt: skip
     """Memory per precision of one language model config on DEVICE at CONTEXT (the plan JSON of DESIGN.md), or,
-    for several, {"plans", "comparison"} at equal memory."""
+    for several, {"plans", "comparison"} ranked at equal memory. `kv_dtype`: fp32|fp16|int8 (default: the
+    device runtime's)."""
     from edgeq.plan import compare_at_equal_memory
     from edgeq.plan import plan as plan_one
 
     profile = load_device(device or host_cpu_device())
-    plans = [plan_one(m, profile, context, memory_mb) for m in (models if isinstance(models, list) else [models])]
+    plans = [plan_one(m, profile, context, memory_mb, kv_dtype) for m in (models if isinstance(models, list) else [models])]
     return plans[0] if len(plans) == 1 else {"plans": plans, "comparison": compare_at_equal_memory(plans)}
 
 

@@ -237,7 +237,8 @@ def export(source, output, task, opset, batch_size, sequence_length, trust_remot
 @click.option("--field", help="JSON key or CSV column of the calibration texts.")
 @click.option("--task", type=TASK_CHOICES, help="How to read the calibration data. Default: from config.json.")
 @click.option("--samples", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--sequence-length", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--sequence-length", type=click.IntRange(min=1),
+              help="Tokens per text. Default: 128, or the model's max_position_embeddings when shorter.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
 @click.option("--tokenizer", type=click.Path(path_type=Path), help="Folder with tokenizer.json. Default: MODEL's folder.")
@@ -273,7 +274,8 @@ def quantize(model, output, mode, fmt, per_channel, weight_type, activation_type
 @click.option("--device", default=None, help="Device id. Default: this host's CPU profile.")
 @click.option("--task", type=TASK_CHOICES, help="Default: detected from the reference folder's config.json.")
 @click.option("--samples", type=click.IntRange(min=1), help="Use the first N samples.")
-@click.option("--sequence-length", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--sequence-length", type=click.IntRange(min=1),
+              help="Tokens per text. Default: 128, or the model's max_position_embeddings when shorter.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--min-cosine-mean", type=float, default=0.99, show_default=True)
 @click.option("--min-cosine-min", type=float)
@@ -312,7 +314,8 @@ def validate(model, reference, data_path, field, label_field, question_field, co
 @click.option("--standard", is_flag=True, help="MLPerf Mobile's rule: at least 1024 runs and 60 s.")
 @click.option("--inputs", type=click.Path(path_type=Path), help=".npz with one array per model input.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--sequence-length", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--sequence-length", type=click.IntRange(min=1),
+              help="Tokens per text. Default: 128, or the model's max_position_embeddings when shorter.")
 @click.option("--host", help="A remote device: ssh://user@host:port (key auth, strict host keys).")
 @click.option("--ssh-key", help="Private key for --host.")
 @click.option("--known-hosts", help="known_hosts file holding the device's host key.")
@@ -351,7 +354,8 @@ def _print_profile(result: dict) -> None:
     click.echo(f"  latency ms  min {lat['min']:.3f}  p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}"
                f"  max {lat['max']:.3f}  mean {lat['mean']:.3f}  ({result['runs']} runs, {result['seconds']:.1f} s)")  # fmt: skip
     click.echo(f"  throughput {result['throughput_per_s']:.1f}/s  load {result['load_ms']:.0f} ms  first run "
-               f"{result['first_run_ms']:.1f} ms  warm-up {result['warmup']} runs  peak RSS {result['peak_rss_mb']:.0f} MB")  # fmt: skip
+               f"{result['first_run_ms']:.1f} ms  warm-up {result['warmup']} runs  peak RSS "
+               f"{f'{peak:.0f} MB' if (peak := result['peak_rss_mb']) is not None else 'not measured'}")  # fmt: skip
     if "ttft_ms" in result:
         click.echo(f"  generation: {result['prompt_tokens']}-token prompt, {result['generated_tokens']} tokens: time to "
                    f"first token p50 {result['ttft_ms']['p50']:.2f} ms, decode {result['decode_tokens_per_s']:.1f} "
@@ -370,13 +374,16 @@ def _print_profile(result: dict) -> None:
 @click.option("--device", default=None, help="Device id. Default: this host's CPU profile.")
 @click.option("--context", type=click.IntRange(min=1), default=2048, show_default=True, help="Context length (tokens).")
 @click.option("--memory-mb", type=click.IntRange(min=1), help="Memory to plan for. Default: the device profile's memory_mb.")
+@click.option("--kv-dtype", type=click.Choice(["fp32", "fp16", "int8"]),
+              help="The KV cache's precision. Default: the device runtime's (kv_cache_dtype).")
 @click.option("--json", "json_file", help="Write the plan JSON to this file ('-' for stdout).")
-def plan(models, device, context, memory_mb, json_file) -> None:
+def plan(models, device, context, memory_mb, kv_dtype, json_file) -> None:
     """What a language model (a folder with config.json, or the file; no weights needed) needs per precision on
-    DEVICE at a context length, and what fits. Two or more models: compared at equal memory."""
+    DEVICE at a context length, what fits, and the longest context each precision leaves room for. Two or more
+    models: ranked at equal memory."""
     from edgeq import api
 
-    result = api.plan(list(models), device, context, memory_mb)
+    result = api.plan(list(models), device, context, memory_mb, kv_dtype)
     if json_file:
         _write_json(result, json_file)
         if json_file == "-":
@@ -387,16 +394,24 @@ def plan(models, device, context, memory_mb, json_file) -> None:
         click.echo(f"{m['config']}: {m['architecture']}, {m['parameters'] / 1e9:.3f} B parameters, {m['layers']} layers, "
                    f"{m['kv_heads']} KV heads x {m['head_dim']}; {d['id']} with {d['memory_bytes'] / 2**30:.2f} GiB, "
                    f"context {entry['context']}")  # fmt: skip
+        if m.get("sliding_window"):
+            click.echo(f"  sliding window: {m['sliding_window']['window']} tokens on {m['sliding_window']['layers']} of "
+                       f"{m['layers']} layers (a windowed runtime such as onnxruntime-genai keeps only the window)")  # fmt: skip
         for o in entry["options"]:
             packed = f" + packed {o['prepacked_bytes'] / 2**30:.2f} GiB" if o["prepacked_bytes"] else ""
+            windowed = o.get("windowed_runtime")
             click.echo(f"  {o['precision']:<5} runtime {o['runtime_bytes'] / 2**30:.2f} GiB + weights "
                        f"{o['weights_bytes'] / 2**30:7.2f} GiB{packed} + KV ({o['kv_dtype']}) "
                        f"{o['kv_cache_bytes'] / 2**30:6.2f} GiB + workspace {o['workspace_bytes'] / 2**30:5.2f} GiB = "
-                       f"{o['total_bytes'] / 2**30:7.2f} GiB  {'fits' if o['fits'] else 'does not fit'}")  # fmt: skip
+                       f"{o['total_bytes'] / 2**30:7.2f} GiB  {'fits' if o['fits'] else 'does not fit'}; "
+                       f"longest context that fits: {o['max_context'] or 'none'}"
+                       f"{' (the model limit)' if o['max_context_limited_by'] == 'model' else ''}"
+                       + (f" (windowed: {windowed['total_bytes'] / 2**30:.2f} GiB, {windowed['max_context'] or 'none'})"
+                          if windowed else ""))  # fmt: skip
         click.echo(f"  largest that fits: {entry['largest_fitting'] or 'none'}")
     if "comparison" in result:
-        click.echo("at equal memory: " + "; ".join(f"{r['model']} at {r['precision'] or 'nothing'}"
-                                                   for r in result["comparison"]["models"]))  # fmt: skip
+        click.echo("at equal memory, ranked: " + "; ".join(
+            f"{r['rank']}. {r['model']} at {r['precision'] or 'nothing'}" for r in result["comparison"]["models"]))  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------------- generate

@@ -99,6 +99,11 @@ class DeviceProfile(Strict):
         default=None, description="When the device is not here: `cpu` checks numerics on this machine's CPU EP; "
         "`qemu-arm64` runs aarch64 onnxruntime in a local arm64 stand-in (edgeq devices setup ID). Mode emulated.",
     )
+    stand_in_cpu: str | None = Field(
+        default=None, description="The CPU model qemu emulates in the arm64 stand-in (QEMU_CPU), e.g. `cortex-a76`: the "
+        "device's own core, so onnxruntime's MLAS picks the kernels the device has. Unset: qemu's `max`, which adds "
+        "SVE/SME that most boards lack (SmolLM2 ran 8x slower under it, measured).",
+    )
     emulation_note: str = Field(default="", description="What a validation here covers and what it does not.")
     coverage: Literal["nnapi", "coreml-mlprogram", "coreml-neuralnetwork"] | None = Field(
         default=None, description="Estimate the EP's partitions with onnxruntime's mobile helpers."
@@ -172,7 +177,9 @@ def load_device(device_id: str) -> DeviceProfile:
 def _load_file(path: Path) -> DeviceProfile:
     from edgeq.recipe.load import parse_yaml
 
-    data = parse_yaml(path.read_text(encoding="utf-8"), path)
+    data = parse_yaml(path.read_text(encoding="utf-8"), path, "device profile", DeviceError)
+    if not isinstance(data, dict):
+        raise DeviceError(f"device profile '{path}': the top level must be a mapping of keys")
     try:
         profile = DeviceProfile.model_validate(data)
     except ValidationError as exc:

@@ -17,9 +17,11 @@ def run_isolated(function: Callable[..., T], *args) -> T:
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
+    from edgeq.buildlog import active_log, log_to
     from edgeq.errors import StageError
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=log_to,
+                             initargs=(active_log(),)) as pool:  # the child logs to the build's log file too
         try:
             return pool.submit(function, *args).result()
         except BrokenProcessPool:

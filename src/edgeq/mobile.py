@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import shutil
 import tempfile
 from pathlib import Path
 
+from edgeq.buildlog import quiet_libraries
 from edgeq.errors import StageError
 
 
@@ -21,7 +21,7 @@ def write_ort_format(model_path: Path, target: Path) -> Path:
         source = Path(tmp) / "model.onnx"
         shutil.copy2(model_path, source)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            logging.getLogger().setLevel(logging.ERROR)
+            quiet_libraries()
             convert_onnx_models_to_ort(source, output_dir=Path(tmp) / "out",
                                        optimization_styles=[OptimizationStyle.Runtime])  # fmt: skip
         made = sorted((Path(tmp) / "out").glob("*.ort"))

@@ -82,7 +82,7 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None) -> Pla
     """Load and check the recipe, devices, data, output path and model source; write nothing."""
     from edgeq.export.source import resolve_source
 
-    from edgeq.tasks import resolve_task
+    from edgeq.tasks import model_positions, resolve_task
 
     recipe = load_recipe(recipe_path)
     devices = [load_device(target) for target in recipe.targets]
@@ -95,6 +95,7 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None) -> Pla
     model_dir = resolve_source(recipe.model.source)
     task, reason = resolve_task(recipe.model.task, model_dir)
     check_metric_names(recipe, task)
+    recipe.fit_to_model(model_positions(model_dir))
     check_context(recipe, model_dir)
     if task.generates:  # a language model's build is the one that can outgrow the machine: know it before the kernel
         from edgeq.headroom import check_headroom
@@ -143,11 +144,10 @@ def check_metric_names(recipe: Recipe, task) -> None:
 def check_context(recipe: Recipe, model_dir: Path) -> None:
     """No sequence length may pass the model's position table (max_position_embeddings / n_positions)."""
     from edgeq.errors import RecipeError
-    from edgeq.tasks import model_config
+    from edgeq.tasks import model_positions, positions_phrase
 
-    config = model_config(model_dir)
-    limit = config.get("max_position_embeddings") or config.get("n_positions")
-    if not isinstance(limit, int):
+    limit = model_positions(model_dir)
+    if limit is None:
         return
     used = [("validation.sequence_length", recipe.sequence_length_for(recipe.validation))]
     used += [(f"validation.shapes.{i}.sequence_length", s.sequence_length) for i, s in enumerate(recipe.validation.shapes or [])]
@@ -157,18 +157,29 @@ def check_context(recipe: Recipe, model_dir: Path) -> None:
         used.append(("profile.sequence_length", recipe.profile.sequence_length))
     for key, length in used:
         if length is not None and length > limit:
-            raise RecipeError(f"{key}: {length} tokens is over the model's max_position_embeddings ({limit})",
+            raise RecipeError(f"{key}: {length} tokens is over the model's {positions_phrase(model_dir)}",
                               f"Use at most {limit}")  # fmt: skip
 
 
 def run_build(plan: Plan, force: bool = False) -> BuildResult:
+    """Run the stages into the build folder; libraries' logging goes to its build.log (edgeq.buildlog)."""
+    from edgeq.buildlog import LOG_FILE, library_log
+
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    (plan.out_dir / LOG_FILE).unlink(missing_ok=True)
+    with library_log(plan.out_dir / LOG_FILE):
+        return _run_stages(plan, force)
+
+
+def _run_stages(plan: Plan, force: bool) -> BuildResult:
     from edgeq.report import build_report, write_report
 
     started = time.perf_counter()
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(plan.out_dir)
     say(f"[bold]edgeq build[/bold] {plan.recipe.name} → {plan.out_dir}")
     say(f"  task: {plan.task.name} ({plan.task_reason})")
+    say(f"  sequence length where the recipe sets none: {plan.recipe.default_sequence_length} tokens "
+        f"({plan.recipe.default_sequence_length_origin})")  # fmt: skip
     stages = [export_stage(plan, force)]
     source = stages[0]
     if plan.recipe.optimize.enabled:
@@ -210,7 +221,8 @@ def export_stage(plan: Plan, force: bool) -> StageResult:
 
     def produce(folder: Path) -> dict:
         check, peak = run_isolated(export_and_check, plan.model_dir, folder, task, exp, check_samples,
-                                   recipe.static_shapes, recipe.model.trust_remote_code)  # fmt: skip
+                                   recipe.default_sequence_length, recipe.static_shapes,
+                                   recipe.model.trust_remote_code)  # fmt: skip
         if check["cosine_min"] is None or check["cosine_min"] < 0.99:
             raise StageError(f"the exported ONNX model disagrees with PyTorch (cosine min {check['cosine_min']})")
         return {"source": recipe.model.source, "task": task.name, "task_reason": plan.task_reason,
@@ -221,17 +233,20 @@ def export_stage(plan: Plan, force: bool) -> StageResult:
     return cached_stage(plan.out_dir / "fp32", "export", key, produce, force)
 
 
-def export_and_check(model_dir: Path, folder: Path, task, exp, check_samples: list, static: bool,
+def export_and_check(model_dir: Path, folder: Path, task, exp, check_samples: list, check_length: int, static: bool,
                      trust_remote_code: bool) -> tuple[dict, float | None]:  # fmt: skip
     """Export, then check the ONNX model against PyTorch; run in a child process (edgeq.isolated), so PyTorch and
     its model never sit in the build's memory. Returns the check and the child's peak RSS."""
+    from edgeq.buildlog import route_transformers
     from edgeq.export import export_onnx
     from edgeq.export.check import check_export
+
+    route_transformers()
 
     model = export_onnx(model_dir, folder, task.export_task, exp.opset, exp.batch_size, exp.sequence_length,
                         trust_remote_code, exp.decoder)  # fmt: skip
     trim_heap()  # the export's graph is on disk now: the check's PyTorch model need not sit on top of it
-    check = check_export(model_dir, model, task, check_samples, exp.sequence_length or 128, static, trust_remote_code)
+    check = check_export(model_dir, model, task, check_samples, check_length, static, trust_remote_code)
     return check, peak_rss_mb()
 
 
@@ -353,6 +368,7 @@ def fp16_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
 def validate_stage(plan: Plan, models: dict[str, Path], reference: str, served: dict[str, str]) -> StageResult:
     """Every device validates the models of the recipe's chain, or (a device with its own artifact) that one."""
     from edgeq.validate import validate_models
+    from edgeq.validate.sessions import runtime_for
 
     val, task = plan.recipe.validation, plan.task
     limits = val.thresholds.model_dump(exclude_none=True)
@@ -367,11 +383,13 @@ def validate_stage(plan: Plan, models: dict[str, Path], reference: str, served: 
     results = []
     with StagePeak() as sampled:
         for device in plan.devices:
-            if device.artifact == "recipe":
+            emulated = runtime_for(device).in_runner  # slow: the served model only, on `emulated_samples` texts
+            if device.artifact == "recipe" and not emulated:
                 wanted = {n: p for n, p in models.items() if n not in own_artifacts}
             else:
                 wanted = {n: p for n, p in models.items() if n in (reference, served[device.id])}
-            results += validate_models(wanted, reference, device, plan.validation_samples, inputs, task, shapes,
+            samples = plan.validation_samples[: val.emulated_samples] if emulated else plan.validation_samples
+            results += validate_models(wanted, reference, device, samples, inputs, task, shapes,
                                        val.warmup, thresholds, plan.recipe.fixed_batch)  # fmt: skip
     seconds, peak = time.perf_counter() - start, sampled.mb
     say(f"  validate: {seconds:.1f}s, peak RSS {peak or '?'} MB (measured now, never cached)")
@@ -382,18 +400,24 @@ def profile_stage(plan: Plan, finals: dict[str, Path]) -> StageResult:
     """Each target's own final model: locally, or on the real device when its profile has a transport."""
     from edgeq.profile import profile_models
     from edgeq.profile.run import default_transport
+    from edgeq.validate.sessions import runtime_for
 
     cfg = plan.recipe.profile
-    seq = cfg.sequence_length or plan.recipe.export.sequence_length or 128
+    seq = cfg.sequence_length or plan.recipe.default_sequence_length
     start = time.perf_counter()
     profiles = []
     uniform = plan.out_dir / "int4" / MODEL_FILE  # a language model's uniform INT4: what `edgeq plan` predicts
     for device in plan.devices:
-        models = [finals[device.id] / MODEL_FILE] + ([uniform] if plan.task.generates and uniform.is_file() else [])
+        emulated = runtime_for(device).in_runner  # qemu's latency says nothing of the device's: one run, the final
+        models = [finals[device.id] / MODEL_FILE]
+        models += [uniform] if plan.task.generates and uniform.is_file() and not emulated else []
+        runs, seconds, warmup = (1, 0, 0) if emulated else (cfg.runs, cfg.min_seconds, cfg.warmup)
         for model in models:  # one process each: a process's peak RSS is its one model's
-            entry = profile_models([model], device, default_transport(device), cfg.runs, cfg.min_seconds, cfg.warmup,
+            entry = profile_models([model], device, default_transport(device), runs, seconds, warmup,
                                    sequence_length=seq, task=plan.task, new_tokens=cfg.new_tokens)  # fmt: skip
             entry["model"] = f"{model.parent.name}/{MODEL_FILE}"
+            if emulated:
+                entry["runs_note"] = "one run in the emulated stand-in: its latency is qemu's, not the device's"
             if plan.task.generates and entry.get("peak_rss_mb") and device.memory_mb:
                 entry.update(planned_beside_measured(plan.model_dir, device, seq + cfg.new_tokens, entry["peak_rss_mb"]))
                 entry["planned_is_same_precision"] = model == uniform

@@ -11,9 +11,14 @@ device at a context length, and which fits.
                zero point per block of 32 (MatMulNBits, GatherBlockQuantized)
     prepacked = on onnxruntime's CPU EP, MLAS keeps its own packed copy of 4-bit weights beside the file's
                (codes, and a scale and a block sum per block of 32: 0.75 bytes per weight); 0 elsewhere
-    KV cache = 2 × layers × kv_heads × head_dim × context × bytes of the KV dtype the device's runtime keeps
+    KV cache = 2 × layers × kv_heads × head_dim × context × bytes of the KV dtype (the device runtime's, or
+               --kv-dtype: fp32 4, fp16 2, int8 1, its per-channel scales not counted); a windowed runtime
+               (onnxruntime-genai) keeps only the window on sliding-window layers, edgeq's artifact the whole context
     workspace = one prefill chunk of min(context, 512) tokens: its logits and hidden activations, and one
                layer's attention scores against the whole context (the export's attention is not fused)
+    max_context = the longest context whose memory fits: memory is quadratic in the context below 512 tokens
+               and in each stretch between the window and the model's limit linear, so it is solved in closed
+               form per stretch, not searched
 """
 
 from __future__ import annotations
@@ -28,7 +33,13 @@ BLOCK = 32
 PREFILL_CHUNK = 512
 RUNTIME_MB = 55  # imports (45 MiB) + a session with no weights (10 MiB): VmRSS measured on x86-64 Linux
 PACKED_INT4 = 0.5 + 8 / BLOCK  # MLAS's packed 4-bit weights: codes, and a float scale and block sum per block
-KV_BYTES = {"float32": 4, "float16": 2}
+KV_BYTES = {"float32": 4, "float16": 2, "int8": 1}
+KV_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8"}  # --kv-dtype names
+# Model types whose transformers config class unties the LM head from the embedding by default (transformers 4.57);
+# every other type inherits PretrainedConfig's tie_word_embeddings=True.
+UNTIED_BY_DEFAULT = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi", "phi3", "phimoe",
+                     "gpt_neox", "gptj", "codegen", "stablelm", "olmo", "olmo2", "granite", "deepseek_v3", "nemotron",
+                     "glm", "glm4"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,10 @@ class Shape:
     vocab: int
     intermediate: int
     max_positions: int | None
+    tied: bool = True
+    tied_from: str = "config"
+    window: int | None = None  # sliding-window attention: tokens a sliding layer attends to
+    sliding_layers: int = 0  # how many layers slide (the rest attend to the whole context)
 
 
 def read_config(path: str | Path) -> dict:
@@ -76,13 +91,40 @@ def model_shape(config: dict) -> Shape:
     biases = (heads + 2 * kv_heads) * head_dim * (gpt2 or config.get("model_type") == "qwen2" or bool(config.get("attention_bias")))
     biases += (2 * hidden + intermediate) * gpt2  # attention and MLP output projections, MLP input
     norms = (4 if gpt2 else 2) * hidden
-    tied = config.get("tie_word_embeddings", gpt2)
+    tied, tied_from = tied_embeddings(config)
     positions = int(config.get("n_positions") or 0) * hidden if gpt2 else 0
     embeddings = vocab * hidden * (1 if tied else 2) + positions
     matmul = layers * (attention + mlp) + embeddings
     total = matmul + layers * (biases + norms) + hidden * (2 if gpt2 else 1)
+    window, sliding = sliding_window(config, layers)
     return Shape(total, matmul, layers, hidden, heads, kv_heads, head_dim, vocab, intermediate,
-                 config.get("max_position_embeddings") or config.get("n_positions"))  # fmt: skip
+                 config.get("max_position_embeddings") or config.get("n_positions"), tied, tied_from, window, sliding)  # fmt: skip
+
+
+def tied_embeddings(config: dict) -> tuple[bool, str]:
+    """Whether the LM head is the embedding table, and where that came from: the config's key, else what
+    transformers' config class for the model type defaults to."""
+    if "tie_word_embeddings" in config:
+        return bool(config["tie_word_embeddings"]), "config"
+    kind = config.get("model_type", "?")
+    return kind not in UNTIED_BY_DEFAULT, f"transformers' default for model_type {kind}"
+
+
+def sliding_window(config: dict, layers: int) -> tuple[int | None, int]:
+    """(window, number of sliding layers): `layer_types` when the config lists them (Gemma 3, ...), else
+    `sliding_window_pattern` (every Nth layer global), Gemma 2's alternation, or every layer when a window is
+    set and not switched off (`use_sliding_window: false`, as Qwen2 ships)."""
+    window = config.get("sliding_window")
+    if not isinstance(window, int) or window <= 0 or config.get("use_sliding_window") is False:
+        return None, 0
+    if isinstance(config.get("layer_types"), list):
+        return window, sum(kind == "sliding_attention" for kind in config["layer_types"])
+    pattern = config.get("sliding_window_pattern")
+    if isinstance(pattern, int) and pattern > 1:
+        return window, sum((i + 1) % pattern != 0 for i in range(layers))
+    if config.get("model_type") == "gemma2":
+        return window, (layers + 1) // 2
+    return window, layers
 
 
 def weight_bytes(shape: Shape, precision: str) -> int:
@@ -92,8 +134,13 @@ def weight_bytes(shape: Shape, precision: str) -> int:
     return int(shape.matmul_parameters * per + channel_scales + rest)
 
 
-def kv_cache_bytes(shape: Shape, context: int, dtype: str, batch: int = 1) -> int:
-    return 2 * shape.layers * shape.kv_heads * shape.head_dim * context * KV_BYTES[dtype] * batch
+def kv_cache_bytes(shape: Shape, context: int, dtype: str, batch: int = 1, windowed: bool = False) -> int:
+    """The KV cache at `context` tokens; `windowed`: a runtime that keeps only the window on sliding layers."""
+    per_layer_token = 2 * shape.kv_heads * shape.head_dim * KV_BYTES[dtype] * batch
+    if not windowed or not shape.sliding_layers:
+        return per_layer_token * shape.layers * context
+    full = shape.layers - shape.sliding_layers
+    return per_layer_token * (full * context + shape.sliding_layers * min(context, shape.window))
 
 
 def prepacked_bytes(shape: Shape, precision: str, device) -> int:
@@ -108,8 +155,61 @@ def workspace_bytes(shape: Shape, context: int) -> int:
     return activations + scores
 
 
-def plan(model: str | Path, device, context: int, memory_mb: int | None = None) -> dict:
-    """The `edgeq plan` JSON of DESIGN.md for one model on one device."""
+def total_bytes(shape: Shape, precision: str, device, context: int, kv_dtype: str, windowed: bool = False) -> int:
+    runtime = int((device.runtime_mb if device.runtime_mb is not None else RUNTIME_MB) * 2**20)
+    return (runtime + weight_bytes(shape, precision) + prepacked_bytes(shape, precision, device)
+            + kv_cache_bytes(shape, context, kv_dtype, windowed=windowed) + workspace_bytes(shape, context))  # fmt: skip
+
+
+def max_context(shape: Shape, precision: str, device, memory: int, kv_dtype: str, windowed: bool = False) -> int:
+    """The longest context (tokens) whose total fits `memory`; 0 when not even one token does. Between the
+    breakpoints (1, the 512-token prefill chunk, the window, the model's limit) the total is a polynomial of
+    degree at most 2 in the context: each stretch's is fitted exactly through three of its points and solved."""
+    import math
+
+    def total(context: float) -> int:
+        return total_bytes(shape, precision, device, int(context), kv_dtype, windowed)
+
+    limit = shape.max_positions or 1 << 24
+    if total(1) > memory:
+        return 0
+    if total(limit) <= memory:
+        return limit
+    points = sorted({1, limit, *(p for p in (PREFILL_CHUNK, shape.window if windowed else None) if p and p < limit)})
+    for start, end in zip(points, points[1:]):
+        if total(end) <= memory:
+            continue
+        middle = (start + end) // 2 if end - start > 1 else start
+        xs = [start, middle, end] if start < middle < end else [start, end]
+        a, b, c = _through(xs, [total(x) for x in xs])
+        if a == 0:
+            found = (memory - c) / b
+        else:
+            found = (-b + math.sqrt(b * b - 4 * a * (c - memory))) / (2 * a)
+        found = min(max(int(found), start), end)
+        while found > start and total(found) > memory:  # rounding: the integer below the root
+            found -= 1
+        while found + 1 <= end and total(found + 1) <= memory:
+            found += 1
+        return found
+    return limit
+
+
+def _through(xs: list[int], ys: list[int]) -> tuple[float, float, float]:
+    """The polynomial a x² + b x + c through two or three points (a = 0 for two)."""
+    if len(xs) == 2:
+        b = (ys[1] - ys[0]) / (xs[1] - xs[0])
+        return 0.0, b, ys[0] - b * xs[0]
+    (x0, x1, x2), (y0, y1, y2) = xs, ys
+    d01, d12 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)
+    a = (d12 - d01) / (x2 - x0)
+    b = d01 - a * (x0 + x1)
+    return a, b, y0 - a * x0 * x0 - b * x0
+
+
+def plan(model: str | Path, device, context: int, memory_mb: int | None = None, kv_dtype: str | None = None) -> dict:
+    """The `edgeq plan` JSON of DESIGN.md for one model on one device. `kv_dtype` (fp32|fp16|int8): the KV
+    cache's precision; default: what the device's runtime keeps."""
     config = read_config(model)
     shape = model_shape(config)
     if shape.max_positions and context > shape.max_positions:
@@ -119,35 +219,55 @@ def plan(model: str | Path, device, context: int, memory_mb: int | None = None) 
     if not memory_mb:
         raise DeviceError(f"device '{device.id}' has no memory facts (memory_mb)", "Pass --memory-mb N")
     memory = memory_mb * 1024 * 1024
-    kv_dtype = device.kv_cache_dtype
+    kv = KV_DTYPES[kv_dtype] if kv_dtype else device.kv_cache_dtype
     runtime = int((device.runtime_mb if device.runtime_mb is not None else RUNTIME_MB) * 2**20)
     options = []
     for precision in ("fp32", "fp16", "int8", "int4"):
-        weights, kv, work = weight_bytes(shape, precision), kv_cache_bytes(shape, context, kv_dtype), workspace_bytes(shape, context)
-        packed = prepacked_bytes(shape, precision, device)
-        total = runtime + weights + packed + kv + work
-        options.append({"precision": precision, "weights_bytes": weights, "prepacked_bytes": packed,
-                        "runtime_bytes": runtime, "kv_cache_bytes": kv, "kv_dtype": kv_dtype,
-                        "workspace_bytes": work, "total_bytes": total, "fits": total <= memory})  # fmt: skip
+        total = total_bytes(shape, precision, device, context, kv)
+        option = {"precision": precision, "weights_bytes": weight_bytes(shape, precision),
+                  "prepacked_bytes": prepacked_bytes(shape, precision, device), "runtime_bytes": runtime,
+                  "kv_cache_bytes": kv_cache_bytes(shape, context, kv), "kv_dtype": kv,
+                  "workspace_bytes": workspace_bytes(shape, context), "total_bytes": total, "fits": total <= memory,
+                  "max_context": max_context(shape, precision, device, memory, kv)}  # fmt: skip
+        option["max_context_limited_by"] = "model" if option["max_context"] == shape.max_positions else "memory"
+        if shape.sliding_layers:
+            windowed = total_bytes(shape, precision, device, context, kv, windowed=True)
+            option["windowed_runtime"] = {"kv_cache_bytes": kv_cache_bytes(shape, context, kv, windowed=True),
+                                          "total_bytes": windowed, "fits": windowed <= memory,
+                                          "max_context": max_context(shape, precision, device, memory, kv, True)}  # fmt: skip
+        options.append(option)
     fitting = [o["precision"] for o in options if o["fits"]]
     return {
         "model": {"config": str(model), "architecture": (config.get("architectures") or [config.get("model_type")])[0],
                   "parameters": shape.parameters, "layers": shape.layers, "hidden": shape.hidden, "heads": shape.heads,
-                  "kv_heads": shape.kv_heads, "head_dim": shape.head_dim, "vocab": shape.vocab},
+                  "kv_heads": shape.kv_heads, "head_dim": shape.head_dim, "vocab": shape.vocab,
+                  "tied_embeddings": shape.tied, "tied_embeddings_from": shape.tied_from,
+                  **({"sliding_window": {"window": shape.window, "layers": shape.sliding_layers}} if shape.sliding_layers else {})},
         "device": {"id": device.id, "memory_bytes": memory, "memory_source": "--memory-mb" if memory_mb != device.memory_mb else "device profile"},
         "context": context,
+        "kv_dtype": kv,
         "options": options,
         "largest_fitting": fitting[0] if fitting else None,
         "method": __doc__.split("\n\n", 1)[1].strip(),
     }  # fmt: skip
 
 
+BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
+
+
 def compare_at_equal_memory(plans: list[dict]) -> dict:
-    """Two (or more) models in the same memory: the most precise option of each that fits, side by side."""
+    """Models in the same memory: the most precise option of each that fits, ranked by the weight bits that fit
+    (parameters × bits per weight: more of a model, or the same model at more bits, first); ties by context."""
     rows = []
     for p in plans:
         best = next((o for o in p["options"] if o["fits"]), None)
         rows.append({"model": p["model"]["config"], "parameters": p["model"]["parameters"],
-                     "precision": best["precision"] if best else None, "total_bytes": best["total_bytes"] if best else None})  # fmt: skip
+                     "precision": best["precision"] if best else None, "total_bytes": best["total_bytes"] if best else None,
+                     "weight_bits": p["model"]["parameters"] * BITS[best["precision"]] if best else 0,
+                     "max_context": best["max_context"] if best else 0})  # fmt: skip
+    rows.sort(key=lambda r: (-r["weight_bits"], -r["max_context"]))
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
     return {"memory_bytes": plans[0]["device"]["memory_bytes"], "context": plans[0]["context"], "models": rows,
+            "ranked_by": "weight bits that fit (parameters x bits per weight), then the longest context",
             "note": "what fits is arithmetic; which is better at equal memory must be measured (edgeq build both)"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -19,6 +20,13 @@ def quiet() -> bool:
 
 
 def say(message: str) -> None:
+    """A status line on the terminal (unless quiet), and in the build's log file during a build."""
+    from edgeq.buildlog import active_log
+
+    if active_log() is not None:
+        from rich.text import Text
+
+        logging.getLogger("edgeq").info(Text.from_markup(message).plain)
     if not quiet():
         console.print(message)
 

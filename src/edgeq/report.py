@@ -10,6 +10,7 @@ import yaml
 from edgeq import __version__
 from edgeq.artifact import describe
 from edgeq.atomic import write_text
+from edgeq.buildlog import LOG_FILE
 
 RESOLVED_RECIPE = "recipe.resolved.yaml"
 
@@ -42,6 +43,8 @@ def build_report(plan, stages, final_artifact: str, total: float, finals: dict[s
         "task": plan.task.name,
         "task_reason": plan.task_reason,
         "compared_output": plan.task.compares,
+        "default_sequence_length": {"tokens": plan.recipe.default_sequence_length,
+                                    "from": plan.recipe.default_sequence_length_origin},
         **({"model_source": source} if (source := _gguf_source(plan.model_dir)) else {}),
         "stages": [{k: v for k, v in s.record().items() if k not in ("validations", "mixed_precision", "profiles")}
                    for s in stages],
@@ -55,6 +58,7 @@ def build_report(plan, stages, final_artifact: str, total: float, finals: dict[s
         "finals": {device: {"artifact": served[device], "path": path} for device, path in (finals or {}).items()},
         "passed": all(v["passed"] for v in final_checks),
         "total_seconds": round(total, 2),
+        "log_file": LOG_FILE,
         "peak_rss_mb": _build_peak_mb(stages),
     }
 
@@ -94,6 +98,12 @@ def _source_lines(source: dict | None) -> list[str]:
             f"the converted tokenizer {said}. {source['note'][0].upper()}{source['note'][1:]}.", ""]
 
 
+def _length_lines(default: dict | None) -> list[str]:
+    if not default:
+        return []
+    return [f"Sequence length where the recipe sets none: {default['tokens']} tokens, from {default['from']}.", ""]
+
+
 def render_markdown(report: dict) -> str:
     recipe = report["recipe"]
     lines = [
@@ -105,6 +115,7 @@ def render_markdown(report: dict) -> str:
         f"{f', peak RSS {peak:.0f} MB' if (peak := report.get('peak_rss_mb')) else ''}).",
         "",
         *_source_lines(report.get("model_source")),
+        *_length_lines(report.get("default_sequence_length")),
         "## Stages",
         "",
         table(["stage", "seconds", "cached"],
@@ -292,7 +303,7 @@ def shape_table(validations: list[dict]) -> str:
 def profile_table(profiles: list[dict]) -> str:
     rows = [[p["device"], f"{p['mode']} ({p['transport']})", str(p["runs"]), *(f"{p['latency_ms'][k]:.3f}" for k in
              ("min", "p50", "p90", "p99")), f"{p['throughput_per_s']:.1f}", f"{p['load_ms']:.0f}",
-             f"{p['first_run_ms']:.1f}", f"{p['peak_rss_mb']:.0f}", ", ".join(f"{o['op_type']} {o['share']:.0%}" for o in p["ops"][:3])]
+             f"{p['first_run_ms']:.1f}", _mb(p["peak_rss_mb"]), ", ".join(f"{o['op_type']} {o['share']:.0%}" for o in p["ops"][:3])]
             for p in profiles]  # fmt: skip
     return table(["device", "mode", "runs", "min ms", "p50 ms", "p90 ms", "p99 ms", "per s", "load ms", "first ms",
                   "peak RSS MB", "top ops"], rows)  # fmt: skip
@@ -301,7 +312,7 @@ def profile_table(profiles: list[dict]) -> str:
 def decode_table(profiles: list[dict]) -> str:
     """Decode speed, time to first token and the decoding process's memory beside `edgeq plan`'s prediction."""
     rows = [[p["model"], p["device"], p["mode"], str(p["prompt_tokens"]), str(p["generated_tokens"]), f"{p['decode_tokens_per_s']:.1f}",
-             f"{p['ttft_ms']['p50']:.0f}", f"{p['peak_rss_mb']:.0f}",
+             f"{p['ttft_ms']['p50']:.0f}", _mb(p["peak_rss_mb"]),
              f"{p['planned_bytes'] / 2**20:.0f} ({p['measured_over_planned']}x)" if "planned_bytes" in p else "—"]
             for p in profiles]  # fmt: skip
     return table(["model", "device", "mode", "prompt tokens", "new tokens", "decode tokens/s", "TTFT p50 ms", "peak RSS MB",
@@ -322,3 +333,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(out)
+
+
+def _mb(value: float | None) -> str:
+    return f"{value:.0f}" if value is not None else "—"

@@ -186,7 +186,7 @@ def _latency(report: dict) -> str:
         steps = [(f"{p['model']} · {p['device']} ({p['mode']})", p["latency_ms"]["min"], p["latency_ms"]["p50"],
                   p["latency_ms"]["p90"], p["latency_ms"]["max"]) for p in decoding]  # fmt: skip
         speeds = "; ".join(f"{escape(p['device'])}: {p['decode_tokens_per_s']:.1f} tokens/s decoding, time to first "
-                           f"token {p['ttft_ms']['p50']:.0f} ms, peak RSS {p['peak_rss_mb']:.0f} MB" for p in decoding)  # fmt: skip
+                           f"token {p['ttft_ms']['p50']:.0f} ms, peak RSS {_mb(p['peak_rss_mb'])}" for p in decoding)  # fmt: skip
         html += ("<h2>Decoding, one token at a time</h2><p class=note>Time of one decoded token with the KV cache "
                  f"(batch 1), ms on a log scale. {speeds}.</p>{_ranges(steps)}")
     return html
@@ -310,3 +310,7 @@ def _span(values) -> tuple[float, float]:
 
 def _short(text: str, limit: int) -> str:
     return text if len(text) <= limit else "…" + text[-(limit - 1):]
+
+
+def _mb(value: float | None) -> str:
+    return f"{value:.0f} MB" if value is not None else "not measured"

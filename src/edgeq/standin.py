@@ -167,10 +167,11 @@ def probe(target: Path) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_in(target: Path, command: list[str], timeout: float, cwd: str = "/") -> str:
-    """Run a command inside the root file system (chroot; aarch64 binaries go through qemu via binfmt_misc)."""
+def run_in(target: Path, command: list[str], timeout: float, cwd: str = "/", cpu: str | None = None) -> str:
+    """Run a command inside the root file system (chroot; aarch64 binaries go through qemu via binfmt_misc, which
+    emulates `cpu`, or its `max` model when None)."""
     ensure_binfmt()
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": SITE, "HOME": "/root", "LANG": "C.UTF-8"}
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": SITE, "HOME": "/root", "LANG": "C.UTF-8", **({"QEMU_CPU": cpu} if cpu else {})}
     shell = f"cd {shlex.quote(cwd)} && exec " + " ".join(shlex.quote(c) for c in command)
     chroot = shutil.which("chroot", path="/usr/sbin:/usr/bin:/sbin:/bin") or "chroot"
     done = subprocess.run([chroot, str(target), "/bin/sh", "-c", shell], capture_output=True, text=True,

@@ -72,13 +72,13 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, list[Cell]]:
     """The sweep file and its cells; every recipe is checked (one `Error:` line names the bad one)."""
     from pydantic import ValidationError
 
-    from edgeq.recipe.load import load_recipe, parse_yaml
+    from edgeq.recipe.load import load_recipe, parse_yaml, unknown_key
 
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"sweep '{path}' not found", "Give the path of a sweep .yaml (see README: Fleet builds)")
     text = path.read_text(encoding="utf-8")
-    data = parse_yaml(text, path)
+    data = parse_yaml(text, path, "sweep")
     if not isinstance(data, dict):
         raise RecipeError(f"sweep '{path}': the top level must be a mapping of keys")
     try:
@@ -89,6 +89,9 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, list[Cell]]:
         hint = "Keys: name, recipes, targets, grid" if first["type"] == "extra_forbidden" else None
         message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
         raise RecipeError(f"sweep '{path}': key '{key}': {message}", hint) from None
+    for key in sweep.grid:
+        if (problem := unknown_key(key)) is not None:
+            raise RecipeError(f"sweep '{path}': grid key '{key}': {problem.message}", problem.hint)
     cells = []
     combos = [dict(zip(sweep.grid, values)) for values in itertools.product(*sweep.grid.values())] or [{}]
     for name in sweep.recipes:
@@ -97,7 +100,26 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, list[Cell]]:
         for target in sweep.targets or recipe["targets"]:
             for overrides in combos:
                 cells.append(Cell(recipe_path, target, overrides, recipe))
+    for cell in cells:
+        check_cell(path, cell)
     return sweep, cells
+
+
+def check_cell(path: Path, cell: Cell) -> None:
+    """The cell's recipe must load and its target exist, before any cell starts (one `Error:` line if not)."""
+    from pydantic import ValidationError
+
+    from edgeq.devices import load_device
+    from edgeq.recipe.load import explain
+    from edgeq.recipe.schema import Recipe
+
+    label = f"sweep '{path}': the cell {cell.recipe['name']} on {cell.target}" + "".join(
+        f", {k}={v!r}" for k, v in cell.overrides.items())  # fmt: skip
+    try:
+        Recipe.model_validate(cell_recipe(cell))
+    except ValidationError as exc:
+        raise explain(exc, "", label) from None
+    load_device(cell.target)
 
 
 def cell_recipe(cell: Cell) -> dict:

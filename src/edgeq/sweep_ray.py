@@ -31,9 +31,9 @@ def device_resource(device_id: str) -> str | None:
 
 def run_sweep(sweep_file: str | Path, output: str | Path | None = None, address: str | None = None,
               cell_timeout: float | None = None) -> dict:  # fmt: skip
+    sweep, cells = load_sweep(sweep_file)  # every cell checked before Ray is imported, let alone started
     import ray
 
-    sweep, cells = load_sweep(sweep_file)
     out_dir = Path(output) if output else Path("build") / "sweeps" / sweep.name
     (out_dir / "cells").mkdir(parents=True, exist_ok=True)
     resources = {cell.target: device_resource(cell.target) for cell in cells}

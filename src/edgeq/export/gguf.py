@@ -294,10 +294,6 @@ def _first_line(exc: Exception) -> str:
 
 
 def _quiet() -> None:
-    import logging
+    from edgeq.buildlog import route_transformers
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    route_transformers()

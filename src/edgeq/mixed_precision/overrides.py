@@ -37,7 +37,7 @@ def load_overrides(path: Path) -> dict[str, str]:
 
     if not path.is_file():
         raise RecipeError(f"mixed_precision.overrides: file '{path}' not found", "Use the overrides.yaml of a build")
-    data = parse_yaml(path.read_text(encoding="utf-8"), path)
+    data = parse_yaml(path.read_text(encoding="utf-8"), path, "overrides")
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise RecipeError(f"overrides '{path}': expected a mapping of node name to precision ({', '.join(LADDER)})")
     for key, value in data.items():

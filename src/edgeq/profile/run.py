@@ -116,7 +116,7 @@ def default_transport(device: DeviceProfile, host: str | None = None, ssh_key: s
         return SSHTransport.from_url(host or remote.host, ssh_key, known_hosts or (remote and remote.known_hosts),
                                      remote_python or (remote and remote.remote_python))  # fmt: skip
     if device.stand_in == "qemu-arm64":
-        return QemuTransport(device.id)
+        return QemuTransport(device.id, device.stand_in_cpu)
     return LocalTransport()
 
 
@@ -145,7 +145,7 @@ def _write_job(job_dir, models, specs, device, runs, min_seconds, warmup, thread
     provider = {"name": runtime.provider, "options": dict(ep.options) if not runtime.stand_in else {},
                 "plugin": ep.plugin if not runtime.stand_in else None}  # fmt: skip
     job = {"models": names, "inputs": input_names, "runs": runs, "min_seconds": min_seconds,
-           "max_seconds": max(timeout - 60, min_seconds), "warmup": warmup, "threads": threads, "profile_runs": 3,
+           "max_seconds": max(timeout - 60, min_seconds), "warmup": warmup, "threads": threads, "profile_runs": min(3, runs),
            "provider": provider, "session_config": device.session_config if not runtime.stand_in else {}}  # fmt: skip
     if task is not None and task.generates:
         job["generation"] = {"new_tokens": new_tokens}
@@ -196,7 +196,7 @@ def _profile(model, raw, job_dir, runtime, transport, result, runs, warmup, batc
         "throughput_per_s": round(batch_size * 1000 / float(values.mean()), 2),
         "load_ms": round(raw["load_ms"], 2),
         "first_run_ms": round(raw["first_run_ms"], 2),
-        "peak_rss_mb": round(result["peak_rss_mb"], 1),
+        "peak_rss_mb": round(result["peak_rss_mb"], 1) if result["peak_rss_mb"] is not None else None,
         "ops": ops,
         "top_nodes": top_nodes,
         "placement": where["nodes"],

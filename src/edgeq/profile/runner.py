@@ -148,8 +148,10 @@ def measure(job):
 
 
 def peak_rss_mb():
-    """This process's peak resident memory. VmHWM belongs to the current program image; ru_maxrss would carry
-    the high-water mark of the process we were forked from (Linux keeps it across exec)."""
+    """This process's peak resident memory (MiB), or None where it cannot be read. VmHWM belongs to the current
+    program image; ru_maxrss would carry the high-water mark of the process we were forked from (Linux keeps it
+    across exec), so it is used only where there is no /proc at all (macOS); a chroot without /proc (the arm64
+    stand-in) measures nothing rather than its parent's peak."""
     try:
         with open("/proc/self/status") as handle:
             for line in handle:
@@ -157,18 +159,21 @@ def peak_rss_mb():
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
+    if sys.platform.startswith("linux"):
+        return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def outputs(job):
-    """Validation mode: run every model on every input file once; save its outputs and the time of each run."""
+    """Validation mode: run every model on every input file once; save its outputs and the time of each run. One
+    session a model, profiled: its trace is of every run (an emulated device is slow, so nothing runs twice)."""
     import numpy as np
 
     make = session_factory(job)
     result = {"models": [], "peak_rss_mb": 0.0, "environment": environment(job)}
     feeds = [load_inputs(p) for p in job["inputs"]]
     for index, model in enumerate(job["models"]):
-        session = make(model)
+        session = make(model, profile_prefix="trace_%d" % index)
         names = {i.name for i in session.get_inputs()}
         output_names = [o.name for o in session.get_outputs()]
         values, timings = {}, []
@@ -180,10 +185,8 @@ def outputs(job):
             for name, value in zip(output_names, produced):
                 values["b%d/%s" % (batch, name)] = value
         np.savez("outputs_%d.npz" % index, **values)
-        profiled = make(model, profile_prefix="trace_%d" % index)
-        profiled.run(None, {k: v for k, v in feeds[0].items() if k in names})
         result["models"].append({"outputs": "outputs_%d.npz" % index, "timings_ms": timings,
-                                 "trace": profiled.end_profiling()})
+                                 "trace": session.end_profiling()})
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 

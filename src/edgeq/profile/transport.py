@@ -171,13 +171,14 @@ class QemuTransport:
     name = "qemu"
     copies_models = True
 
-    def __init__(self, device_id: str):
+    def __init__(self, device_id: str, cpu: str | None = None):
         from edgeq.standin import is_ready, rootfs
 
         if not is_ready(device_id):
             raise TransportError(f"the arm64 stand-in for '{device_id}' is not set up",
                                  f"Run: edgeq devices setup {device_id}")  # fmt: skip
         self.root = rootfs(device_id)
+        self.cpu = cpu
 
     def run(self, job_dir: Path, files: list[str], timeout: float) -> None:
         import shutil
@@ -192,7 +193,7 @@ class QemuTransport:
             inside = "/" + str(work.relative_to(self.root))
             try:
                 run_in(self.root, ["/usr/bin/python3", "runner.py", "--job", "job.json", "--out", "result.json"],
-                       timeout, cwd=inside)  # fmt: skip
+                       timeout, cwd=inside, cpu=self.cpu)  # fmt: skip
             except subprocess.TimeoutExpired:
                 raise TransportError(f"the run in the arm64 stand-in exceeded {timeout:.0f} s and was stopped") from None
             except EdgeqError as exc:

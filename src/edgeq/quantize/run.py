@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import tempfile
 from pathlib import Path
 
 import onnx
 
+from edgeq.buildlog import quiet_libraries
 from edgeq.quantize.calibration import FeedReader, input_specs
 from edgeq.quantize.index_paths import index_path_nodes
 from edgeq.recipe.schema import QuantizationConfig
@@ -36,7 +36,7 @@ def quantize_model(
     quantizer adds the type converts their neighbours need)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's quantizer warns on the root logger
+    quiet_libraries()  # onnxruntime's quantizer warns on the root logger (into build.log during a build)
     fp32_path, out_path = Path(fp32_path).resolve(), Path(out_path).resolve()
     # onnxruntime's pre-processing writes scratch models (sym_shape_infer_temp.onnx, <uuid>.data) into the current
     # folder: work inside our own scratch folder so that nothing lands in the user's.
@@ -155,7 +155,7 @@ def _quantize_int4(fp32_path: Path, out_path: Path, q: QuantizationConfig, op_ty
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     # its own logger prints a line for every node it skips (thousands for a real LM) and opset notices edgeq resolves
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
+    quiet_libraries("onnxruntime.quantization.matmul_nbits_quantizer")
     quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), bits=4, block_size=q.block_size,
                                      is_symmetric=q.symmetric_weights, nodes_to_exclude=list(q.nodes_to_exclude),
                                      op_types_to_quantize=tuple(op_types or ("MatMul",)),

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from edgeq.errors import RecipeError
+from edgeq.errors import EdgeqError, RecipeError
 from edgeq.recipe.schema import Recipe
 
 
@@ -26,17 +26,18 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         return Recipe.model_validate(data, context={"base_dir": path.parent.resolve()})
     except ValidationError as exc:
-        raise _explain(exc, text, path) from None
+        raise explain(exc, text, f"recipe '{path}'") from None
 
 
-def parse_yaml(text: str, path: Path) -> Any:
+def parse_yaml(text: str, path: Path, kind: str = "recipe", error: type[EdgeqError] = RecipeError) -> Any:
+    """Safe YAML; a parse error is one `error` line naming the file as a `kind` (recipe, device profile, sweep)."""
     try:
         return yaml.safe_load(text)
     except yaml.constructor.ConstructorError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
-        raise RecipeError(
-            f"recipe '{path}' line {line}: YAML tag not allowed ({exc.problem})",
-            "Recipes are plain data; tags that construct objects are refused and nothing was run",
+        raise error(
+            f"{kind} '{path}' line {line}: YAML tag not allowed ({exc.problem})",
+            f"A {kind} is plain data; tags that construct objects are refused and nothing was run",
         ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -45,17 +46,17 @@ def parse_yaml(text: str, path: Path) -> Any:
         context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
         if context and start:
             problem += f", {context} started on line {start.line + 1}"
-        raise RecipeError(f"recipe '{path}'{line}: cannot parse YAML ({problem})") from None
+        raise error(f"{kind} '{path}'{line}: cannot parse YAML ({problem})") from None
 
 
-def _explain(exc: ValidationError, text: str, path: Path) -> RecipeError:
-    """The first validation error as one line: file, line, dotted key, what is wrong, and a hint."""
+def explain(exc: ValidationError, text: str, label: str) -> RecipeError:
+    """The first validation error as one line: `label` (which recipe), line, dotted key, what is wrong, a hint."""
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a typo beats the key it hid
     err = errors[0]
     loc = [str(part) for part in err["loc"]]
     key = ".".join(loc) or "(top level)"
     line = _line_of(text, loc)
-    where = f"recipe '{path}'" + (f" line {line}" if line else "")
+    where = label + (f" line {line}" if line else "")
     if err["type"] == "extra_forbidden":
         parent, name = loc[:-1], loc[-1]
         valid = _fields_at(parent)
@@ -70,6 +71,23 @@ def _explain(exc: ValidationError, text: str, path: Path) -> RecipeError:
         shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
         return RecipeError(f"{where}: key '{key}': {message}{shown}")
     return RecipeError(f"{where}: {message}")
+
+
+def unknown_key(dotted: str) -> RecipeError | None:
+    """Why a dotted key (`quantization.per_channel`) names no recipe key, with the closest valid one; None if it does."""
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        valid = _fields_at(parts[:depth])
+        if part in valid:
+            continue
+        here = ".".join(parts[:depth])
+        if not valid:
+            return RecipeError(f"'{here}' is a value, not a section with keys", f"Use '{here}' itself")
+        close = difflib.get_close_matches(part, valid, n=1, cutoff=0.6)
+        prefix = f"{here}." if here else ""
+        hint = f"Did you mean '{prefix}{close[0]}'?" if close else f"Valid keys here: {', '.join(valid)}"
+        return RecipeError(f"unknown recipe key '{prefix}{part}'", hint)
+    return None
 
 
 def _fields_at(loc: list[str]) -> list[str]:

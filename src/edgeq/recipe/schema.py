@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationInfo, field_validator,
+                      model_validator)  # fmt: skip
 
 TASKS = ("feature-extraction", "text-classification", "token-classification", "question-answering",
          "image-classification", "text-generation")
@@ -17,6 +18,9 @@ TaskName = Literal["feature-extraction", "text-classification", "token-classific
                    "image-classification", "text-generation"]
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8")
+
+
+DEFAULT_SEQUENCE_LENGTH = 128  # tokens, when neither the section nor the export sets one (capped by the model)
 
 
 class Strict(BaseModel):
@@ -310,6 +314,11 @@ class ValidationConfig(Strict):
         "validation's `metrics` are the worst case over shapes, which is what thresholds judge. "
         "Default: [{batch_size: <batch_size>}].",
     )
+    emulated_samples: PositiveInt | None = Field(
+        default=None, description="On a target whose runner is emulated (an arm64 stand-in under qemu), validate "
+        "only the first N of the samples, and only the model the target is served: qemu runs a 135M language "
+        "model's 128-token pass in about 40 s. The report states how many were used. Default: all samples.",
+    )
     warmup: int = Field(default=3, ge=0, description="Untimed runs per model before latency is measured.")
     thresholds: Thresholds = Field(default=Thresholds(), description="Pass/fail limits for the final model.")
 
@@ -501,7 +510,27 @@ class Recipe(Strict):
         return [(s.batch_size, s.sequence_length or default) for s in shapes]
 
     def sequence_length_for(self, section: CalibrationConfig | ValidationConfig) -> int:
-        return section.sequence_length or self.export.sequence_length or 128
+        return section.sequence_length or self.default_sequence_length
+
+    _model_positions: int | None = PrivateAttr(default=None)
+
+    def fit_to_model(self, positions: int | None) -> None:
+        """Tell the recipe the model's position table (max_position_embeddings), which caps the default length."""
+        self._model_positions = positions
+
+    @property
+    def default_sequence_length(self) -> int:
+        """The length of every section that sets none: the export's fixed length, else 128 tokens or the model's
+        position table when that is shorter."""
+        return self.export.sequence_length or min(DEFAULT_SEQUENCE_LENGTH, self._model_positions or DEFAULT_SEQUENCE_LENGTH)
+
+    @property
+    def default_sequence_length_origin(self) -> str:
+        if self.export.sequence_length:
+            return "export.sequence_length"
+        if self._model_positions and self._model_positions < DEFAULT_SEQUENCE_LENGTH:
+            return f"the model's position table ({self._model_positions} tokens), under edgeq's default of {DEFAULT_SEQUENCE_LENGTH}"
+        return "edgeq's default"
 
     @property
     def static_shapes(self) -> bool:

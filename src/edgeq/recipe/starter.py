@@ -39,7 +39,7 @@ def starter_recipe(model: str, model_dir: Path, device: DeviceProfile, data: str
         f"  task: {task.name}",
         "export:",
         f"  opset: {min(17, device.max_opset or 17)}",
-        *_shapes(device, task),
+        *_shapes(device, task, model_dir),
         *_quantization(device, task, calibration),
         *_mixed_precision(device, task),
         "validation:",
@@ -63,11 +63,13 @@ def _data(task: str, data: str | None) -> tuple[dict, dict]:
     return tuple({**entry, "path": str(folder / entry["path"])} for entry in SAMPLES[task])  # type: ignore[return-value]
 
 
-def _shapes(device: DeviceProfile, task) -> list[str]:
+def _shapes(device: DeviceProfile, task, model_dir: Path) -> list[str]:
+    from edgeq.tasks import model_positions
+
     fixed = device.quantization.static_shapes or device.coverage is not None  # mobile EPs take more at fixed shapes
     if not fixed or task.name == "text-generation":
-        return []
-    length = 64 if device.quantization.scheme == "qnn" else 128
+        return []  # every length then defaults to min(128, the model's position table)
+    length = min(64 if device.quantization.scheme == "qnn" else 128, model_positions(model_dir) or 128)
     return ["  batch_size: 1                   # fixed shapes: the device compiles them (or covers more of the graph)",
             f"  sequence_length: {length}"] if task.modality == "text" else ["  batch_size: 1"]  # fmt: skip
 

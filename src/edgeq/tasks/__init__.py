@@ -33,6 +33,39 @@ def model_config(model_dir: Path) -> dict:
         return {}
 
 
+# Models whose position ids start after the padding id (transformers' create_position_ids_from_input_ids): a
+# RoBERTa with 514 positions takes 512 tokens.
+PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer",
+                            "data2vec-text", "esm"}  # fmt: skip
+
+
+def model_positions(model_dir: Path) -> int | None:
+    """The most tokens a text may have: the model's position table (max_position_embeddings / n_positions), less
+    the padding offset of RoBERTa-style models; None when its config gives none."""
+    config = model_config(model_dir)
+    limit = config.get("max_position_embeddings") or config.get("n_positions")
+    if not isinstance(limit, int):
+        return None
+    if config.get("model_type") in PADDING_OFFSET_POSITIONS:
+        limit -= int(config.get("pad_token_id") or 0) + 1
+    return limit
+
+
+def positions_phrase(model_dir: Path) -> str:
+    """The model's limit in words: `max_position_embeddings (64)`, with a RoBERTa-style padding offset named."""
+    config = model_config(model_dir)
+    table = config.get("max_position_embeddings") or config.get("n_positions")
+    limit = model_positions(model_dir)
+    return f"max_position_embeddings ({table})" + (f" less its padding offset: {limit}" if limit != table else "")
+
+
+def default_length(model_dir: Path) -> int:
+    """Tokens per text when nothing says: 128, or the model's position table when that is shorter."""
+    from edgeq.recipe.schema import DEFAULT_SEQUENCE_LENGTH
+
+    return min(DEFAULT_SEQUENCE_LENGTH, model_positions(model_dir) or DEFAULT_SEQUENCE_LENGTH)
+
+
 def detect_task(model_dir: Path) -> tuple[Task, str]:
     """The task a model folder's config.json architectures imply, and why (in words)."""
     config = model_config(model_dir)

@@ -39,7 +39,8 @@ def runtime_for(device: DeviceProfile) -> Runtime:
     """The device's EP when this onnxruntime has it; else its CPU stand-in (emulated); else a DeviceError."""
     ep = device.execution_provider
     if device.stand_in == "qemu-arm64" and mode_for(device) != "on-host":
-        note = (f"aarch64 onnxruntime in an arm64 stand-in (qemu-user on this {_host_machine()} host): the "
+        cpu = f", emulating a {device.stand_in_cpu}" if device.stand_in_cpu else ""
+        note = (f"aarch64 onnxruntime in an arm64 stand-in (qemu-user on this {_host_machine()} host{cpu}): the "
                 f"numerics are aarch64's integer kernels; the latency is qemu's, not the device's. {device.emulation_note}")
         return Runtime(device, ep.name, "emulated", note.strip())
     if provider_available(ep):
