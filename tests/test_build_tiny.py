@@ -161,7 +161,10 @@ def test_a_failed_stage_leaves_no_half_written_artifact(tiny_bert, write_recipe,
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="disk full"):
         api.build(write_recipe(base_recipe(str(tiny_bert))), output=out)
-    assert sorted(p.name for p in out.iterdir()) == ["fp32"]  # the finished stage only; no int8/, no scratch
+    # the finished stage and the build's log (which says what failed); no int8/, no scratch
+    assert sorted(p.name for p in out.iterdir()) == ["build.log", "fp32"]
+    log = (out / "build.log").read_text()
+    assert "▶ quantize" in log and "the build stopped: RuntimeError: disk full" in log
     monkeypatch.undo()
     report = api.build(write_recipe(base_recipe(str(tiny_bert))), output=out).report
     assert [s["cached"] for s in report["stages"]] == [True, False, False]

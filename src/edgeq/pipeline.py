@@ -168,7 +168,13 @@ def run_build(plan: Plan, force: bool = False) -> BuildResult:
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     (plan.out_dir / LOG_FILE).unlink(missing_ok=True)
     with library_log(plan.out_dir / LOG_FILE):
-        return _run_stages(plan, force)
+        try:
+            return _run_stages(plan, force)
+        except BaseException as exc:  # the log ends with why the build stopped (the terminal shows it too)
+            import logging
+
+            logging.getLogger("edgeq").error("the build stopped: %s: %s", type(exc).__name__, exc)
+            raise
 
 
 def _run_stages(plan: Plan, force: bool) -> BuildResult:

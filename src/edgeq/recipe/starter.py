@@ -103,6 +103,7 @@ def _mixed_precision(device: DeviceProfile, task) -> list[str]:
     rules = device.quantization
     if task.name == "text-generation":
         return ["mixed_precision:", "  candidates: [int4, int4g, w8]    # per projection: 4-bit RTN, 4-bit GPTQ, INT8",
+                "  measure_top: 24                  # measure promotions for the 24 most damaged islands, not all",
                 "  budget:", "    min_cosine_mean: null", "    ceilings_over_lowest:",
                 "      kl_divergence_mean: 0.5     # at most half the KL (nats/token vs FP32) of 4-bit everywhere",
                 "    max_size_over_lowest: 1.15     # at most 15% more bytes than 4-bit everywhere"]  # fmt: skip
