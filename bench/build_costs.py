@@ -1,0 +1,73 @@
+"""Measure what building the bundled recipes costs on this machine: wall time and peak RSS of the whole `edgeq build`
+(`/usr/bin/time -v`), each stage's seconds and sampled peak (report.json), the build folder's bytes, and the work the
+recipe asked for. The rows are what `edgeq plan`'s build-cost estimate is fitted to and checked against; run it on an
+idle machine (other jobs inflate the times), with every cache of the recipes' sources warm or cold as stated.
+
+    python bench/build_costs.py [--recipes minilm-int8-cpu tiny-llama-int4 smollm2-int4] [--out bench/data/build-costs.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+DEFAULT_RECIPES = ["minilm-int8-cpu", "tiny-llama-int4", "smollm2-int4"]
+
+
+def measure(recipe: str, scratch: Path) -> dict:
+    out = scratch / recipe
+    command = ["/usr/bin/time", "-v", sys.executable, "-m", "edgeq.cli", "build", str(ROOT / "recipes" / f"{recipe}.yaml"),
+               "-o", str(out)]  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "EDGEQ_QUIET": "1"})
+    wall = time.perf_counter() - started
+    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
+    if done.returncode not in (0, 3):
+        raise SystemExit(f"{recipe}: the build failed: {done.stderr.strip().splitlines()[-1]}")
+    report = json.loads((out / "report.json").read_text())
+    return {
+        "recipe": recipe,
+        "wall_seconds": round(wall, 1),
+        "peak_rss_bytes": peak_kb * 1024,
+        "disk_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
+        "stages": [{k: s.get(k) for k in ("name", "seconds", "cached", "peak_rss_mb", "child_peak_rss_mb")}
+                   for s in report["stages"]],  # fmt: skip
+        "fp32_bytes": next(a["size_bytes"] for a in report["artifacts"] if a["name"] == "fp32"),
+        "search": {k: report.get("mixed_precision", {}).get(k) for k in ("proxy_passes", "full_evaluations")},
+        "recipe_work": {k: report["recipe"][k] for k in ("quantization", "mixed_precision", "validation", "targets")},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipes", nargs="+", default=DEFAULT_RECIPES)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "data" / "build-costs.json"))
+    args = parser.parse_args()
+    from edgeq.profile.runner import cpu_info
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgeq-build-costs-") as tmp:
+        for recipe in args.recipes:
+            row = measure(recipe, Path(tmp))
+            rows.append(row)
+            print(f"{recipe}: {row['wall_seconds']:.0f} s, peak {row['peak_rss_bytes'] / 2**30:.2f} GiB, "
+                  f"{row['disk_bytes'] / 1e6:.0f} MB on disk", flush=True)  # fmt: skip
+    model, flags = cpu_info()
+    isa = [f for f in ("avx512_vnni", "avx_vnni", "avx2") if f in flags]
+    Path(args.out).write_text(json.dumps({"machine": {"cpu": model, "isa": isa, "machine": platform.machine()},
+                                          "builds": rows}, indent=2) + "\n")  # fmt: skip
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
