@@ -49,7 +49,7 @@ def estimated_peak_bytes(config: dict, sequence_length: int) -> int | None:
         shape = model_shape(config)
     except (KeyError, TypeError, ValueError):
         return None
-    tied_head = shape.vocab * shape.hidden if config.get("tie_word_embeddings", config.get("model_type") == "gpt2") else 0
+    tied_head = shape.vocab * shape.hidden if shape.tied else 0
     fp32 = 4 * (shape.parameters + tied_head)  # the export writes a tied head as its own matrix
     logits = LOGIT_COPIES * shape.vocab * sequence_length * 8
     return int(FIXED_BYTES + PER_FP32_BYTE * fp32 + logits)

@@ -155,9 +155,12 @@ def workspace_bytes(shape: Shape, context: int) -> int:
     return activations + scores
 
 
+def runtime_bytes(device) -> int:
+    return int((device.runtime_mb if device.runtime_mb is not None else RUNTIME_MB) * 2**20)
+
+
 def total_bytes(shape: Shape, precision: str, device, context: int, kv_dtype: str, windowed: bool = False) -> int:
-    runtime = int((device.runtime_mb if device.runtime_mb is not None else RUNTIME_MB) * 2**20)
-    return (runtime + weight_bytes(shape, precision) + prepacked_bytes(shape, precision, device)
+    return (runtime_bytes(device) + weight_bytes(shape, precision) + prepacked_bytes(shape, precision, device)
             + kv_cache_bytes(shape, context, kv_dtype, windowed=windowed) + workspace_bytes(shape, context))  # fmt: skip
 
 
@@ -220,12 +223,11 @@ def plan(model: str | Path, device, context: int, memory_mb: int | None = None, 
         raise DeviceError(f"device '{device.id}' has no memory facts (memory_mb)", "Pass --memory-mb N")
     memory = memory_mb * 1024 * 1024
     kv = KV_DTYPES[kv_dtype] if kv_dtype else device.kv_cache_dtype
-    runtime = int((device.runtime_mb if device.runtime_mb is not None else RUNTIME_MB) * 2**20)
     options = []
     for precision in ("fp32", "fp16", "int8", "int4"):
         total = total_bytes(shape, precision, device, context, kv)
         option = {"precision": precision, "weights_bytes": weight_bytes(shape, precision),
-                  "prepacked_bytes": prepacked_bytes(shape, precision, device), "runtime_bytes": runtime,
+                  "prepacked_bytes": prepacked_bytes(shape, precision, device), "runtime_bytes": runtime_bytes(device),
                   "kv_cache_bytes": kv_cache_bytes(shape, context, kv), "kv_dtype": kv,
                   "workspace_bytes": workspace_bytes(shape, context), "total_bytes": total, "fits": total <= memory,
                   "max_context": max_context(shape, precision, device, memory, kv)}  # fmt: skip

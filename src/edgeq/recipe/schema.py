@@ -23,6 +23,11 @@ WEIGHT_TYPES = ("int8", "uint8")
 DEFAULT_SEQUENCE_LENGTH = 128  # tokens, when neither the section nor the export sets one (capped by the model)
 
 
+def length_for_model(positions: int | None) -> int:
+    """edgeq's default length, or the model's position table when that is shorter."""
+    return min(DEFAULT_SEQUENCE_LENGTH, positions or DEFAULT_SEQUENCE_LENGTH)
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -522,7 +527,7 @@ class Recipe(Strict):
     def default_sequence_length(self) -> int:
         """The length of every section that sets none: the export's fixed length, else 128 tokens or the model's
         position table when that is shorter."""
-        return self.export.sequence_length or min(DEFAULT_SEQUENCE_LENGTH, self._model_positions or DEFAULT_SEQUENCE_LENGTH)
+        return self.export.sequence_length or length_for_model(self._model_positions)
 
     @property
     def default_sequence_length_origin(self) -> str:

@@ -64,12 +64,12 @@ def _data(task: str, data: str | None) -> tuple[dict, dict]:
 
 
 def _shapes(device: DeviceProfile, task, model_dir: Path) -> list[str]:
-    from edgeq.tasks import model_positions
+    from edgeq.tasks import default_length
 
     fixed = device.quantization.static_shapes or device.coverage is not None  # mobile EPs take more at fixed shapes
     if not fixed or task.name == "text-generation":
         return []  # every length then defaults to min(128, the model's position table)
-    length = min(64 if device.quantization.scheme == "qnn" else 128, model_positions(model_dir) or 128)
+    length = min(64, default_length(model_dir)) if device.quantization.scheme == "qnn" else default_length(model_dir)
     return ["  batch_size: 1                   # fixed shapes: the device compiles them (or covers more of the graph)",
             f"  sequence_length: {length}"] if task.modality == "text" else ["  batch_size: 1"]  # fmt: skip
 

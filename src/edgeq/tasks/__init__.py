@@ -61,9 +61,9 @@ def positions_phrase(model_dir: Path) -> str:
 
 def default_length(model_dir: Path) -> int:
     """Tokens per text when nothing says: 128, or the model's position table when that is shorter."""
-    from edgeq.recipe.schema import DEFAULT_SEQUENCE_LENGTH
+    from edgeq.recipe.schema import length_for_model
 
-    return min(DEFAULT_SEQUENCE_LENGTH, model_positions(model_dir) or DEFAULT_SEQUENCE_LENGTH)
+    return length_for_model(model_positions(model_dir))
 
 
 def detect_task(model_dir: Path) -> tuple[Task, str]:
