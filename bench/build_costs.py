@@ -4,6 +4,10 @@ recipe asked for. The rows are what `edgeq plan`'s build-cost estimate is fitted
 idle machine (other jobs inflate the times), with every cache of the recipes' sources warm or cold as stated.
 
     python bench/build_costs.py [--recipes minilm-int8-cpu tiny-llama-int4 smollm2-int4] [--out bench/data/build-costs.json]
+    python bench/build_costs.py --held-out --out bench/data/build-costs-held-out.json
+
+`--held-out` measures variants of the bundled recipes that the estimate was not fitted on (other sample counts,
+shapes, targets and search settings), to state the estimate's error on builds it has not seen.
 """
 
 from __future__ import annotations
@@ -22,12 +26,50 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 DEFAULT_RECIPES = ["minilm-int8-cpu", "tiny-llama-int4", "smollm2-int4"]
+HELD_OUT = {  # name: (bundled recipe, {dotted key: value}) -- builds the build-cost fit never saw
+    "smollm2-int4-light": ("smollm2-int4", {"quantization.calibration.samples": 8, "mixed_precision.proxy_samples": 4,
+                                            "mixed_precision.measure_top": 6, "validation.samples": 8,
+                                            "targets": ["x86-avx2"]}),
+    "minilm-int8-b1": ("minilm-int8-cpu", {"validation.shapes": [{"batch_size": 1}], "mixed_precision.proxy_samples": 16,
+                                           "validation.samples": 100}),
+    "tiny-llama-int4-x86": ("tiny-llama-int4", {"targets": ["x86-avx2"], "validation.samples": 24,
+                                                "mixed_precision.candidates": ["int4", "w8", "fp16"]}),
+}
+
+
+def variant(name: str, scratch: Path) -> Path:
+    """A held-out variant of a bundled recipe, written into `scratch` with its data paths made absolute."""
+    import yaml
+
+    base, changes = HELD_OUT[name]
+    recipe = yaml.safe_load((ROOT / "recipes" / f"{base}.yaml").read_text())
+    for section in (recipe["quantization"]["calibration"], recipe["validation"]):
+        section["data"]["path"] = str(ROOT / "recipes" / section["data"]["path"])
+    for dotted, value in changes.items():
+        *parents, key = dotted.split(".")
+        node = recipe
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
+    recipe["name"] = name
+    path = scratch / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def model_config(recipe_path: Path) -> dict:
+    """The config.json of the recipe's model (its source is cached by the build that just ran)."""
+    from edgeq.export.source import resolve_source
+    from edgeq.recipe import load_recipe
+    from edgeq.tasks import model_config as read
+
+    return read(resolve_source(load_recipe(recipe_path).model.source))
 
 
 def measure(recipe: str, scratch: Path) -> dict:
     out = scratch / recipe
-    command = ["/usr/bin/time", "-v", sys.executable, "-m", "edgeq.cli", "build", str(ROOT / "recipes" / f"{recipe}.yaml"),
-               "-o", str(out)]  # fmt: skip
+    path = variant(recipe, scratch) if recipe in HELD_OUT else ROOT / "recipes" / f"{recipe}.yaml"
+    command = ["/usr/bin/time", "-v", sys.executable, "-m", "edgeq.cli", "build", str(path), "-o", str(out)]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "EDGEQ_QUIET": "1"})
     wall = time.perf_counter() - started
@@ -42,6 +84,7 @@ def measure(recipe: str, scratch: Path) -> dict:
         "disk_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
         "stages": [{k: s.get(k) for k in ("name", "seconds", "cached", "peak_rss_mb", "child_peak_rss_mb")}
                    for s in report["stages"]],  # fmt: skip
+        "config": model_config(path),
         "fp32_bytes": next(a["size_bytes"] for a in report["artifacts"] if a["name"] == "fp32"),
         "search": {k: report.get("mixed_precision", {}).get(k) for k in ("proxy_passes", "full_evaluations")},
         "recipe_work": {k: report["recipe"][k] for k in ("quantization", "mixed_precision", "validation", "targets")},
@@ -50,9 +93,11 @@ def measure(recipe: str, scratch: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipes", nargs="+", default=DEFAULT_RECIPES)
+    parser.add_argument("--recipes", nargs="+", default=None, help=f"bundled recipes or held-out variants {list(HELD_OUT)}")
+    parser.add_argument("--held-out", action="store_true", help="measure the held-out variants")
     parser.add_argument("--out", default=str(ROOT / "bench" / "data" / "build-costs.json"))
     args = parser.parse_args()
+    args.recipes = args.recipes or (list(HELD_OUT) if args.held_out else DEFAULT_RECIPES)
     from edgeq.profile.runner import cpu_info
 
     rows = []

@@ -197,6 +197,39 @@ def test_the_plan_counts_what_the_model_is(run_cli, tmp_path):
     assert [r["rank"] for r in ranked["models"]] == [1, 2] and ranked["models"][0]["model"] == str(tmp_path / "llama")
 
 
+def test_the_plan_estimates_the_build_before_any_download(run_cli, tmp_path):
+    import yaml
+
+    config = ROOT / "examples" / "configs" / "llama-2-7b"
+    plan = _plan(run_cli, tmp_path, config, "--device", "raspberry-pi-5", "--context", "1024")
+    cost = plan["build_cost"]
+    assert set(cost) >= {"peak_rss_bytes", "disk_bytes", "seconds", "basis"}
+    assert cost["basis"]["extrapolated"] and cost["recipe"].startswith("edgeq init's starter recipe")
+    assert cost["disk_bytes"] > 4 * plan["model"]["parameters"]  # at least the FP32 export
+    recipe = yaml.safe_load((ROOT / "recipes" / "smollm2-int4.yaml").read_text())
+    for section in (recipe["quantization"]["calibration"], recipe["validation"]):
+        section["data"]["path"] = str(ROOT / "recipes" / section["data"]["path"])
+    costs = []
+    for samples in (8, 32):
+        recipe["validation"].update(samples=samples)
+        (tmp_path / f"r{samples}.yaml").write_text(yaml.safe_dump(recipe))
+        costs.append(_plan(run_cli, tmp_path, config, "--device", "x86-avx2", "--recipe", tmp_path / f"r{samples}.yaml")["build_cost"])
+    assert costs[1]["seconds"] > costs[0]["seconds"] and costs[1]["peak_rss_bytes"] == costs[0]["peak_rss_bytes"]
+    assert costs[0]["recipe"] == str(tmp_path / "r8.yaml")
+
+
+def test_the_build_cost_fit_holds_on_every_measured_build():
+    """bench/data's measured builds (the bundled recipes and their variants, one machine): the committed constants
+    estimate each one's seconds and peak RSS within 30%."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "fit_build_costs.py"), "--check", "0.3"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count(" ok") == 12
+
+
 def test_planted_projection_is_found_and_promoted(tmp_path, write_recipe):
     model = make_decoder(tmp_path / "planted", "llama", seed=1, planted=True)
     recipe = base_recipe(str(model), model={"task": "text-generation"},

@@ -192,15 +192,15 @@ def profile(models: str | Path | list, device: str | None = None, runs: int = 10
 
 
 def plan(models: str | Path | list, device: str | None = None, context: int = 2048, memory_mb: int | None = None,
-         kv_dtype: str | None = None) -> dict:  # fmt: skip
+         kv_dtype: str | None = None, recipe: str | Path | None = None) -> dict:  # fmt: skip
     """Memory per precision of one language model config on DEVICE at CONTEXT (the plan JSON of DESIGN.md), or,
     for several, {"plans", "comparison"} ranked at equal memory. `kv_dtype`: fp32|fp16|int8 (default: the
-    device runtime's)."""
+    device runtime's). `recipe`: the recipe whose build `build_cost` estimates (default: edgeq init's)."""
     from edgeq.plan import compare_at_equal_memory
     from edgeq.plan import plan as plan_one
 
     profile = load_device(device or host_cpu_device())
-    plans = [plan_one(m, profile, context, memory_mb, kv_dtype) for m in (models if isinstance(models, list) else [models])]
+    plans = [plan_one(m, profile, context, memory_mb, kv_dtype, recipe) for m in (models if isinstance(models, list) else [models])]
     return plans[0] if len(plans) == 1 else {"plans": plans, "comparison": compare_at_equal_memory(plans)}
 
 

@@ -376,14 +376,16 @@ def _print_profile(result: dict) -> None:
 @click.option("--memory-mb", type=click.IntRange(min=1), help="Memory to plan for. Default: the device profile's memory_mb.")
 @click.option("--kv-dtype", type=click.Choice(["fp32", "fp16", "int8"]),
               help="The KV cache's precision. Default: the device runtime's (kv_cache_dtype).")
+@click.option("--recipe", type=click.Path(dir_okay=False),
+              help="Estimate the build cost of this recipe. Default: the recipe `edgeq init` would write.")
 @click.option("--json", "json_file", help="Write the plan JSON to this file ('-' for stdout).")
-def plan(models, device, context, memory_mb, kv_dtype, json_file) -> None:
+def plan(models, device, context, memory_mb, kv_dtype, recipe, json_file) -> None:
     """What a language model (a folder with config.json, or the file; no weights needed) needs per precision on
     DEVICE at a context length, what fits, and the longest context each precision leaves room for. Two or more
     models: ranked at equal memory."""
     from edgeq import api
 
-    result = api.plan(list(models), device, context, memory_mb, kv_dtype)
+    result = api.plan(list(models), device, context, memory_mb, kv_dtype, recipe)
     if json_file:
         _write_json(result, json_file)
         if json_file == "-":
@@ -409,6 +411,11 @@ def plan(models, device, context, memory_mb, kv_dtype, json_file) -> None:
                        + (f" (windowed: {windowed['total_bytes'] / 2**30:.2f} GiB, {windowed['max_context'] or 'none'})"
                           if windowed else ""))  # fmt: skip
         click.echo(f"  largest that fits: {entry['largest_fitting'] or 'none'}")
+        cost = entry["build_cost"]
+        click.echo(f"  building it here ({cost['recipe']}): about {cost['seconds'] / 60:.0f} min, peak "
+                   f"{cost['peak_rss_bytes'] / 2**30:.1f} GiB, {cost['disk_bytes'] / 2**30:.1f} GiB on disk "
+                   f"(estimated before any download, fitted on {cost['basis']['machine']}"
+                   + ("; this model is larger than any build the fit saw: an extrapolation)" if cost["basis"]["extrapolated"] else ")"))  # fmt: skip
     if "comparison" in result:
         click.echo("at equal memory, ranked: " + "; ".join(
             f"{r['rank']}. {r['model']} at {r['precision'] or 'nothing'}" for r in result["comparison"]["models"]))  # fmt: skip

@@ -51,6 +51,7 @@ class Plan:
     out_dir: Path
     model_dir: Path
     model_hash: str
+    cost_estimate: dict | None = None  # edgeq.build_cost's estimate, said before the build starts
 
     @property
     def legalizes(self) -> bool:
@@ -97,11 +98,12 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None) -> Pla
     check_metric_names(recipe, task)
     recipe.fit_to_model(model_positions(model_dir))
     check_context(recipe, model_dir)
-    if task.generates:  # a language model's build is the one that can outgrow the machine: know it before the kernel
-        from edgeq.headroom import check_headroom
+    cost = None
+    if task.modality == "text":  # a build can outgrow the machine: know it before the kernel does (an OOM kill says nothing)
+        from edgeq.build_cost import check_fits_memory
         from edgeq.tasks import model_config
 
-        check_headroom(model_config(model_dir), recipe.sequence_length_for(recipe.validation), say)
+        cost = check_fits_memory(model_config(model_dir), recipe, devices, say)
     validation = task.read(recipe.validation.data, recipe.validation.samples, "validation.data", model_dir)
     calib = recipe.quantization.calibration
     calibration = task.read(calib.data, calib.samples, "quantization.calibration.data", model_dir) if calib else None
@@ -118,6 +120,7 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None) -> Pla
         out_dir=out_dir,
         model_dir=model_dir,
         model_hash=sha256_tree(model_dir),
+        cost_estimate=cost,
     )
 
 

@@ -210,9 +210,13 @@ def _through(xs: list[int], ys: list[int]) -> tuple[float, float, float]:
     return a, b, y0 - a * x0 * x0 - b * x0
 
 
-def plan(model: str | Path, device, context: int, memory_mb: int | None = None, kv_dtype: str | None = None) -> dict:
+def plan(model: str | Path, device, context: int, memory_mb: int | None = None, kv_dtype: str | None = None,
+         recipe: str | Path | None = None) -> dict:  # fmt: skip
     """The `edgeq plan` JSON of DESIGN.md for one model on one device. `kv_dtype` (fp32|fp16|int8): the KV
-    cache's precision; default: what the device's runtime keeps."""
+    cache's precision; default: what the device's runtime keeps. `recipe`: the recipe whose build `build_cost`
+    estimates (default: edgeq init's starter recipe for the model and device)."""
+    from edgeq.build_cost import plan_build_cost
+
     config = read_config(model)
     shape = model_shape(config)
     if shape.max_positions and context > shape.max_positions:
@@ -250,6 +254,7 @@ def plan(model: str | Path, device, context: int, memory_mb: int | None = None, 
         "kv_dtype": kv,
         "options": options,
         "largest_fitting": fitting[0] if fitting else None,
+        "build_cost": plan_build_cost(model, device, recipe),
         "method": __doc__.split("\n\n", 1)[1].strip(),
     }  # fmt: skip
 

@@ -60,6 +60,8 @@ def build_report(plan, stages, final_artifact: str, total: float, finals: dict[s
         "total_seconds": round(total, 2),
         "log_file": LOG_FILE,
         "peak_rss_mb": _build_peak_mb(stages),
+        **({"build_cost_estimate": {k: plan.cost_estimate[k] for k in ("peak_rss_bytes", "disk_bytes", "seconds")}}
+           if plan.cost_estimate else {}),
     }
 
 
