@@ -38,10 +38,16 @@ HELD_OUT = {  # name: (bundled recipe, {dotted key: value}) -- builds the build-
 
 
 def variant(name: str, scratch: Path) -> Path:
-    """A held-out variant of a bundled recipe, written into `scratch` with its data paths made absolute."""
+    """A held-out variant of a bundled recipe, written into `scratch`."""
+    base, changes = HELD_OUT[name]
+    return write_variant(base, changes, name, scratch)
+
+
+def write_variant(base: str, changes: dict, name: str, scratch: Path) -> Path:
+    """recipes/<base>.yaml with its data paths made absolute and `changes` ({dotted key: value}) applied, written
+    into `scratch` as <name>.yaml."""
     import yaml
 
-    base, changes = HELD_OUT[name]
     recipe = yaml.safe_load((ROOT / "recipes" / f"{base}.yaml").read_text())
     for section in (recipe["quantization"]["calibration"], recipe["validation"]):
         section["data"]["path"] = str(ROOT / "recipes" / section["data"]["path"])

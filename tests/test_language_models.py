@@ -254,6 +254,37 @@ def test_planted_projection_is_found_and_promoted(tmp_path, write_recipe):
         assert key in final["metrics"], key
 
 
+def test_an_int8_kv_cache_is_validated_beside_the_same_model_with_an_fp32_cache(tmp_path, write_recipe):
+    """Mechanics on random weights: the cache's tensors are INT8 on the real kernel, the search's model is validated
+    with both caches and the report's cost is their difference (what it costs a real model: the README)."""
+    model = make_decoder(tmp_path / "m", "llama", seed=2)
+    recipe = base_recipe(str(model), model={"task": "text-generation"},
+                         quantization={"mode": "int4", "op_types": ["MatMul"], "kv_cache": "int8",
+                                       "calibration": {"data": {"path": str(DATA / "calibration.txt")}, "samples": 8,
+                                                       "sequence_length": 48}},
+                         validation={"samples": 12, "sequence_length": 48, "thresholds": {"cosine_mean": None}})  # fmt: skip
+    result = api.build(write_recipe(recipe), output=tmp_path / "out")
+    report = result.report
+    assert report["final_artifact"] == "kv8"
+    final = onnx.load(str(result.out_dir / "final" / "model.onnx"))
+    past = [i for i in final.graph.input if i.name.startswith("past_key_values")]
+    assert past and all(i.type.tensor_type.elem_type == onnx.TensorProto.INT8 for i in past)
+    attention = [n for n in final.graph.node if n.op_type == "GroupQueryAttention"]
+    assert all(n.input[12].endswith("key.kv_scale") and n.input[13].endswith("value.kv_scale") for n in attention)
+    metrics = {v["artifact"]: v["metrics"] for v in report["validations"]}
+    (cost,) = report["kv_cache"]["cost"]
+    assert report["kv_cache"]["from_artifact"] == "int4" and report["kv_cache"]["layers"] == len(attention)
+    assert cost["kl_divergence_mean"] == pytest.approx(metrics["kv8"]["kl_divergence_mean"] - metrics["int4"]["kl_divergence_mean"], abs=1e-6)
+    assert metrics["kv8"]["max_abs_error"] != metrics["int4"]["max_abs_error"]  # the cache was quantized
+    assert abs(cost["kl_divergence_mean"]) < 0.1 and "## KV cache" in (result.out_dir / "report.md").read_text()
+
+
+def test_an_int8_kv_cache_on_an_encoder(run_cli, write_recipe, tiny_bert):
+    recipe = base_recipe(str(tiny_bert), quantization={"kv_cache": "int8", "calibration": {"data": {"path": "data/calibration.txt"}}})
+    assert_error(run_cli("build", write_recipe(recipe)), "Error: quantization.kv_cache: int8 is for language models, "
+                                                         "and this is a feature-extraction model. Remove kv_cache")  # fmt: skip
+
+
 def test_encoder_given_text_generation(run_cli, write_recipe, tiny_bert):
     path = write_recipe(base_recipe(str(tiny_bert), model={"task": "text-generation"}))
     assert_error(run_cli("build", path), "Error: model.task is text-generation but the model is a BertModel, which has "

@@ -9,7 +9,8 @@ import numpy as np
 from edgeq.errors import ModelError
 
 DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
-          "tensor(float16)": np.float16, "tensor(bool)": np.bool_}  # fmt: skip
+          "tensor(float16)": np.float16, "tensor(bool)": np.bool_, "tensor(int8)": np.int8,
+          "tensor(uint8)": np.uint8}  # fmt: skip
 
 
 def feed_for(input_specs, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

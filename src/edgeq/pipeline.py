@@ -98,6 +98,7 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None) -> Pla
     check_metric_names(recipe, task)
     recipe.fit_to_model(model_positions(model_dir))
     check_context(recipe, model_dir)
+    check_kv_cache(recipe, task, model_dir)
     cost = None
     if task.modality == "text":  # a build can outgrow the machine: know it before the kernel does (an OOM kill says nothing)
         from edgeq.build_cost import check_fits_memory
@@ -164,6 +165,23 @@ def check_context(recipe: Recipe, model_dir: Path) -> None:
                               f"Use at most {limit}")  # fmt: skip
 
 
+def check_kv_cache(recipe: Recipe, task, model_dir: Path) -> None:
+    """An INT8 KV cache is a language model's, in the fused decoder graph (GroupQueryAttention holds the cache)."""
+    from edgeq.errors import RecipeError
+    from edgeq.export.hf import uses_fused_decoder
+
+    if recipe.quantization.kv_cache != "int8":
+        return
+    if not task.generates:
+        raise RecipeError(f"quantization.kv_cache: int8 is for language models, and this is a {task.name} model",
+                          "Remove kv_cache")  # fmt: skip
+    fixed = recipe.static_shapes or recipe.fixed_batch
+    if not uses_fused_decoder(model_dir, task.export_task, recipe.export.decoder, fixed):
+        raise RecipeError("quantization.kv_cache: int8 needs the fused decoder graph (its GroupQueryAttention holds "
+                          "the cache), which this model and export do not write",
+                          "Use a Llama, Mistral or Qwen2 model at dynamic shapes with export.decoder auto or fused, or kv_cache: fp32")  # fmt: skip
+
+
 def run_build(plan: Plan, force: bool = False) -> BuildResult:
     """Run the stages into the build folder; libraries' logging goes to its build.log (edgeq.buildlog)."""
     from edgeq.buildlog import LOG_FILE, library_log
@@ -202,6 +220,9 @@ def _run_stages(plan: Plan, force: bool) -> BuildResult:
     chosen = quantized
     if plan.recipe.runs_mixed_precision:
         chosen = mixed_precision_stage(plan, source, force, quantized)
+        stages.append(chosen)
+    if plan.recipe.quantization.kv_cache == "int8":  # validated beside the model before it: the report says its cost
+        chosen = kv_cache_stage(plan, stages[0], chosen, force)
         stages.append(chosen)
     own = {}  # device id -> the stage of the artifact it takes instead of the recipe's
     if any(d.artifact == "fp16" for d in plan.devices):
@@ -343,6 +364,20 @@ def mixed_precision_stage(plan: Plan, source: StageResult, force: bool, quantize
            "shapes": plan.recipe.validation_shapes,
            "calibration": [s.key() for s in plan.calibration_samples or []]}  # fmt: skip
     return cached_stage(plan.out_dir / "mixed", "mixed_precision", key, produce, force)
+
+
+def kv_cache_stage(plan: Plan, fp32: StageResult, source: StageResult, force: bool) -> StageResult:
+    from edgeq.quantize.kv_cache import quantize_kv_cache
+
+    def produce(folder: Path) -> dict:
+        done = quantize_kv_cache(source.folder / MODEL_FILE, folder / MODEL_FILE, fp32.folder / MODEL_FILE,
+                                 calibration_feeds(plan, fp32))  # fmt: skip
+        copy_companions(source.folder, folder)
+        return done
+
+    key = {"input": source.key, "fp32": fp32.key, "calibration": [s.key() for s in plan.calibration_samples or []],
+           "calibration_length": plan.recipe.sequence_length_for(plan.recipe.quantization.calibration)}  # fmt: skip
+    return cached_stage(plan.out_dir / "kv8", "kv_cache", key, produce, force)
 
 
 def legalize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:

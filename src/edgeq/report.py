@@ -53,6 +53,7 @@ def build_report(plan, stages, final_artifact: str, total: float, finals: dict[s
         "final": "final/model.onnx",
         **({"final_ort": "final/model.ort"} if (plan.out_dir / "final" / "model.ort").is_file() else {}),
         **({"mixed_precision": mp} if (mp := _mixed_precision(stages)) else {}),
+        **({"kv_cache": kv} if (kv := _kv_cache(stages, validations, plan.task.metric_names)) else {}),
         **({"profiles": profiles} if (profiles := [p for s in stages for p in s.details.get("profiles", [])]) else {}),
         "final_artifact": final_artifact,
         "finals": {device: {"artifact": served[device], "path": path} for device, path in (finals or {}).items()},
@@ -75,6 +76,21 @@ def _build_peak_mb(stages) -> float | None:
 
 def _mixed_precision(stages) -> dict | None:
     return next((s.details["mixed_precision"] for s in stages if "mixed_precision" in s.details), None)
+
+
+def _kv_cache(stages, validations: list[dict], metric_names) -> dict | None:
+    """The INT8 KV cache stage's details, and what it cost on each device: its model's metrics minus those of the
+    same model with an FP32 cache (both validated on the same texts)."""
+    kv = next((dict(s.details["kv_cache"]) for s in stages if "kv_cache" in s.details), None)
+    if kv is None:
+        return None
+    by = {(v["device"], v["artifact"]): v["metrics"] for v in validations}
+    kv["cost"] = [{"device": device, **{m: round(after[m] - before[m], 6) for m in metric_names
+                                        if isinstance(after.get(m), (int, float)) and isinstance(before.get(m), (int, float))}}
+                  for (device, artifact), after in by.items() if artifact == "kv8"
+                  if (before := by.get((device, kv["from_artifact"])))]  # fmt: skip
+    kv["cost_is"] = "the INT8-cache model's metric minus the same model's with an FP32 cache (against FP32)"
+    return kv
 
 
 def render_html(report: dict) -> str:
@@ -161,6 +177,11 @@ def render_markdown(report: dict) -> str:
         lines += ["", "## Below thresholds", "", *failures]
     if "mixed_precision" in report:
         lines += ["", *mixed_precision_markdown(report["mixed_precision"])]
+    if "kv_cache" in report:
+        kv = report["kv_cache"]
+        lines += ["", "## KV cache", "", f"INT8, {kv['quant_type']}, {kv['layers']} layers, scales from "
+                  f"{kv['calibration_batches']} calibration batches. What it cost ({kv['cost_is']}):", ""]
+        lines += [f"- {c['device']}: " + ", ".join(f"{m} {v:+.4g}" for m, v in c.items() if m != "device") for c in kv["cost"]]
     if "profiles" in report:
         lines += ["", "## Profiles of the final model", "", profile_table(report["profiles"])]
         if decoding := [p for p in report["profiles"] if "decode_tokens_per_s" in p]:

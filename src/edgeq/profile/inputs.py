@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-ORT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
-             "tensor(float16)": np.float16, "tensor(bool)": np.bool_}  # fmt: skip
+from edgeq.feeds import DTYPES as ORT_TYPES  # onnxruntime type strings -> numpy
 
 
 def synthetic_feed(input_specs, batch_size: int, sequence_length: int, vocab_size: int, seed: int = 0,

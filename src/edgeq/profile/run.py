@@ -31,7 +31,7 @@ class InputSpec:
         self.name = value.name
         elem = value.type.tensor_type.elem_type
         self.type = {7: "tensor(int64)", 6: "tensor(int32)", 1: "tensor(float)", 10: "tensor(float16)",
-                     9: "tensor(bool)"}.get(elem, "tensor(float)")  # fmt: skip
+                     9: "tensor(bool)", 3: "tensor(int8)", 2: "tensor(uint8)"}.get(elem, "tensor(float)")  # fmt: skip
         self.shape = [d.dim_value if d.dim_value > 0 else (d.dim_param or None) for d in value.type.tensor_type.shape.dim]
 
 
