@@ -69,6 +69,19 @@ def test_second_build_is_served_from_the_cache(tiny_bert, write_recipe, tmp_path
     assert [s["cached"] for s in forced["stages"]] == [False, False, False]
 
 
+def test_the_host_target_and_a_cross_build(tiny_bert, write_recipe, tmp_path, run_cli):
+    from edgeq.devices import host_cpu_device
+
+    recipe = write_recipe(base_recipe(str(tiny_bert), targets=["host"]))
+    built = run_cli("build", recipe, "--output", tmp_path / "here")
+    report = json.loads((tmp_path / "here" / "report.json").read_text())
+    assert {(v["device"], v["mode"]) for v in report["validations"]} == {(host_cpu_device(), "on-host")}
+    assert built.exit_code == 0 and f"target host: {host_cpu_device()}" in (tmp_path / "here" / "build.log").read_text()
+    other = "x86-avx2" if host_cpu_device() != "x86-avx2" else "x86-avx512-vnni"
+    cross = json.loads(run_cli("build", recipe, "--device", other, "--output", tmp_path / "cross", "--json").stdout)
+    assert cross["recipe"]["targets"] == [other] and {v["device"] for v in cross["validations"]} == {other}
+
+
 def test_changing_the_model_bytes_invalidates_the_cache(write_recipe, tmp_path):
     model_dir = make_tiny_bert(tmp_path / "model", seed=0)
     recipe, out = write_recipe(base_recipe(str(model_dir))), tmp_path / "out"

@@ -18,11 +18,12 @@ from edgeq.recipe.schema import DataSource, QuantizationConfig, Thresholds
 from edgeq.tasks import default_length
 
 
-def build(recipe: str | Path, output: str | Path | None = None, force: bool = False):
-    """Run a recipe end to end. Returns a BuildResult (report dict, build folder, exit code 0 or 3)."""
+def build(recipe: str | Path, output: str | Path | None = None, force: bool = False, targets: list[str] | None = None):
+    """Run a recipe end to end (for `targets` instead of its own when given). Returns a BuildResult (report dict,
+    build folder, exit code 0 or 3)."""
     from edgeq.pipeline import plan_build, run_build
 
-    return run_build(plan_build(recipe, output), force=force)
+    return run_build(plan_build(recipe, output, targets), force=force)
 
 
 def init_recipe(model: str, device: str | None = None, data: str | Path | None = None) -> str:

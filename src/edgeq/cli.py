@@ -100,7 +100,8 @@ def _write_json(data, target: str) -> None:
 @cli.command()
 @click.argument("recipe", required=False)
 @click.option("--model", help="Build this model (folder, pkg:<module> or hub id) with a starter recipe, no RECIPE.")
-@click.option("--device", help="With --model: the target device. Default: this host's CPU profile.")
+@click.option("--device", help="With --model: the target device (default: this host's CPU profile). With a RECIPE: "
+              "build for this device instead of the recipe's targets (a cross-build).")
 @click.option("--data", help="With --model: calibration and validation data (default: edgeq's samples).")
 @click.option("-o", "--output", help="Build folder. Default: build/<recipe name>.")
 @click.option("--force", is_flag=True, help="Rebuild every stage, ignoring the cache.")
@@ -114,9 +115,10 @@ def build(recipe: str | None, model: str | None, device: str | None, data: str |
 
     if (recipe is None) == (model is None):
         raise click.UsageError("give a RECIPE, or --model (with --device) to build without one")
-    if recipe is not None and (device or data):
-        raise click.UsageError("--device and --data go with --model; a recipe names its own targets and data")
-    result = api.build(recipe, output, force) if recipe else api.build_model(model, device, output, data, force)
+    if recipe is not None and data:
+        raise click.UsageError("--data goes with --model; a recipe names its own data")
+    result = api.build(recipe, output, force, [device] if device else None) if recipe else \
+        api.build_model(model, device, output, data, force)  # fmt: skip
     if as_json:
         _echo_json(result.report)
     else:

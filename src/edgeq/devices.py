@@ -165,10 +165,16 @@ def list_devices() -> list[DeviceProfile]:
     return [load_device(device_id) for device_id in device_files()]
 
 
+HOST = "host"  # a target that means: the CPU profile this host reproduces (host_cpu_device)
+
+
 def load_device(device_id: str) -> DeviceProfile:
+    """A device profile by id; `host` is the bundled CPU profile whose numerics this machine reproduces."""
     files = device_files()
+    if device_id == HOST and HOST not in files:
+        device_id = host_cpu_device()
     if device_id not in files:
-        known = ", ".join(files) or "none"
+        known = ", ".join([*files, HOST]) or "none"
         raise DeviceError(f"unknown device '{device_id}'", f"Known devices: {known}")
     return _load_file(files[device_id])
 

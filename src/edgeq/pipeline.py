@@ -22,7 +22,7 @@ from pathlib import Path
 from edgeq import __version__
 from edgeq.artifact import copy_companions, sha256_file, sha256_tree
 from edgeq.atomic import atomic_dir, remove_leftovers
-from edgeq.devices import DeviceProfile, load_device
+from edgeq.devices import HOST, DeviceProfile, host_cpu_device, load_device
 from edgeq.errors import OutputError, StageError
 from edgeq.headroom import StagePeak, peak_rss_mb, trim_heap
 from edgeq.progress import say
@@ -79,13 +79,16 @@ class BuildResult:
     exit_code: int
 
 
-def plan_build(recipe_path: str | Path, output: str | Path | None = None) -> Plan:
-    """Load and check the recipe, devices, data, output path and model source; write nothing."""
+def plan_build(recipe_path: str | Path, output: str | Path | None = None, targets: list[str] | None = None) -> Plan:
+    """Load and check the recipe, devices, data, output path and model source; write nothing. `targets` replace
+    the recipe's (a cross-build; the report's recipe records them)."""
     from edgeq.export.source import resolve_source
 
     from edgeq.tasks import model_positions, resolve_task
 
     recipe = load_recipe(recipe_path)
+    if targets:
+        recipe = recipe.model_copy(update={"targets": list(targets)})
     devices = [load_device(target) for target in recipe.targets]
     quantized_for = [d for d in devices if d.artifact == "recipe"] or devices  # the devices the recipe's model serves
     for device in quantized_for:
@@ -205,6 +208,8 @@ def _run_stages(plan: Plan, force: bool) -> BuildResult:
     remove_leftovers(plan.out_dir)
     say(f"[bold]edgeq build[/bold] {plan.recipe.name} → {plan.out_dir}")
     say(f"  task: {plan.task.name} ({plan.task_reason})")
+    if HOST in plan.recipe.targets:
+        say(f"  target host: {host_cpu_device()} (the bundled CPU profile whose numerics this machine reproduces)")
     say(f"  sequence length where the recipe sets none: {plan.recipe.default_sequence_length} tokens "
         f"({plan.recipe.default_sequence_length_origin})")  # fmt: skip
     stages = [export_stage(plan, force)]

@@ -457,7 +457,9 @@ class Recipe(Strict):
         "profile names the real device). Absent: no profiling stage.",
     )
     targets: list[str] = Field(
-        min_length=1, description="Device ids (see `edgeq devices list`) to validate the model on."
+        min_length=1, description="Device ids (see `edgeq devices list`) to validate the model on. `host`: the "
+        "bundled CPU profile this machine reproduces (x86-avx512-vnni on a host with AVX-512 VNNI, x86-avx2 on one with "
+        "AVX2 only, raspberry-pi-5 on an aarch64 host); the build says which it chose."
     )
 
     @model_validator(mode="after")
