@@ -16,6 +16,8 @@ from edgeq.feeds import feed_for, run_batch, shape_data
 from edgeq.validate.run import worst_case
 
 MIN_TIMED_BATCHES = 24  # per shape and model; fewer batches are run again, up to MAX_ROUNDS times
+MIN_TIMED_SECONDS = 2.0  # ... unless the slowest model's timings already add up to this much
+MIN_SPREAD = 4  # batches timed in a round at least (all of them when there are fewer)
 MAX_ROUNDS = 4
 
 
@@ -87,17 +89,24 @@ class Runner:
     def latencies(self, models: dict[str, onnx.ModelProto]) -> dict[str, dict[str, float]]:
         """p50 ms of each model at each shape, measured interleaved: {shape: {model: ms}}."""
         sessions = {name: self.session(model) for name, model in models.items()}
-        return {label: self._interleaved(sessions, data.batches)[0] for label, data in self.data.items()}
+        return {label: {name: float(np.median(t)) for name, t in self._interleaved(sessions, data.batches)[0].items()}
+                for label, data in self.data.items()}  # fmt: skip
 
     def _interleaved(self, sessions: dict, batches: list, compared: tuple[str, str] | None = None) -> tuple[dict, list, list]:
-        """p50 ms per session over the batches, run in turn; with `compared` = (reference, candidate), also the
-        reference's stored form and the candidate paired with it, batch by batch, from the first round."""
+        """ms per session and timed batch, the sessions run in turn on each batch; with `compared` = (reference,
+        candidate), also the reference's stored form and the candidate paired with it, batch by batch, from the
+        first round (which then runs every batch). Other rounds run an even spread of the batches, as many as make
+        MIN_TIMED_SECONDS by the warm-up's time (at least MIN_SPREAD, at most MIN_TIMED_BATCHES), until each session
+        has MIN_TIMED_BATCHES timings or the slowest has MIN_TIMED_SECONDS of them, at most MAX_ROUNDS rounds."""
+        start = time.perf_counter()
         for session in sessions.values():
             run_batch(session, batches[0])  # warm-up
+        warm_ms = 1000 * (time.perf_counter() - start) / len(sessions)
+        count = max(MIN_SPREAD, min(MIN_TIMED_BATCHES, math.ceil(1000 * MIN_TIMED_SECONDS / max(warm_ms, 1e-3))))
         timings: dict[str, list[float]] = {name: [] for name in sessions}
         reference, candidate = [], []
-        for round_ in range(min(MAX_ROUNDS, math.ceil(MIN_TIMED_BATCHES / len(batches)))):
-            for batch in batches:
+        for round_ in range(MAX_ROUNDS):
+            for batch in batches if (round_ == 0 and compared) else spread(batches, count):
                 produced = {}
                 for name, session in sessions.items():
                     start = time.perf_counter()
@@ -108,7 +117,31 @@ class Runner:
                 if produced:
                     reference += self.task.summarize(produced[compared[0]], batch)
                     candidate += self.task.pair(produced[compared[0]], produced[compared[1]], batch)
-        return {name: float(np.median(t)) for name, t in timings.items()}, reference, candidate
+            if all(len(t) >= MIN_TIMED_BATCHES for t in timings.values()) or \
+                    max(sum(t) for t in timings.values()) >= 1000 * MIN_TIMED_SECONDS:  # fmt: skip
+                break
+        return timings, reference, candidate
+
+    def paired(self, session, batches: list, reference: list) -> list:
+        """The candidate's outputs on every batch, paired with the reference's stored ones."""
+        found: list = []
+        for batch in batches:
+            produced = self.task.compared(run_batch(session, batch), batch)
+            found += self.task.pair(reference[len(found) : len(found) + len(produced)], produced, batch)
+        return found
+
+
+def paired_ratio(times: list[float], reference: list[float]) -> float:
+    """The median of per-batch time ratios: each batch timed for both models back to back, so batches of other
+    lengths do not widen the spread as they do a ratio of two medians."""
+    return round(float(np.median(np.array(times) / np.array(reference))), 3)
+
+
+def spread(batches: list, count: int) -> list:
+    """`count` batches spread evenly over the list (all of them when there are no more)."""
+    if len(batches) <= count:
+        return batches
+    return [batches[round(i * (len(batches) - 1) / (count - 1))] for i in range(count)]
 
 
 class _DeclaredOutputs:
@@ -132,23 +165,30 @@ class _DeclaredOutputs:
 
 class FullEvaluator(Runner):
     """Validation metrics of a candidate against FP32 at every shape (the worst case on top), and its p50
-    latency at each shape as a ratio to FP32 and to the baseline (all-lowest) model, measured interleaved. FP32
-    runs beside every candidate, so its outputs are paired batch by batch and never stored whole."""
+    latency at each shape as a ratio to FP32 and to the baseline (all-lowest) model, measured interleaved. An
+    encoder's FP32 outputs are computed once and kept (a vector a text), so each candidate runs every batch once
+    for its fidelity and is timed beside FP32 and the baseline on a spread of the batches; a language model's
+    logits are too large to keep, so FP32 runs beside every candidate and is paired batch by batch."""
 
     def __init__(self, task, samples, inputs, device, shapes, fp32: onnx.ModelProto, baseline: onnx.ModelProto,
                  whole_batches_only: bool = False, shared: dict | None = None):  # fmt: skip
         super().__init__(task, samples, inputs, device, shapes, whole_batches_only, shared)
         self.fixed = {"fp32": self.session(fp32), "baseline": self.session(baseline)}
+        self.reference = None if task.generates else self.outputs(fp32)
 
     def __call__(self, model: onnx.ModelProto) -> dict:
         sessions = {**self.fixed, "candidate": self.session(model)}
         per_shape = {}
         for label, data in self.data.items():
-            p50, reference, candidate = self._interleaved(sessions, data.batches, ("fp32", "candidate"))
+            if self.reference is None:
+                timings, reference, candidate = self._interleaved(sessions, data.batches, ("fp32", "candidate"))
+            else:
+                reference, candidate = self.reference[label], self.paired(sessions["candidate"], data.batches, self.reference[label])
+                timings = self._interleaved(sessions, data.batches)[0]
             samples = [s for batch in data.batches for s in batch.samples]
             metrics = self.task.metrics(reference, candidate, samples, data.inputs)
-            metrics["latency_ratio"] = round(p50["candidate"] / p50["fp32"], 3)
-            metrics["slowdown"] = round(p50["candidate"] / p50["baseline"], 3)
+            metrics["latency_ratio"] = paired_ratio(timings["candidate"], timings["fp32"])
+            metrics["slowdown"] = paired_ratio(timings["candidate"], timings["baseline"])
             per_shape[label] = metrics
         worst, worst_shape = worst_case(list(per_shape.values()), list(per_shape))
         return {**worst, "worst_shape": worst_shape, "shapes": per_shape}
