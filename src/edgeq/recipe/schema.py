@@ -332,7 +332,7 @@ class ValidationConfig(Strict):
         "only the first N of the samples, and only the model the target is served: qemu runs a 135M language "
         "model's 128-token pass in about 40 s. The report states how many were used. Default: all samples.",
     )
-    warmup: int = Field(default=3, ge=0, description="Untimed runs per model before latency is measured.")
+    warmup: int = Field(default=3, ge=0, description="Untimed runs per model before latency is measured (on the first shape; one on each other shape, the session being warm).")
     thresholds: Thresholds = Field(default=Thresholds(), description="Pass/fail limits for the final model.")
 
 
