@@ -115,8 +115,14 @@ def main() -> None:
                   f"{row['disk_bytes'] / 1e6:.0f} MB on disk", flush=True)  # fmt: skip
     model, flags = cpu_info()
     isa = [f for f in ("avx512_vnni", "avx_vnni", "avx2") if f in flags]
-    Path(args.out).write_text(json.dumps({"machine": {"cpu": model, "isa": isa, "machine": platform.machine()},
-                                          "builds": rows}, indent=2) + "\n")  # fmt: skip
+    machine = {"cpu": model, "isa": isa, "machine": platform.machine()}
+    out = Path(args.out)
+    if out.is_file():  # rows of other recipes measured on this machine stay; these replace theirs
+        kept = json.loads(out.read_text())
+        if kept["machine"] == machine:
+            measured = {r["recipe"] for r in rows}
+            rows = [r for r in kept["builds"] if r["recipe"] not in measured] + rows
+    out.write_text(json.dumps({"machine": machine, "builds": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

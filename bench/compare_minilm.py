@@ -167,9 +167,21 @@ def summarise(models, single, batched, lengths, sizes) -> list[dict]:
     return rows
 
 
+def machine_isa() -> dict:
+    """This host's CPU and the x86 ISA levels onnxruntime's INT8 kernels choose between: every speed figure carries it."""
+    import platform
+
+    from edgeq.profile.runner import cpu_info
+
+    model, flags = cpu_info()
+    return {"cpu": model, "machine": platform.machine(), "isa": [f for f in ("avx512_vnni", "avx_vnni", "avx2") if f in flags]}
+
+
 def print_table(rows: list[dict], texts: int, device, rounds: int, mode: str, counts: dict) -> None:
+    host = machine_isa()
     print(f"\nMiniLM-L6 on {texts} held-out texts ({counts['short']} under {SHORT_TOKENS} tokens, {counts['long']} of "
-          f"{LONG_TOKENS}+), {device.threads} threads, {rounds} interleaved rounds ({device.id}, {mode})\n")  # fmt: skip
+          f"{LONG_TOKENS}+), {device.threads} threads, {rounds} interleaved rounds ({device.id}, {mode}; host "
+          f"{host['cpu']}, ISA {'/'.join(host['isa']) or 'no AVX2'})\n")  # fmt: skip
     header = (f"{'model':<27}{'size':>7} | {'b1 cos mean':>11}{'min':>8}{'NN':>7} | {'b32 cos mean':>12}{'min':>8}"
               f"{'NN':>7} | {'time/FP32: b1 short':>19}{'b1 128':>8}{'b32':>7}")  # fmt: skip
     print(header)
@@ -224,7 +236,7 @@ def main() -> None:
     print_table(rows, len(heldout), device, args.rounds, mode_for(device), counts)
     if args.json:
         args.json.write_text(json.dumps({"texts": len(heldout), "device": device.id, "mode": mode_for(device),
-                                         "counts": counts, "rows": rows}, indent=2))  # fmt: skip
+                                         "host": machine_isa(), "counts": counts, "rows": rows}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

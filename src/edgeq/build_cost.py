@@ -13,17 +13,18 @@ The estimate counts the work the recipe asks for, then prices it with constants 
                              characters / 4, capped by the sequence length, padded to the longest in its batch
               sessions       models assembled and loaded (each costs time in proportion to its FP32 bytes)
               emulated       the same counts for targets validated in an emulated stand-in (qemu)
-    seconds = startup + export x fp32 bytes (+ optimize x fp32 bytes, graph fusions) + session x fp32 bytes x sessions + forward x compute x tokens
-              + process start x profile processes
+    seconds = startup + export x fp32 bytes (+ optimize x fp32 bytes, graph fusions)
+              + session x fp32 bytes x sessions + forward x compute x tokens + process start x profile processes
               + stand-in start x stand-ins started + emulated forward x compute x emulated tokens
     peak    = base + per fp32 byte x fp32 bytes + per activation byte x the widest activation of one batch
               (batch x tokens x the widest of intermediate, attention scores and vocabulary, 4 bytes)
     disk    = the FP32 model (twice when graph fusions write an optimized copy) + the uniform model + the final,
               each priced by bits per weight (the final at the budget's size over the uniform)
 
-The constants are fitted by `bench/fit_build_costs.py` to `bench/data/build-costs.json` (non-negative least
-squares on relative error per stage) and checked against `bench/data/build-costs-held-out.json`, builds the fit
-never saw; both files name the machine. Seconds scale with the machine: the fit is of a 2-core x86-64 host."""
+The constants (build_cost_fit.json) are fitted by `bench/fit_build_costs.py` to the builds measured in
+`bench/data/build-costs*.json` (non-negative least squares on each stage's relative error), which also states the
+error in the fit and leave-one-out; the plan's `basis` carries both, and the machine. Seconds scale with the
+machine: the fit is of a 2-core x86-64 host."""
 
 from __future__ import annotations
 
@@ -35,55 +36,8 @@ CHARS_PER_TOKEN = 4  # English text through a BPE or WordPiece vocabulary
 FULL_EVALUATIONS = 3  # the search's full evaluations (measured 2, 6 and 2 on the fitted builds)
 PROFILE_RUNS_CAP = 200  # an encoder's profile stops at `runs` or when `min_seconds` is spent
 
-# Fitted by bench/fit_build_costs.py (see FIT below for the machine and the error).
-FIT = {'machine': 'Intel(R) Xeon(R) Processor, avx512_vnni/avx_vnni/avx2, x86_64, 2 cores',
- 'seconds': {'startup': 13.84,
-             'export_per_byte': 4.429e-08,
-             'optimize_per_byte': 1.297e-07,
-             'session_per_byte': 4.866e-09,
-             'forward': 3.943e-11,
-             'process_start': 0.2383,
-             'emulated_start': 12.37,
-             'emulated_forward': 2.966e-09},
- 'peak': {'base': 536500000.0, 'per_fp32_byte': 4.532, 'per_activation_byte': 28.32},
- 'fitted_fp32_bytes': [20274697, 653505503],
- 'error': {'fitted': {'minilm-int8-cpu': {'seconds': [298, 359.9, -0.172],
-                                          'peak_rss_bytes': [1658247349, 1705553920, -0.028],
-                                          'disk_bytes': [226116176, 254321656, -0.111]},
-                      'tiny-llama-int4': {'seconds': [152, 166.4, -0.087],
-                                          'peak_rss_bytes': [687411930, 671010816, 0.024],
-                                          'disk_bytes': [28117729, 32373850, -0.131]},
-                      'smollm2-int4': {'seconds': [770, 876.2, -0.121],
-                                       'peak_rss_bytes': [4200916015, 4125741056, 0.018],
-                                       'disk_bytes': [914318599, 991347094, -0.078]},
-                      'smollm2-int4-light': {'seconds': [170, 200.0, -0.15],
-                                             'peak_rss_bytes': [4200916015, 4084948992, 0.028],
-                                             'disk_bytes': [914318599, 985271676, -0.072]},
-                      'minilm-int8-b1': {'seconds': [80, 80.2, -0.002],
-                                         'peak_rss_bytes': [967822968, 1065697280, -0.092],
-                                         'disk_bytes': [226116176, 254306031, -0.111]},
-                      'tiny-llama-int4-x86': {'seconds': [38, 36.5, 0.041],
-                                              'peak_rss_bytes': [687411930, 663375872, 0.036],
-                                              'disk_bytes': [28117729, 32368982, -0.131]}},
-           'left_out': {'minilm-int8-cpu': {'seconds': [219, 359.9, -0.391],
-                                            'peak_rss_bytes': [1052101297, 1705553920, -0.383],
-                                            'disk_bytes': [226116176, 254321656, -0.111]},
-                        'tiny-llama-int4': {'seconds': [308, 166.4, 0.851],
-                                            'peak_rss_bytes': [699205310, 671010816, 0.042],
-                                            'disk_bytes': [28117729, 32373850, -0.131]},
-                        'smollm2-int4': {'seconds': [753, 876.2, -0.141],
-                                         'peak_rss_bytes': [4262931613, 4125741056, 0.033],
-                                         'disk_bytes': [914318599, 991347094, -0.078]},
-                        'smollm2-int4-light': {'seconds': [191, 200.0, -0.045],
-                                               'peak_rss_bytes': [4299399334, 4084948992, 0.052],
-                                               'disk_bytes': [914318599, 985271676, -0.072]},
-                        'minilm-int8-b1': {'seconds': [85, 80.2, 0.06],
-                                           'peak_rss_bytes': [924816866, 1065697280, -0.132],
-                                           'disk_bytes': [226116176, 254306031, -0.111]},
-                        'tiny-llama-int4-x86': {'seconds': [39, 36.5, 0.068],
-                                                'peak_rss_bytes': [705491903, 663375872, 0.063],
-                                                'disk_bytes': [28117729, 32368982, -0.131]}},
-           'columns': '[estimated, measured, estimated/measured - 1]'}}  # fmt: skip
+FIT_FILE = Path(__file__).with_name("build_cost_fit.json")  # written by bench/fit_build_costs.py --write
+FIT = json.loads(FIT_FILE.read_text())  # the constants, the machine they were fitted on, the fit's error
 
 
 @dataclass(frozen=True)
@@ -128,12 +82,12 @@ def _is_decoder(config: dict) -> bool:
     return architecture.endswith(("ForCausalLM", "LMHeadModel")) or config.get("model_type") in ("llama", "gpt2", "qwen2", "mistral")
 
 
-def text_tokens(source, limit: int | None) -> list[int]:
+def text_tokens(source, limit: int | None, key: str = "data") -> list[int]:
     """Estimated tokens of each of the first `limit` texts of a data source: its characters / 4 (every string of a
     record, a chat's messages included)."""
     from edgeq.data import read_records
 
-    records = [record for _, record in read_records(source, "data")][:limit]
+    records = [record for _, record in read_records(source, key)][:limit]
     return [max(1, _characters(record) // CHARS_PER_TOKEN) for record in records]
 
 
@@ -169,9 +123,9 @@ def work(config: dict, recipe, emulated: list[bool]) -> Work:
     generates = _is_decoder(config)
     val = recipe.validation
     shapes = recipe.validation_shapes
-    validation = text_tokens(val.data, val.samples)
+    validation = text_tokens(val.data, val.samples, "validation.data")
     calib = recipe.quantization.calibration
-    calibration = text_tokens(calib.data, calib.samples) if calib else []
+    calibration = text_tokens(calib.data, calib.samples, "quantization.calibration.data") if calib else []
     calib_cap = recipe.sequence_length_for(calib) if calib else 0
 
     def over_shapes(lengths: list[int]) -> int:
@@ -190,7 +144,9 @@ def work(config: dict, recipe, emulated: list[bool]) -> Work:
         statistics = batch_tokens(calibration, 1, calib_cap) if STATS_RUNGS & set(mp.candidates) else 0
         tokens["search"] = statistics + passes * over_shapes(calibration[: mp.proxy_samples]) + FULL_EVALUATIONS * over_shapes(validation)
         sessions["search"] = passes + FULL_EVALUATIONS + 2 * len(shapes)
-    chain = 2 + (mp is not None)  # FP32, the uniform model, the final
+    optimized = recipe.optimize.enabled and not generates
+    # FP32, its fused copy, the uniform model, the search's, the one with an INT8 KV cache
+    chain = 2 + optimized + (mp is not None) + (recipe.quantization.kv_cache == "int8")
     host_targets = emulated.count(False)
     tokens["validate"] = host_targets * chain * over_shapes(validation)
     sessions["validate"] = host_targets * chain
@@ -212,7 +168,7 @@ def work(config: dict, recipe, emulated: list[bool]) -> Work:
     over = (mp.budget.max_size_over_lowest or 1.0) if mp is not None else 1.0
     final = int(min(quantized * over, fp32 * mp.budget.max_size_ratio)) if mp is not None and mp.budget.max_size_ratio else int(quantized * over)
     return Work(fp32, compute, widest, quantized, final if mp is not None else 0,
-                recipe.optimize.enabled and not generates, tokens, emulated_tokens, sessions,
+                optimized, tokens, emulated_tokens, sessions,
                 {"validate": emulated.count(True), "profile": emulated.count(True) * (recipe.profile is not None)}, processes)  # fmt: skip
 
 
@@ -312,9 +268,11 @@ def check_fits_memory(config: dict, recipe, devices, say) -> dict | None:
 
     from edgeq.headroom import MemoryHeadroomError, available_bytes
 
+    from edgeq.errors import DataError
+
     try:
         cost = build_cost(config, recipe, devices)
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, DataError):  # the data's own reading says what is wrong
         return None
     peak, available = cost["peak_rss_bytes"], available_bytes()
     say(f"  estimated cost: peak {peak / 2**30:.1f} GiB, {cost['disk_bytes'] / 1e6:.0f} MB on disk, about "
