@@ -4,6 +4,7 @@ batch, on the device's settings with intra-op spinning off)."""
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -35,12 +36,19 @@ class Runner:
     def labels(self) -> list[str]:
         return list(self.data)
 
+    @functools.cached_property
+    def runtime(self):
+        """The device's runtime, resolved once for every session this runner makes (it reads /proc/cpuinfo)."""
+        from edgeq.validate.sessions import runtime_for
+
+        return runtime_for(self.device)
+
     def session(self, model: onnx.ModelProto):
         from edgeq.validate.sessions import make_session
 
         if id(model) in self.shared:
             return self.shared[id(model)]
-        return make_session(model.SerializeToString(), self.device, spinning=False)
+        return make_session(model.SerializeToString(), self.device, spinning=False, runtime=self.runtime)
 
     def keep(self, model: onnx.ModelProto, expose: list[str] = ()) -> None:
         """Make one session of `model` and serve it to every runner sharing this one's cache: a real LM's FP32
@@ -58,7 +66,7 @@ class Runner:
             serialized = model.SerializeToString()
         finally:
             del model.graph.output[len(declared):]
-        session = make_session(serialized, self.device, spinning=False)
+        session = make_session(serialized, self.device, spinning=False, runtime=self.runtime)
         del serialized
         self.shared[id(model)] = _DeclaredOutputs(session, declared) if len(session.get_outputs()) > len(declared) else session
 
