@@ -48,14 +48,15 @@ def counted_work(row: dict, scratch: Path):
     from edgeq.build_cost import work
     from edgeq.devices import load_device
     from edgeq.recipe import load_recipe
+    from edgeq.tasks import TASKS, positions_in
     from edgeq.validate.sessions import runtime_for
 
     name = row["recipe"]
     recipe = load_recipe(variant(name, scratch) if name in HELD_OUT else ROOT / "recipes" / f"{name}.yaml")
     config = row["config"]
-    positions = config.get("max_position_embeddings") or config.get("n_positions")
-    recipe.fit_to_model(positions)
-    return work(config, recipe, [runtime_for(load_device(t)).in_runner for t in recipe.targets])
+    recipe.fit_to_model(positions_in(config))
+    emulated = [runtime_for(load_device(t)).in_runner for t in recipe.targets]
+    return work(config, recipe, emulated, TASKS[recipe.model.task].generates)
 
 
 def fit(rows: list[dict], works: dict) -> dict:

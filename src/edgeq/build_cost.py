@@ -55,7 +55,7 @@ class Work:
     profile_processes: int  # host processes the profile starts (one per model)
 
 
-def model_counts(config: dict) -> tuple[int, int, int]:
+def model_counts(config: dict, generates: bool) -> tuple[int, int, int]:
     """(FP32 export bytes, compute parameters, widest per-token row) of a decoder (edgeq.plan's count) or a BERT-style
     encoder (embeddings, then per layer four attention and two feed-forward matrices)."""
     from edgeq.plan import model_shape
@@ -64,7 +64,7 @@ def model_counts(config: dict) -> tuple[int, int, int]:
     hidden = int(config.get("hidden_size") or config.get("n_embd") or config.get("dim") or 0)
     layers = int(config.get("num_hidden_layers") or config.get("n_layer") or config.get("n_layers") or 0)
     intermediate = int(config.get("intermediate_size") or config.get("n_inner") or config.get("hidden_dim") or 4 * hidden)
-    if _is_decoder(config):
+    if generates:
         shape = model_shape(config)
         head = vocab * hidden
         fp32 = 4 * (shape.parameters + (head if shape.tied else 0))
@@ -75,11 +75,6 @@ def model_counts(config: dict) -> tuple[int, int, int]:
     per_layer = 4 * hidden * hidden + 2 * hidden * intermediate + 9 * hidden + intermediate
     compute = layers * (4 * hidden * hidden + 2 * hidden * intermediate)
     return 4 * (embeddings + layers * per_layer), compute, intermediate
-
-
-def _is_decoder(config: dict) -> bool:
-    architecture = (config.get("architectures") or [""])[0]
-    return architecture.endswith(("ForCausalLM", "LMHeadModel")) or config.get("model_type") in ("llama", "gpt2", "qwen2", "mistral")
 
 
 def text_tokens(source, limit: int | None, key: str = "data") -> list[int]:
@@ -106,21 +101,21 @@ def batch_tokens(lengths: list[int], batch: int, cap: int) -> int:
     return sum(batch * min(cap, max(lengths[i : i + batch])) for i in range(0, len(lengths), batch))
 
 
-def islands(config: dict, recipe) -> int:
+def islands(config: dict, recipe, generates: bool) -> int:
     """Weight matrices the search scores: seven per decoder layer and the LM head (GPT-2: four and the head); per
     encoder layer four when attention is fused, else six; and the embedding tables when Gather is quantized."""
     layers = int(config.get("num_hidden_layers") or config.get("n_layer") or 0)
     gathers = "Gather" in (recipe.quantization.op_types or [])
-    if _is_decoder(config):
+    if generates:
         return layers * (4 if config.get("model_type") == "gpt2" else 7) + 1 + gathers
     fused = recipe.optimize.enabled and recipe.optimize.fuse_attention
     return layers * (4 if fused else 6) + 3 * gathers
 
 
-def work(config: dict, recipe, emulated: list[bool]) -> Work:
-    """The work `recipe` asks of a build of this model; `emulated`: per target, whether it validates in a stand-in."""
-    fp32, compute, widest_row = model_counts(config)
-    generates = _is_decoder(config)
+def work(config: dict, recipe, emulated: list[bool], generates: bool) -> Work:
+    """The work `recipe` asks of a build of this model; `emulated`: per target, whether it validates in a stand-in;
+    `generates`: whether its task is a language model's."""
+    fp32, compute, widest_row = model_counts(config, generates)
     val = recipe.validation
     shapes = recipe.validation_shapes
     validation = text_tokens(val.data, val.samples, "validation.data")
@@ -139,7 +134,7 @@ def work(config: dict, recipe, emulated: list[bool]) -> Work:
         from edgeq.mixed_precision.islands import STATS_RUNGS
 
         rungs = len(mp.candidates) - 1
-        measured = min(islands(config, recipe), (mp.measure_top + 2) if mp.measure_top else 10**9)
+        measured = min(islands(config, recipe, generates), (mp.measure_top + 2) if mp.measure_top else 10**9)
         passes = 4 + measured * rungs
         statistics = batch_tokens(calibration, 1, calib_cap) if STATS_RUNGS & set(mp.candidates) else 0
         tokens["search"] = statistics + passes * over_shapes(calibration[: mp.proxy_samples]) + FULL_EVALUATIONS * over_shapes(validation)
@@ -221,15 +216,12 @@ def estimate(w: Work, fit: dict | None = None) -> dict:
                       "work": asdict(w)}}  # fmt: skip
 
 
-def build_cost(config: dict, recipe, devices) -> dict:
-    """The estimate for building `recipe` on this model's config, targets `devices` (DeviceProfile objects)."""
+def build_cost(config: dict, recipe, devices, task) -> dict:
+    """The estimate for building `recipe` on this model's config for `task`, targets `devices` (DeviceProfile
+    objects)."""
     from edgeq.validate.sessions import runtime_for
 
-    return estimate(work(config, recipe, [runtime_for(d).in_runner for d in devices]))
-
-
-def load_fit(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+    return estimate(work(config, recipe, [runtime_for(d).in_runner for d in devices], task.generates))
 
 
 def starter(model_dir: Path, device):
@@ -249,29 +241,29 @@ def plan_build_cost(model: str | Path, device, recipe_path: str | Path | None = 
     from edgeq.devices import load_device
     from edgeq.plan import read_config
     from edgeq.recipe import load_recipe
+    from edgeq.tasks import TASKS, positions_in, task_for_config
 
     config = read_config(model)
     model_dir = Path(model) if Path(model).is_dir() else Path(model).parent
     recipe = load_recipe(recipe_path) if recipe_path else starter(model_dir, device)
-    positions = config.get("max_position_embeddings") or config.get("n_positions")
-    recipe.fit_to_model(positions if isinstance(positions, int) else None)
+    recipe.fit_to_model(positions_in(config))
+    task = TASKS[recipe.model.task] if recipe.model.task else task_for_config(config, model)[0]
     devices = [load_device(t) for t in recipe.targets] if recipe_path else [device]
-    cost = build_cost(config, recipe, devices)
+    cost = build_cost(config, recipe, devices, task)
     cost["recipe"] = str(recipe_path) if recipe_path else f"edgeq init's starter recipe for {device.id}"
     return cost
 
 
-def check_fits_memory(config: dict, recipe, devices, say) -> dict | None:
+def check_fits_memory(config: dict, recipe, devices, task, say) -> dict | None:
     """Say the build's estimated peak; refuse (MemoryHeadroomError) when it is over what this machine has available
     (EDGEQ_MEMORY_CHECK=0 turns the refusal off). Returns the estimate, None when the config is not one edgeq counts."""
     import os
 
+    from edgeq.errors import DataError
     from edgeq.headroom import MemoryHeadroomError, available_bytes
 
-    from edgeq.errors import DataError
-
     try:
-        cost = build_cost(config, recipe, devices)
+        cost = build_cost(config, recipe, devices, task)
     except (KeyError, TypeError, ValueError, ZeroDivisionError, DataError):  # the data's own reading says what is wrong
         return None
     peak, available = cost["peak_rss_bytes"], available_bytes()

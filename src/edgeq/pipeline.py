@@ -107,7 +107,7 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None, target
         from edgeq.build_cost import check_fits_memory
         from edgeq.tasks import model_config
 
-        cost = check_fits_memory(model_config(model_dir), recipe, devices, say)
+        cost = check_fits_memory(model_config(model_dir), recipe, devices, task, say)
     validation = task.read(recipe.validation.data, recipe.validation.samples, "validation.data", model_dir)
     calib = recipe.quantization.calibration
     calibration = task.read(calib.data, calib.samples, "quantization.calibration.data", model_dir) if calib else None

@@ -33,14 +33,13 @@ def cache_outputs(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     return found
 
 
-def calibrate_scales(fp32_path: Path, feeds: list[dict]) -> dict[str, np.ndarray]:
-    """Per cached tensor (present.N.key/value): the largest |value| per channel over the feeds, / 127."""
+def calibrate_scales(fp32_path: Path, feeds: list[dict], names: list[str]) -> dict[str, np.ndarray]:
+    """Per cached tensor `names` (present.N.key/value, the same in the FP32 model as in the one quantized): the
+    largest |value| per channel over the feeds, / 127."""
     import onnxruntime as ort
 
     from edgeq.feeds import feed_for
 
-    model = onnx.load(str(fp32_path), load_external_data=False)
-    names = [name for pair in cache_outputs(model).values() for name in pair]
     session = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
     peaks: dict[str, np.ndarray] = {}
     for feed in feeds:
@@ -79,8 +78,8 @@ def store_int8(model: onnx.ModelProto, scales: dict[str, np.ndarray]) -> int:
 def quantize_kv_cache(source: Path, out: Path, fp32_path: Path, feeds: list[dict]) -> dict:
     """Write `source` with an INT8 KV cache (scales calibrated on the FP32 model) to `out`; the report's details."""
     model = onnx.load(str(source))
-    cache_outputs(model)
-    scales = calibrate_scales(fp32_path, feeds)
+    names = [name for pair in cache_outputs(model).values() for name in pair]
+    scales = calibrate_scales(fp32_path, feeds, names)
     layers = store_int8(model, scales)
     onnx.save(model, str(out))
     return {"kv_cache": {"dtype": "int8", "quant_type": "PER_CHANNEL (symmetric, one static scale per channel of a head)",

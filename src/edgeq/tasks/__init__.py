@@ -42,7 +42,11 @@ PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembe
 def model_positions(model_dir: Path) -> int | None:
     """The most tokens a text may have: the model's position table (max_position_embeddings / n_positions), less
     the padding offset of RoBERTa-style models; None when its config gives none."""
-    config = model_config(model_dir)
+    return positions_in(model_config(model_dir))
+
+
+def positions_in(config: dict) -> int | None:
+    """model_positions of a config.json already read."""
     limit = config.get("max_position_embeddings") or config.get("n_positions")
     if not isinstance(limit, int):
         return None
@@ -68,7 +72,11 @@ def default_length(model_dir: Path) -> int:
 
 def detect_task(model_dir: Path) -> tuple[Task, str]:
     """The task a model folder's config.json architectures imply, and why (in words)."""
-    config = model_config(model_dir)
+    return task_for_config(model_config(model_dir), model_dir)
+
+
+def task_for_config(config: dict, model_dir: Path | str) -> tuple[Task, str]:
+    """detect_task of a config.json already read (`model_dir` names it in an error)."""
     architecture = (config.get("architectures") or [""])[0]
     for task in TASKS.values():
         if task.head_suffixes and architecture.endswith(task.head_suffixes):
