@@ -121,3 +121,19 @@ def test_fused_attention_islands_quantize_through_qattention(planted_bert, write
     ops = {n.op_type for n in onnx.load(str(out / "mixed" / "model.onnx")).graph.node}
     assert "QAttention" in ops or all(i["precision"] == "fp32" for i in attention)
     assert report["validations"][-1]["metrics"]["cosine_mean"] >= 0.99995
+
+
+def test_promotions_with_no_run_time_scale_are_run_at_the_first_shape_only(planted_bert, write_recipe, tmp_path):
+    recipe = mixed_recipe(planted_bert, candidates=["sint8", "fp32"], budget={"min_cosine_mean": 0.99995})
+    recipe["validation"]["shapes"] = [{"batch_size": 1}, {"batch_size": 4}]
+    report = api.build(write_recipe(recipe), output=tmp_path / "out").report
+    mp = report["mixed_precision"]
+    first, batched = mp["shapes"]
+    assert any(f"were run at {first} only" in note for note in mp["notes"]), mp["notes"]
+    promoted = [i for i in mp["islands"] if i["kind"] != "gather"]
+    assert all(i["gain_by_shape"]["fp32"][first] == i["gain_by_shape"]["fp32"][batched] for i in promoted)
+    # what licenses it: a static-scale model's texts come out of a padded batch as they do alone
+    final = next(v for v in report["validations"] if v["artifact"] == "mixed")
+    at = {s["shape"]: s["metrics"] for s in final["shapes"]}
+    assert at[first]["cosine_mean"] == pytest.approx(at[batched]["cosine_mean"], abs=1e-6)
+    assert at[first]["cosine_min"] == pytest.approx(at[batched]["cosine_min"], abs=1e-6)

@@ -181,3 +181,22 @@ def test_a_synthetic_kv_cache_starts_empty_with_the_configs_head_size(tmp_path):
                              type="tensor(float)")]  # fmt: skip
     feed = synthetic_feed(specs, 1, 16, 100, head_dim=head_dim_near(tmp_path / "model.onnx"))
     assert feed["input_ids"].shape == (1, 16) and feed["past_key_values.0.key"].shape == (1, 3, 0, 64)
+
+
+def test_activation_statistics_keep_the_rows_with_the_smallest_keys_in_arrival_order():
+    from edgeq.mixed_precision.statistics import MAX_ROWS, StatisticsAccumulator
+
+    data = np.random.default_rng(1)
+    batches = [data.normal(size=(1, int(n), 8)).astype(np.float32) for n in data.integers(1, 400, size=60)]
+    masks = [np.ones(b.shape[:2], dtype=np.int64) for b in batches]
+    masks[3][0, 1:] = 0  # padded positions are left out
+    accumulator = StatisticsAccumulator(seed=5)
+    for values, mask in zip(batches, masks):
+        accumulator.add(values, mask)
+    stats = accumulator.result()
+    rows = np.concatenate([v[m.astype(bool)] for v, m in zip(batches, masks)])
+    keys_source = np.random.default_rng(5)
+    keys = np.concatenate([keys_source.random(int(m.sum())) for m in masks])
+    expected = rows[np.sort(np.argsort(keys, kind="stable")[:MAX_ROWS])]
+    assert len(rows) > 2 * MAX_ROWS and np.array_equal(stats.rows, expected)
+    assert np.array_equal(stats.maximum, rows.max(axis=0)) and np.array_equal(stats.minimum, rows.min(axis=0))

@@ -177,7 +177,10 @@ def reason(island: Island, choice: str, score: dict, result: SearchResult, ladde
         return (f"kept {choice}: {measured}promoting it alone would raise the proxy {proxy_name} by only {best:+.5f} "
                 f"({rank}), not needed to meet the budget")  # fmt: skip
     by_shape = score["gain_by_shape"].get(choice, {})
-    gains = ", ".join(f"{v:+.5f} at {label}" for label, v in by_shape.items()) or f"{score['gain'].get(choice, 0):+.5f}"
+    same = score.get("same_at_batch", {}).get(choice, [])
+    first = next(iter(by_shape), "")
+    gains = ", ".join(f"{v:+.5f} at {label}" + (f" (as at {first}: no run-time activation scale)" if label in same else "")
+                      for label, v in by_shape.items()) or f"{score['gain'].get(choice, 0):+.5f}"  # fmt: skip
     meaning = ON_CPU.get((lowest, choice), MEANING[choice])
     bound = f" (the nearest cheaper configuration missed: {'; '.join(result.binding)})" if result.binding else ""
     return (f"kept {meaning}: {measured}promoting it alone raises the proxy {proxy_name} by {gains} ({rank}); the search "

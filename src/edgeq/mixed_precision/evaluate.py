@@ -36,6 +36,14 @@ class Runner:
     def labels(self) -> list[str]:
         return list(self.data)
 
+    @property
+    def batched_like_first(self) -> list[str]:
+        """The shapes after the first that differ from it only in batch size: the same texts cut to the same length.
+        A model with no run-time activation scale computes each text of such a batch as it does alone (padding is
+        masked), so its outputs there are the first shape's."""
+        first = next(iter(self.data.values()))
+        return [label for label, data in list(self.data.items())[1:] if data.sequence_length == first.sequence_length]
+
     @functools.cached_property
     def runtime(self):
         """The device's runtime, resolved once for every session this runner makes (it reads /proc/cpuinfo)."""
@@ -70,13 +78,17 @@ class Runner:
         del serialized
         self.shared[id(model)] = _DeclaredOutputs(session, declared) if len(session.get_outputs()) > len(declared) else session
 
-    def outputs(self, model: onnx.ModelProto, reference: dict[str, list] | None = None) -> dict[str, list]:
-        """Per shape, what the task compares of `model`. Without `reference` (the reference model itself): what the
-        task stores of a reference (`summarize`); with it (an earlier `outputs` of the reference): each batch paired
-        with it as it is produced (`pair`), so no pass holds more than a batch of a language model's logits."""
+    def outputs(self, model: onnx.ModelProto, reference: dict[str, list] | None = None,
+                labels: list[str] | None = None) -> dict[str, list]:  # fmt: skip
+        """Per shape (all, or `labels`), what the task compares of `model`. Without `reference` (the reference model
+        itself): what the task stores of a reference (`summarize`); with it (an earlier `outputs` of the reference):
+        each batch paired with it as it is produced (`pair`), so no pass holds more than a batch of a language
+        model's logits."""
         session = self.session(model)
         found = {}
         for label, data in self.data.items():
+            if labels is not None and label not in labels:
+                continue
             items: list = []
             for batch in data.batches:
                 produced = self.task.compared(run_batch(session, batch), batch)

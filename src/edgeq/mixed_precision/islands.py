@@ -22,6 +22,9 @@ from edgeq.mixed_precision.statistics import ActivationStats
 LADDER = ("int4", "int4a", "int4g", "int4o", "int8b", "xint8", "sint8", "sint8u", "int8", "int8s", "w8", "fp16", "fp32")
 STATS_RUNGS = {"int4a", "int4g", "xint8", "sint8", "sint8u", "int8s"}  # rungs that need activation statistics
 INT8_ROWS = {"sint8", "sint8u", "int8", "int8s", "w8", "int8b"}  # the rungs whose embedding tables are INT8 rows
+# Rungs whose activation scale is taken at run time over the whole input tensor: in a batch, the other texts and
+# their padding move it. Every other rung (static scales, weight-only, per-row blocks) treats each text alone.
+BATCH_DEPENDENT = {"int8", "int8s"}
 
 
 @dataclass
@@ -33,6 +36,12 @@ class Island:
     parameters: int
     candidates: dict[str, Candidate] = field(default_factory=dict)
     tied: str | None = None  # the embedding lookup (Gather node) that reads this LM head's table: they switch together
+
+
+def batch_invariant(islands: list[Island], assignment: dict[str, str]) -> bool:
+    """Whether a model with this assignment computes each text of a padded batch as it does alone (an embedding
+    table's INT8 rows are looked up, never scaled at run time)."""
+    return not any(assignment[i.name] in BATCH_DEPENDENT for i in islands if i.kind != "gather")
 
 
 def readable_name(node_name: str) -> str:

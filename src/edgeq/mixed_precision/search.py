@@ -27,7 +27,7 @@ import onnx
 
 from edgeq.mixed_precision.assemble import assemble
 from edgeq.mixed_precision.evaluate import Runner
-from edgeq.mixed_precision.islands import LADDER, Island, island_outputs
+from edgeq.mixed_precision.islands import LADDER, Island, batch_invariant, island_outputs
 from edgeq.progress import say, track
 
 
@@ -126,6 +126,10 @@ def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder:
     configurations = cumulative(lowest, steps, fp32_size, islands, budget, latency)
     dropped = trim_to_exact_size(configurations, fp32, islands, budget, fp32_size)
     say(f"  mixed precision: {len(islands)} islands, {passes} proxy passes, {len(configurations)} configurations")
+    reused = sum(len(s.get("same_at_batch", {})) for s in scores.values())
+    batch_note = ([f"{reused} promotion(s) to a rung with no run-time activation scale were run at {proxy.labels[0]} "
+                   f"only: such a model computes each text of a padded batch as it does alone, so its proxy score at "
+                   f"{', '.join(proxy.batched_like_first)} is the same"] if reused else [])  # fmt: skip
     evaluations: list[dict] = []
     settled: list[str] = []
 
@@ -160,7 +164,7 @@ def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder:
         configurations=[{k: v for k, v in c.items() if k != "assignment"} for c in configurations],
         evaluations=evaluations, scores=scores, proxy_passes=passes, full_evaluations=len(evaluations),
         budget_met=all(v is not False for v in status.values()), budget_status=status,
-        notes=settled + dropped + notes + latency_notes,
+        notes=settled + dropped + batch_note + notes + latency_notes,
         seconds=time.perf_counter() - started, latency_model=latency,
         binding=max(below, key=lambda e: e["configuration"])["failures"] if below else [],
     )  # fmt: skip
@@ -224,8 +228,14 @@ def proxy_scores(fp32, islands, ladder, lowest, proxy: Runner, measure_top: int 
             entry["gain"][rung] = entry["gain"].get(same_as, 0.0)
             entry["gain_by_shape"][rung] = entry["gain_by_shape"].get(same_as, {})
             continue
-        promoted = _scores(proxy.task, reference, proxy.outputs(assemble(fp32, islands, {**lowest, island.name: rung}), reference))
+        assignment = {**lowest, island.name: rung}
+        skipped = proxy.batched_like_first if batch_invariant(islands, assignment) else []
+        measured_at = [label for label in proxy.labels if label not in skipped]
+        promoted = _scores(proxy.task, reference, proxy.outputs(assemble(fp32, islands, assignment), reference, measured_at))
+        promoted.update(dict.fromkeys(skipped, promoted[proxy.labels[0]]))
         by_shape = {label: round(promoted[label] - base[label], 6) for label in base}
+        if skipped:
+            entry.setdefault("same_at_batch", {})[rung] = skipped
         entry["gain_by_shape"][rung] = by_shape
         entry["gain"][rung] = round(float(np.mean(list(by_shape.values()))), 6)
         passes += 1
@@ -389,8 +399,9 @@ def _latency_checks(budget: Budget, metrics: dict) -> list[str]:
 
 
 def _scores(task, reference: dict[str, list], candidate: dict[str, list]) -> dict[str, float]:
-    """The task's proxy score (higher is better: mean cosine, or minus the mean KL of a language model) per shape."""
-    return {label: task.proxy_score(reference[label], candidate[label]) for label in reference}
+    """The task's proxy score (higher is better: mean cosine, or minus the mean KL of a language model) per shape
+    the candidate was run at."""
+    return {label: task.proxy_score(reference[label], candidate[label]) for label in candidate}
 
 
 def _fmt(value) -> str:

@@ -33,11 +33,14 @@ class ActivationStats:
 class StatisticsAccumulator:
     """Per-channel extremes and a uniform sample of at most MAX_ROWS real-token rows, batch by batch: memory is
     bounded by the sample, whatever the number of calibration texts (every row gets a random key; the rows with
-    the smallest keys are kept)."""
+    the smallest keys are kept, in the order they came). Rows are gathered in chunks and pruned when they pass
+    twice the sample, not at every batch: the same sample, without copying it once per text."""
 
     def __init__(self, seed: int = 0):
         self.random = np.random.default_rng(seed)
-        self.minimum = self.maximum = self.rows = self.keys = None
+        self.minimum = self.maximum = None
+        self.chunks: list[tuple[np.ndarray, np.ndarray]] = []
+        self.held = 0
 
     def add(self, values: np.ndarray, mask: np.ndarray | None) -> None:
         if mask is not None and values.ndim == 3 and values.shape[:2] == mask.shape:
@@ -50,14 +53,22 @@ class StatisticsAccumulator:
         low, high = rows.min(axis=0), rows.max(axis=0)
         self.minimum = low if self.minimum is None else np.minimum(self.minimum, low)
         self.maximum = high if self.maximum is None else np.maximum(self.maximum, high)
-        keys = self.random.random(len(rows))
-        if self.rows is not None:
-            rows, keys = np.concatenate([self.rows, rows]), np.concatenate([self.keys, keys])
+        self.chunks.append((rows, self.random.random(len(rows))))
+        self.held += len(rows)
+        if self.held > 2 * MAX_ROWS:
+            self._prune()
+
+    def _prune(self) -> None:
+        rows = np.concatenate([r for r, _ in self.chunks])
+        keys = np.concatenate([k for _, k in self.chunks])
         keep = np.sort(np.argsort(keys, kind="stable")[:MAX_ROWS])
-        self.rows, self.keys = rows[keep], keys[keep]
+        self.chunks, self.held = [(rows[keep], keys[keep])], len(keep)
 
     def result(self) -> ActivationStats:
-        return ActivationStats(self.minimum, self.maximum, self.rows)
+        if not self.chunks:
+            return ActivationStats(self.minimum, self.maximum, None)
+        self._prune()
+        return ActivationStats(self.minimum, self.maximum, self.chunks[0][0])
 
 
 def smoothing_factors(stats: ActivationStats, weight: np.ndarray, alpha: float) -> np.ndarray:
