@@ -97,14 +97,22 @@ def nncf_static(fp32: Path, out: Path, feeds: list[dict]) -> Path:
     return out / "model.onnx"
 
 
-def build_anchors(fp32_dir: Path, work: Path, calibration_feeds: list[dict]) -> dict[str, Path]:
+ANCHORS = ("Optimum --avx2", "Optimum --avx512_vnni", "onnxruntime stock dynamic", "onnxruntime stock static",
+           "NNCF static TRANSFORMER")  # fmt: skip
+
+
+def build_anchors(fp32_dir: Path, work: Path, calibration_feeds: list[dict], only: list[str] | None = None) -> dict[str, Path]:
+    """FP32 and the anchors (all, or those whose name contains one of `only`), each made from the same export."""
     fp32 = fp32_dir / "model.onnx"
     made = {"FP32 (export)": fp32}
-    for name, make in (("Optimum --avx2", lambda o: optimum_preset(fp32_dir, o, "avx2")),
-                       ("Optimum --avx512_vnni", lambda o: optimum_preset(fp32_dir, o, "avx512_vnni")),
-                       ("onnxruntime stock dynamic", lambda o: ort_stock_dynamic(fp32, o)),
-                       ("onnxruntime stock static", lambda o: ort_stock_static(fp32, o, calibration_feeds)),
-                       ("NNCF static TRANSFORMER", lambda o: nncf_static(fp32, o, calibration_feeds))):  # fmt: skip
+    makers = dict(zip(ANCHORS, (lambda o: optimum_preset(fp32_dir, o, "avx2"),
+                                lambda o: optimum_preset(fp32_dir, o, "avx512_vnni"),
+                                lambda o: ort_stock_dynamic(fp32, o),
+                                lambda o: ort_stock_static(fp32, o, calibration_feeds),
+                                lambda o: nncf_static(fp32, o, calibration_feeds))))  # fmt: skip
+    for name, make in makers.items():
+        if only and not any(word.lower() in name.lower() for word in only):
+            continue
         folder = work / name.split()[0].lower() / str(len(made))
         folder.mkdir(parents=True)
         started = time.perf_counter()
@@ -201,6 +209,9 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="Device profile for session settings. Default: this host's.")
     parser.add_argument("--rounds", type=int, default=3, help="Interleaved passes at batch 1 (batch 32: twice as many).")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
+    parser.add_argument("--anchors", nargs="+", metavar="WORD",
+                        help=f"Only the anchors whose name contains one of these words (of: {'; '.join(ANCHORS)}); "
+                             "FP32 and edgeq's models always run. A shorter run to repeat a comparison.")  # fmt: skip
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
@@ -223,7 +234,7 @@ def main() -> None:
     lengths = np.array([f["attention_mask"].sum() for f in single_feeds])
     with tempfile.TemporaryDirectory(prefix="edgeq-bench-") as tmp, contextlib.chdir(tmp):  # ORT writes scratch to cwd
         print("building the comparison models from", fp32_dir, file=sys.stderr)
-        models = build_anchors(fp32_dir, Path(tmp), calibration_feeds)
+        models = build_anchors(fp32_dir, Path(tmp), calibration_feeds, args.anchors)
         for name, folder in (("edgeq uniform int8", "int8"), ("edgeq final", "final")):
             if (build / folder / "model.onnx").is_file():
                 models[name] = build / folder / "model.onnx"
