@@ -27,13 +27,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 DEFAULT_RECIPES = ["minilm-int8-cpu", "tiny-llama-int4", "smollm2-int4"]
 HELD_OUT = {  # name: (bundled recipe, {dotted key: value}) -- builds the build-cost fit never saw
-    "smollm2-int4-light": ("smollm2-int4", {"quantization.calibration.samples": 8, "mixed_precision.proxy_samples": 4,
-                                            "mixed_precision.measure_top": 6, "validation.samples": 8,
-                                            "targets": ["x86-avx2"]}),
-    "minilm-int8-b1": ("minilm-int8-cpu", {"validation.shapes": [{"batch_size": 1}], "mixed_precision.proxy_samples": 16,
-                                           "validation.samples": 100}),
-    "tiny-llama-int4-x86": ("tiny-llama-int4", {"targets": ["x86-avx2"], "validation.samples": 24,
-                                                "mixed_precision.candidates": ["int4", "w8", "fp16"]}),
+    "smollm2-int4-light": (
+        "smollm2-int4",
+        {
+            "quantization.calibration.samples": 8,
+            "mixed_precision.proxy_samples": 4,
+            "mixed_precision.measure_top": 6,
+            "validation.samples": 8,
+            "targets": ["x86-avx2"],
+        },
+    ),
+    "minilm-int8-b1": (
+        "minilm-int8-cpu",
+        {"validation.shapes": [{"batch_size": 1}], "mixed_precision.proxy_samples": 16, "validation.samples": 100},
+    ),
+    "tiny-llama-int4-x86": (
+        "tiny-llama-int4",
+        {"targets": ["x86-avx2"], "validation.samples": 24, "mixed_precision.candidates": ["int4", "w8", "fp16"]},
+    ),
 }
 
 
@@ -88,8 +99,10 @@ def measure(recipe: str, scratch: Path) -> dict:
         "wall_seconds": round(wall, 1),
         "peak_rss_bytes": peak_kb * 1024,
         "disk_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
-        "stages": [{k: s.get(k) for k in ("name", "seconds", "cached", "peak_rss_mb", "child_peak_rss_mb")}
-                   for s in report["stages"]],  # fmt: skip
+        "stages": [
+            {k: s.get(k) for k in ("name", "seconds", "cached", "peak_rss_mb", "child_peak_rss_mb")}
+            for s in report["stages"]
+        ],
         "config": model_config(path),
         "fp32_bytes": next(a["size_bytes"] for a in report["artifacts"] if a["name"] == "fp32"),
         "search": {k: report.get("mixed_precision", {}).get(k) for k in ("proxy_passes", "full_evaluations")},
@@ -99,7 +112,9 @@ def measure(recipe: str, scratch: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipes", nargs="+", default=None, help=f"bundled recipes or held-out variants {list(HELD_OUT)}")
+    parser.add_argument(
+        "--recipes", nargs="+", default=None, help=f"bundled recipes or held-out variants {list(HELD_OUT)}"
+    )
     parser.add_argument("--held-out", action="store_true", help="measure the held-out variants")
     parser.add_argument("--out", default=str(ROOT / "bench" / "data" / "build-costs.json"))
     args = parser.parse_args()
@@ -111,8 +126,11 @@ def main() -> None:
         for recipe in args.recipes:
             row = measure(recipe, Path(tmp))
             rows.append(row)
-            print(f"{recipe}: {row['wall_seconds']:.0f} s, peak {row['peak_rss_bytes'] / 2**30:.2f} GiB, "
-                  f"{row['disk_bytes'] / 1e6:.0f} MB on disk", flush=True)  # fmt: skip
+            print(
+                f"{recipe}: {row['wall_seconds']:.0f} s, peak {row['peak_rss_bytes'] / 2**30:.2f} GiB, "
+                f"{row['disk_bytes'] / 1e6:.0f} MB on disk",
+                flush=True,
+            )
     model, flags = cpu_info()
     isa = [f for f in ("avx512_vnni", "avx_vnni", "avx2") if f in flags]
     machine = {"cpu": model, "isa": isa, "machine": platform.machine()}

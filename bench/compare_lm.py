@@ -24,7 +24,6 @@ import time
 import warnings
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,15 +47,22 @@ def genai_mixed_rule(names: list[str], layers: int) -> dict[str, dict]:
 def onnxruntime_int4(fp32: Path, out: Path, algorithm: str, layers: int) -> Path:
     """onnxruntime's MatMulNBits quantizer (what the genai builder calls), blocks of 32, MatMul and Gather."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import (KQuantWeightOnlyQuantConfig, MatMulNBitsQuantizer,
-                                                                 RTNWeightOnlyQuantConfig)  # fmt: skip
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        KQuantWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+        RTNWeightOnlyQuantConfig,
+    )
 
     model = onnx.load(str(fp32))
     names = [n.name for n in model.graph.node if n.op_type == "MatMul"]
-    config = {"rtn": lambda: RTNWeightOnlyQuantConfig(), "k_quant": lambda: KQuantWeightOnlyQuantConfig(),
-              "k_quant_mixed": lambda: KQuantWeightOnlyQuantConfig(customized_weight_config=genai_mixed_rule(names, layers))}[algorithm]()  # fmt: skip
-    quantizer = MatMulNBitsQuantizer(model, block_size=32, is_symmetric=True, algo_config=config,
-                                     op_types_to_quantize=("MatMul", "Gather"))  # fmt: skip
+    config = {
+        "rtn": lambda: RTNWeightOnlyQuantConfig(),
+        "k_quant": lambda: KQuantWeightOnlyQuantConfig(),
+        "k_quant_mixed": lambda: KQuantWeightOnlyQuantConfig(customized_weight_config=genai_mixed_rule(names, layers)),
+    }[algorithm]()
+    quantizer = MatMulNBitsQuantizer(
+        model, block_size=32, is_symmetric=True, algo_config=config, op_types_to_quantize=("MatMul", "Gather")
+    )
     quantizer.process()
     result = quantizer.model.model
     for opset in result.opset_import:  # the quantizer stamps ai.onnx 21 without converting ops
@@ -83,8 +89,9 @@ def measure_fidelity(models: dict[str, Path], texts: list[str], folder: Path, de
             items[name] += task.pair(produced[reference], produced[name], batch)  # reduced batch by batch
             if index < task.follow_up_samples:
                 follow[name] += task.follow_up(session, batch, inputs)
-    return {name: task.metrics(None, items[name], samples, inputs, (follow[reference], follow[name]))
-            for name in models}  # fmt: skip
+    return {
+        name: task.metrics(None, items[name], samples, inputs, (follow[reference], follow[name])) for name in models
+    }
 
 
 def held_out_texts(path: Path, model_dir: Path) -> list[str]:
@@ -100,10 +107,21 @@ def measure_speed(models: dict[str, Path], folder: Path, device, rounds: int) ->
     from edgeq.profile import profile_models
     from edgeq.profile.run import default_transport
 
-    result = profile_models(list(models.values()), device, default_transport(device), runs=rounds, min_seconds=0,
-                            warmup=1, sequence_length=64, task=TASKS["text-generation"], new_tokens=32)  # fmt: skip
-    return {name: {k: p[k] for k in ("decode_tokens_per_s", "ttft_ms", "peak_rss_mb")}
-            for name, p in zip(models, result["profiles"])}  # fmt: skip
+    result = profile_models(
+        list(models.values()),
+        device,
+        default_transport(device),
+        runs=rounds,
+        min_seconds=0,
+        warmup=1,
+        sequence_length=64,
+        task=TASKS["text-generation"],
+        new_tokens=32,
+    )
+    return {
+        name: {k: p[k] for k in ("decode_tokens_per_s", "ttft_ms", "peak_rss_mb")}
+        for name, p in zip(models, result["profiles"])
+    }
 
 
 def main() -> None:
@@ -121,9 +139,11 @@ def main() -> None:
     if not fp32.is_file():
         sys.exit(f"Error: no {fp32}; run `edgeq build recipes/tiny-llama-int4.yaml` first")
     texts = held_out_texts(args.heldout, build / "fp32")
-    seen = {text for name in ("lm-calibration.txt", "lm-validation.txt", "lm-chat-calibration.jsonl",
-                              "lm-chat-validation.jsonl")
-            for text in held_out_texts(ROOT / "recipes" / "data" / name, build / "fp32")}  # fmt: skip
+    seen = {
+        text
+        for name in ("lm-calibration.txt", "lm-validation.txt", "lm-chat-calibration.jsonl", "lm-chat-validation.jsonl")
+        for text in held_out_texts(ROOT / "recipes" / "data" / name, build / "fp32")
+    }
     if overlap := [t for t in texts if t in seen]:
         sys.exit(f"Error: {len(overlap)} held-out texts also appear in the recipe's calibration/validation data")
     device = load_device(args.device or host_cpu_device())
@@ -131,20 +151,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgeq-bench-lm-") as tmp, contextlib.chdir(tmp):
         work = Path(tmp)
         models = {"FP32 (export)": fp32, "uniform INT4 (build's int4/)": build / "int4" / "model.onnx"}
-        for name, algorithm in (("INT4 RTN, LM table FP32", "rtn"), ("INT4 k-quant, LM table FP32", "k_quant"),
-                                ("genai k_quant_mixed rule", "k_quant_mixed")):  # fmt: skip
+        for name, algorithm in (
+            ("INT4 RTN, LM table FP32", "rtn"),
+            ("INT4 k-quant, LM table FP32", "k_quant"),
+            ("genai k_quant_mixed rule", "k_quant_mixed"),
+        ):
             started = time.perf_counter()
             models[name] = onnxruntime_int4(fp32, work / algorithm, algorithm, layers)
             print(f"  {name}: built in {time.perf_counter() - started:.1f} s", file=sys.stderr)
         models["edgeq final"] = build / "final" / "model.onnx"
         print(f"measuring {len(models)} models on {len(texts)} held-out paragraphs", file=sys.stderr)
         fidelity = measure_fidelity(models, texts, build / "fp32", device)
-        speed = measure_speed({k: models[k] for k in ("FP32 (export)", "uniform INT4 (build's int4/)", "edgeq final")},
-                              build / "fp32", device, args.rounds)  # fmt: skip
+        speed = measure_speed(
+            {k: models[k] for k in ("FP32 (export)", "uniform INT4 (build's int4/)", "edgeq final")},
+            build / "fp32",
+            device,
+            args.rounds,
+        )
         sizes = {name: path.stat().st_size for name, path in models.items()}
     base = sizes["uniform INT4 (build's int4/)"]
-    print(f"\n{build.name} on {len(texts)} held-out paragraphs ({sum(f['tokens'] for f in fidelity.values()) // len(fidelity)} "
-          f"tokens), {device.id} ({device.threads} threads)\n")  # fmt: skip
+    print(
+        f"\n{build.name} on {len(texts)} held-out paragraphs ({sum(f['tokens'] for f in fidelity.values()) // len(fidelity)} "
+        f"tokens), {device.id} ({device.threads} threads)\n"
+    )
     header = f"{'model':<30}{'MB':>7}{'vs INT4':>9}{'top-1':>8}{'KL':>9}{'ppl':>8}{'greedy':>8}{'tok/s':>8}"
     print(header)
     print("-" * len(header))
@@ -153,10 +182,14 @@ def main() -> None:
         f, s = fidelity[name], speed.get(name, {})
         rows.append({"model": name, "bytes": sizes[name], "size_vs_int4": sizes[name] / base, **f, **s})
         tok = f"{s['decode_tokens_per_s']:>8.0f}" if s else f"{'':>8}"
-        print(f"{name:<30}{sizes[name] / 1e6:>7.2f}{sizes[name] / base:>9.3f}{f['next_token_top1_agreement']:>8.4f}"
-              f"{f['kl_divergence_mean']:>9.5f}{f['perplexity']:>8.2f}{f.get('greedy_match_tokens', 0):>8.2f}{tok}")  # fmt: skip
+        print(
+            f"{name:<30}{sizes[name] / 1e6:>7.2f}{sizes[name] / base:>9.3f}{f['next_token_top1_agreement']:>8.4f}"
+            f"{f['kl_divergence_mean']:>9.5f}{f['perplexity']:>8.2f}{f.get('greedy_match_tokens', 0):>8.2f}{tok}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"texts": len(texts), "device": device.id, "rows": rows}, indent=2, default=str))
+        args.json.write_text(
+            json.dumps({"texts": len(texts), "device": device.id, "rows": rows}, indent=2, default=str)
+        )
 
 
 if __name__ == "__main__":

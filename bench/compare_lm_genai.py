@@ -57,8 +57,23 @@ def builder_model(source: Path, rule: str) -> Path:
     if not (out / "genai_config.json").is_file():
         print(f"  building the builder's {rule} model from {source}", file=sys.stderr)
         shutil.rmtree(out, ignore_errors=True)
-        command = [str(builder_python()), "-m", "onnxruntime_genai.models.builder", "-i", str(source), "-o", str(out),
-                   "-p", "int4", "-e", "cpu", "-c", str(BUILDER_MODELS / "cache"), "--extra_options", f"algo_config={rule}"]
+        command = [
+            str(builder_python()),
+            "-m",
+            "onnxruntime_genai.models.builder",
+            "-i",
+            str(source),
+            "-o",
+            str(out),
+            "-p",
+            "int4",
+            "-e",
+            "cpu",
+            "-c",
+            str(BUILDER_MODELS / "cache"),
+            "--extra_options",
+            f"algo_config={rule}",
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
             sys.exit(f"Error: the genai builder failed on {source} ({rule}): {done.stderr.strip()[-400:]}")
@@ -123,11 +138,14 @@ def fidelity(folders: dict[str, Path], texts: list[str], reference: str) -> dict
             compared += TASK.pair([reference_logits], [logits_of(model, ids)], batch)
         greedy = [greedy_of(model, ids[:16], 16) for ids in encoded[:16]]
         metrics = TASK.metrics(None, compared, [], None)
-        metrics["greedy_match_tokens"] = round(float(np.mean([common_prefix(np.array(a), np.array(b))
-                                                              for a, b in zip(truth_greedy, greedy)])), 3)  # fmt: skip
+        metrics["greedy_match_tokens"] = round(
+            float(np.mean([common_prefix(np.array(a), np.array(b)) for a, b in zip(truth_greedy, greedy)])), 3
+        )
         found[name] = metrics
-        print(f"  {name}: KL {metrics['kl_divergence_mean']:.4f}, top-1 {metrics['next_token_top1_agreement']:.4f}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"  {name}: KL {metrics['kl_divergence_mean']:.4f}, top-1 {metrics['next_token_top1_agreement']:.4f}",
+            file=sys.stderr,
+        )
         del model
     return found
 
@@ -136,22 +154,45 @@ def speed(folders: dict[str, Path], prompt: str, rounds: int) -> dict[str, dict]
     runs: dict[str, list[dict]] = {name: [] for name in folders}
     for _ in range(rounds):
         for name, folder in folders.items():  # interleaved: every model once a round
-            done = subprocess.run([sys.executable, "-m", "edgeq.cli", "generate", str(folder), prompt, "--max-tokens",
-                                   "32", "--engine", "genai", "--json", "-"], capture_output=True, text=True,
-                                  env={**os.environ, "EDGEQ_QUIET": "1"})  # fmt: skip
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "edgeq.cli",
+                    "generate",
+                    str(folder),
+                    prompt,
+                    "--max-tokens",
+                    "32",
+                    "--engine",
+                    "genai",
+                    "--json",
+                    "-",
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "EDGEQ_QUIET": "1"},
+            )
             if done.returncode:
                 sys.exit(f"Error: edgeq generate failed on {name}: {done.stderr.strip()[-300:]}")
             runs[name].append(json.loads(done.stdout))
-    return {name: {"decode_tokens_per_s": round(float(np.median([r["tokens_per_s"] for r in rs])), 2),
-                   "ttft_ms": round(float(np.median([r["ttft_ms"] for r in rs])), 1),
-                   "peak_rss_mb": round(float(max(r["peak_rss_mb"] for r in rs)), 1)} for name, rs in runs.items()}  # fmt: skip
+    return {
+        name: {
+            "decode_tokens_per_s": round(float(np.median([r["tokens_per_s"] for r in rs])), 2),
+            "ttft_ms": round(float(np.median([r["ttft_ms"] for r in rs])), 1),
+            "peak_rss_mb": round(float(max(r["peak_rss_mb"] for r in rs)), 1),
+        }
+        for name, rs in runs.items()
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--build", type=Path, required=True)
     parser.add_argument("--heldout", type=Path, default=ROOT / "bench" / "data" / "lm-chat-heldout.jsonl")
-    parser.add_argument("--source", type=Path, help="The FP32 Hugging Face folder for the builder (default: the build's model folder)")
+    parser.add_argument(
+        "--source", type=Path, help="The FP32 Hugging Face folder for the builder (default: the build's model folder)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -159,8 +200,10 @@ def main() -> None:
     report = json.loads((build / "report.json").read_text())
     source = args.source or _model_folder(report)
     scratch = build / ".bench-genai"
-    models = {"FP32 (export)": genai_folder(build / "fp32" / "model.onnx", scratch),
-              "uniform INT4 (build's int4/)": genai_folder(build / "int4" / "model.onnx", scratch)}
+    models = {
+        "FP32 (export)": genai_folder(build / "fp32" / "model.onnx", scratch),
+        "uniform INT4 (build's int4/)": genai_folder(build / "int4" / "model.onnx", scratch),
+    }
     for name, rule in RULES.items():
         models[name] = builder_model(source, rule)
     models["edgeq final"] = build / "final"
@@ -172,12 +215,18 @@ def main() -> None:
     print(f"\n{build.name}: {len(texts)} held-out texts, onnxruntime-genai, batch 1\n")
     print(f"{'model':<30}{'MB':>8}{'top-1':>8}{'KL':>9}{'ppl':>8}{'greedy':>8}{'tok/s':>8}{'TTFT ms':>9}{'RSS MB':>8}")
     for name, folder in models.items():
-        size = sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".onnx", ".data") or p.name.endswith(".onnx.data"))
+        size = sum(
+            p.stat().st_size
+            for p in folder.iterdir()
+            if p.suffix in (".onnx", ".data") or p.name.endswith(".onnx.data")
+        )
         q, s = quality[name], fast[name]
         rows.append({"model": name, "bytes": size, **q, **s})
-        print(f"{name:<30}{size / 1e6:>8.1f}{q['next_token_top1_agreement']:>8.4f}{q['kl_divergence_mean']:>9.4f}"
-              f"{q['perplexity']:>8.2f}{q['greedy_match_tokens']:>8.2f}{s['decode_tokens_per_s']:>8.1f}{s['ttft_ms']:>9.0f}"
-              f"{s['peak_rss_mb']:>8.0f}")  # fmt: skip
+        print(
+            f"{name:<30}{size / 1e6:>8.1f}{q['next_token_top1_agreement']:>8.4f}{q['kl_divergence_mean']:>9.4f}"
+            f"{q['perplexity']:>8.2f}{q['greedy_match_tokens']:>8.2f}{s['decode_tokens_per_s']:>8.1f}{s['ttft_ms']:>9.0f}"
+            f"{s['peak_rss_mb']:>8.0f}"
+        )
     if args.json:
         args.json.write_text(json.dumps({"texts": len(texts), "rows": rows}, indent=2))
 

@@ -91,25 +91,38 @@ def nncf_static(fp32: Path, out: Path, feeds: list[dict]) -> Path:
     import onnx
 
     model = onnx.load(str(fp32))
-    quantized = nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER,
-                              subset_size=len(feeds))  # fmt: skip
+    quantized = nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds))
     onnx.save(quantized, str(out / "model.onnx"))
     return out / "model.onnx"
 
 
-ANCHORS = ("Optimum --avx2", "Optimum --avx512_vnni", "onnxruntime stock dynamic", "onnxruntime stock static",
-           "NNCF static TRANSFORMER")  # fmt: skip
+ANCHORS = (
+    "Optimum --avx2",
+    "Optimum --avx512_vnni",
+    "onnxruntime stock dynamic",
+    "onnxruntime stock static",
+    "NNCF static TRANSFORMER",
+)
 
 
-def build_anchors(fp32_dir: Path, work: Path, calibration_feeds: list[dict], only: list[str] | None = None) -> dict[str, Path]:
+def build_anchors(
+    fp32_dir: Path, work: Path, calibration_feeds: list[dict], only: list[str] | None = None
+) -> dict[str, Path]:
     """FP32 and the anchors (all, or those whose name contains one of `only`), each made from the same export."""
     fp32 = fp32_dir / "model.onnx"
     made = {"FP32 (export)": fp32}
-    makers = dict(zip(ANCHORS, (lambda o: optimum_preset(fp32_dir, o, "avx2"),
-                                lambda o: optimum_preset(fp32_dir, o, "avx512_vnni"),
-                                lambda o: ort_stock_dynamic(fp32, o),
-                                lambda o: ort_stock_static(fp32, o, calibration_feeds),
-                                lambda o: nncf_static(fp32, o, calibration_feeds))))  # fmt: skip
+    makers = dict(
+        zip(
+            ANCHORS,
+            (
+                lambda o: optimum_preset(fp32_dir, o, "avx2"),
+                lambda o: optimum_preset(fp32_dir, o, "avx512_vnni"),
+                lambda o: ort_stock_dynamic(fp32, o),
+                lambda o: ort_stock_static(fp32, o, calibration_feeds),
+                lambda o: nncf_static(fp32, o, calibration_feeds),
+            ),
+        )
+    )
     for name, make in makers.items():
         if only and not any(word.lower() in name.lower() for word in only):
             continue
@@ -150,8 +163,11 @@ def pooled(states: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def fidelity(reference: np.ndarray, vectors: np.ndarray) -> dict:
     cos = cosines(reference, vectors)
-    return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-            "nn_agreement": float((nearest_neighbours(reference) == nearest_neighbours(vectors)).mean())}  # fmt: skip
+    return {
+        "cosine_mean": float(cos.mean()),
+        "cosine_min": float(cos.min()),
+        "nn_agreement": float((nearest_neighbours(reference) == nearest_neighbours(vectors)).mean()),
+    }
 
 
 def summarise(models, single, batched, lengths, sizes) -> list[dict]:
@@ -162,16 +178,29 @@ def summarise(models, single, batched, lengths, sizes) -> list[dict]:
     for name in models:
         b1_vectors, b1_times = single[name]
         b32_vectors, b32_times = batched[name]
-        ratio = lambda times, ref, mask=None: float(np.median(times[:, mask] if mask is not None else times)  # noqa: E731
-                                                    / np.median(ref[:, mask] if mask is not None else ref))  # fmt: skip
-        rows.append({
-            "model": name, "size_mb": sizes[name] / 1e6, "size_ratio": sizes[name] / sizes["FP32 (export)"],
-            "b1": fidelity(ref_b1, b1_vectors), "b32": fidelity(ref_b32, b32_vectors),
-            "latency_ratio": {"b1 short": ratio(b1_times, ref_b1_times, short), "b1 128": ratio(b1_times, ref_b1_times, long_),
-                              "b32": ratio(b32_times, ref_b32_times)},
-            "p50_ms": {"b1 short": float(np.median(b1_times[:, short]) * 1000),
-                       "b1 128": float(np.median(b1_times[:, long_]) * 1000), "b32": float(np.median(b32_times) * 1000)},
-        })  # fmt: skip
+        ratio = lambda times, ref, mask=None: float(
+            np.median(times[:, mask] if mask is not None else times)  # noqa: E731
+            / np.median(ref[:, mask] if mask is not None else ref)
+        )
+        rows.append(
+            {
+                "model": name,
+                "size_mb": sizes[name] / 1e6,
+                "size_ratio": sizes[name] / sizes["FP32 (export)"],
+                "b1": fidelity(ref_b1, b1_vectors),
+                "b32": fidelity(ref_b32, b32_vectors),
+                "latency_ratio": {
+                    "b1 short": ratio(b1_times, ref_b1_times, short),
+                    "b1 128": ratio(b1_times, ref_b1_times, long_),
+                    "b32": ratio(b32_times, ref_b32_times),
+                },
+                "p50_ms": {
+                    "b1 short": float(np.median(b1_times[:, short]) * 1000),
+                    "b1 128": float(np.median(b1_times[:, long_]) * 1000),
+                    "b32": float(np.median(b32_times) * 1000),
+                },
+            }
+        )
     return rows
 
 
@@ -182,23 +211,33 @@ def machine_isa() -> dict:
     from edgeq.profile.runner import cpu_info
 
     model, flags = cpu_info()
-    return {"cpu": model, "machine": platform.machine(), "isa": [f for f in ("avx512_vnni", "avx_vnni", "avx2") if f in flags]}
+    return {
+        "cpu": model,
+        "machine": platform.machine(),
+        "isa": [f for f in ("avx512_vnni", "avx_vnni", "avx2") if f in flags],
+    }
 
 
 def print_table(rows: list[dict], texts: int, device, rounds: int, mode: str, counts: dict) -> None:
     host = machine_isa()
-    print(f"\nMiniLM-L6 on {texts} held-out texts ({counts['short']} under {SHORT_TOKENS} tokens, {counts['long']} of "
-          f"{LONG_TOKENS}+), {device.threads} threads, {rounds} interleaved rounds ({device.id}, {mode}; host "
-          f"{host['cpu']}, ISA {'/'.join(host['isa']) or 'no AVX2'})\n")  # fmt: skip
-    header = (f"{'model':<27}{'size':>7} | {'b1 cos mean':>11}{'min':>8}{'NN':>7} | {'b32 cos mean':>12}{'min':>8}"
-              f"{'NN':>7} | {'time/FP32: b1 short':>19}{'b1 128':>8}{'b32':>7}")  # fmt: skip
+    print(
+        f"\nMiniLM-L6 on {texts} held-out texts ({counts['short']} under {SHORT_TOKENS} tokens, {counts['long']} of "
+        f"{LONG_TOKENS}+), {device.threads} threads, {rounds} interleaved rounds ({device.id}, {mode}; host "
+        f"{host['cpu']}, ISA {'/'.join(host['isa']) or 'no AVX2'})\n"
+    )
+    header = (
+        f"{'model':<27}{'size':>7} | {'b1 cos mean':>11}{'min':>8}{'NN':>7} | {'b32 cos mean':>12}{'min':>8}"
+        f"{'NN':>7} | {'time/FP32: b1 short':>19}{'b1 128':>8}{'b32':>7}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         a, b, lat = r["b1"], r["b32"], r["latency_ratio"]
-        print(f"{r['model']:<27}{r['size_ratio']:>7.1%} | {a['cosine_mean']:>11.4f}{a['cosine_min']:>8.4f}"
-              f"{a['nn_agreement']:>7.3f} | {b['cosine_mean']:>12.4f}{b['cosine_min']:>8.4f}{b['nn_agreement']:>7.3f} | "
-              f"{lat['b1 short']:>19.3f}{lat['b1 128']:>8.3f}{lat['b32']:>7.3f}")  # fmt: skip
+        print(
+            f"{r['model']:<27}{r['size_ratio']:>7.1%} | {a['cosine_mean']:>11.4f}{a['cosine_min']:>8.4f}"
+            f"{a['nn_agreement']:>7.3f} | {b['cosine_mean']:>12.4f}{b['cosine_min']:>8.4f}{b['nn_agreement']:>7.3f} | "
+            f"{lat['b1 short']:>19.3f}{lat['b1 128']:>8.3f}{lat['b32']:>7.3f}"
+        )
 
 
 def main() -> None:
@@ -207,11 +246,17 @@ def main() -> None:
     parser.add_argument("--heldout", type=Path, default=ROOT / "bench" / "data" / "heldout.txt")
     parser.add_argument("--calibration", type=Path, default=ROOT / "recipes" / "data" / "calibration.txt")
     parser.add_argument("--device", default=None, help="Device profile for session settings. Default: this host's.")
-    parser.add_argument("--rounds", type=int, default=3, help="Interleaved passes at batch 1 (batch 32: twice as many).")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="Interleaved passes at batch 1 (batch 32: twice as many)."
+    )
     parser.add_argument("--json", type=Path, help="Also write the results here.")
-    parser.add_argument("--anchors", nargs="+", metavar="WORD",
-                        help=f"Only the anchors whose name contains one of these words (of: {'; '.join(ANCHORS)}); "
-                             "FP32 and edgeq's models always run. A shorter run to repeat a comparison.")  # fmt: skip
+    parser.add_argument(
+        "--anchors",
+        nargs="+",
+        metavar="WORD",
+        help=f"Only the anchors whose name contains one of these words (of: {'; '.join(ANCHORS)}); "
+        "FP32 and edgeq's models always run. A shorter run to repeat a comparison.",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
@@ -220,7 +265,9 @@ def main() -> None:
     if not (fp32_dir / "model.onnx").is_file():
         sys.exit(f"Error: no {fp32_dir / 'model.onnx'}; run `edgeq build recipes/minilm-int8-cpu.yaml` first")
     heldout = [t.strip() for t in args.heldout.read_text().splitlines() if t.strip()]
-    seen = set(args.calibration.read_text().splitlines()) | set((ROOT / "recipes/data/validation.txt").read_text().splitlines())
+    seen = set(args.calibration.read_text().splitlines()) | set(
+        (ROOT / "recipes/data/validation.txt").read_text().splitlines()
+    )
     if overlap := [t for t in heldout if t in seen]:
         sys.exit(f"Error: {len(overlap)} held-out texts also appear in calibration/validation data")
     device = load_device(args.device or host_cpu_device())
@@ -246,8 +293,19 @@ def main() -> None:
     counts = {"short": int((lengths < SHORT_TOKENS).sum()), "long": int((lengths >= LONG_TOKENS).sum())}
     print_table(rows, len(heldout), device, args.rounds, mode_for(device), counts)
     if args.json:
-        args.json.write_text(json.dumps({"texts": len(heldout), "device": device.id, "mode": mode_for(device),
-                                         "host": machine_isa(), "counts": counts, "rows": rows}, indent=2))  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "texts": len(heldout),
+                    "device": device.id,
+                    "mode": mode_for(device),
+                    "host": machine_isa(),
+                    "counts": counts,
+                    "rows": rows,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-STAGES = {"export": ("export", "optimize", "quantize"), "search": ("mixed_precision",), "validate": ("validate",),
-          "profile": ("profile",)}  # fmt: skip
+STAGES = {
+    "export": ("export", "optimize", "quantize"),
+    "search": ("mixed_precision",),
+    "validate": ("validate",),
+    "profile": ("profile",),
+}
 
 
 def measured_stages(row: dict) -> dict[str, float]:
@@ -74,8 +78,11 @@ def fit(rows: list[dict], works: dict) -> dict:
     seconds, _ = nnls(np.array(a), np.array(b))
     a = [[peak_terms(works[r["recipe"]])[k] / r["peak_rss_bytes"] for k in peak_keys] for r in rows]
     peak, _ = nnls(np.array(a), np.ones(len(rows)))
-    return {**FIT, "seconds": {k: float(f"{v:.4g}") for k, v in zip(seconds_keys, seconds)},
-            "peak": {k: float(f"{v:.4g}") for k, v in zip(peak_keys, peak)}}  # fmt: skip
+    return {
+        **FIT,
+        "seconds": {k: float(f"{v:.4g}") for k, v in zip(seconds_keys, seconds)},
+        "peak": {k: float(f"{v:.4g}") for k, v in zip(peak_keys, peak)},
+    }
 
 
 def errors(rows: list[dict], works: dict, constants: dict) -> dict:
@@ -87,10 +94,17 @@ def errors(rows: list[dict], works: dict, constants: dict) -> dict:
         guess = estimate(works[row["recipe"]], constants)
         out[row["recipe"]] = {
             "seconds": [guess["seconds"], row["wall_seconds"], round(guess["seconds"] / row["wall_seconds"] - 1, 3)],
-            "peak_rss_bytes": [guess["peak_rss_bytes"], row["peak_rss_bytes"],
-                               round(guess["peak_rss_bytes"] / row["peak_rss_bytes"] - 1, 3)],
-            "disk_bytes": [guess["disk_bytes"], row["disk_bytes"], round(guess["disk_bytes"] / row["disk_bytes"] - 1, 3)],
-        }  # fmt: skip
+            "peak_rss_bytes": [
+                guess["peak_rss_bytes"],
+                row["peak_rss_bytes"],
+                round(guess["peak_rss_bytes"] / row["peak_rss_bytes"] - 1, 3),
+            ],
+            "disk_bytes": [
+                guess["disk_bytes"],
+                row["disk_bytes"],
+                round(guess["disk_bytes"] / row["disk_bytes"] - 1, 3),
+            ],
+        }
     return out
 
 
@@ -103,8 +117,10 @@ def check(rows: list[dict], works: dict, bound: float) -> int:
             estimated, measured, error = found[quantity]
             ok = abs(error) <= bound
             status |= not ok
-            print(f"{recipe:24} {quantity:15} estimated {estimated:>14,} measured {measured:>14,.0f} {error:+.1%} "
-                  f"{'ok' if ok else 'OVER ' + format(bound, '.0%')}")  # fmt: skip
+            print(
+                f"{recipe:24} {quantity:15} estimated {estimated:>14,} measured {measured:>14,.0f} {error:+.1%} "
+                f"{'ok' if ok else 'OVER ' + format(bound, '.0%')}"
+            )
     return status
 
 
@@ -113,9 +129,13 @@ def main() -> None:
     parser.add_argument("--fit", default=str(ROOT / "bench" / "data" / "build-costs.json"))
     parser.add_argument("--held-out", default=str(ROOT / "bench" / "data" / "build-costs-held-out.json"))
     parser.add_argument("--write", action="store_true", help="write the constants into src/edgeq/build_cost.py")
-    parser.add_argument("--check", type=float, metavar="BOUND",
-                        help="no fit: exit 1 unless edgeq.build_cost's committed FIT estimates every build's seconds "
-                             "and peak within BOUND (0.3: 30%%)")  # fmt: skip
+    parser.add_argument(
+        "--check",
+        type=float,
+        metavar="BOUND",
+        help="no fit: exit 1 unless edgeq.build_cost's committed FIT estimates every build's seconds "
+        "and peak within BOUND (0.3: 30%%)",
+    )
     args = parser.parse_args()
     fitted = json.loads(Path(args.fit).read_text())
     held = json.loads(Path(args.held_out).read_text()) if Path(args.held_out).is_file() else {"builds": []}
@@ -133,14 +153,18 @@ def main() -> None:
     for row in rows:
         others = fit([r for r in rows if r is not row], works)
         left_out.update(errors([row], works, others))
-    constants["error"] = {"fitted": errors(rows, works, constants), "left_out": left_out,
-                          "columns": "[estimated, measured, estimated/measured - 1]"}  # fmt: skip
+    constants["error"] = {
+        "fitted": errors(rows, works, constants),
+        "left_out": left_out,
+        "columns": "[estimated, measured, estimated/measured - 1]",
+    }
     print(pprint.pformat(constants, width=118, sort_dicts=False))
     if args.write:
         from edgeq.build_cost import FIT_FILE
 
         FIT_FILE.write_text(json.dumps(constants, indent=1) + "\n")
         print(f"wrote {FIT_FILE}")
+
 
 if __name__ == "__main__":
     main()

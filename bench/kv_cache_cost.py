@@ -32,25 +32,37 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeq-kv-") as tmp:
         for base in args.recipes:
-            changes = {"quantization.kv_cache": "int8", "targets": ["x86-avx2"], "profile": None}  # the cost is fidelity
+            changes = {
+                "quantization.kv_cache": "int8",
+                "targets": ["x86-avx2"],
+                "profile": None,
+            }  # the cost is fidelity
             path = write_variant(base, changes, f"{base}-kv8", Path(tmp))
             report = api.build(path, output=Path(tmp) / base).report
             metrics = {v["artifact"]: v["metrics"] for v in report["validations"]}
             kv = report["kv_cache"]
             keep = ("kl_divergence_mean", "next_token_top1_agreement", "perplexity", "greedy_match_tokens")
-            row = {"recipe": base, "texts": next(v["samples"] for v in report["validations"]),
-                   "fp32_cache": {k: metrics[kv["from_artifact"]].get(k) for k in keep},
-                   "int8_cache": {k: metrics["kv8"].get(k) for k in keep}, "cost": kv["cost"][0],
-                   "from_artifact": kv["from_artifact"]}  # fmt: skip
+            row = {
+                "recipe": base,
+                "texts": next(v["samples"] for v in report["validations"]),
+                "fp32_cache": {k: metrics[kv["from_artifact"]].get(k) for k in keep},
+                "int8_cache": {k: metrics["kv8"].get(k) for k in keep},
+                "cost": kv["cost"][0],
+                "from_artifact": kv["from_artifact"],
+            }
             rows.append(row)
-            print(f"{base}: FP32 cache KL {row['fp32_cache']['kl_divergence_mean']:.5f} top-1 "
-                  f"{row['fp32_cache']['next_token_top1_agreement']:.4f}; INT8 cache KL "
-                  f"{row['int8_cache']['kl_divergence_mean']:.5f} top-1 {row['int8_cache']['next_token_top1_agreement']:.4f}",
-                  flush=True)  # fmt: skip
+            print(
+                f"{base}: FP32 cache KL {row['fp32_cache']['kl_divergence_mean']:.5f} top-1 "
+                f"{row['fp32_cache']['next_token_top1_agreement']:.4f}; INT8 cache KL "
+                f"{row['int8_cache']['kl_divergence_mean']:.5f} top-1 {row['int8_cache']['next_token_top1_agreement']:.4f}",
+                flush=True,
+            )
     model, flags = cpu_info()
     isa = [f for f in ("avx512_vnni", "avx_vnni", "avx2") if f in flags]
-    Path(args.out).write_text(json.dumps({"machine": {"cpu": model, "isa": isa, "machine": platform.machine()},
-                                          "builds": rows}, indent=2) + "\n")  # fmt: skip
+    Path(args.out).write_text(
+        json.dumps({"machine": {"cpu": model, "isa": isa, "machine": platform.machine()}, "builds": rows}, indent=2)
+        + "\n"
+    )
     print(f"wrote {args.out}")
 
 

@@ -35,9 +35,19 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="edgeq-bench-sshd-") as tmp:
             server = start_sshd(Path(tmp))
             try:
-                rows.append(("ssh 127.0.0.1", api.profile(args.model, host=server.url, ssh_key=str(server.client_key),
-                                                          known_hosts=str(server.known_hosts),
-                                                          remote_python=sys.executable, **common)))  # fmt: skip
+                rows.append(
+                    (
+                        "ssh 127.0.0.1",
+                        api.profile(
+                            args.model,
+                            host=server.url,
+                            ssh_key=str(server.client_key),
+                            known_hosts=str(server.known_hosts),
+                            remote_python=sys.executable,
+                            **common,
+                        ),
+                    )
+                )
             finally:
                 server.process.terminate()
     header = f"{'profile':<15}{'mode':>9}{'runs':>7}{'min':>8}{'p50':>8}{'p90':>8}{'p99':>8}{'mean':>8}{'load ms':>9}{'first ms':>10}{'RSS MB':>8}"
@@ -46,8 +56,10 @@ def main() -> None:
     print("-" * len(header))
     for name, p in rows:
         lat = p["latency_ms"]
-        print(f"{name:<15}{p['mode']:>9}{p['runs']:>7}{lat['min']:>8.3f}{lat['p50']:>8.3f}{lat['p90']:>8.3f}{lat['p99']:>8.3f}"
-              f"{lat['mean']:>8.3f}{p['load_ms']:>9.1f}{p['first_run_ms']:>10.2f}{p['peak_rss_mb']:>8.0f}")  # fmt: skip
+        print(
+            f"{name:<15}{p['mode']:>9}{p['runs']:>7}{lat['min']:>8.3f}{lat['p50']:>8.3f}{lat['p90']:>8.3f}{lat['p99']:>8.3f}"
+            f"{lat['mean']:>8.3f}{p['load_ms']:>9.1f}{p['first_run_ms']:>10.2f}{p['peak_rss_mb']:>8.0f}"
+        )
     a, b = rows[0][1]["latency_ms"]["p50"], rows[1][1]["latency_ms"]["p50"]
     print(f"\nlocal #1 vs #2: p50 differs by {abs(a - b) / min(a, b):.1%}")
 

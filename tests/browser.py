@@ -28,12 +28,25 @@ class Browser:
         to_chrome_r, to_chrome_w = os.pipe()
         from_chrome_r, from_chrome_w = os.pipe()
         self.process = subprocess.Popen(
-            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-             "--disable-background-networking", "--no-first-run", "--hide-scrollbars", f"--user-data-dir={self.profile}",
-             "--window-size=1200,900", "about:blank"],
-            close_fds=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                CHROMIUM,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--remote-debugging-pipe",
+                "--disable-background-networking",
+                "--no-first-run",
+                "--hide-scrollbars",
+                f"--user-data-dir={self.profile}",
+                "--window-size=1200,900",
+                "about:blank",
+            ],
+            close_fds=False,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             preexec_fn=lambda: _as_fds_3_and_4(to_chrome_r, from_chrome_w),
-        )  # fmt: skip
+        )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self.writer, self.reader = os.fdopen(to_chrome_w, "wb"), os.fdopen(from_chrome_r, "rb")
@@ -84,21 +97,46 @@ class Browser:
         self.send("Page.navigate", {"url": url}, session=session)
         self.wait_for("Page.loadEventFired")
         time.sleep(0.3)  # late console messages
-        value = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True},
-                          session=session)["result"].get("value") if expression else None  # fmt: skip
-        height = self.send("Runtime.evaluate", {"expression": "document.documentElement.scrollHeight",
-                                                "returnByValue": True}, session=session)["result"]["value"]  # fmt: skip
+        value = (
+            self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=session)[
+                "result"
+            ].get("value")
+            if expression
+            else None
+        )
+        height = self.send(
+            "Runtime.evaluate",
+            {"expression": "document.documentElement.scrollHeight", "returnByValue": True},
+            session=session,
+        )["result"]["value"]
         if screenshot is not None:
-            self.send("Emulation.setDeviceMetricsOverride", {"width": 1200, "height": min(height, 12000),
-                                                             "deviceScaleFactor": 1, "mobile": False}, session=session)  # fmt: skip
+            self.send(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": 1200, "height": min(height, 12000), "deviceScaleFactor": 1, "mobile": False},
+                session=session,
+            )
             shot = self.send("Page.captureScreenshot", {"format": "png"}, session=session)
             screenshot.write_bytes(base64.b64decode(shot["data"]))
         mine = [e for e in self.events if e.get("sessionId") == session]
-        errors = [e["params"] for e in mine if e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] == "error"]
-        errors += [e["params"]["entry"] for e in mine if e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"]
+        errors = [
+            e["params"]
+            for e in mine
+            if e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] == "error"
+        ]
+        errors += [
+            e["params"]["entry"]
+            for e in mine
+            if e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"
+        ]
         exceptions = [e["params"] for e in mine if e.get("method") == "Runtime.exceptionThrown"]
         requests = [e["params"]["request"]["url"] for e in mine if e.get("method") == "Network.requestWillBeSent"]
-        return {"console_errors": errors, "exceptions": exceptions, "requests": requests, "value": value, "height": height}
+        return {
+            "console_errors": errors,
+            "exceptions": exceptions,
+            "requests": requests,
+            "value": value,
+            "height": height,
+        }
 
     def close(self) -> None:
         try:

@@ -35,8 +35,9 @@ def host_device() -> str:
     return host_cpu_device()
 
 
-def make_tiny_bert(folder: Path, task: str = "feature-extraction", seed: int = 0, outlier: float = 0.0,
-                   padding_outlier: bool = False) -> Path:
+def make_tiny_bert(
+    folder: Path, task: str = "feature-extraction", seed: int = 0, outlier: float = 0.0, padding_outlier: bool = False
+) -> Path:
     """A 2-layer BERT (hidden 64) with random weights and a word-level tokenizer, saved with save_pretrained.
 
     `outlier` > 0 plants a sensitive layer: one channel of layer 1's FFN activation is scaled up by that factor
@@ -48,17 +49,21 @@ def make_tiny_bert(folder: Path, task: str = "feature-extraction", seed: int = 0
     no padding and nothing happens; in a padded batch that neuron sets the run-time INT8 scale of
     PADDING_ISLAND's input, whose real values are below 1."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-    from transformers import BertForSequenceClassification
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(_vocabulary()) + "\n")
     BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True).save_pretrained(str(folder))
     config = BertConfig(
-        vocab_size=len(_vocabulary()), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=128, max_position_embeddings=128, num_labels=3,
-    )  # fmt: skip
+        vocab_size=len(_vocabulary()),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        num_labels=3,
+    )
     torch.manual_seed(seed)
     model = (BertForSequenceClassification if task == "text-classification" else BertModel)(config)
     if outlier:
@@ -118,10 +123,14 @@ def base_recipe(model_source: str, **sections) -> dict:
         "name": "tiny",
         "model": {"source": model_source, "task": "feature-extraction"},
         "quantization": {"mode": "dynamic", "op_types": ["MatMul", "Gather"]},
-        "validation": {"data": {"path": "data/validation.txt"}, "samples": 24, "warmup": 1,
-                       "thresholds": {"cosine_mean": 0.9}},
+        "validation": {
+            "data": {"path": "data/validation.txt"},
+            "samples": 24,
+            "warmup": 1,
+            "thresholds": {"cosine_mean": 0.9},
+        },
         "targets": [host_device()],
-    }  # fmt: skip
+    }
     for key, value in sections.items():
         recipe[key] = value if not isinstance(value, dict) else {**recipe.get(key, {}), **value}
     return recipe
@@ -169,3 +178,25 @@ def build_bundled_recipe(name: str, folder: Path, adjust) -> tuple:
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     result = api.build(folder / "recipe.yaml", output=folder / "build")
     return result, json.loads((folder / "build" / "report.json").read_text())
+
+
+# What a test may leave in the repository: screenshots kept on purpose, caches of Python and pytest.
+LEFT_ON_PURPOSE = {".git", ".venv", "test-artifacts", "__pycache__", ".pytest_cache", ".ruff_cache", "node_modules"}
+
+
+def _repository_files() -> set[str]:
+    found = set()
+    for folder, subfolders, files in os.walk(ROOT):
+        subfolders[:] = [d for d in subfolders if d not in LEFT_ON_PURPOSE and not d.endswith(".egg-info")]
+        found.update(os.path.relpath(os.path.join(folder, f), ROOT) for f in files)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def leaves_no_files_in_the_repository():
+    """Fails a test that writes into the repository (a build folder, a report, a model) instead of its tmp folder."""
+    before = _repository_files()
+    yield
+    left = sorted(_repository_files() - before)
+    if left:
+        pytest.fail(f"the test left {len(left)} file(s) in the repository: {', '.join(left[:5])}")

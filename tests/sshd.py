@@ -56,7 +56,7 @@ def start_sshd(folder: Path) -> SSHServer:
             break
         except OSError:
             if process.poll() is not None:
-                raise RuntimeError(f"sshd exited: {process.stderr.read().decode()[-500:]}")
+                raise RuntimeError(f"sshd exited: {process.stderr.read().decode()[-500:]}") from None
             time.sleep(0.1)
     host_key = (folder / "host_key.pub").read_text().split()
     (folder / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")

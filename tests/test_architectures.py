@@ -8,18 +8,33 @@ import json
 
 import pytest
 import yaml
-
 from conftest import host_device
+from tiny_models import (
+    DATA,
+    TEST_DATA,
+    TEXT_ARCHITECTURES,
+    VISION_ARCHITECTURES,
+    make_image_folder,
+    make_text_model,
+    make_vision_model,
+)
+
 from edgeq import api
-from tiny_models import (DATA, TEST_DATA, TEXT_ARCHITECTURES, VISION_ARCHITECTURES, make_image_folder, make_text_model,
-                         make_vision_model)  # fmt: skip
 
 TEXT_TASKS = ("feature-extraction", "text-classification", "token-classification", "question-answering")
-LABELLED = {"text-classification": "accuracy", "token-classification": "f1", "question-answering": "answer_f1",
-            "image-classification": "accuracy"}  # fmt: skip
-TASK_METRIC = {"feature-extraction": "nn_agreement", "text-classification": "top1_agreement",
-               "token-classification": "token_agreement", "question-answering": "span_exact_match",
-               "image-classification": "top1_agreement"}  # fmt: skip
+LABELLED = {
+    "text-classification": "accuracy",
+    "token-classification": "f1",
+    "question-answering": "answer_f1",
+    "image-classification": "accuracy",
+}
+TASK_METRIC = {
+    "feature-extraction": "nn_agreement",
+    "text-classification": "top1_agreement",
+    "token-classification": "token_agreement",
+    "question-answering": "span_exact_match",
+    "image-classification": "top1_agreement",
+}
 FUSED = {"bert", "roberta", "vit", "swin"}  # onnxruntime's bert, vit and swin fusion families
 
 
@@ -28,8 +43,12 @@ def data_for(task: str, images) -> dict:
         "feature-extraction": {"path": str(DATA / "validation.txt")},
         "text-classification": {"path": str(TEST_DATA / "sentiment.jsonl"), "field": "text", "label_field": "label"},
         "token-classification": {"path": str(TEST_DATA / "entities.jsonl"), "field": "words", "label_field": "tags"},
-        "question-answering": {"path": str(TEST_DATA / "questions.jsonl"), "question_field": "question",
-                               "context_field": "context", "label_field": "answer"},
+        "question-answering": {
+            "path": str(TEST_DATA / "questions.jsonl"),
+            "question_field": "question",
+            "context_field": "context",
+            "label_field": "answer",
+        },
         "image-classification": {"path": str(images)},
     }[task]
 
@@ -39,7 +58,10 @@ def cases():
     for index, arch in enumerate(TEXT_ARCHITECTURES):
         for offset, task in enumerate(TEXT_TASKS):
             found.append((arch, task, "static" if (index + offset) % 4 == 0 else "dynamic"))
-    found += [(arch, "image-classification", mode) for arch, mode in zip(VISION_ARCHITECTURES, ("static", "dynamic", "dynamic"))]
+    found += [
+        (arch, "image-classification", mode)
+        for arch, mode in zip(VISION_ARCHITECTURES, ("static", "dynamic", "dynamic"))
+    ]
     return found
 
 
@@ -50,8 +72,11 @@ def images(tmp_path_factory):
 
 @pytest.mark.parametrize(("arch", "task", "mode"), cases(), ids=lambda v: str(v))
 def test_architecture_builds_and_reports_its_task(arch, task, mode, images, tmp_path):
-    model = (make_vision_model(tmp_path / "model", arch) if task == "image-classification"
-             else make_text_model(tmp_path / "model", arch, task))  # fmt: skip
+    model = (
+        make_vision_model(tmp_path / "model", arch)
+        if task == "image-classification"
+        else make_text_model(tmp_path / "model", arch, task)
+    )
     data = data_for(task, images)
     quantization = {"mode": mode, "calibration": {"data": data, "samples": 12}}
     if mode == "dynamic":
@@ -60,15 +85,22 @@ def test_architecture_builds_and_reports_its_task(arch, task, mode, images, tmp_
         "name": f"{arch}-{task}",
         "model": {"source": str(model)},  # no task: detected from config.json
         "quantization": quantization,
-        "validation": {"data": data, "samples": 16, "shapes": [{"batch_size": 1}, {"batch_size": 4}],
-                       "thresholds": {"cosine_mean": 0.5}},
+        "validation": {
+            "data": data,
+            "samples": 16,
+            "shapes": [{"batch_size": 1}, {"batch_size": 4}],
+            "thresholds": {"cosine_mean": 0.5},
+        },
         "targets": [host_device()],
-    }  # fmt: skip
+    }
     if arch in FUSED:
         recipe["optimize"] = {"enabled": True}
     if mode == "dynamic":
-        recipe["mixed_precision"] = {"proxy_samples": 6, "candidates": ["sint8", "int8", "fp32"],
-                                     "budget": {"min_cosine_mean": 0.9999}}  # fmt: skip
+        recipe["mixed_precision"] = {
+            "proxy_samples": 6,
+            "candidates": ["sint8", "int8", "fp32"],
+            "budget": {"min_cosine_mean": 0.9999},
+        }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     result = api.build(path, output=tmp_path / "out")
@@ -80,7 +112,9 @@ def test_architecture_builds_and_reports_its_task(arch, task, mode, images, tmp_
         optimize = next(s for s in report["stages"] if s["name"] == "optimize")
         assert optimize["fusion_family"] == {"vit": "vit", "swin": "swin"}.get(arch, "bert")
     final = next(v for v in report["validations"] if v["artifact"] == report["final_artifact"])
-    assert [s["shape"] for s in final["shapes"]] == ([f"b1", "b4"] if task == "image-classification" else ["b1-s128", "b4-s128"])
+    assert [s["shape"] for s in final["shapes"]] == (
+        ["b1", "b4"] if task == "image-classification" else ["b1-s128", "b4-s128"]
+    )
     metrics = final["metrics"]
     assert {"cosine_mean", "cosine_min", "sqnr_db", "max_abs_error", TASK_METRIC[task]} <= set(metrics)
     if task in LABELLED:

@@ -8,8 +8,8 @@ import json
 import os
 
 import pytest
-
 from conftest import ROOT, base_recipe
+
 from edgeq import api
 from edgeq.errors import DeviceError
 
@@ -34,7 +34,9 @@ def test_setup_is_idempotent_and_holds_aarch64_onnxruntime(standin, run_cli):
 
 
 def test_build_validates_on_aarch64_onnxruntime(standin, tiny_bert, write_recipe, tmp_path):
-    recipe = base_recipe(str(tiny_bert), targets=[DEVICE], validation={"samples": 12, "thresholds": {"cosine_mean": 0.99}})
+    recipe = base_recipe(
+        str(tiny_bert), targets=[DEVICE], validation={"samples": 12, "thresholds": {"cosine_mean": 0.99}}
+    )
     report = api.build(write_recipe(recipe), output=tmp_path / "out").report
     (entry,) = report["validations"]  # an emulated arm64 is slow: the quantized model only
     assert entry["artifact"] == "int8" and entry["mode"] == "emulated"
@@ -45,8 +47,22 @@ def test_build_validates_on_aarch64_onnxruntime(standin, tiny_bert, write_recipe
 
 
 def test_profile_runs_in_the_standin_and_says_its_latency_is_not_the_devices(standin, tiny_onnx, run_cli):
-    result = run_cli("profile", tiny_onnx, "--device", DEVICE, "--runs", "3", "--min-seconds", "0", "--warmup", "1",
-                     "--sequence-length", "8", "--json", "-")  # fmt: skip
+    result = run_cli(
+        "profile",
+        tiny_onnx,
+        "--device",
+        DEVICE,
+        "--runs",
+        "3",
+        "--min-seconds",
+        "0",
+        "--warmup",
+        "1",
+        "--sequence-length",
+        "8",
+        "--json",
+        "-",
+    )
     assert result.exit_code == 0, result.output
     profile = json.loads(result.stdout)
     assert profile["transport"] == "qemu" and profile["mode"] == "emulated"
@@ -57,15 +73,18 @@ def test_setup_explains_why_a_machine_cannot(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(DeviceError) as caught:
         api.setup_device(DEVICE)
-    assert str(caught.value) == ("setting up the arm64 stand-in needs root (debootstrap, chroot and binfmt_misc). "
-                                 "Run it as root, e.g. sudo edgeq devices setup raspberry-pi-5")  # fmt: skip
+    assert str(caught.value) == (
+        "setting up the arm64 stand-in needs root (debootstrap, chroot and binfmt_misc). "
+        "Run it as root, e.g. sudo edgeq devices setup raspberry-pi-5"
+    )
 
 
 def test_devices_without_a_standin_need_no_setup(run_cli):
     result = run_cli("devices", "setup", "x86-avx512-vnni")
     assert result.exit_code == 1
-    assert result.stderr.strip() == ("Error: device 'x86-avx512-vnni' needs no setup. Only devices with "
-                                     "`stand_in: qemu-arm64` have one")  # fmt: skip
+    assert result.stderr.strip() == (
+        "Error: device 'x86-avx512-vnni' needs no setup. Only devices with `stand_in: qemu-arm64` have one"
+    )
 
 
 @pytest.mark.real_model

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import json
+import platform
+
 import onnx
 import pytest
-
 from conftest import DATA, base_recipe, host_device, make_tiny_bert
+
 from edgeq import api
 from edgeq.artifact import precision_summary
 
 CONTRACT_KEYS = {"edgeq_version", "recipe", "stages", "artifacts", "validations", "final"}
-VALIDATION_KEYS = {"artifact", "device", "provider", "mode", "placement", "fallback_nodes", "environment",
-                   "metrics", "latency_ms", "thresholds", "passed"}  # fmt: skip
+VALIDATION_KEYS = {
+    "artifact",
+    "device",
+    "provider",
+    "mode",
+    "placement",
+    "fallback_nodes",
+    "environment",
+    "metrics",
+    "latency_ms",
+    "thresholds",
+    "passed",
+}
 
 
 def stages_by_name(report: dict) -> dict:
@@ -34,7 +47,7 @@ def test_dynamic_build_follows_the_contract(tiny_bert, write_recipe, tmp_path):
         assert VALIDATION_KEYS <= set(v)
         assert v["mode"] == "on-host" and v["provider"] == "CPUExecutionProvider"
         assert v["placement"] == {"CPUExecutionProvider": sum(v["placement"].values())} and v["fallback_nodes"] == 0
-        assert v["environment"]["machine"] == "x86_64" and v["environment"]["onnxruntime"]
+        assert v["environment"]["machine"] == platform.machine() and v["environment"]["onnxruntime"]
         assert v["latency_ms"]["p50"] <= v["latency_ms"]["p90"]
         assert v["samples"] == 24
     int8 = report["validations"][1]
@@ -109,10 +122,17 @@ def test_changing_the_recipe_reruns_only_the_stages_it_touches(tiny_bert, write_
     ],
 )
 def test_static_quantization_variants(tiny_bert, write_recipe, tmp_path, quantization, artifact, precision):
-    calibration = {"data": {"path": "data/calibration.txt"}, "samples": 16, "sequence_length": 32,
-                   "method": quantization.pop("method"), "batch_size": quantization.pop("batch_size")}  # fmt: skip
-    recipe = base_recipe(str(tiny_bert), quantization={"mode": "static", "op_types": ["MatMul"], **quantization,
-                                                       "calibration": calibration})  # fmt: skip
+    calibration = {
+        "data": {"path": "data/calibration.txt"},
+        "samples": 16,
+        "sequence_length": 32,
+        "method": quantization.pop("method"),
+        "batch_size": quantization.pop("batch_size"),
+    }
+    recipe = base_recipe(
+        str(tiny_bert),
+        quantization={"mode": "static", "op_types": ["MatMul"], **quantization, "calibration": calibration},
+    )
     out = tmp_path / "out"
     report = api.build(write_recipe(recipe), output=out).report
     assert report["final_artifact"] == artifact
@@ -127,17 +147,22 @@ def test_jsonl_and_csv_data_sources(tiny_bert, write_recipe, tmp_path):
     (tmp_path / "data" / "val.jsonl").write_text("\n".join(json.dumps({"sentence": t}) for t in texts) + "\n")
     with (tmp_path / "data" / "calib.csv").open("w") as handle:
         handle.write("id,text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(texts)))
-    recipe = base_recipe(str(tiny_bert),
-                         quantization={"mode": "static", "calibration": {"data": {"path": "data/calib.csv", "field": "text"}}},
-                         validation={"data": {"path": "data/val.jsonl", "field": "sentence"}, "samples": None})  # fmt: skip
+    recipe = base_recipe(
+        str(tiny_bert),
+        quantization={"mode": "static", "calibration": {"data": {"path": "data/calib.csv", "field": "text"}}},
+        validation={"data": {"path": "data/val.jsonl", "field": "sentence"}, "samples": None},
+    )
     report = api.build(write_recipe(recipe), output=tmp_path / "out").report
     assert report["validations"][-1]["samples"] == 12
     assert stages_by_name(report)["quantize"]["calibration_samples"] == 12
 
 
 def test_static_shapes_are_fixed_in_every_artifact(tiny_bert, write_recipe, tmp_path):
-    recipe = base_recipe(str(tiny_bert), export={"batch_size": 1, "sequence_length": 32},
-                         quantization={"mode": "static", "calibration": {"data": {"path": "data/calibration.txt"}, "samples": 8}})  # fmt: skip
+    recipe = base_recipe(
+        str(tiny_bert),
+        export={"batch_size": 1, "sequence_length": 32},
+        quantization={"mode": "static", "calibration": {"data": {"path": "data/calibration.txt"}, "samples": 8}},
+    )
     out = tmp_path / "out"
     api.build(write_recipe(recipe), output=out)
     for artifact in ("fp32", "int8", "final"):
@@ -146,8 +171,11 @@ def test_static_shapes_are_fixed_in_every_artifact(tiny_bert, write_recipe, tmp_
 
 
 def test_classification_reports_top1_agreement(tiny_classifier, write_recipe, tmp_path):
-    recipe = base_recipe(str(tiny_classifier), model={"task": "text-classification"},
-                         validation={"thresholds": {"cosine_mean": 0.9, "top1_agreement": 0.8}})  # fmt: skip
+    recipe = base_recipe(
+        str(tiny_classifier),
+        model={"task": "text-classification"},
+        validation={"thresholds": {"cosine_mean": 0.9, "top1_agreement": 0.8}},
+    )
     report = api.build(write_recipe(recipe), output=tmp_path / "out").report
     int8 = report["validations"][-1]
     assert int8["metrics"]["top1_agreement"] >= 0.8 and int8["passed"]
@@ -185,17 +213,48 @@ def test_a_failed_stage_leaves_no_half_written_artifact(tiny_bert, write_recipe,
 
 def test_quantize_and_validate_commands_on_any_onnx_file(tiny_onnx, run_cli, tmp_path):
     out = tmp_path / "q"
-    result = run_cli("quantize", tiny_onnx, "-o", out, "--mode", "static", "--calibration",
-                     DATA / "calibration.txt", "--samples", "8", "--sequence-length", "32")  # fmt: skip
+    result = run_cli(
+        "quantize",
+        tiny_onnx,
+        "-o",
+        out,
+        "--mode",
+        "static",
+        "--calibration",
+        DATA / "calibration.txt",
+        "--samples",
+        "8",
+        "--sequence-length",
+        "32",
+    )
     assert result.exit_code == 0, result.output
     assert (out / "model.onnx").is_file() and (out / "tokenizer.json").is_file()
-    result = run_cli("validate", out / "model.onnx", "--reference", tiny_onnx, "--data",
-                     DATA / "validation.txt", "--samples", "10", "--json")  # fmt: skip
+    result = run_cli(
+        "validate",
+        out / "model.onnx",
+        "--reference",
+        tiny_onnx,
+        "--data",
+        DATA / "validation.txt",
+        "--samples",
+        "10",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     entry = json.loads(result.stdout)
     assert entry["artifact"] == "candidate" and entry["samples"] == 10 and entry["mode"] == "on-host"
-    strict = run_cli("validate", out / "model.onnx", "--reference", tiny_onnx, "--data",
-                     DATA / "validation.txt", "--samples", "10", "--min-cosine-mean", "1.0")  # fmt: skip
+    strict = run_cli(
+        "validate",
+        out / "model.onnx",
+        "--reference",
+        tiny_onnx,
+        "--data",
+        DATA / "validation.txt",
+        "--samples",
+        "10",
+        "--min-cosine-mean",
+        "1.0",
+    )
     assert strict.exit_code == 3 and strict.stderr.startswith("Below thresholds: cosine_mean")
 
 

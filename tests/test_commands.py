@@ -6,8 +6,18 @@ import json
 
 from conftest import ROOT
 
-PROFILE_KEYS = {"transport", "latency_ms", "runs", "throughput_per_s", "load_ms", "first_run_ms", "peak_rss_mb",
-                "ops", "placement", "environment"}  # fmt: skip
+PROFILE_KEYS = {
+    "transport",
+    "latency_ms",
+    "runs",
+    "throughput_per_s",
+    "load_ms",
+    "first_run_ms",
+    "peak_rss_mb",
+    "ops",
+    "placement",
+    "environment",
+}
 
 
 def test_inspect_shows_signature_ops_and_precision(run_cli, tiny_onnx):
@@ -21,13 +31,19 @@ def test_inspect_shows_signature_ops_and_precision(run_cli, tiny_onnx):
 
 def test_profile_json_carries_the_contract(run_cli, tiny_onnx, tmp_path):
     out = tmp_path / "profile.json"
-    result = run_cli("profile", tiny_onnx, "--runs", "20", "--min-seconds", "0.1", "--sequence-length", "16", "--json", out)
+    result = run_cli(
+        "profile", tiny_onnx, "--runs", "20", "--min-seconds", "0.1", "--sequence-length", "16", "--json", out
+    )
     assert result.exit_code == 0, result.output
     profile = json.loads(out.read_text())
     assert PROFILE_KEYS <= set(profile)
     lat = profile["latency_ms"]
     assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
-    assert profile["runs"] >= 20 == profile["requested_runs"] and profile["transport"] == "local" and profile["mode"] == "on-host"
+    assert (
+        profile["runs"] >= 20 == profile["requested_runs"]
+        and profile["transport"] == "local"
+        and profile["mode"] == "on-host"
+    )
     assert abs(sum(op["share"] for op in profile["ops"]) - 1) < 0.01
     assert {op["op_type"] for op in profile["ops"]} >= {"MatMul"}
     assert list(profile["placement"]) == ["CPUExecutionProvider"] and profile["fallback_nodes"] == 0

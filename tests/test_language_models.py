@@ -10,15 +10,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import helper
-
 from conftest import DATA, ROOT, base_recipe
+from onnx import helper
+from tiny_models import DECODERS, PLANTED_DECODER_ISLAND, decoder_config, make_decoder, save_tokenizer
+
 from edgeq import api
 from edgeq.feeds import feed_for
 from edgeq.mixed_precision.candidates import int4_blocks, int4_gptq, matmul_int4
 from edgeq.plan import model_shape
 from edgeq.tasks import TASKS
-from tiny_models import DECODERS, PLANTED_DECODER_ISLAND, decoder_config, make_decoder, save_tokenizer
 
 
 def assert_error(result, line: str) -> None:
@@ -70,9 +70,16 @@ def test_int4_packing_matches_its_own_dequantization():
     errors = {}
     for importance in (None, rng.uniform(0.1, 2.0, size=70)):
         candidate = matmul_int4(node, weight, importance)
-        graph = helper.make_graph(candidate.nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 70])],
-                                  [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 24])], candidate.initializers)  # fmt: skip
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+        graph = helper.make_graph(
+            candidate.nodes,
+            "g",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 70])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 24])],
+            candidate.initializers,
+        )
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+        )
         x = rng.normal(size=(3, 70)).astype(np.float32)
         got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
         codes, scale, zero = int4_blocks(weight, importance)
@@ -113,30 +120,45 @@ def test_planner_counts_the_parameters_pytorch_has(arch, tmp_path):
 
 def test_plan_for_a_7b_config_at_4096_tokens_in_8_gb(run_cli, tmp_path):
     shipped = json.loads((ROOT / "examples" / "configs" / "llama-2-7b" / "config.json").read_text())
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
-              "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-              "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096,
-              "tie_word_embeddings": False}  # fmt: skip
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "vocab_size": 32000,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": False,
+    }
     assert {k: shipped[k] for k in config} == config  # the README's example config is Llama-2-7B's shape
     (tmp_path / "config.json").write_text(json.dumps(config))
     out = tmp_path / "plan.json"
-    result = run_cli("plan", tmp_path, "--device", "snapdragon-8-gen-3", "--context", "4096", "--memory-mb", "8192",
-                     "--json", out)  # fmt: skip
+    result = run_cli(
+        "plan", tmp_path, "--device", "snapdragon-8-gen-3", "--context", "4096", "--memory-mb", "8192", "--json", out
+    )
     assert result.exit_code == 0, result.output
     plan = json.loads(out.read_text())
     options = {o["precision"]: o for o in plan["options"]}
     assert plan["model"]["parameters"] == 6_738_415_616  # Llama-2-7B's published count
     assert not options["fp16"]["fits"] and options["int4"]["fits"] and plan["largest_fitting"] == "int4"
-    arithmetic = 6_738_415_616 * (4 / 8 + 4 / 32 + 0.5 / 32)  # 4-bit weights, an FP32 scale and a 4-bit zero point per 32
+    arithmetic = 6_738_415_616 * (
+        4 / 8 + 4 / 32 + 0.5 / 32
+    )  # 4-bit weights, an FP32 scale and a 4-bit zero point per 32
     assert abs(options["int4"]["weights_bytes"] / arithmetic - 1) < 0.02
-    assert options["int4"]["kv_cache_bytes"] == 2 * 32 * 32 * 128 * 4096 * 2 and options["int4"]["kv_dtype"] == "float16"
+    assert (
+        options["int4"]["kv_cache_bytes"] == 2 * 32 * 32 * 128 * 4096 * 2 and options["int4"]["kv_dtype"] == "float16"
+    )
     assert "int4" in result.output or out.is_file()
     assert options["int4"]["prepacked_bytes"] == 0 and options["int4"]["runtime_bytes"] == 55 * 2**20  # an NPU: no MLAS
     on_cpu = run_cli("plan", tmp_path, "--device", "raspberry-pi-5", "--context", "4096", "--json", out)
     assert on_cpu.exit_code == 0, on_cpu.output
     int4 = next(o for o in json.loads(out.read_text())["options"] if o["precision"] == "int4")
     assert abs(int4["prepacked_bytes"] / (plan["model"]["parameters"] * 0.75) - 1) < 0.01
-    assert int4["total_bytes"] == sum(int4[k] for k in ("runtime_bytes", "weights_bytes", "prepacked_bytes", "kv_cache_bytes", "workspace_bytes"))
+    assert int4["total_bytes"] == sum(
+        int4[k] for k in ("runtime_bytes", "weights_bytes", "prepacked_bytes", "kv_cache_bytes", "workspace_bytes")
+    )
 
 
 def _plan(run_cli, tmp_path, *args) -> dict:
@@ -172,11 +194,25 @@ def test_the_plan_gives_each_precision_its_longest_context_and_the_kv_dtype_its_
 
 
 def test_the_plan_counts_what_the_model_is(run_cli, tmp_path):
-    gemma = {"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], "vocab_size": 262144,
-             "hidden_size": 640, "intermediate_size": 2048, "num_hidden_layers": 18, "num_attention_heads": 4,
-             "num_key_value_heads": 1, "head_dim": 256, "max_position_embeddings": 32768, "sliding_window": 512,
-             "layer_types": ["sliding_attention"] * 5 + ["full_attention"] + ["sliding_attention"] * 5
-                            + ["full_attention"] + ["sliding_attention"] * 5 + ["full_attention"]}  # fmt: skip
+    gemma = {
+        "model_type": "gemma3_text",
+        "architectures": ["Gemma3ForCausalLM"],
+        "vocab_size": 262144,
+        "hidden_size": 640,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 18,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 1,
+        "head_dim": 256,
+        "max_position_embeddings": 32768,
+        "sliding_window": 512,
+        "layer_types": ["sliding_attention"] * 5
+        + ["full_attention"]
+        + ["sliding_attention"] * 5
+        + ["full_attention"]
+        + ["sliding_attention"] * 5
+        + ["full_attention"],
+    }
     (tmp_path / "gemma").mkdir()
     (tmp_path / "gemma" / "config.json").write_text(json.dumps(gemma))  # no tie_word_embeddings: tied
     plan = _plan(run_cli, tmp_path, tmp_path / "gemma", "--memory-mb", "2048", "--context", "8192")
@@ -191,9 +227,13 @@ def test_the_plan_counts_what_the_model_is(run_cli, tmp_path):
     llama.pop("tie_word_embeddings", None)
     (tmp_path / "llama").mkdir()
     (tmp_path / "llama" / "config.json").write_text(json.dumps(llama))  # LlamaConfig's default: untied
-    assert _plan(run_cli, tmp_path, tmp_path / "llama", "--device", "snapdragon-8-gen-3")["model"]["parameters"] == 6_738_415_616
-    ranked = _plan(run_cli, tmp_path, tmp_path / "gemma", tmp_path / "llama", "--device", "raspberry-pi-5",
-                   "--context", "1024")["comparison"]  # fmt: skip
+    assert (
+        _plan(run_cli, tmp_path, tmp_path / "llama", "--device", "snapdragon-8-gen-3")["model"]["parameters"]
+        == 6_738_415_616
+    )
+    ranked = _plan(
+        run_cli, tmp_path, tmp_path / "gemma", tmp_path / "llama", "--device", "raspberry-pi-5", "--context", "1024"
+    )["comparison"]
     assert [r["rank"] for r in ranked["models"]] == [1, 2] and ranked["models"][0]["model"] == str(tmp_path / "llama")
 
 
@@ -213,7 +253,11 @@ def test_the_plan_estimates_the_build_before_any_download(run_cli, tmp_path):
     for samples in (8, 32):
         recipe["validation"].update(samples=samples)
         (tmp_path / f"r{samples}.yaml").write_text(yaml.safe_dump(recipe))
-        costs.append(_plan(run_cli, tmp_path, config, "--device", "x86-avx2", "--recipe", tmp_path / f"r{samples}.yaml")["build_cost"])
+        costs.append(
+            _plan(run_cli, tmp_path, config, "--device", "x86-avx2", "--recipe", tmp_path / f"r{samples}.yaml")[
+                "build_cost"
+            ]
+        )
     assert costs[1]["seconds"] > costs[0]["seconds"] and costs[1]["peak_rss_bytes"] == costs[0]["peak_rss_bytes"]
     assert costs[0]["recipe"] == str(tmp_path / "r8.yaml")
 
@@ -224,33 +268,49 @@ def test_the_build_cost_fit_holds_on_every_measured_build():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "fit_build_costs.py"), "--check", "0.3"],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "fit_build_costs.py"), "--check", "0.3"], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count(" ok") == 12
 
 
 def test_planted_projection_is_found_and_promoted(tmp_path, write_recipe):
     model = make_decoder(tmp_path / "planted", "llama", seed=1, planted=True)
-    recipe = base_recipe(str(model), model={"task": "text-generation"},
-                         quantization={"mode": "int4", "op_types": ["MatMul"],
-                                       "calibration": {"data": {"path": str(DATA / "calibration.txt")}, "samples": 16,
-                                                       "sequence_length": 48}},
-                         mixed_precision={"proxy_samples": 8, "candidates": ["int4", "int4a", "fp16"],
-                                          "budget": {"min_cosine_mean": None, "ceilings": {"kl_divergence_mean": 1e-4}}},
-                         validation={"samples": 24, "sequence_length": 48, "thresholds": {"cosine_mean": None}})  # fmt: skip
+    recipe = base_recipe(
+        str(model),
+        model={"task": "text-generation"},
+        quantization={
+            "mode": "int4",
+            "op_types": ["MatMul"],
+            "calibration": {"data": {"path": str(DATA / "calibration.txt")}, "samples": 16, "sequence_length": 48},
+        },
+        mixed_precision={
+            "proxy_samples": 8,
+            "candidates": ["int4", "int4a", "fp16"],
+            "budget": {"min_cosine_mean": None, "ceilings": {"kl_divergence_mean": 1e-4}},
+        },
+        validation={"samples": 24, "sequence_length": 48, "thresholds": {"cosine_mean": None}},
+    )
     report = api.build(write_recipe(recipe), output=tmp_path / "out").report
     mp = report["mixed_precision"]
     islands = {i["name"]: i for i in mp["islands"]}
     best = max(mp["islands"], key=lambda i: max(i["gain"].values(), default=0))
-    assert best["name"] == PLANTED_DECODER_ISLAND, sorted((max(i["gain"].values(), default=0), i["name"]) for i in mp["islands"])[-4:]
+    assert best["name"] == PLANTED_DECODER_ISLAND, sorted(
+        (max(i["gain"].values(), default=0), i["name"]) for i in mp["islands"]
+    )[-4:]
     assert islands[PLANTED_DECODER_ISLAND]["precision"] in ("int4a", "fp16")
     assert "minus KL" in islands[PLANTED_DECODER_ISLAND]["reason"]
     final = next(v for v in report["validations"] if v["artifact"] == "mixed")
     uniform = next(v for v in report["validations"] if v["artifact"] == "int4")
     assert final["metrics"]["kl_divergence_mean"] < uniform["metrics"]["kl_divergence_mean"]
-    for key in ("next_token_top1_agreement", "kl_divergence_mean", "perplexity", "perplexity_reference",
-                "greedy_match_tokens"):  # fmt: skip
+    for key in (
+        "next_token_top1_agreement",
+        "kl_divergence_mean",
+        "perplexity",
+        "perplexity_reference",
+        "greedy_match_tokens",
+    ):
         assert key in final["metrics"], key
 
 
@@ -258,11 +318,17 @@ def test_an_int8_kv_cache_is_validated_beside_the_same_model_with_an_fp32_cache(
     """Mechanics on random weights: the cache's tensors are INT8 on the real kernel, the search's model is validated
     with both caches and the report's cost is their difference (what it costs a real model: the README)."""
     model = make_decoder(tmp_path / "m", "llama", seed=2)
-    recipe = base_recipe(str(model), model={"task": "text-generation"},
-                         quantization={"mode": "int4", "op_types": ["MatMul"], "kv_cache": "int8",
-                                       "calibration": {"data": {"path": str(DATA / "calibration.txt")}, "samples": 8,
-                                                       "sequence_length": 48}},
-                         validation={"samples": 12, "sequence_length": 48, "thresholds": {"cosine_mean": None}})  # fmt: skip
+    recipe = base_recipe(
+        str(model),
+        model={"task": "text-generation"},
+        quantization={
+            "mode": "int4",
+            "op_types": ["MatMul"],
+            "kv_cache": "int8",
+            "calibration": {"data": {"path": str(DATA / "calibration.txt")}, "samples": 8, "sequence_length": 48},
+        },
+        validation={"samples": 12, "sequence_length": 48, "thresholds": {"cosine_mean": None}},
+    )
     result = api.build(write_recipe(recipe), output=tmp_path / "out")
     report = result.report
     assert report["final_artifact"] == "kv8"
@@ -274,47 +340,74 @@ def test_an_int8_kv_cache_is_validated_beside_the_same_model_with_an_fp32_cache(
     metrics = {v["artifact"]: v["metrics"] for v in report["validations"]}
     (cost,) = report["kv_cache"]["cost"]
     assert report["kv_cache"]["from_artifact"] == "int4" and report["kv_cache"]["layers"] == len(attention)
-    assert cost["kl_divergence_mean"] == pytest.approx(metrics["kv8"]["kl_divergence_mean"] - metrics["int4"]["kl_divergence_mean"], abs=1e-6)
+    assert cost["kl_divergence_mean"] == pytest.approx(
+        metrics["kv8"]["kl_divergence_mean"] - metrics["int4"]["kl_divergence_mean"], abs=1e-6
+    )
     assert metrics["kv8"]["max_abs_error"] != metrics["int4"]["max_abs_error"]  # the cache was quantized
     assert abs(cost["kl_divergence_mean"]) < 0.1 and "## KV cache" in (result.out_dir / "report.md").read_text()
 
 
 def test_an_int8_kv_cache_on_an_encoder(run_cli, write_recipe, tiny_bert):
-    recipe = base_recipe(str(tiny_bert), quantization={"kv_cache": "int8", "calibration": {"data": {"path": "data/calibration.txt"}}})
-    assert_error(run_cli("build", write_recipe(recipe)), "Error: quantization.kv_cache: int8 is for language models, "
-                                                         "and this is a feature-extraction model. Remove kv_cache")  # fmt: skip
+    recipe = base_recipe(
+        str(tiny_bert), quantization={"kv_cache": "int8", "calibration": {"data": {"path": "data/calibration.txt"}}}
+    )
+    assert_error(
+        run_cli("build", write_recipe(recipe)),
+        "Error: quantization.kv_cache: int8 is for language models, "
+        "and this is a feature-extraction model. Remove kv_cache",
+    )
 
 
 def test_encoder_given_text_generation(run_cli, write_recipe, tiny_bert):
     path = write_recipe(base_recipe(str(tiny_bert), model={"task": "text-generation"}))
-    assert_error(run_cli("build", path), "Error: model.task is text-generation but the model is a BertModel, which has "
-                                         "no text-generation head. Use a ...ForCausalLM model, or omit model.task to "
-                                         "let edgeq detect it")  # fmt: skip
+    assert_error(
+        run_cli("build", path),
+        "Error: model.task is text-generation but the model is a BertModel, which has "
+        "no text-generation head. Use a ...ForCausalLM model, or omit model.task to "
+        "let edgeq detect it",
+    )
 
 
 def test_context_over_the_models_positions(run_cli, write_recipe, tmp_path):
     model = make_decoder(tmp_path / "short", "gpt2")
     path = write_recipe(base_recipe(str(model), model={"task": "text-generation"}, validation={"sequence_length": 300}))
-    assert_error(run_cli("build", path), "Error: validation.sequence_length: 300 tokens is over the model's "
-                                         "max_position_embeddings (256). Use at most 256")  # fmt: skip
+    assert_error(
+        run_cli("build", path),
+        "Error: validation.sequence_length: 300 tokens is over the model's "
+        "max_position_embeddings (256). Use at most 256",
+    )
 
 
 def test_plan_errors(run_cli, tmp_path, monkeypatch):
     (tmp_path / "notes.json").write_text('{"hello": 1}')
-    assert_error(run_cli("plan", tmp_path / "notes.json"),
-                 f"Error: '{tmp_path / 'notes.json'}' is not a language model config (no num_hidden_layers). Give the "
-                 "config.json of a decoder such as Llama, Mistral, Qwen2, Phi-3 or GPT-2")  # fmt: skip
+    assert_error(
+        run_cli("plan", tmp_path / "notes.json"),
+        f"Error: '{tmp_path / 'notes.json'}' is not a language model config (no num_hidden_layers). Give the "
+        "config.json of a decoder such as Llama, Mistral, Qwen2, Phi-3 or GPT-2",
+    )
     devices = tmp_path / "devices"
     devices.mkdir()
-    (devices / "bare.yaml").write_text("id: bare\ndescription: d\ndevice_class: cpu\narch: x86_64\n"
-                                       "execution_provider: {name: CPUExecutionProvider}\n")  # fmt: skip
+    (devices / "bare.yaml").write_text(
+        "id: bare\ndescription: d\ndevice_class: cpu\narch: x86_64\nexecution_provider: {name: CPUExecutionProvider}\n"
+    )
     monkeypatch.setenv("EDGEQ_DEVICES_PATH", str(devices))
     config = tmp_path / "m"
     config.mkdir()
-    (config / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64,
-                                                    "num_attention_heads": 4, "vocab_size": 100}))  # fmt: skip
-    assert_error(run_cli("plan", config, "--device", "bare"),
-                 "Error: device 'bare' has no memory facts (memory_mb). Pass --memory-mb N")
+    (config / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "num_hidden_layers": 2,
+                "hidden_size": 64,
+                "num_attention_heads": 4,
+                "vocab_size": 100,
+            }
+        )
+    )
+    assert_error(
+        run_cli("plan", config, "--device", "bare"),
+        "Error: device 'bare' has no memory facts (memory_mb). Pass --memory-mb N",
+    )
 
 
 def test_architecture_the_exporter_does_not_support(run_cli, write_recipe, tmp_path):
@@ -328,8 +421,14 @@ def test_architecture_the_exporter_does_not_support(run_cli, write_recipe, tmp_p
     result = run_cli("build", write_recipe(base_recipe(str(folder), model={"task": None})))
     assert result.exit_code == 1
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("Error: the ONNX exporter (optimum) has no text-generation-with-past export for "
-                           "model_type 'xlnet'. Supported: ") and "llama" in line and "qwen2" in line  # fmt: skip
+    assert (
+        line.startswith(
+            "Error: the ONNX exporter (optimum) has no text-generation-with-past export for "
+            "model_type 'xlnet'. Supported: "
+        )
+        and "llama" in line
+        and "qwen2" in line
+    )
 
 
 def test_an_int4_build_keeps_library_logging_in_its_log_file(write_recipe, tmp_path):
@@ -340,13 +439,21 @@ def test_an_int4_build_keeps_library_logging_in_its_log_file(write_recipe, tmp_p
     import sys
 
     model = make_decoder(tmp_path / "model", "llama")
-    recipe = base_recipe(str(model), model={"task": "text-generation"},
-                         quantization={"mode": "int4", "block_size": 32, "op_types": ["MatMul", "Gather"]},
-                         validation={"samples": 4, "thresholds": {"cosine_mean": None}})  # fmt: skip
+    recipe = base_recipe(
+        str(model),
+        model={"task": "text-generation"},
+        quantization={"mode": "int4", "block_size": 32, "op_types": ["MatMul", "Gather"]},
+        validation={"samples": 4, "thresholds": {"cosine_mean": None}},
+    )
     out = tmp_path / "build"
     env = {k: v for k, v in os.environ.items() if k != "EDGEQ_QUIET"}  # the terminal a user sees
-    done = subprocess.run([sys.executable, "-m", "edgeq.cli", "build", str(write_recipe(recipe)), "-o", str(out)],
-                          capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeq.cli", "build", str(write_recipe(recipe)), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert done.returncode in (0, 3), done.stderr
     assert "[INFO]" not in done.stderr and "matmul_nbits" not in done.stderr and "Warning" not in done.stderr
     assert "▶ quantize → int4/" in done.stderr and "validate:" in done.stderr

@@ -9,13 +9,13 @@ import json
 import numpy as np
 import onnx
 import pytest
-
 from conftest import DATA, base_recipe
+from tiny_models import make_decoder
+
 from edgeq import api
 from edgeq.tasks.base import Batch
 from edgeq.tasks.text_generation import TASK, TokenComparison, compare_logits, top_tokens
 from edgeq.validate.metrics import fidelity
-from tiny_models import make_decoder
 
 
 def one_error_line(result) -> str:
@@ -30,7 +30,10 @@ def test_a_file_that_is_not_gguf_is_refused_in_one_line(run_cli, write_recipe, t
     fake = tmp_path / "model.gguf"
     fake.write_bytes(b"PK\x03\x04 not a gguf at all")
     line = one_error_line(run_cli("build", write_recipe(base_recipe(str(fake)))))
-    assert line == f"Error: '{fake}' is not a GGUF file (it does not start with 'GGUF'). Give a llama.cpp .gguf file, or a Hugging Face folder"
+    assert (
+        line
+        == f"Error: '{fake}' is not a GGUF file (it does not start with 'GGUF'). Give a llama.cpp .gguf file, or a Hugging Face folder"
+    )
 
 
 def test_a_truncated_gguf_is_refused_in_one_line(run_cli, write_recipe, tmp_path):
@@ -69,7 +72,8 @@ def chat_llama(tmp_path_factory):
     folder = make_decoder(tmp_path_factory.mktemp("chat-llama"), "llama")
     (folder / "chat_template.jinja").write_text(
         "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>{% endif %}")  # fmt: skip
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
     return folder
 
 
@@ -77,21 +81,32 @@ def test_messages_are_rendered_with_the_chat_template(chat_llama, tmp_path):
     from edgeq.recipe.schema import DataSource
 
     data = tmp_path / "chat.jsonl"
-    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi there"},
-                                             {"role": "assistant", "content": "Hello!"}]}) + "\n")  # fmt: skip
+    data.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}]})
+        + "\n"
+    )
     samples = TASK.read(DataSource(path=data), None, "validation.data", chat_llama)
     assert [s.text for s in samples] == ["<|user|>Hi there\n<|assistant|>Hello!\n"]
 
 
 def test_a_message_with_an_unknown_role_is_named(run_cli, write_recipe, chat_llama, tmp_path):
     data = tmp_path / "chat.jsonl"
-    data.write_text(json.dumps({"messages": [{"role": "user", "content": "a"}]}) + "\n"
-                    + json.dumps({"messages": [{"role": "narrator", "content": "b"}]}) + "\n")  # fmt: skip
-    recipe = base_recipe(str(chat_llama), model={"task": "text-generation"},
-                         validation={"data": {"path": str(data)}, "thresholds": {"cosine_mean": None}})  # fmt: skip
+    data.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "a"}]})
+        + "\n"
+        + json.dumps({"messages": [{"role": "narrator", "content": "b"}]})
+        + "\n"
+    )
+    recipe = base_recipe(
+        str(chat_llama),
+        model={"task": "text-generation"},
+        validation={"data": {"path": str(data)}, "thresholds": {"cosine_mean": None}},
+    )
     line = one_error_line(run_cli("build", write_recipe(recipe)))
-    assert line == (f"Error: validation.data: '{data}' line 2: message 0 has an unknown role 'narrator'. "
-                    "Roles: system, user, assistant, tool")  # fmt: skip
+    assert line == (
+        f"Error: validation.data: '{data}' line 2: message 0 has an unknown role 'narrator'. "
+        "Roles: system, user, assistant, tool"
+    )
 
 
 # ------------------------------------------------------------------ streamed metrics
@@ -109,8 +124,10 @@ def test_streamed_comparisons_give_the_whole_array_figures():
     exact = np.concatenate([c.kl for c in TASK.pair(reference, candidate, batch)])
     manual = []
     for r, c in zip(reference, candidate):
-        p = np.exp(r - r.max(-1, keepdims=True)); p /= p.sum(-1, keepdims=True)
-        q = np.exp(c - c.max(-1, keepdims=True)); q /= q.sum(-1, keepdims=True)
+        p = np.exp(r - r.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        q = np.exp(c - c.max(-1, keepdims=True))
+        q /= q.sum(-1, keepdims=True)
         manual.append((p * np.log(p / q)).sum(-1))
     assert np.allclose(exact, np.concatenate(manual), atol=1e-6)
     assert streamed["perplexity"] > 0 and streamed["tokens"] == 19
@@ -131,10 +148,17 @@ def test_a_stored_reference_keeps_its_top_tokens_and_bounds_the_kl_from_below():
 @pytest.fixture(scope="module")
 def tied_build(tmp_path_factory):
     folder = make_decoder(tmp_path_factory.mktemp("tied-llama"), "llama", tie_word_embeddings=True)
-    recipe = base_recipe(str(folder), model={"task": "text-generation"},
-                         quantization={"mode": "int4", "op_types": ["MatMul", "Gather"]},
-                         validation={"data": {"path": str(DATA / "validation.txt")}, "samples": 8, "sequence_length": 32,
-                                     "thresholds": {"cosine_mean": None}})  # fmt: skip
+    recipe = base_recipe(
+        str(folder),
+        model={"task": "text-generation"},
+        quantization={"mode": "int4", "op_types": ["MatMul", "Gather"]},
+        validation={
+            "data": {"path": str(DATA / "validation.txt")},
+            "samples": 8,
+            "sequence_length": 32,
+            "thresholds": {"cosine_mean": None},
+        },
+    )
     out = tmp_path_factory.mktemp("tied-build")
     (out / "recipe.yaml").write_text(json.dumps(recipe))
     return api.build(out / "recipe.yaml", output=out / "build")
@@ -154,8 +178,17 @@ def test_genai_runs_the_final_folder_with_edgeqs_own_greedy_tokens(tied_build, r
     assert json.loads((final / "genai_config.json").read_text())["model"]["decoder"]["filename"] == "model.onnx"
     runs = {}
     for engine in ("genai", "onnxruntime"):
-        result = run_cli("generate", str(tied_build.out_dir), "The river runs", "--max-tokens", "12", "--engine",
-                         engine, "--json", "-")  # fmt: skip
+        result = run_cli(
+            "generate",
+            str(tied_build.out_dir),
+            "The river runs",
+            "--max-tokens",
+            "12",
+            "--engine",
+            engine,
+            "--json",
+            "-",
+        )
         assert result.exit_code == 0, result.stderr
         runs[engine] = json.loads(result.stdout)
     assert runs["genai"]["engine"] == "onnxruntime-genai" and runs["onnxruntime"]["engine"] == "onnxruntime"
@@ -165,8 +198,9 @@ def test_genai_runs_the_final_folder_with_edgeqs_own_greedy_tokens(tied_build, r
 
 def test_generate_errors(tied_build, run_cli):
     line = one_error_line(run_cli("generate", str(tied_build.out_dir), "hello", "--chat"))
-    assert line.startswith("Error: the model in '") and line.endswith("has no chat template. Give plain text, or a model "
-                                                                      "whose tokenizer_config.json or chat_template.jinja has one")  # fmt: skip
+    assert line.startswith("Error: the model in '") and line.endswith(
+        "has no chat template. Give plain text, or a model whose tokenizer_config.json or chat_template.jinja has one"
+    )
     long_prompt = " ".join(["river"] * 600)
     line = one_error_line(run_cli("generate", str(tied_build.out_dir), long_prompt, "--engine", "onnxruntime"))
     assert "over the model's context of" in line or "exceed the model's context of" in line
@@ -184,23 +218,50 @@ def test_a_262k_vocabulary_decoder_builds_in_bounded_memory(tmp_path):
     import yaml
 
     folder = make_decoder(tmp_path / "wide", "llama", vocab_size=262_144, tie_word_embeddings=True)
-    recipe = base_recipe(str(folder), model={"task": "text-generation"},
-                         quantization={"mode": "int4", "op_types": ["MatMul", "Gather"],
-                                       "calibration": {"data": {"path": str(DATA / "calibration.txt")}, "samples": 8,
-                                                       "sequence_length": 64}},
-                         mixed_precision={"proxy_samples": 4, "candidates": ["int4", "w8"],
-                                          "budget": {"min_cosine_mean": None, "max_size_over_lowest": 1.2,
-                                                     "ceilings": {"kl_divergence_mean": 1e-9}}},
-                         validation={"data": {"path": str(DATA / "validation.txt")}, "samples": 24,
-                                     "sequence_length": 64, "thresholds": {"cosine_mean": None}})  # fmt: skip
+    recipe = base_recipe(
+        str(folder),
+        model={"task": "text-generation"},
+        quantization={
+            "mode": "int4",
+            "op_types": ["MatMul", "Gather"],
+            "calibration": {"data": {"path": str(DATA / "calibration.txt")}, "samples": 8, "sequence_length": 64},
+        },
+        mixed_precision={
+            "proxy_samples": 4,
+            "candidates": ["int4", "w8"],
+            "budget": {"min_cosine_mean": None, "max_size_over_lowest": 1.2, "ceilings": {"kl_divergence_mean": 1e-9}},
+        },
+        validation={
+            "data": {"path": str(DATA / "validation.txt")},
+            "samples": 24,
+            "sequence_length": 64,
+            "thresholds": {"cosine_mean": None},
+        },
+    )
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     # a fresh parent whose only child is the build: its RUSAGE_CHILDREN peak is the build's own
-    measure = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
-               "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "edgeq.cli", "build", str(path), "-o",
-                           str(tmp_path / "out")], capture_output=True, text=True,
-                          env={**os.environ, "EDGEQ_QUIET": "1"})  # fmt: skip
+    measure = (
+        "import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
+        "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            measure,
+            sys.executable,
+            "-m",
+            "edgeq.cli",
+            "build",
+            str(path),
+            "-o",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EDGEQ_QUIET": "1"},
+    )
     code, peak_kb = (int(v) for v in done.stdout.split()[-2:])
     assert code in (0, 3), done.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -214,9 +275,16 @@ def _run_candidate(candidate, weight: np.ndarray, x: np.ndarray) -> np.ndarray:
     from onnx import TensorProto, helper
 
     k, n = weight.shape
-    graph = helper.make_graph(candidate.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, n])], candidate.initializers)  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    graph = helper.make_graph(
+        candidate.nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, n])],
+        candidate.initializers,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
     model.ir_version = 10
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x})[0]
@@ -248,21 +316,31 @@ def test_int4_with_offsets_reproduces_a_q4_1_grid_exactly():
 def test_the_report_says_a_model_came_from_a_gguf_and_what_its_reference_is():
     from edgeq.report import _source_lines
 
-    source = {"source": "/x/m.gguf", "architecture": "llama", "tensor_types": {"Q4_1": 210, "F32": 61},
-              "tokenizer_check": {"agrees": False, "detail": "'The' is 3 pieces here and 1 by the GGUF's own merges"},
-              "note": "the FP32 reference is the dequantized GGUF"}  # fmt: skip
+    source = {
+        "source": "/x/m.gguf",
+        "architecture": "llama",
+        "tensor_types": {"Q4_1": 210, "F32": 61},
+        "tokenizer_check": {"agrees": False, "detail": "'The' is 3 pieces here and 1 by the GGUF's own merges"},
+        "note": "the FP32 reference is the dequantized GGUF",
+    }
     line = _source_lines(source)[0]
-    assert "210 Q4_1, 61 F32" in line and "**disagrees**" in line and "The FP32 reference is the dequantized GGUF" in line
+    assert (
+        "210 Q4_1, 61 F32" in line and "**disagrees**" in line and "The FP32 reference is the dequantized GGUF" in line
+    )
 
 
 def test_a_relative_ceiling_is_set_from_the_all_lowest_models_measurement():
     from edgeq.mixed_precision.search import Budget
 
-    budget = Budget(min_cosine_mean=None, ceilings={"perplexity": 50.0}, ceilings_over_lowest={"kl_divergence_mean": 0.5})
+    budget = Budget(
+        min_cosine_mean=None, ceilings={"perplexity": 50.0}, ceilings_over_lowest={"kl_divergence_mean": 0.5}
+    )
     said = budget.settle({"kl_divergence_mean": 0.4, "perplexity": 60.0})
     assert budget.ceilings == {"perplexity": 50.0, "kl_divergence_mean": 0.2}
     assert said == ["ceiling kl_divergence_mean = 0.5 x the all-lowest model's 0.4 = 0.2"]
-    assert budget.fidelity_failures({"kl_divergence_mean": 0.3, "perplexity": 40.0}) == ["kl_divergence_mean 0.3000 > 0.2"]
+    assert budget.fidelity_failures({"kl_divergence_mean": 0.3, "perplexity": 40.0}) == [
+        "kl_divergence_mean 0.3000 > 0.2"
+    ]
 
 
 def test_a_build_that_cannot_fit_is_refused_before_it_starts(run_cli, write_recipe, tmp_path, monkeypatch):
@@ -270,10 +348,14 @@ def test_a_build_that_cannot_fit_is_refused_before_it_starts(run_cli, write_reci
 
     folder = make_decoder(tmp_path / "small", "llama")
     monkeypatch.setattr(edgeq.headroom, "available_bytes", lambda: 200 * 2**20)
-    recipe = base_recipe(str(folder), model={"task": "text-generation"},
-                         validation={"thresholds": {"cosine_mean": None}})  # fmt: skip
+    recipe = base_recipe(
+        str(folder), model={"task": "text-generation"}, validation={"thresholds": {"cosine_mean": None}}
+    )
     line = one_error_line(run_cli("build", write_recipe(recipe), "-o", str(tmp_path / "out")))
-    assert line.startswith("Error: this build needs about ") and "GiB at peak and this machine has 0.2 GiB available" in line
+    assert (
+        line.startswith("Error: this build needs about ")
+        and "GiB at peak and this machine has 0.2 GiB available" in line
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -318,8 +400,12 @@ def test_the_fused_decoder_graph_computes_what_optimums_trace_does(arch, tmp_pat
 
 def test_a_fused_graph_asked_of_a_model_it_cannot_write_is_one_error_line(run_cli, write_recipe, tmp_path):
     folder = make_decoder(tmp_path / "gelu", "llama", hidden_act="gelu")
-    recipe = base_recipe(str(folder), model={"task": "text-generation"}, export={"decoder": "fused"},
-                         quantization={"mode": "int4", "op_types": ["MatMul"]})  # fmt: skip
+    recipe = base_recipe(
+        str(folder),
+        model={"task": "text-generation"},
+        export={"decoder": "fused"},
+        quantization={"mode": "int4", "op_types": ["MatMul"]},
+    )
     line = one_error_line(run_cli("build", write_recipe(recipe)))
     assert "export.decoder 'fused' cannot be written" in line and "hidden_act 'gelu'" in line
 
@@ -340,7 +426,9 @@ def test_every_rung_of_a_tied_head_gives_its_lookup_and_shareable_ones_store_one
     build_candidates(fp32, islands, ["int4", "int4o", "int8b", "int8", "fp16"], accuracy_level=4)
     ids, mask = np.array([[5, 9, 11, 40]], np.int64), np.ones((1, 4), np.int64)
     reference = _decoder_logits(path, ids, mask)
-    table_shape = [int(d) for d in next(t for t in fp32.graph.initializer if t.name == "model.embed_tokens.weight").dims]
+    table_shape = [
+        int(d) for d in next(t for t in fp32.graph.initializer if t.name == "model.embed_tokens.weight").dims
+    ]
     for rung in ("int4", "int4o", "int8b", "int8", "fp16"):
         model = assemble(fp32, islands, {**{i.name: "fp32" for i in islands}, head.name: rung})
         out = tmp_path / rung / "model.onnx"
@@ -352,5 +440,8 @@ def test_every_rung_of_a_tied_head_gives_its_lookup_and_shareable_ones_store_one
         tables = [t for t in model.graph.initializer if t.dims and int(t.dims[0]) == table_shape[0]]
         if rung in ("int4", "int4o", "int8b"):
             assert lookup.op_type == "GatherBlockQuantized", rung
-            assert all(t.name.startswith("lm_head") for t in tables), (rung, [t.name for t in tables])  # the head's only
+            assert all(t.name.startswith("lm_head") for t in tables), (
+                rung,
+                [t.name for t in tables],
+            )  # the head's only
         assert ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import ROOT, host_device
+
 from edgeq import api
 
 pytestmark = pytest.mark.real_model
@@ -28,7 +28,9 @@ def test_default_recipe_meets_its_goals(default_build):
     assert final and all(v["passed"] for v in final)
     metrics = final[0]["metrics"]
     assert metrics["cosine_mean"] >= 0.99, metrics
-    assert final[0]["samples"] >= 250 and final[0]["device"] == host_device() and final[0]["mode"] == "on-host"  # targets: [host]
+    assert (
+        final[0]["samples"] >= 250 and final[0]["device"] == host_device() and final[0]["mode"] == "on-host"
+    )  # targets: [host]
     assert report["stages"][0]["export_check"]["cosine_min"] > 0.9999
     assert result.exit_code == 0
 
@@ -37,8 +39,13 @@ def test_default_recipe_rebuild_is_cached(default_build):
     _, out = default_build
     report = api.build(ROOT / "recipes" / "minilm-int8-cpu.yaml", output=out).report
     assert {s["name"]: s["cached"] for s in report["stages"]} == {
-        "export": True, "optimize": True, "quantize": True, "mixed_precision": True, "validate": False,
-        "profile": False}
+        "export": True,
+        "optimize": True,
+        "quantize": True,
+        "mixed_precision": True,
+        "validate": False,
+        "profile": False,
+    }
 
 
 def test_default_recipe_mixed_precision_holds_at_every_shape(default_build):

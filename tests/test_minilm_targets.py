@@ -9,9 +9,9 @@ import math
 import numpy as np
 import onnx
 import pytest
+from conftest import ROOT
 from onnx import numpy_helper
 
-from conftest import ROOT
 from edgeq import api
 
 pytestmark = pytest.mark.real_model

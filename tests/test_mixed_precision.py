@@ -7,8 +7,8 @@ import math
 
 import onnx
 import pytest
-
 from conftest import PLANTED_ISLAND, base_recipe, make_tiny_bert
+
 from edgeq import api
 from edgeq.artifact import node_precisions
 from edgeq.errors import ConstraintError
@@ -22,10 +22,12 @@ def planted_bert(tmp_path_factory):
 
 
 def mixed_recipe(model_dir, **mixed) -> dict:
-    return base_recipe(str(model_dir),
-                       quantization={"calibration": {"data": {"path": "data/calibration.txt"}, "samples": 16}},
-                       mixed_precision={"proxy_samples": 16, "candidates": ["int8", "int8s", "w8", "fp32"], **mixed},
-                       validation={"samples": 48, "thresholds": {"cosine_mean": 0.9}})  # fmt: skip
+    return base_recipe(
+        str(model_dir),
+        quantization={"calibration": {"data": {"path": "data/calibration.txt"}, "samples": 16}},
+        mixed_precision={"proxy_samples": 16, "candidates": ["int8", "int8s", "w8", "fp32"], **mixed},
+        validation={"samples": 48, "thresholds": {"cosine_mean": 0.9}},
+    )
 
 
 def test_planted_sensitive_layer_is_the_one_kept_in_higher_precision(planted_bert, write_recipe, tmp_path):
@@ -51,8 +53,9 @@ def test_planted_sensitive_layer_is_the_one_kept_in_higher_precision(planted_ber
 
 
 def test_size_ceiling_is_respected_when_fidelity_is_out_of_reach(planted_bert, write_recipe, tmp_path):
-    recipe = mixed_recipe(planted_bert, candidates=["int8", "fp32"],
-                          budget={"min_cosine_mean": 0.99999999, "max_size_ratio": 0.4})  # fmt: skip
+    recipe = mixed_recipe(
+        planted_bert, candidates=["int8", "fp32"], budget={"min_cosine_mean": 0.99999999, "max_size_ratio": 0.4}
+    )
     out = tmp_path / "out"
     report = api.build(write_recipe(recipe), output=out).report
     mp = report["mixed_precision"]
@@ -86,8 +89,12 @@ def test_overrides_resolution_order_and_errors(tiny_onnx, tmp_path):
     ladder = ["int8", "w8", "fp32"]
     build_candidates(model, islands, ladder)
     query = next(i for i in islands if i.name.endswith("layer.0.attention.self.query"))
-    overrides = {"_default": "int8", "re:.*intermediate.*": "w8", query.node_name: "fp32",
-                 "encoder.layer.1.intermediate.dense": "fp32"}  # fmt: skip
+    overrides = {
+        "_default": "int8",
+        "re:.*intermediate.*": "w8",
+        query.node_name: "fp32",
+        "encoder.layer.1.intermediate.dense": "fp32",
+    }
     chosen = resolve(overrides, islands, ladder, tmp_path / "o.yaml")
     assert chosen[query.name] == "fp32"
     assert chosen["encoder.layer.0.intermediate.dense"] == "w8"
@@ -103,9 +110,11 @@ def test_static_mixed_precision_takes_only_dpu_candidates(run_cli, write_recipe,
     path = write_recipe(recipe)
     result = run_cli("build", path)
     assert result.exit_code == 1
-    assert result.stderr.strip() == (f"Error: recipe '{path}': mixed_precision with quantization.mode: static takes "
-                                     "candidates [xint8, w8, fp32] (power-of-two INT8 for DPUs; w8 and fp32 stay on the "
-                                     "CPU) or [a8w8, a16w8] (QDQ NPUs) in this edgeq version")  # fmt: skip
+    assert result.stderr.strip() == (
+        f"Error: recipe '{path}': mixed_precision with quantization.mode: static takes "
+        "candidates [xint8, w8, fp32] (power-of-two INT8 for DPUs; w8 and fp32 stay on the "
+        "CPU) or [a8w8, a16w8] (QDQ NPUs) in this edgeq version"
+    )
 
 
 def test_fused_attention_islands_quantize_through_qattention(planted_bert, write_recipe, tmp_path):
@@ -119,7 +128,8 @@ def test_fused_attention_islands_quantize_through_qattention(planted_bert, write
     attention = [i for i in report["mixed_precision"]["islands"] if i["kind"] == "attention"]
     assert len(attention) == 2 and all(set(i["gain"]) == {"int8s", "fp32"} for i in attention)  # no w8 for Attention
     ops = {n.op_type for n in onnx.load(str(out / "mixed" / "model.onnx")).graph.node}
-    assert "QAttention" in ops or all(i["precision"] == "fp32" for i in attention)
+    quantized = [n for n in onnx.load(str(out / "mixed" / "model.onnx")).graph.node if n.op_type == "QAttention"]
+    assert len(quantized) == sum(i["precision"] != "fp32" for i in attention) >= 1, ops
     assert report["validations"][-1]["metrics"]["cosine_mean"] >= 0.99995
 
 

@@ -7,13 +7,22 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from sshd import SSHD, start_sshd
 
 pytestmark = pytest.mark.skipif(not SSHD.exists(), reason="openssh-server is not installed (make system-deps)")
 
-CONTRACT = {"transport", "latency_ms", "runs", "throughput_per_s", "load_ms", "first_run_ms", "peak_rss_mb", "ops",
-            "placement", "environment"}  # fmt: skip
+CONTRACT = {
+    "transport",
+    "latency_ms",
+    "runs",
+    "throughput_per_s",
+    "load_ms",
+    "first_run_ms",
+    "peak_rss_mb",
+    "ops",
+    "placement",
+    "environment",
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +38,34 @@ def leftover_work_folders() -> set[Path]:
 
 
 def remote_args(server, python: str = sys.executable, known_hosts: Path | None = None) -> list:
-    return ["--host", server.url, "--ssh-key", server.client_key, "--known-hosts", known_hosts or server.known_hosts,
-            "--remote-python", python]  # fmt: skip
+    return [
+        "--host",
+        server.url,
+        "--ssh-key",
+        server.client_key,
+        "--known-hosts",
+        known_hosts or server.known_hosts,
+        "--remote-python",
+        python,
+    ]
 
 
 def test_profile_over_ssh_carries_the_contract_and_cleans_up(server, tiny_onnx, run_cli, tmp_path):
     before = leftover_work_folders()
     out = tmp_path / "remote.json"
-    result = run_cli("profile", tiny_onnx, "--runs", "30", "--min-seconds", "0.2", "--sequence-length", "16",
-                     *remote_args(server), "--json", out)  # fmt: skip
+    result = run_cli(
+        "profile",
+        tiny_onnx,
+        "--runs",
+        "30",
+        "--min-seconds",
+        "0.2",
+        "--sequence-length",
+        "16",
+        *remote_args(server),
+        "--json",
+        out,
+    )
     assert result.exit_code == 0, result.output
     profile = json.loads(out.read_text())
     assert CONTRACT <= set(profile)
@@ -55,8 +83,10 @@ def test_unknown_host_key_is_refused(server, tiny_onnx, run_cli, tmp_path):
     empty.write_text("")
     result = run_cli("profile", tiny_onnx, *remote_args(server, known_hosts=empty))
     assert result.exit_code == 1
-    assert result.stderr.strip() == (f"Error: the host key of 127.0.0.1:{server.port} is not in {empty}: refusing to "
-                                     "connect. Check the device's fingerprint, then add it (ssh-keyscan) to that file")  # fmt: skip
+    assert result.stderr.strip() == (
+        f"Error: the host key of 127.0.0.1:{server.port} is not in {empty}: refusing to "
+        "connect. Check the device's fingerprint, then add it (ssh-keyscan) to that file"
+    )
 
 
 def test_a_remote_failure_still_cleans_up(server, tiny_onnx, run_cli):
@@ -69,8 +99,9 @@ def test_a_remote_failure_still_cleans_up(server, tiny_onnx, run_cli):
 
 def test_a_remote_timeout_kills_the_run_and_cleans_up(server, tiny_onnx, run_cli):
     before = leftover_work_folders()
-    result = run_cli("profile", tiny_onnx, "--runs", "100000000", "--min-seconds", "1000", "--timeout", "10",
-                     *remote_args(server))  # fmt: skip
+    result = run_cli(
+        "profile", tiny_onnx, "--runs", "100000000", "--min-seconds", "1000", "--timeout", "10", *remote_args(server)
+    )
     assert result.exit_code == 1
     assert "time limit" in result.stderr or "exceeded" in result.stderr
     assert leftover_work_folders() == before
@@ -78,8 +109,9 @@ def test_a_remote_timeout_kills_the_run_and_cleans_up(server, tiny_onnx, run_cli
 
 def test_compare_two_models_interleaved(tiny_onnx, run_cli, tmp_path):
     out = tmp_path / "compare.json"
-    result = run_cli("profile", tiny_onnx, tiny_onnx, "--runs", "20", "--min-seconds", "0.1", "--sequence-length", "8",
-                     "--json", out)  # fmt: skip
+    result = run_cli(
+        "profile", tiny_onnx, tiny_onnx, "--runs", "20", "--min-seconds", "0.1", "--sequence-length", "8", "--json", out
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert len(data["profiles"]) == 2 and data["profiles"][0]["runs"] == data["profiles"][1]["runs"]
@@ -98,4 +130,7 @@ def test_profile_from_an_inputs_file_and_a_bad_one(tiny_onnx, run_cli, tmp_path)
     np.savez(bad, input_ids=ids)
     result = run_cli("profile", tiny_onnx, "--inputs", bad)
     assert result.exit_code == 1
-    assert result.stderr.strip() == f"Error: --inputs '{bad}' has no array for attention_mask, token_type_ids. It has: input_ids"
+    assert (
+        result.stderr.strip()
+        == f"Error: --inputs '{bad}' has no array for attention_mask, token_type_ids. It has: input_ids"
+    )

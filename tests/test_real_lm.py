@@ -4,13 +4,17 @@ cached under ~/.cache/edgeq) through the LLM recipe, on this host only (the reci
 
 from __future__ import annotations
 
-
 import pytest
-
 from conftest import build_bundled_recipe
 
 pytestmark = [pytest.mark.real_model, pytest.mark.timeout(2400)]  # the first run trains the model (~7 min)
-LM_METRICS = {"next_token_top1_agreement", "kl_divergence_mean", "perplexity", "perplexity_reference", "greedy_match_tokens"}
+LM_METRICS = {
+    "next_token_top1_agreement",
+    "kl_divergence_mean",
+    "perplexity",
+    "perplexity_reference",
+    "greedy_match_tokens",
+}
 
 
 @pytest.fixture(scope="module")

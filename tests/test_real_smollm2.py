@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import build_bundled_recipe
 
 pytestmark = [pytest.mark.real_model, pytest.mark.timeout(1800)]
@@ -100,12 +99,24 @@ def test_genai_runs_smollm2s_final_with_edgeqs_greedy_tokens(smol_build, run_cli
     result, _ = smol_build
     final = result.out_dir / "final"
     text = "The capital of France is"
-    assert list(map(int, og.Tokenizer(og.Model(str(final))).encode(text))) == \
-        Tokenizer.from_file(str(final / "tokenizer.json")).encode(text, add_special_tokens=False).ids  # fmt: skip
+    assert (
+        list(map(int, og.Tokenizer(og.Model(str(final))).encode(text)))
+        == Tokenizer.from_file(str(final / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+    )
     runs = {}
     for engine in ("genai", "onnxruntime"):
-        done = run_cli("generate", str(result.out_dir), "What is the capital of France?", "--chat", "--max-tokens", "12",
-                       "--engine", engine, "--json", "-")  # fmt: skip
+        done = run_cli(
+            "generate",
+            str(result.out_dir),
+            "What is the capital of France?",
+            "--chat",
+            "--max-tokens",
+            "12",
+            "--engine",
+            engine,
+            "--json",
+            "-",
+        )
         assert done.exit_code == 0, done.stderr
         runs[engine] = json.loads(done.stdout)
     assert runs["genai"]["tokens"] == runs["onnxruntime"]["tokens"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import DATA, PADDING_ISLAND, base_recipe, make_tiny_bert
+
 from edgeq import api
 from edgeq.mixed_precision.candidates import pair_safe_int8, quantize_symmetric
 from edgeq.recipe.schema import DataSource
@@ -20,11 +20,12 @@ def padding_trap(tmp_path_factory):
 
 
 def trap_recipe(model_dir, shapes, candidates) -> dict:
-    return base_recipe(str(model_dir),
-                       quantization={"calibration": {"data": {"path": "data/calibration.txt"}, "samples": 16}},
-                       mixed_precision={"proxy_samples": 16, "candidates": candidates,
-                                        "budget": {"min_cosine_mean": 0.999}},
-                       validation={"samples": 48, "shapes": shapes, "thresholds": {"cosine_mean": 0.9}})  # fmt: skip
+    return base_recipe(
+        str(model_dir),
+        quantization={"calibration": {"data": {"path": "data/calibration.txt"}, "samples": 16}},
+        mixed_precision={"proxy_samples": 16, "candidates": candidates, "budget": {"min_cosine_mean": 0.999}},
+        validation={"samples": 48, "shapes": shapes, "thresholds": {"cosine_mean": 0.9}},
+    )
 
 
 def test_a_batch_one_search_misses_what_padding_breaks(padding_trap, write_recipe, tmp_path):
@@ -32,8 +33,13 @@ def test_a_batch_one_search_misses_what_padding_breaks(padding_trap, write_recip
     report = api.build(write_recipe(trap_recipe(padding_trap, [B1], ["int8", "fp32"])), output=out).report
     mp = report["mixed_precision"]
     assert mp["precision_counts"]["fp32"] == 0 and mp["evaluations"][0]["passed"]  # batch 1 sees no problem
-    at_b4 = api.validate(out / "final" / "model.onnx", out / "fp32" / "model.onnx",
-                         DataSource(path=DATA / "validation.txt"), samples=48, batch_size=4)  # fmt: skip
+    at_b4 = api.validate(
+        out / "final" / "model.onnx",
+        out / "fp32" / "model.onnx",
+        DataSource(path=DATA / "validation.txt"),
+        samples=48,
+        batch_size=4,
+    )
     assert at_b4["metrics"]["cosine_mean"] < 0.999  # ...but padded batches of 4 break it
 
 
@@ -61,14 +67,17 @@ def test_static_int8_is_untouched_by_padding(padding_trap, write_recipe, tmp_pat
     report = api.build(write_recipe(recipe), output=tmp_path / "static").report
     mp = report["mixed_precision"]
     shapes = mp["evaluations"][0]["metrics"]["shapes"]
-    assert abs(shapes["b1-s128"]["cosine_mean"] - shapes["b4-s128"]["cosine_mean"]) < 1e-4  # scales fixed: no batch effect
+    assert (
+        abs(shapes["b1-s128"]["cosine_mean"] - shapes["b4-s128"]["cosine_mean"]) < 1e-4
+    )  # scales fixed: no batch effect
     static = [i for i in mp["islands"] if i["precision"] == "sint8" and i["kind"] != "gather"]
     assert static and all({"alpha", "x_scale", "x_zero_point"} <= set(i["detail"]) for i in static)
 
 
 def test_shapes_must_agree_with_a_fixed_export(run_cli, write_recipe, tiny_bert):
-    recipe = base_recipe(str(tiny_bert), export={"batch_size": 1, "sequence_length": 32},
-                         validation={"shapes": [B1, {"batch_size": 8}]})  # fmt: skip
+    recipe = base_recipe(
+        str(tiny_bert), export={"batch_size": 1, "sequence_length": 32}, validation={"shapes": [B1, {"batch_size": 8}]}
+    )
     path = write_recipe(recipe)
     result = run_cli("build", path)
     assert result.exit_code == 1
@@ -83,7 +92,9 @@ def test_pair_safe_weights_never_saturate_a_vpmaddubsw_pair():
     assert np.abs(padded[0::2] + padded[1::2]).max() <= 128 and np.abs(q).max() <= 127
     even, odd = padded[0::2], padded[1::2]
     # the largest int16 sum VPMADDUBSW can form from uint8 activations (0..255) and these weights
-    worst = np.maximum(255 * np.maximum(even, 0) + 255 * np.maximum(odd, 0), 255 * -np.minimum(even, 0) + 255 * -np.minimum(odd, 0))
+    worst = np.maximum(
+        255 * np.maximum(even, 0) + 255 * np.maximum(odd, 0), 255 * -np.minimum(even, 0) + 255 * -np.minimum(odd, 0)
+    )
     assert worst.max() <= 32767
     plain_q, plain_scale = quantize_symmetric(weight, axis=1)
     assert np.all(scale >= plain_scale - 1e-9) and np.median(scale / plain_scale) < 1.5  # mostly a small cost

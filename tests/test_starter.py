@@ -8,7 +8,6 @@ import json
 
 import pytest
 import yaml
-
 from conftest import ROOT
 from tiny_models import make_decoder, make_image_folder, make_text_model, make_vision_model
 
@@ -18,7 +17,10 @@ TASKS = ("feature-extraction", "text-classification", "token-classification", "q
 @pytest.mark.parametrize("task", [*TASKS, "image-classification", "text-generation"])
 def test_init_then_build_for_every_task(task, run_cli, tmp_path):
     if task == "image-classification":
-        model, extra = make_vision_model(tmp_path / "model", "vit"), ["--data", str(make_image_folder(tmp_path / "photos", 2))]
+        model, extra = (
+            make_vision_model(tmp_path / "model", "vit"),
+            ["--data", str(make_image_folder(tmp_path / "photos", 2))],
+        )
     elif task == "text-generation":
         model, extra = make_decoder(tmp_path / "model", "llama"), []
     else:
@@ -57,13 +59,18 @@ def test_init_recipes_fit_a_model_with_a_short_position_table(arch, positions, t
     assert {s["sequence_length"] for v in report["validations"] for s in v["shapes"]} == {tokens}
 
 
-def test_a_recipe_without_lengths_fits_the_model_and_an_explicit_length_over_it_is_an_error(write_recipe, run_cli,
-                                                                                              tmp_path):  # fmt: skip
+def test_a_recipe_without_lengths_fits_the_model_and_an_explicit_length_over_it_is_an_error(
+    write_recipe, run_cli, tmp_path
+):
     model = make_text_model(tmp_path / "model", "squeezebert", "feature-extraction", positions=64)
-    recipe = {"name": "short", "model": {"source": str(model)},
-              "quantization": {"mode": "static", "calibration": {"data": {"path": "data/calibration.txt"}, "samples": 8}},
-              "validation": {"data": {"path": "data/validation.txt"}, "samples": 8},
-              "profile": {"runs": 2, "min_seconds": 0}, "targets": ["x86-avx2"]}  # fmt: skip
+    recipe = {
+        "name": "short",
+        "model": {"source": str(model)},
+        "quantization": {"mode": "static", "calibration": {"data": {"path": "data/calibration.txt"}, "samples": 8}},
+        "validation": {"data": {"path": "data/validation.txt"}, "samples": 8},
+        "profile": {"runs": 2, "min_seconds": 0},
+        "targets": ["x86-avx2"],
+    }
     built = run_cli("build", write_recipe(recipe), "-o", tmp_path / "build")
     assert built.exit_code == 0, built.output + built.stderr
     log = (tmp_path / "build" / "build.log").read_text()  # edgeq's terminal lines, kept in the build's log
@@ -73,8 +80,9 @@ def test_a_recipe_without_lengths_fits_the_model_and_an_explicit_length_over_it_
     recipe["validation"]["sequence_length"] = 65
     refused = run_cli("build", write_recipe(recipe), "-o", tmp_path / "refused")
     assert refused.exit_code == 1 and not (tmp_path / "refused").exists()
-    assert refused.stderr.strip() == ("Error: validation.sequence_length: 65 tokens is over the model's "
-                                      "max_position_embeddings (64). Use at most 64")  # fmt: skip
+    assert refused.stderr.strip() == (
+        "Error: validation.sequence_length: 65 tokens is over the model's max_position_embeddings (64). Use at most 64"
+    )
 
 
 def test_a_fixed_shape_starter_recipe_takes_the_model_s_length(run_cli, tmp_path):
@@ -113,7 +121,8 @@ def test_init_errors(run_cli, tmp_path):
     result = run_cli("init", model, "--device", "x86-avx2")
     assert result.exit_code == 1 and result.stderr.strip().splitlines() == [
         "Error: edgeq ships no sample data for image-classification models. Pass --data with a folder of "
-        "images (sub-folders = labels) or a .txt of image paths"]  # fmt: skip
+        "images (sub-folders = labels) or a .txt of image paths"
+    ]
     (tmp_path / "taken.yaml").write_text("x")
     taken = run_cli("init", model, "--device", "x86-avx2", "--data", tmp_path, "-o", tmp_path / "taken.yaml")
     assert taken.exit_code == 2 and "never overwrites" in taken.output + taken.stderr

@@ -8,19 +8,17 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import DATA, base_recipe
+
 from edgeq.sweep_ray import device_resource
 
 ray = pytest.importorskip("ray")
@@ -38,7 +36,12 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     # token authentication with the cluster's own token (a fresh machine has no ~/.ray/auth_token)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    }
     port = _free_port()
     address = f"127.0.0.1:{port}"
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"]
@@ -52,18 +55,26 @@ def cluster(tmp_path_factory):
 
 def _ray(command: list, env: dict) -> None:
     done = subprocess.run(command, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(map(str, command[1:3]))} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, (
+        f"{' '.join(map(str, command[1:3]))} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
 
 
 def _sweep_files(folder: Path, tiny_bert: Path) -> Path:
-    recipe = base_recipe(str(tiny_bert), validation={"data": {"path": str(DATA / "validation.txt")}, "samples": 8,
-                                                     "thresholds": {"cosine_mean": 0.9}})  # fmt: skip
+    recipe = base_recipe(
+        str(tiny_bert),
+        validation={"data": {"path": str(DATA / "validation.txt")}, "samples": 8, "thresholds": {"cosine_mean": 0.9}},
+    )
     recipe["name"] = "tiny"
     broken = {**recipe, "name": "broken", "model": {"source": str(folder / "no-such-model")}}
     (folder / "tiny.yaml").write_text(yaml.safe_dump(recipe))
     (folder / "broken.yaml").write_text(yaml.safe_dump(broken))
-    sweep = {"name": "loopback", "recipes": ["tiny.yaml", "broken.yaml"], "targets": ["x86-avx2", "x86-avx512-vnni"],
-             "grid": {"quantization.per_channel": [True, False]}}  # fmt: skip
+    sweep = {
+        "name": "loopback",
+        "recipes": ["tiny.yaml", "broken.yaml"],
+        "targets": ["x86-avx2", "x86-avx512-vnni"],
+        "grid": {"quantization.per_channel": [True, False]},
+    }
     (folder / "sweep.yaml").write_text(yaml.safe_dump(sweep))
     return folder / "sweep.yaml"
 
@@ -93,8 +104,12 @@ def test_sweep_on_a_loopback_cluster_survives_a_killed_worker(cluster, tiny_bert
     killer = threading.Thread(target=_kill_first_running_cell, args=(out / "cells", killed, stop))
     killer.start()
     try:
-        done = subprocess.run([EDGEQ, "sweep", sweep_file, "--address", address, "-o", out, "--json"], env=env,
-                              capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            [EDGEQ, "sweep", sweep_file, "--address", address, "-o", out, "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
     finally:
         stop.set()
         killer.join()
@@ -102,9 +117,11 @@ def test_sweep_on_a_loopback_cluster_survives_a_killed_worker(cluster, tiny_bert
     assert done.returncode == 1, done.stderr  # the broken recipe's cells are errors; the sweep went on
     result = json.loads((out / "sweep.json").read_text())  # stdout also carries Ray's note on the killed worker
     assert result["ray"] == {"address": address, "nodes": 2}
-    rows = {(Path(r["recipe"]).stem, r["target"], r["overrides"]["quantization.per_channel"]): r for r in result["cells"]}
+    rows = {
+        (Path(r["recipe"]).stem, r["target"], r["overrides"]["quantization.per_channel"]): r for r in result["cells"]
+    }
     assert len(rows) == 8  # every cell accounted for
-    for (recipe, target, _), row in rows.items():
+    for (recipe, _target, _), row in rows.items():
         if recipe == "tiny":
             assert row["status"] == "passed" and row["exit_code"] == 0 and row["metrics"]["cosine_mean"] > 0.9
             assert Path(row["build_dir"], "report.html").is_file() and row["node"]
@@ -112,14 +129,18 @@ def test_sweep_on_a_loopback_cluster_survives_a_killed_worker(cluster, tiny_bert
             assert row["status"] == "error" and row["exit_code"] == 1 and "no-such-model" in row["error"]
     assert len(killed) == 1, "no cell was seen running"  # and yet the killed cell passed: Ray ran it again
     assert not list((out / "cells").glob(".tmp-*"))  # nothing half-written left behind
-    exports = [json.loads(Path(r["build_dir"], "report.json").read_text())["stages"][0] for r in rows.values()
-               if r["status"] == "passed"]  # fmt: skip
+    exports = [
+        json.loads(Path(r["build_dir"], "report.json").read_text())["stages"][0]
+        for r in rows.values()
+        if r["status"] == "passed"
+    ]
     assert sum(stage["cached"] for stage in exports) >= 1  # the shared cache served the export to another cell
     html = (out / "sweep.html").read_text()
     assert html.count("report</a>") == 4
 
-    again = subprocess.run([EDGEQ, "sweep", sweep_file, "--address", address, "-o", out, "--json"], env=env,
-                           capture_output=True, text=True)  # fmt: skip
+    again = subprocess.run(
+        [EDGEQ, "sweep", sweep_file, "--address", address, "-o", out, "--json"], env=env, capture_output=True, text=True
+    )
     assert again.returncode == 1, again.stderr
     rerun = json.loads((out / "sweep.json").read_text())["cells"]
     assert sum(bool(r.get("skipped")) for r in rerun) == 4  # finished cells are not built again; errors are retried
@@ -132,19 +153,29 @@ def test_devices_are_resources_and_bad_sweeps_are_one_line(run_cli, tmp_path):
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"name": "s", "recipes": ["r.yaml"], "grid": {"a.b": []}}))
     result = run_cli("sweep", tmp_path / "sweep.yaml")
     assert result.exit_code == 1 and result.stderr.strip() == (
-        f"Error: sweep '{tmp_path / 'sweep.yaml'}': key 'grid': grid key 'a.b' has no values")  # fmt: skip
+        f"Error: sweep '{tmp_path / 'sweep.yaml'}': key 'grid': grid key 'a.b' has no values"
+    )
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"name": "s", "recipes": ["r.yaml"], "devices": ["x"]}))
     result = run_cli("sweep", tmp_path / "sweep.yaml")
-    assert result.stderr.strip() == (f"Error: sweep '{tmp_path / 'sweep.yaml'}': key 'devices': unknown key. "
-                                     "Keys: name, recipes, targets, grid")  # fmt: skip
+    assert result.stderr.strip() == (
+        f"Error: sweep '{tmp_path / 'sweep.yaml'}': key 'devices': unknown key. Keys: name, recipes, targets, grid"
+    )
 
 
 def test_a_sweep_checks_every_cell_before_ray_starts(run_cli, write_recipe, tiny_bert, tmp_path, monkeypatch):
     import ray
 
-    write_recipe({"name": "r", "model": {"source": str(tiny_bert)}, "quantization": {"mode": "dynamic"},
-                  "validation": {"data": {"path": "data/validation.txt"}, "samples": 4}, "targets": ["x86-avx2"]},
-                 "r.yaml")  # fmt: skip
+    write_recipe(
+        {
+            "name": "r",
+            "model": {"source": str(tiny_bert)},
+            "quantization": {"mode": "dynamic"},
+            "validation": {"data": {"path": "data/validation.txt"}, "samples": 4},
+            "targets": ["x86-avx2"],
+        },
+        "r.yaml",
+    )
+
     def never(*args, **kwargs):
         raise AssertionError("Ray was started")
 
@@ -157,10 +188,14 @@ def test_a_sweep_checks_every_cell_before_ray_starts(run_cli, write_recipe, tiny
 
     result = sweep({"quantization.per_chanel": [True, False]})
     assert result.exit_code == 1 and not out.exists()
-    assert result.stderr.strip() == (f"Error: sweep '{tmp_path / 'sweep.yaml'}': grid key 'quantization.per_chanel': "
-                                     "unknown recipe key 'quantization.per_chanel'. Did you mean "
-                                     "'quantization.per_channel'?")  # fmt: skip
+    assert result.stderr.strip() == (
+        f"Error: sweep '{tmp_path / 'sweep.yaml'}': grid key 'quantization.per_chanel': "
+        "unknown recipe key 'quantization.per_chanel'. Did you mean "
+        "'quantization.per_channel'?"
+    )
     result = sweep({"quantization.mode": ["dynamic", "int3"]})
     assert result.exit_code == 1 and not out.exists() and len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr.startswith(f"Error: sweep '{tmp_path / 'sweep.yaml'}': the cell r on x86-avx2, "
-                                    "quantization.mode='int3': key 'quantization.mode': Input should be")  # fmt: skip
+    assert result.stderr.startswith(
+        f"Error: sweep '{tmp_path / 'sweep.yaml'}': the cell r on x86-avx2, "
+        "quantization.mode='int3': key 'quantization.mode': Input should be"
+    )

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import onnx
 import pytest
+from conftest import base_recipe
 from onnx import numpy_helper
 
-from conftest import base_recipe
 from edgeq import api
 from edgeq.optimize.mask import soften_mask_fill
 from edgeq.quantize.pow2 import best_exponent, dpu_compliance
@@ -19,15 +19,25 @@ CALIBRATION = {"data": {"path": "data/calibration.txt"}, "samples": 16}
 
 
 def static_recipe(model_dir, targets, **quantization) -> dict:
-    return base_recipe(str(model_dir), export={"batch_size": 1, "sequence_length": 32}, targets=targets,
-                       quantization={"mode": "static", "format": "qdq", "calibration": CALIBRATION, **quantization},
-                       validation={"samples": 12, "warmup": 1, "thresholds": {"cosine_mean": 0.98}})  # fmt: skip
+    return base_recipe(
+        str(model_dir),
+        export={"batch_size": 1, "sequence_length": 32},
+        targets=targets,
+        quantization={"mode": "static", "format": "qdq", "calibration": CALIBRATION, **quantization},
+        validation={"samples": 12, "warmup": 1, "thresholds": {"cosine_mean": 0.98}},
+    )
 
 
 def test_qnn_htp_runs_every_node_with_cpu_fallback_disabled(tiny_bert, write_recipe, tmp_path):
     pytest.importorskip("onnxruntime_qnn")
-    recipe = static_recipe(tiny_bert, ["snapdragon-8-gen-3"], activation_type="uint16", weight_type="uint8",
-                           symmetric_weights=False, op_types=None)  # every op quantized: the HTP runs no float  # fmt: skip
+    recipe = static_recipe(
+        tiny_bert,
+        ["snapdragon-8-gen-3"],
+        activation_type="uint16",
+        weight_type="uint8",
+        symmetric_weights=False,
+        op_types=None,
+    )  # every op quantized: the HTP runs no float
     report = api.build(write_recipe(recipe), output=tmp_path / "out").report
     (entry,) = report["validations"]  # the HTP cannot run FP32: only the quantized model is validated there
     assert entry["artifact"] == "w8a16" and entry["provider"] == "QNNExecutionProvider"
@@ -44,9 +54,19 @@ def test_qnn_htp_runs_every_node_with_cpu_fallback_disabled(tiny_bert, write_rec
 def test_qnn_activation_types_per_block(tiny_bert, write_recipe, tmp_path, floor, eight_bit):
     """The search's two ends: a budget anything meets puts every block at 8 bits; one nothing meets keeps 16."""
     pytest.importorskip("onnxruntime_qnn")
-    recipe = static_recipe(tiny_bert, ["snapdragon-8-gen-3"], activation_type="uint16", weight_type="uint8",
-                           symmetric_weights=False, op_types=None)  # fmt: skip
-    recipe["mixed_precision"] = {"candidates": ["a8w8", "a16w8"], "proxy_samples": 4, "budget": {"min_cosine_mean": floor}}
+    recipe = static_recipe(
+        tiny_bert,
+        ["snapdragon-8-gen-3"],
+        activation_type="uint16",
+        weight_type="uint8",
+        symmetric_weights=False,
+        op_types=None,
+    )
+    recipe["mixed_precision"] = {
+        "candidates": ["a8w8", "a16w8"],
+        "proxy_samples": 4,
+        "budget": {"min_cosine_mean": floor},
+    }
     report = api.build(write_recipe(recipe), output=tmp_path / "out").report
     mp = report["mixed_precision"]
     assert report["final_artifact"] == "mixed" and mp["kind"] == "activation types (QDQ NPU)"
@@ -68,10 +88,20 @@ def test_qnn_activation_types_per_block(tiny_bert, write_recipe, tmp_path, floor
 
 
 def test_fp32_model_on_the_npu_is_refused_and_preflight_says_why(tiny_onnx, run_cli):
-    result = run_cli("validate", tiny_onnx, "--reference", tiny_onnx, "--data", "recipes/data/validation.txt",
-                     "--device", "snapdragon-8-gen-3")  # fmt: skip
+    result = run_cli(
+        "validate",
+        tiny_onnx,
+        "--reference",
+        tiny_onnx,
+        "--data",
+        "recipes/data/validation.txt",
+        "--device",
+        "snapdragon-8-gen-3",
+    )
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"Error: device 'snapdragon-8-gen-3' runs quantized models only and '{tiny_onnx}' is FP32")
+    assert result.stderr.startswith(
+        f"Error: device 'snapdragon-8-gen-3' runs quantized models only and '{tiny_onnx}' is FP32"
+    )
     check = run_cli("inspect", tiny_onnx, "--device", "snapdragon-8-gen-3")
     assert check.exit_code == 3
     assert "input 'input_ids' has dynamic dimensions ['batch_size', 'sequence_length']" in check.stdout
@@ -88,9 +118,13 @@ def test_mobile_targets_get_coverage_estimates_and_an_ort_model(tiny_bert, write
     for final in ("final", "final-iphone-15-pro"):
         session = ort.InferenceSession(str(out / final / "model.ort"), providers=["CPUExecutionProvider"])
         assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
-    assert report["finals"] == {"pixel-8": {"artifact": "int8", "path": "final/model.onnx"},
-                                "iphone-15-pro": {"artifact": "fp16", "path": "final-iphone-15-pro/model.onnx"}}
-    served = {v["device"]: v for v in report["validations"] if v["artifact"] == report["finals"][v["device"]]["artifact"]}
+    assert report["finals"] == {
+        "pixel-8": {"artifact": "int8", "path": "final/model.onnx"},
+        "iphone-15-pro": {"artifact": "fp16", "path": "final-iphone-15-pro/model.onnx"},
+    }
+    served = {
+        v["device"]: v for v in report["validations"] if v["artifact"] == report["finals"][v["device"]]["artifact"]
+    }
     assert set(served) == {"pixel-8", "iphone-15-pro"}
     assert not [v for v in report["validations"] if v["device"] == "iphone-15-pro" and v["artifact"] == "int8"]
     for v in served.values():
@@ -98,21 +132,33 @@ def test_mobile_targets_get_coverage_estimates_and_an_ort_model(tiny_bert, write
         cov = v["coverage"]
         assert cov["estimate"] is True and 0 < cov["supported_nodes"] <= cov["nodes"] and cov["partitions"] >= 1
         assert v["metrics"]["cosine_mean"] > 0.99
-    assert {d: v["coverage"]["ep"] for d, v in served.items()} == {"pixel-8": "NNAPI", "iphone-15-pro": "CoreML (MLProgram)"}
+    assert {d: v["coverage"]["ep"] for d, v in served.items()} == {
+        "pixel-8": "NNAPI",
+        "iphone-15-pro": "CoreML (MLProgram)",
+    }
     assert served["iphone-15-pro"]["coverage"]["share"] >= 0.9  # the FP16 model, legalized, is CoreML's nearly whole
     legalized = next(s["legalization"] for s in report["stages"] if s["name"] == "legalize")
     assert legalized["rewritten"]["LayerNormalization"] >= 5
     assert legalized["coverage_after"]["nnapi"]["partitions"] < legalized["coverage_before"]["nnapi"]["partitions"]
     import numpy as np  # the rewrites are exact up to rounding: the legalized FP32 model computes the export's numbers
 
-    feed = {"input_ids": np.arange(32, dtype=np.int64)[None] % 30 + 5, "attention_mask": np.ones((1, 32), np.int64),
-            "token_type_ids": np.zeros((1, 32), np.int64)}  # fmt: skip
+    feed = {
+        "input_ids": np.arange(32, dtype=np.int64)[None] % 30 + 5,
+        "attention_mask": np.ones((1, 32), np.int64),
+        "token_type_ids": np.zeros((1, 32), np.int64),
+    }
     feed["attention_mask"][0, 20:] = 0
-    outputs = [ort.InferenceSession(str(out / f / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)[0]
-               for f in ("fp32", "legalized")]  # fmt: skip
+    outputs = [
+        ort.InferenceSession(str(out / f / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+        for f in ("fp32", "legalized")
+    ]
     assert np.abs(outputs[0] - outputs[1]).max() < 1e-4
     text = (out / "report.md").read_text()
-    assert "## Coverage estimates (not a run)" in text and "## One artifact per target" in text and "## Legalization" in text
+    assert (
+        "## Coverage estimates (not a run)" in text
+        and "## One artifact per target" in text
+        and "## Legalization" in text
+    )
 
 
 def test_nnapi_keeps_excluded_matmuls_in_its_partitions_with_int8_weights(tiny_bert, write_recipe, tmp_path):
@@ -120,8 +166,13 @@ def test_nnapi_keeps_excluded_matmuls_in_its_partitions_with_int8_weights(tiny_b
     when the recipe says so: a smaller model, the same NNAPI partitions, FP32 compute."""
     built = {}
     for weights in ("fp32", "int8"):
-        recipe = static_recipe(tiny_bert, ["pixel-8"], op_types=["MatMul", "Gather"], excluded_weights=weights,
-                               nodes_to_exclude=["/encoder/layer.*/intermediate/dense/MatMul"])  # fmt: skip
+        recipe = static_recipe(
+            tiny_bert,
+            ["pixel-8"],
+            op_types=["MatMul", "Gather"],
+            excluded_weights=weights,
+            nodes_to_exclude=["/encoder/layer.*/intermediate/dense/MatMul"],
+        )
         built[weights] = api.build(write_recipe(recipe), output=tmp_path / weights).report
     quantize = next(s for s in built["int8"]["stages"] if s["name"] == "quantize")
     assert quantize["excluded_weights_int8"] == 2
@@ -134,20 +185,33 @@ def test_nnapi_keeps_excluded_matmuls_in_its_partitions_with_int8_weights(tiny_b
         dq = producers[node.input[1]]
         assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].data_type == onnx.TensorProto.UINT8
         assert list(inits[dq.input[1]].dims) == [] and producers[node.input[0]].op_type != "DequantizeLinear"
-    fp32_entry, int8_entry = (next(v for v in r["validations"] if v["artifact"] == r["finals"]["pixel-8"]["artifact"])
-                              for r in (built["fp32"], built["int8"]))  # fmt: skip
+    fp32_entry, int8_entry = (
+        next(v for v in r["validations"] if v["artifact"] == r["finals"]["pixel-8"]["artifact"])
+        for r in (built["fp32"], built["int8"])
+    )
     assert int8_entry["coverage"]["partitions"] == fp32_entry["coverage"]["partitions"]
-    assert (tmp_path / "int8" / "final" / "model.onnx").stat().st_size < (tmp_path / "fp32" / "final" / "model.onnx").stat().st_size
+    assert (tmp_path / "int8" / "final" / "model.onnx").stat().st_size < (
+        tmp_path / "fp32" / "final" / "model.onnx"
+    ).stat().st_size
     assert int8_entry["metrics"]["cosine_mean"] > 0.99 and int8_entry["passed"]
 
 
 def test_dpu_model_follows_the_xint8_rules(tiny_bert, write_recipe, tmp_path):
-    recipe = base_recipe(str(tiny_bert), targets=["kria-kv260"],
-                         quantization={"mode": "static", "format": "qdq", "activation_type": "int8", "per_channel": False,
-                                       "symmetric_activations": True, "op_types": ["MatMul"], "calibration": CALIBRATION},
-                         mixed_precision={"candidates": ["xint8", "fp32"], "proxy_samples": 8,
-                                          "budget": {"min_cosine_mean": 0.99}},
-                         validation={"samples": 24, "thresholds": {"cosine_mean": 0.98}})  # fmt: skip
+    recipe = base_recipe(
+        str(tiny_bert),
+        targets=["kria-kv260"],
+        quantization={
+            "mode": "static",
+            "format": "qdq",
+            "activation_type": "int8",
+            "per_channel": False,
+            "symmetric_activations": True,
+            "op_types": ["MatMul"],
+            "calibration": CALIBRATION,
+        },
+        mixed_precision={"candidates": ["xint8", "fp32"], "proxy_samples": 8, "budget": {"min_cosine_mean": 0.99}},
+        validation={"samples": 24, "thresholds": {"cosine_mean": 0.98}},
+    )
     out = tmp_path / "out"
     report = api.build(write_recipe(recipe), output=out).report
     model = onnx.load(str(out / "final" / "model.onnx"))
@@ -180,18 +244,30 @@ def test_compliance_names_each_broken_rule():
     def init(name, value, dtype=np.float32):
         return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
 
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q_bad_scale"),
-             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq_bad_scale"),
-             helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wd"], name="dq_per_channel"),
-             helper.make_node("MatMul", ["xd", "wd"], ["m"], name="on_dpu"),
-             helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wc"], name="dq_cpu_weight"),
-             helper.make_node("MatMul", ["x", "wc"], ["c"], name="on_cpu"),  # float input: weight-only INT8 on the CPU
-             helper.make_node("LayerNormalization", ["xd", "g", "b"], ["y"], name="ln")]  # fmt: skip
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
-                              [init("s", 0.3), init("z", 0, np.int8), init("w", [1, 2], np.int8),
-                               init("sw", [0.5, 0.25]), init("zw", [3, 0], np.int8), init("g", [1.0] * 4),
-                               init("b", [0.0] * 4)])  # fmt: skip
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q_bad_scale"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq_bad_scale"),
+        helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wd"], name="dq_per_channel"),
+        helper.make_node("MatMul", ["xd", "wd"], ["m"], name="on_dpu"),
+        helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wc"], name="dq_cpu_weight"),
+        helper.make_node("MatMul", ["x", "wc"], ["c"], name="on_cpu"),  # float input: weight-only INT8 on the CPU
+        helper.make_node("LayerNormalization", ["xd", "g", "b"], ["y"], name="ln"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [
+            init("s", 0.3),
+            init("z", 0, np.int8),
+            init("w", [1, 2], np.int8),
+            init("sw", [0.5, 0.25]),
+            init("zw", [3, 0], np.int8),
+            init("g", [1.0] * 4),
+            init("b", [0.0] * 4),
+        ],
+    )
     report = dpu_compliance(helper.make_model(graph), ["MatMul"])
     text = "\n".join(report["violations"])
     assert "q_bad_scale: scale 0.3 is not a power of two" in text
@@ -216,6 +292,8 @@ def test_a_qnn_profile_that_names_no_htp_generation_is_told_so():
 
     named = load_device("snapdragon-8-gen-3")
     ep = named.execution_provider
-    unnamed = named.model_copy(update={"execution_provider": ep.model_copy(update={"options": {"backend_type": "htp"}})})
+    unnamed = named.model_copy(
+        update={"execution_provider": ep.model_copy(update={"options": {"backend_type": "htp"}})}
+    )
     assert "htp_arch" not in runtime_for(named).note and runtime_for(named).mode == "emulated"
     assert "names no htp_arch or soc_model" in runtime_for(unnamed).note

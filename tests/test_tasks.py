@@ -8,17 +8,16 @@ import json
 import numpy as np
 import onnx
 import pytest
-
-from onnx import TensorProto, helper
-
 from conftest import base_recipe
+from onnx import TensorProto, helper
+from tiny_models import TEST_DATA, make_image_folder, make_text_model, make_vision_model
+
 from edgeq import api
 from edgeq.recipe.schema import QuantizationConfig
 from edgeq.tasks import TASKS, detect_task
 from edgeq.tasks.question_answering import best_span, normalize
 from edgeq.tasks.text_inputs import TextInputs
 from edgeq.tasks.token_classification import entity_f1
-from tiny_models import TEST_DATA, make_image_folder, make_text_model, make_vision_model
 
 
 def assert_error(result, line: str, exit_code: int = 1) -> None:
@@ -58,7 +57,9 @@ def test_image_preprocessing_matches_hugging_face(vit, tmp_path):
     folder = make_image_folder(tmp_path / "photos", per_label=1)
     path = next(folder.rglob("*.png"))
     ours = TASKS["image-classification"].inputs(vit, 0, False).encode([str(path)])["pixel_values"]
-    theirs = AutoImageProcessor.from_pretrained(str(vit))(Image.open(path).convert("RGB"), return_tensors="np")["pixel_values"]
+    theirs = AutoImageProcessor.from_pretrained(str(vit))(Image.open(path).convert("RGB"), return_tensors="np")[
+        "pixel_values"
+    ]
     assert ours.shape == theirs.shape == (1, 3, 32, 32)
     assert np.abs(ours - theirs).max() < 0.02  # DeiT: resize 40 (bicubic), centre crop 32, normalise
 
@@ -73,14 +74,21 @@ def test_entity_f1_and_answer_helpers():
     assert best_span(logits) == (2, 4)
 
 
-def test_labelled_classification_reports_accuracy_for_fp32_and_the_final_model(roberta_classifier, write_recipe, tmp_path):
+def test_labelled_classification_reports_accuracy_for_fp32_and_the_final_model(
+    roberta_classifier, write_recipe, tmp_path
+):
     data = {"path": str(TEST_DATA / "sentiment.jsonl"), "field": "text", "label_field": "label"}
-    recipe = base_recipe(str(roberta_classifier), model={"task": "text-classification"},
-                         validation={"data": data, "samples": 30, "thresholds": {"cosine_mean": 0.9, "accuracy_delta": -0.2}})  # fmt: skip
+    recipe = base_recipe(
+        str(roberta_classifier),
+        model={"task": "text-classification"},
+        validation={"data": data, "samples": 30, "thresholds": {"cosine_mean": 0.9, "accuracy_delta": -0.2}},
+    )
     report = api.build(write_recipe(recipe), output=tmp_path / "out").report
     final = next(v for v in report["validations"] if v["artifact"] == "int8")
     metrics = final["metrics"]
-    assert metrics["labelled_samples"] == 30 and 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["accuracy_reference"] <= 1
+    assert (
+        metrics["labelled_samples"] == 30 and 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["accuracy_reference"] <= 1
+    )
     assert metrics["accuracy_delta"] == pytest.approx(metrics["accuracy"] - metrics["accuracy_reference"], abs=1e-6)
     assert final["thresholds"]["accuracy_delta"] == -0.2
     markdown = (tmp_path / "out" / "report.md").read_text()
@@ -92,43 +100,60 @@ def test_data_file_that_is_not_utf8(run_cli, write_recipe, tmp_path, tiny_bert):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("first line\ncaf\xe9 au lait\n".encode("latin-1"))
     path = write_recipe(base_recipe(str(tiny_bert), validation={"data": {"path": str(bad)}}))
-    assert_error(run_cli("build", path), f"Error: validation.data: '{bad}' line 2 is not UTF-8 (byte 0xe9). Save the file as UTF-8")
+    assert_error(
+        run_cli("build", path),
+        f"Error: validation.data: '{bad}' line 2 is not UTF-8 (byte 0xe9). Save the file as UTF-8",
+    )
 
 
 def test_label_not_in_the_models_labels(run_cli, write_recipe, tmp_path, roberta_classifier):
     data = tmp_path / "labels.jsonl"
     data.write_text('{"t": "fine", "y": "positive"}\n{"t": "odd", "y": "sarcastic"}\n')
-    recipe = base_recipe(str(roberta_classifier), model={"task": "text-classification"},
-                         validation={"data": {"path": str(data), "field": "t", "label_field": "y"}})  # fmt: skip
-    assert_error(run_cli("build", write_recipe(recipe)),
-                 f"Error: validation.data: '{data}' line 2: label 'sarcastic' is not one of the model's labels. "
-                 "The model's id2label has: negative, neutral, positive, 0, 1, 2")  # fmt: skip
+    recipe = base_recipe(
+        str(roberta_classifier),
+        model={"task": "text-classification"},
+        validation={"data": {"path": str(data), "field": "t", "label_field": "y"}},
+    )
+    assert_error(
+        run_cli("build", write_recipe(recipe)),
+        f"Error: validation.data: '{data}' line 2: label 'sarcastic' is not one of the model's labels. "
+        "The model's id2label has: negative, neutral, positive, 0, 1, 2",
+    )
 
 
 def test_labelled_field_missing_on_a_row(run_cli, write_recipe, tmp_path, roberta_classifier):
     data = tmp_path / "labels.csv"
     data.write_text("t,y\nfine,positive\nodd,\n")
-    recipe = base_recipe(str(roberta_classifier), model={"task": "text-classification"},
-                         validation={"data": {"path": str(data), "field": "t", "label_field": "y"}})  # fmt: skip
-    assert_error(run_cli("build", write_recipe(recipe)),
-                 f"Error: validation.data: '{data}' line 3 has no field 'y'. Every record needs it")
+    recipe = base_recipe(
+        str(roberta_classifier),
+        model={"task": "text-classification"},
+        validation={"data": {"path": str(data), "field": "t", "label_field": "y"}},
+    )
+    assert_error(
+        run_cli("build", write_recipe(recipe)),
+        f"Error: validation.data: '{data}' line 3 has no field 'y'. Every record needs it",
+    )
 
 
 def test_task_that_does_not_match_the_architecture(run_cli, write_recipe, roberta_classifier):
     recipe = base_recipe(str(roberta_classifier), model={"task": "question-answering"})
-    assert_error(run_cli("build", write_recipe(recipe)),
-                 "Error: model.task is question-answering but the model is a RobertaForSequenceClassification, which "
-                 "has no question-answering head. Use a ...ForQuestionAnswering model, or omit model.task to let "
-                 "edgeq detect it")  # fmt: skip
+    assert_error(
+        run_cli("build", write_recipe(recipe)),
+        "Error: model.task is question-answering but the model is a RobertaForSequenceClassification, which "
+        "has no question-answering head. Use a ...ForQuestionAnswering model, or omit model.task to let "
+        "edgeq detect it",
+    )
 
 
 def test_non_image_file_in_an_image_folder(run_cli, write_recipe, tmp_path, vit):
     folder = make_image_folder(tmp_path / "photos", per_label=1)
     (folder / "cat" / "notes.txt").write_text("not a picture")
     recipe = base_recipe(str(vit), model={"task": "image-classification"}, validation={"data": {"path": str(folder)}})
-    assert_error(run_cli("build", write_recipe(recipe)),
-                 f"Error: '{folder / 'cat' / 'notes.txt'}' is not an image Pillow can read (UnidentifiedImageError). "
-                 "Keep only image files in the image folder")  # fmt: skip
+    assert_error(
+        run_cli("build", write_recipe(recipe)),
+        f"Error: '{folder / 'cat' / 'notes.txt'}' is not an image Pillow can read (UnidentifiedImageError). "
+        "Keep only image files in the image folder",
+    )
 
 
 def _relu_model(opset: int = 17) -> onnx.ModelProto:
@@ -155,9 +180,12 @@ def test_external_data_outside_the_models_folder(run_cli, tmp_path):
             entry.value = "../elsewhere/weights.bin"
     onnx.save(stored, str(folder / "model.onnx"))
     for command in (["inspect", folder / "model.onnx"], ["quantize", folder / "model.onnx", "-o", tmp_path / "q"]):
-        assert_error(run_cli(*command), f"Error: '{folder / 'model.onnx'}' keeps weights in '../elsewhere/weights.bin', "
-                                        "outside its own folder. External data must sit beside the model; edgeq does "
-                                        "not read files elsewhere")  # fmt: skip
+        assert_error(
+            run_cli(*command),
+            f"Error: '{folder / 'model.onnx'}' keeps weights in '../elsewhere/weights.bin', "
+            "outside its own folder. External data must sit beside the model; edgeq does "
+            "not read files elsewhere",
+        )
     assert not (tmp_path / "q").exists()
 
 
@@ -167,7 +195,7 @@ def test_opset_newer_than_onnxruntime(run_cli, tmp_path):
     result = run_cli("quantize", path, "-o", tmp_path / "q")
     assert result.exit_code == 1 and not (tmp_path / "q").exists()
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"Error: onnxruntime ") and f"cannot load '{path}': Opset 30 is under development" in line
+    assert line.startswith("Error: onnxruntime ") and f"cannot load '{path}': Opset 30 is under development" in line
     assert line.endswith("Export it with an opset this onnxruntime supports (edgeq export --opset 17)")
 
 
@@ -180,8 +208,12 @@ def test_quantize_copies_only_a_models_companions(run_cli, tiny_onnx, tmp_path):
     (folder / "notes").mkdir()
     result = run_cli("quantize", folder / "model.onnx", "-o", tmp_path / "q")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["config.json", "model.onnx", "tokenizer.json",
-                                                                    "tokenizer_config.json"]  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == [
+        "config.json",
+        "model.onnx",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
 
 
 def test_threshold_on_a_metric_the_task_does_not_have(run_cli, write_recipe, tiny_bert):
@@ -189,16 +221,31 @@ def test_threshold_on_a_metric_the_task_does_not_have(run_cli, write_recipe, tin
     path = write_recipe(recipe)
     result = run_cli("build", path)
     assert result.exit_code == 1
-    assert result.stderr.startswith("Error: validation.thresholds.token_agreement: feature-extraction has no metric "
-                                    "'token_agreement'. Its metrics: ")  # fmt: skip
+    assert result.stderr.startswith(
+        "Error: validation.thresholds.token_agreement: feature-extraction has no metric "
+        "'token_agreement'. Its metrics: "
+    )
 
 
 def test_validate_command_on_question_answering(run_cli, tmp_path):
     model = make_text_model(tmp_path / "qa", "bert", "question-answering")
     fp32 = api.export(str(model), tmp_path / "fp32")
     quantized = api.quantize(fp32, tmp_path / "int8", QuantizationConfig(mode="dynamic"))
-    result = run_cli("validate", quantized, "--reference", fp32, "--data", TEST_DATA / "questions.jsonl",
-                     "--question-field", "question", "--context-field", "context", "--label-field", "answer", "--json")  # fmt: skip
+    result = run_cli(
+        "validate",
+        quantized,
+        "--reference",
+        fp32,
+        "--data",
+        TEST_DATA / "questions.jsonl",
+        "--question-field",
+        "question",
+        "--context-field",
+        "context",
+        "--label-field",
+        "answer",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     entry = json.loads(result.stdout)
     assert {"span_exact_match", "span_f1", "answer_f1", "answer_f1_reference"} <= set(entry["metrics"])

@@ -16,9 +16,13 @@ from edgeq.validate.metrics import compare, judge
 
 
 def test_importing_the_cli_pulls_in_no_torch_transformers_or_onnxruntime():
-    code = ("import sys, edgeq.cli; heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'optimum') "
-            "if m in sys.modules]; print(heavy)")  # fmt: skip
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    code = (
+        "import sys, edgeq.cli; heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'optimum') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
 
 
 def test_identical_outputs_are_exact():
@@ -55,7 +59,7 @@ def test_top1_agreement_for_classification():
 def test_data_files(tmp_path):
     (tmp_path / "a.txt").write_text("one\n\n two \nthree\n")
     (tmp_path / "b.jsonl").write_text('{"t": "x"}\n\n{"t": "y"}\n')
-    (tmp_path / "c.csv").write_text("id,text\n1,hello\n2,\"a, b\"\n")
+    (tmp_path / "c.csv").write_text('id,text\n1,hello\n2,"a, b"\n')
     assert load_texts(DataSource(path=tmp_path / "a.txt")) == ["one", "two", "three"]
     assert load_texts(DataSource(path=tmp_path / "a.txt"), limit=2) == ["one", "two"]
     assert load_texts(DataSource(path=tmp_path / "b.jsonl", field="t")) == ["x", "y"]
@@ -95,32 +99,45 @@ def test_device_profile_whose_id_does_not_match_its_file(tmp_path, monkeypatch):
 def test_activation_islands_follow_block_paths_and_reach_past_unnamed_preprocessing_nodes():
     """A tensor's island is its producer's block; a node without a path (QNN pre-processing's Reshape before a Gemm)
     hands its tensor to the block of the node that reads it; top-level nodes (the mask's arithmetic) are '/model'."""
-    import onnx
     from onnx import TensorProto, helper
 
     from edgeq.mixed_precision.activation_types import activation_quantizers
 
     def qdq(tensor: str) -> list:
-        return [helper.make_node("QuantizeLinear", [tensor, "s", "z"], [f"{tensor}_q"]),
-                helper.make_node("DequantizeLinear", [f"{tensor}_q", "s", "z"], [f"{tensor}_dq"])]  # fmt: skip
+        return [
+            helper.make_node("QuantizeLinear", [tensor, "s", "z"], [f"{tensor}_q"]),
+            helper.make_node("DequantizeLinear", [f"{tensor}_q", "s", "z"], [f"{tensor}_dq"]),
+        ]
 
-    nodes = [helper.make_node("Sub", ["one", "mask"], ["/Sub_output_0"], name="/Sub"), *qdq("/Sub_output_0"),
-             helper.make_node("Reshape", ["x", "shape"], ["gemm_input"], name="gemm_input_reshape"), *qdq("gemm_input"),
-             helper.make_node("Gemm", ["gemm_input_dq", "w"], ["y"], name="/encoder/layer.2/intermediate/dense/Gemm"),
-             helper.make_node("Relu", ["y"], ["/encoder/layer.2/output/Relu_output_0"], name="fused_7"),
-             *qdq("/encoder/layer.2/output/Relu_output_0")]  # fmt: skip
-    inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]), helper.make_tensor("z", TensorProto.UINT8, [], [0]),
-             helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.0] * 16)]  # fmt: skip
+    nodes = [
+        helper.make_node("Sub", ["one", "mask"], ["/Sub_output_0"], name="/Sub"),
+        *qdq("/Sub_output_0"),
+        helper.make_node("Reshape", ["x", "shape"], ["gemm_input"], name="gemm_input_reshape"),
+        *qdq("gemm_input"),
+        helper.make_node("Gemm", ["gemm_input_dq", "w"], ["y"], name="/encoder/layer.2/intermediate/dense/Gemm"),
+        helper.make_node("Relu", ["y"], ["/encoder/layer.2/output/Relu_output_0"], name="fused_7"),
+        *qdq("/encoder/layer.2/output/Relu_output_0"),
+    ]
+    inits = [
+        helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+        helper.make_tensor("z", TensorProto.UINT8, [], [0]),
+        helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.0] * 16),
+    ]
     graph = helper.make_graph(nodes, "g", [], [], inits)
     islands = {q.tensor: q.island for q in activation_quantizers(helper.make_model(graph))}
-    assert islands == {"/Sub_output_0": "/model", "gemm_input": "/encoder/layer.2/intermediate",
-                       "/encoder/layer.2/output/Relu_output_0": "/encoder/layer.2/output"}  # fmt: skip
+    assert islands == {
+        "/Sub_output_0": "/model",
+        "gemm_input": "/encoder/layer.2/intermediate",
+        "/encoder/layer.2/output/Relu_output_0": "/encoder/layer.2/output",
+    }
 
 
 def test_native_prints_on_stdout_go_to_stderr_while_a_command_runs():
     """onnxruntime-qnn's emulator prints a banner on file descriptor 1; `--json` output must stay parseable."""
-    code = ("import os\nfrom edgeq.cli import _native_stdout_to_stderr\nwith _native_stdout_to_stderr():\n"
-            "    os.write(1, b'native banner\\n')\n    print('{\"ok\": 1}')\nprint('after')")  # fmt: skip
+    code = (
+        "import os\nfrom edgeq.cli import _native_stdout_to_stderr\nwith _native_stdout_to_stderr():\n"
+        "    os.write(1, b'native banner\\n')\n    print('{\"ok\": 1}')\nprint('after')"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout == '{"ok": 1}\nafter\n' and done.stderr == "native banner\n"
 
@@ -137,10 +154,13 @@ def test_eight_bit_simulation_requantizes_the_int32_bias_of_a_gemm_whose_input_c
 
     rng = np.random.default_rng(0)
     weight, bias = rng.standard_normal((8, 8)).astype(np.float32), (5 * rng.standard_normal(8)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["g"]), helper.make_node("Relu", ["g"], ["y"])],
-                              "gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
-                              [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["g"]), helper.make_node("Relu", ["g"], ["y"])],
+        "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), tmp_path / "f.onnx")
     feeds = [{"x": rng.standard_normal((4, 8)).astype(np.float32)} for _ in range(8)]
 
@@ -152,9 +172,14 @@ def test_eight_bit_simulation_requantizes_the_int32_bias_of_a_gemm_whose_input_c
             return next(self.items, None)
 
     for kind in ("u16", "u8"):
-        quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / f"{kind}.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt16 if kind == "u16" else QuantType.QUInt8,
-                        weight_type=QuantType.QUInt8)  # fmt: skip
+        quantize_static(
+            str(tmp_path / "f.onnx"),
+            str(tmp_path / f"{kind}.onnx"),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt16 if kind == "u16" else QuantType.QUInt8,
+            weight_type=QuantType.QUInt8,
+        )
     model16, model8 = onnx.load(str(tmp_path / "u16.onnx")), onnx.load(str(tmp_path / "u8.onnx"))
     params8 = _params(model8)  # the Gemm's input and output (its Relu folded into the output's quantizer)
     simulated = with_eight_bit(model16, params8, set(params8))
@@ -176,9 +201,14 @@ def test_a_synthetic_kv_cache_starts_empty_with_the_configs_head_size(tmp_path):
     from edgeq.profile.inputs import head_dim_near, synthetic_feed
 
     (tmp_path / "genai_config.json").write_text(json.dumps({"model": {"decoder": {"head_size": 64}}}))
-    specs = [SimpleNamespace(name="input_ids", shape=["batch_size", "sequence_length"], type="tensor(int64)"),
-             SimpleNamespace(name="past_key_values.0.key", shape=["batch_size", 3, "past_sequence_length", "kv_cache_dim"],
-                             type="tensor(float)")]  # fmt: skip
+    specs = [
+        SimpleNamespace(name="input_ids", shape=["batch_size", "sequence_length"], type="tensor(int64)"),
+        SimpleNamespace(
+            name="past_key_values.0.key",
+            shape=["batch_size", 3, "past_sequence_length", "kv_cache_dim"],
+            type="tensor(float)",
+        ),
+    ]
     feed = synthetic_feed(specs, 1, 16, 100, head_dim=head_dim_near(tmp_path / "model.onnx"))
     assert feed["input_ids"].shape == (1, 16) and feed["past_key_values.0.key"].shape == (1, 3, 0, 64)
 
@@ -200,3 +230,15 @@ def test_activation_statistics_keep_the_rows_with_the_smallest_keys_in_arrival_o
     expected = rows[np.sort(np.argsort(keys, kind="stable")[:MAX_ROWS])]
     assert len(rows) > 2 * MAX_ROWS and np.array_equal(stats.rows, expected)
     assert np.array_equal(stats.maximum, rows.max(axis=0)) and np.array_equal(stats.minimum, rows.min(axis=0))
+
+
+def test_the_code_is_formatted_and_linted_by_ruff():
+    """ruff's formatter and linter, configured in pyproject.toml, over every Python file the project has."""
+    from conftest import ROOT
+
+    folders = [str(ROOT / f) for f in ("src", "tests", "bench", "scripts") if (ROOT / f).is_dir()]
+    ruff = [sys.executable, "-m", "ruff"]
+    formatted = subprocess.run([*ruff, "format", "--check", *folders], capture_output=True, text=True, cwd=ROOT)
+    assert formatted.returncode == 0, formatted.stdout[-2000:] + formatted.stderr[-500:]
+    linted = subprocess.run([*ruff, "check", *folders], capture_output=True, text=True, cwd=ROOT)
+    assert linted.returncode == 0, linted.stdout[-2000:] + linted.stderr[-500:]

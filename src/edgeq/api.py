@@ -32,12 +32,18 @@ def init_recipe(model: str, device: str | None = None, data: str | Path | None =
     from edgeq.export import resolve_source
     from edgeq.recipe.starter import starter_recipe
 
-    return starter_recipe(model, resolve_source(model), load_device(device or host_cpu_device()),
-                          str(data) if data else None)  # fmt: skip
+    return starter_recipe(
+        model, resolve_source(model), load_device(device or host_cpu_device()), str(data) if data else None
+    )
 
 
-def build_model(model: str, device: str | None = None, output: str | Path | None = None,
-                data: str | Path | None = None, force: bool = False):
+def build_model(
+    model: str,
+    device: str | None = None,
+    output: str | Path | None = None,
+    data: str | Path | None = None,
+    force: bool = False,
+):
     """Build MODEL for DEVICE with the starter recipe (no recipe file needed); the recipe used is written into the
     build folder as recipe.yaml."""
     import tempfile
@@ -57,7 +63,6 @@ def build_model(model: str, device: str | None = None, output: str | Path | None
 
 def rerender_report(build_dir: str | Path) -> list[Path]:
     """Write report.md and report.html again from BUILD_DIR/report.json (e.g. after an edgeq upgrade)."""
-    import json
 
     from edgeq.atomic import write_text
     from edgeq.report import render_html, render_markdown
@@ -89,9 +94,15 @@ def _read_report(folder: Path) -> dict:
         raise OutputError(f"'{path}' is not valid JSON ({exc})", "Rebuild it with edgeq build") from None
 
 
-def export(source: str, output: str | Path, task: str | None = None, opset: int = 17,
-           batch_size: int | None = None, sequence_length: int | None = None,
-           trust_remote_code: bool = False) -> Path:  # fmt: skip
+def export(
+    source: str,
+    output: str | Path,
+    task: str | None = None,
+    opset: int = 17,
+    batch_size: int | None = None,
+    sequence_length: int | None = None,
+    trust_remote_code: bool = False,
+) -> Path:
     """Export a Hugging Face model (folder, `pkg:<module>` or hub id) to OUTPUT/model.onnx. Without `task`, the
     task is detected from the model's config.json."""
     from edgeq.atomic import atomic_dir
@@ -106,16 +117,21 @@ def export(source: str, output: str | Path, task: str | None = None, opset: int 
     return out / "model.onnx"
 
 
-def quantize(model: str | Path, output: str | Path, config: QuantizationConfig,
-             tokenizer: str | Path | None = None, device: str | None = None, task: str | None = None) -> Path:  # fmt: skip
+def quantize(
+    model: str | Path,
+    output: str | Path,
+    config: QuantizationConfig,
+    tokenizer: str | Path | None = None,
+    device: str | None = None,
+    task: str | None = None,
+) -> Path:
     """Quantize any ONNX file into OUTPUT/model.onnx, with its companion files (config, tokenizer, image
     processor) and nothing else of its folder.
 
     Static mode calibrates on `config.calibration` (data, samples, method, sequence length, batch size), read as
     `task` says (default: detected from the folder's config.json, else plain texts)."""
-    from edgeq.artifact import check_loadable, load_onnx
+    from edgeq.artifact import check_loadable, copy_companions, load_onnx
     from edgeq.atomic import atomic_dir
-    from edgeq.artifact import copy_companions
     from edgeq.quantize import check_against_device, quantize_model, resolve_op_types
     from edgeq.quantize.calibration import pads_to_length
 
@@ -130,20 +146,36 @@ def quantize(model: str | Path, output: str | Path, config: QuantizationConfig,
         folder = Path(tokenizer) if tokenizer else model_path.parent
         chosen = _task_for(folder, task)
         samples = chosen.read(calib.data, calib.samples, "--calibration", folder)
-        inputs = chosen.inputs(folder, calib.sequence_length or default_length(folder), pads_to_length(calib.method, static_shapes))
+        inputs = chosen.inputs(
+            folder, calib.sequence_length or default_length(folder), pads_to_length(calib.method, static_shapes)
+        )
         feeds = [b.feed for b in chosen.batches(samples, inputs, calib.batch_size, True)]
     out = _output_folder(output)
     with atomic_dir(out) as folder:
-        quantize_model(model_path, folder / "model.onnx", config, resolve_op_types(config, [profile]), feeds,
-                       profile.quantization.scheme)  # fmt: skip
+        quantize_model(
+            model_path,
+            folder / "model.onnx",
+            config,
+            resolve_op_types(config, [profile]),
+            feeds,
+            profile.quantization.scheme,
+        )
         copy_companions(model_path.parent, folder)
     return out / "model.onnx"
 
 
-def validate(model: str | Path, reference: str | Path, data: DataSource, device: str | None = None,
-             task: str | None = None, samples: int | None = None, sequence_length: int | None = None,
-             batch_size: int = 1, thresholds: Thresholds | None = None,
-             tokenizer: str | Path | None = None) -> dict:  # fmt: skip
+def validate(
+    model: str | Path,
+    reference: str | Path,
+    data: DataSource,
+    device: str | None = None,
+    task: str | None = None,
+    samples: int | None = None,
+    sequence_length: int | None = None,
+    batch_size: int = 1,
+    thresholds: Thresholds | None = None,
+    tokenizer: str | Path | None = None,
+) -> dict:
     """Compare MODEL against REFERENCE on DEVICE over the samples of DATA; the validation entry of MODEL."""
     from edgeq.artifact import check_loadable, load_onnx
     from edgeq.validate import validate_models
@@ -165,19 +197,41 @@ def validate(model: str | Path, reference: str | Path, data: DataSource, device:
         from edgeq.errors import DeviceError
 
         if not is_quantized(model_path):
-            raise DeviceError(f"device '{profile.id}' runs quantized models only and '{model_path}' is FP32",
-                              f"Quantize it for the device first (see `edgeq inspect {model_path} --device {profile.id}`)")  # fmt: skip
+            raise DeviceError(
+                f"device '{profile.id}' runs quantized models only and '{model_path}' is FP32",
+                f"Quantize it for the device first (see `edgeq inspect {model_path} --device {profile.id}`)",
+            )
     models = {"reference": reference_path, "candidate": model_path}
-    results = validate_models(models, "reference", profile, items, inputs, chosen, [(batch_size, sequence_length)],
-                              thresholds={"candidate": limits})  # fmt: skip
+    results = validate_models(
+        models,
+        "reference",
+        profile,
+        items,
+        inputs,
+        chosen,
+        [(batch_size, sequence_length)],
+        thresholds={"candidate": limits},
+    )
     return results[-1]
 
 
-def profile(models: str | Path | list, device: str | None = None, runs: int = 100, min_seconds: float = 2.0,
-            warmup: int = 10, threads: int | None = None, batch_size: int = 1, sequence_length: int | None = None,
-            inputs: str | Path | None = None, host: str | None = None, ssh_key: str | None = None,
-            known_hosts: str | None = None, remote_python: str | None = None, timeout: float = 900,
-            new_tokens: int = 32) -> dict:  # fmt: skip
+def profile(
+    models: str | Path | list,
+    device: str | None = None,
+    runs: int = 100,
+    min_seconds: float = 2.0,
+    warmup: int = 10,
+    threads: int | None = None,
+    batch_size: int = 1,
+    sequence_length: int | None = None,
+    inputs: str | Path | None = None,
+    host: str | None = None,
+    ssh_key: str | None = None,
+    known_hosts: str | None = None,
+    remote_python: str | None = None,
+    timeout: float = 900,
+    new_tokens: int = 32,
+) -> dict:
     """Profile one model (the profile JSON of DESIGN.md) or several, interleaved ({"profiles", "comparison"}),
     on DEVICE: locally, or on a remote device over SSH (`host`, or the device profile's transport section)."""
     from edgeq.profile import profile_models
@@ -188,12 +242,31 @@ def profile(models: str | Path | list, device: str | None = None, runs: int = 10
     transport = default_transport(profile_device, host, ssh_key, known_hosts, remote_python)
     task = _task_for(paths[0].parent, None) if (paths[0].parent / "config.json").is_file() else None
     sequence_length = sequence_length or default_length(paths[0].parent)
-    return profile_models(paths, profile_device, transport, runs, min_seconds, warmup, threads, batch_size,
-                          sequence_length, Path(inputs) if inputs else None, timeout, task, new_tokens)  # fmt: skip
+    return profile_models(
+        paths,
+        profile_device,
+        transport,
+        runs,
+        min_seconds,
+        warmup,
+        threads,
+        batch_size,
+        sequence_length,
+        Path(inputs) if inputs else None,
+        timeout,
+        task,
+        new_tokens,
+    )
 
 
-def plan(models: str | Path | list, device: str | None = None, context: int = 2048, memory_mb: int | None = None,
-         kv_dtype: str | None = None, recipe: str | Path | None = None) -> dict:  # fmt: skip
+def plan(
+    models: str | Path | list,
+    device: str | None = None,
+    context: int = 2048,
+    memory_mb: int | None = None,
+    kv_dtype: str | None = None,
+    recipe: str | Path | None = None,
+) -> dict:
     """Memory per precision of one language model config on DEVICE at CONTEXT (the plan JSON of DESIGN.md), or,
     for several, {"plans", "comparison"} ranked at equal memory. `kv_dtype`: fp32|fp16|int8 (default: the
     device runtime's). `recipe`: the recipe whose build `build_cost` estimates (default: edgeq init's)."""
@@ -201,7 +274,10 @@ def plan(models: str | Path | list, device: str | None = None, context: int = 20
     from edgeq.plan import plan as plan_one
 
     profile = load_device(device or host_cpu_device())
-    plans = [plan_one(m, profile, context, memory_mb, kv_dtype, recipe) for m in (models if isinstance(models, list) else [models])]
+    plans = [
+        plan_one(m, profile, context, memory_mb, kv_dtype, recipe)
+        for m in (models if isinstance(models, list) else [models])
+    ]
     return plans[0] if len(plans) == 1 else {"plans": plans, "comparison": compare_at_equal_memory(plans)}
 
 
@@ -283,5 +359,4 @@ def _has_static_shapes(model) -> bool:
     return bool(dims) and all(d.dim_value > 0 for d in dims)
 
 
-__all__ = ["build", "device", "devices", "export", "inspect", "preflight", "profile", "quantize", "recipes",
-           "validate"]
+__all__ = ["build", "device", "devices", "export", "inspect", "preflight", "profile", "quantize", "recipes", "validate"]

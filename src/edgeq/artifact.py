@@ -14,12 +14,32 @@ from edgeq.errors import ModelError
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 INTEGER_OPS = {
-    "MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "QGemm", "QAttention", "QLinearAdd",
-    "QLinearMul", "QLinearSigmoid", "QLinearSoftmax", "QLinearConcat", "QLinearAveragePool", "QLinearLeakyRelu",
-    "QEmbedLayerNormalization", "DynamicQuantizeMatMul", "QLinearGlobalAveragePool", "QLinearReduceMean",
-}  # fmt: skip
-BITS = {TensorProto.INT8: 8, TensorProto.UINT8: 8, TensorProto.INT16: 16, TensorProto.UINT16: 16,
-        TensorProto.INT4: 4, TensorProto.UINT4: 4}  # fmt: skip
+    "MatMulInteger",
+    "ConvInteger",
+    "QLinearMatMul",
+    "QLinearConv",
+    "QGemm",
+    "QAttention",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearSigmoid",
+    "QLinearSoftmax",
+    "QLinearConcat",
+    "QLinearAveragePool",
+    "QLinearLeakyRelu",
+    "QEmbedLayerNormalization",
+    "DynamicQuantizeMatMul",
+    "QLinearGlobalAveragePool",
+    "QLinearReduceMean",
+}
+BITS = {
+    TensorProto.INT8: 8,
+    TensorProto.UINT8: 8,
+    TensorProto.INT16: 16,
+    TensorProto.UINT16: 16,
+    TensorProto.INT4: 4,
+    TensorProto.UINT4: 4,
+}
 
 
 def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
@@ -39,8 +59,10 @@ def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
     for name in files:
         target = (folder / name).resolve()
         if folder not in target.parents:
-            raise ModelError(f"'{path}' keeps weights in '{name}', outside its own folder",
-                             "External data must sit beside the model; edgeq does not read files elsewhere")  # fmt: skip
+            raise ModelError(
+                f"'{path}' keeps weights in '{name}', outside its own folder",
+                "External data must sit beside the model; edgeq does not read files elsewhere",
+            )
         if not target.is_file():
             raise ModelError(f"'{path}' keeps weights in '{name}', which is missing", "Copy it beside the model")
     if load_weights and files:
@@ -50,8 +72,15 @@ def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
 
 def external_files(model: onnx.ModelProto) -> list[str]:
     """The external-data files a model's initializers name."""
-    return sorted({entry.value for tensor in model.graph.initializer if tensor.data_location == TensorProto.EXTERNAL
-                   for entry in tensor.external_data if entry.key == "location"})  # fmt: skip
+    return sorted(
+        {
+            entry.value
+            for tensor in model.graph.initializer
+            if tensor.data_location == TensorProto.EXTERNAL
+            for entry in tensor.external_data
+            if entry.key == "location"
+        }
+    )
 
 
 def check_loadable(path: str | Path) -> None:
@@ -64,8 +93,10 @@ def check_loadable(path: str | Path) -> None:
     try:
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ModelError(f"onnxruntime {ort.__version__} cannot load '{path}': {ort_error_line(exc)}",
-                         "Export it with an opset this onnxruntime supports (edgeq export --opset 17)") from None  # fmt: skip
+        raise ModelError(
+            f"onnxruntime {ort.__version__} cannot load '{path}': {ort_error_line(exc)}",
+            "Export it with an opset this onnxruntime supports (edgeq export --opset 17)",
+        ) from None
 
 
 def ort_error_line(exc: Exception) -> str:
@@ -75,7 +106,9 @@ def ort_error_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
     text = re.sub(r"^/\S+:\d+ [^)]*\) ", "", text)
-    support = re.search(r"(Opset \d+ is under development).*(Current official support for domain \S+ is till opset \d+)", text)
+    support = re.search(
+        r"(Opset \d+ is under development).*(Current official support for domain \S+ is till opset \d+)", text
+    )
     return f"{support.group(1)}; {support.group(2)}" if support else text[:300]
 
 
@@ -222,10 +255,24 @@ def _numel(tensor: onnx.TensorProto) -> int:
 
 # The files that travel with a model: its config, tokenizer, image processor and generation settings. Nothing else
 # of the model's folder is copied (a user's downloads folder is not a model's companion).
-COMPANIONS = ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
-              "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json",
-              "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "chat_template.jinja",
-              "genai_config.json", "overrides.yaml")  # fmt: skip
+COMPANIONS = (
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "genai_config.json",
+    "overrides.yaml",
+)
 
 
 def copy_companions(source: Path, target: Path) -> None:

@@ -63,7 +63,9 @@ def model_counts(config: dict, generates: bool) -> tuple[int, int, int]:
     vocab = int(config.get("vocab_size") or 0)
     hidden = int(config.get("hidden_size") or config.get("n_embd") or config.get("dim") or 0)
     layers = int(config.get("num_hidden_layers") or config.get("n_layer") or config.get("n_layers") or 0)
-    intermediate = int(config.get("intermediate_size") or config.get("n_inner") or config.get("hidden_dim") or 4 * hidden)
+    intermediate = int(
+        config.get("intermediate_size") or config.get("n_inner") or config.get("hidden_dim") or 4 * hidden
+    )
     if generates:
         shape = model_shape(config)
         head = vocab * hidden
@@ -137,7 +139,11 @@ def work(config: dict, recipe, emulated: list[bool], generates: bool) -> Work:
         measured = min(islands(config, recipe, generates), (mp.measure_top + 2) if mp.measure_top else 10**9)
         passes = 4 + measured * rungs
         statistics = batch_tokens(calibration, 1, calib_cap) if STATS_RUNGS & set(mp.candidates) else 0
-        tokens["search"] = statistics + passes * over_shapes(calibration[: mp.proxy_samples]) + FULL_EVALUATIONS * over_shapes(validation)
+        tokens["search"] = (
+            statistics
+            + passes * over_shapes(calibration[: mp.proxy_samples])
+            + FULL_EVALUATIONS * over_shapes(validation)
+        )
         sessions["search"] = passes + FULL_EVALUATIONS + 2 * len(shapes)
     optimized = recipe.optimize.enabled and not generates
     # FP32, its fused copy, the uniform model, the search's, the one with an INT8 KV cache
@@ -161,10 +167,24 @@ def work(config: dict, recipe, emulated: list[bool], generates: bool) -> Work:
     widest = 4 * widest_batch * max(widest_row, max(s for _, s in shapes) * int(config.get("num_attention_heads") or 1))
     quantized = quantized_bytes(fp32, compute, recipe)
     over = (mp.budget.max_size_over_lowest or 1.0) if mp is not None else 1.0
-    final = int(min(quantized * over, fp32 * mp.budget.max_size_ratio)) if mp is not None and mp.budget.max_size_ratio else int(quantized * over)
-    return Work(fp32, compute, widest, quantized, final if mp is not None else 0,
-                optimized, tokens, emulated_tokens, sessions,
-                {"validate": emulated.count(True), "profile": emulated.count(True) * (recipe.profile is not None)}, processes)  # fmt: skip
+    final = (
+        int(min(quantized * over, fp32 * mp.budget.max_size_ratio))
+        if mp is not None and mp.budget.max_size_ratio
+        else int(quantized * over)
+    )
+    return Work(
+        fp32,
+        compute,
+        widest,
+        quantized,
+        final if mp is not None else 0,
+        optimized,
+        tokens,
+        emulated_tokens,
+        sessions,
+        {"validate": emulated.count(True), "profile": emulated.count(True) * (recipe.profile is not None)},
+        processes,
+    )
 
 
 BITS_PER_WEIGHT = {"int4": 4 + 40 / 32, "int8": 8 + 32 / 384, "uint8": 8 + 32 / 384}  # scales (and int4's zero points)
@@ -188,14 +208,20 @@ def time_terms(w: Work) -> dict[str, dict[str, float]]:
     return {
         "export": {"startup": 1.0, "export_per_byte": e, "optimize_per_byte": e * w.optimized_copy},
         "search": {"session_per_byte": e * w.sessions["search"], "forward": c * w.tokens["search"]},
-        "validate": {"session_per_byte": e * w.sessions["validate"], "forward": c * w.tokens["validate"],
-                     "emulated_start": w.emulated_starts["validate"],
-                     "emulated_forward": c * w.emulated_tokens["validate"]},
-        "profile": {"session_per_byte": e * w.sessions["profile"], "forward": c * w.tokens["profile"],
-                    "process_start": w.profile_processes,
-                    "emulated_start": w.emulated_starts["profile"],
-                    "emulated_forward": c * w.emulated_tokens["profile"]},
-    }  # fmt: skip
+        "validate": {
+            "session_per_byte": e * w.sessions["validate"],
+            "forward": c * w.tokens["validate"],
+            "emulated_start": w.emulated_starts["validate"],
+            "emulated_forward": c * w.emulated_tokens["validate"],
+        },
+        "profile": {
+            "session_per_byte": e * w.sessions["profile"],
+            "forward": c * w.tokens["profile"],
+            "process_start": w.profile_processes,
+            "emulated_start": w.emulated_starts["profile"],
+            "emulated_forward": c * w.emulated_tokens["profile"],
+        },
+    }
 
 
 def peak_terms(w: Work) -> dict[str, float]:
@@ -208,12 +234,20 @@ def estimate(w: Work, fit: dict | None = None) -> dict:
     stages = {stage: sum(fit["seconds"][k] * v for k, v in terms.items()) for stage, terms in time_terms(w).items()}
     peak = sum(fit["peak"][k] * v for k, v in peak_terms(w).items())
     disk = w.fp32_bytes * (2 if w.optimized_copy else 1) + w.quantized_bytes + w.final_bytes
-    return {"peak_rss_bytes": int(peak), "disk_bytes": int(disk), "seconds": round(sum(stages.values())),
-            "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
-            "basis": {"method": "counted work priced by constants fitted to measured builds (edgeq.build_cost)",
-                      "machine": fit["machine"], "error": fit["error"], "fitted_fp32_bytes": fit["fitted_fp32_bytes"],
-                      "extrapolated": not fit["fitted_fp32_bytes"][0] <= w.fp32_bytes <= fit["fitted_fp32_bytes"][1],
-                      "work": asdict(w)}}  # fmt: skip
+    return {
+        "peak_rss_bytes": int(peak),
+        "disk_bytes": int(disk),
+        "seconds": round(sum(stages.values())),
+        "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
+        "basis": {
+            "method": "counted work priced by constants fitted to measured builds (edgeq.build_cost)",
+            "machine": fit["machine"],
+            "error": fit["error"],
+            "fitted_fp32_bytes": fit["fitted_fp32_bytes"],
+            "extrapolated": not fit["fitted_fp32_bytes"][0] <= w.fp32_bytes <= fit["fitted_fp32_bytes"][1],
+            "work": asdict(w),
+        },
+    }
 
 
 def build_cost(config: dict, recipe, devices, task) -> dict:
@@ -267,8 +301,11 @@ def check_fits_memory(config: dict, recipe, devices, task, say) -> dict | None:
     except (KeyError, TypeError, ValueError, ZeroDivisionError, DataError):  # the data's own reading says what is wrong
         return None
     peak, available = cost["peak_rss_bytes"], available_bytes()
-    say(f"  estimated cost: peak {peak / 2**30:.1f} GiB, {cost['disk_bytes'] / 1e6:.0f} MB on disk, about "
-        f"{_minutes(cost['seconds'])} on a 2-core x86-64" + (f"; {available / 2**30:.1f} GiB available" if available else ""))  # fmt: skip
+    say(
+        f"  estimated cost: peak {peak / 2**30:.1f} GiB, {cost['disk_bytes'] / 1e6:.0f} MB on disk, about "
+        f"{_minutes(cost['seconds'])} on a 2-core x86-64"
+        + (f"; {available / 2**30:.1f} GiB available" if available else "")
+    )
     if available is not None and peak > available and os.environ.get("EDGEQ_MEMORY_CHECK", "1") != "0":
         raise MemoryHeadroomError(
             f"this build needs about {peak / 2**30:.1f} GiB at peak and this machine has {available / 2**30:.1f} GiB "

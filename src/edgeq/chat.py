@@ -30,8 +30,9 @@ def check_messages(messages, where: str) -> list[dict]:
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise DataError(f"{where}: message {k} needs a 'role' and a text 'content'")
         if message.get("role") not in ROLES:
-            raise DataError(f"{where}: message {k} has an unknown role {message.get('role')!r}",
-                            f"Roles: {', '.join(ROLES)}")  # fmt: skip
+            raise DataError(
+                f"{where}: message {k} has an unknown role {message.get('role')!r}", f"Roles: {', '.join(ROLES)}"
+            )
     return messages
 
 
@@ -42,14 +43,17 @@ def render(model_dir: Path, messages: list[dict], add_generation_prompt: bool = 
 
     template = chat_template(model_dir)
     if template is None:
-        raise ModelError(f"the model in '{model_dir}' has no chat template",
-                         "Give plain text, or a model whose tokenizer_config.json or chat_template.jinja has one")  # fmt: skip
+        raise ModelError(
+            f"the model in '{model_dir}' has no chat template",
+            "Give plain text, or a model whose tokenizer_config.json or chat_template.jinja has one",
+        )
     special = _special_tokens(Path(model_dir))
     try:
         environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         environment.globals["raise_exception"] = _raise
-        return environment.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                        **special)  # fmt: skip
+        return environment.from_string(template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **special
+        )
     except TemplateError as exc:
         raise ModelError(f"the chat template of '{model_dir}' failed: {exc}") from None
 

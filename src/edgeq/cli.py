@@ -19,8 +19,16 @@ from edgeq import __version__
 from edgeq.errors import EdgeqError
 
 EXIT_BELOW_THRESHOLDS = 3
-TASK_CHOICES = click.Choice(["feature-extraction", "text-classification", "token-classification",
-                             "question-answering", "image-classification", "text-generation"])  # fmt: skip
+TASK_CHOICES = click.Choice(
+    [
+        "feature-extraction",
+        "text-classification",
+        "token-classification",
+        "question-answering",
+        "image-classification",
+        "text-generation",
+    ]
+)
 
 
 class EdgeqGroup(click.Group):
@@ -42,8 +50,11 @@ class EdgeqGroup(click.Group):
             if os.environ.get("EDGEQ_DEBUG"):
                 raise
             first = (str(exc).strip().splitlines() or [""])[0]
-            click.echo(f"Error: internal error ({type(exc).__name__}: {first}). Run with EDGEQ_DEBUG=1 for the "
-                       "traceback and please report it", err=True)  # fmt: skip
+            click.echo(
+                f"Error: internal error ({type(exc).__name__}: {first}). Run with EDGEQ_DEBUG=1 for the "
+                "traceback and please report it",
+                err=True,
+            )
             ctx.exit(1)
 
 
@@ -100,14 +111,24 @@ def _write_json(data, target: str) -> None:
 @cli.command()
 @click.argument("recipe", required=False)
 @click.option("--model", help="Build this model (folder, pkg:<module> or hub id) with a starter recipe, no RECIPE.")
-@click.option("--device", help="With --model: the target device (default: this host's CPU profile). With a RECIPE: "
-              "build for this device instead of the recipe's targets (a cross-build).")
+@click.option(
+    "--device",
+    help="With --model: the target device (default: this host's CPU profile). With a RECIPE: "
+    "build for this device instead of the recipe's targets (a cross-build).",
+)
 @click.option("--data", help="With --model: calibration and validation data (default: edgeq's samples).")
 @click.option("-o", "--output", help="Build folder. Default: build/<recipe name>.")
 @click.option("--force", is_flag=True, help="Rebuild every stage, ignoring the cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
-def build(recipe: str | None, model: str | None, device: str | None, data: str | None, output: str | None,
-          force: bool, as_json: bool) -> None:  # fmt: skip
+def build(
+    recipe: str | None,
+    model: str | None,
+    device: str | None,
+    data: str | None,
+    output: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
     """Run RECIPE (or --model with --device): export, quantize, validate on every target, write the build folder,
     report.json/.md/.html, and end with a summary."""
     from edgeq import api
@@ -117,8 +138,11 @@ def build(recipe: str | None, model: str | None, device: str | None, data: str |
         raise click.UsageError("give a RECIPE, or --model (with --device) to build without one")
     if recipe is not None and data:
         raise click.UsageError("--data goes with --model; a recipe names its own data")
-    result = api.build(recipe, output, force, [device] if device else None) if recipe else \
-        api.build_model(model, device, output, data, force)  # fmt: skip
+    result = (
+        api.build(recipe, output, force, [device] if device else None)
+        if recipe
+        else api.build_model(model, device, output, data, force)
+    )
     if as_json:
         _echo_json(result.report)
     else:
@@ -126,9 +150,11 @@ def build(recipe: str | None, model: str | None, device: str | None, data: str |
         if model:
             click.echo(f"recipe used: {result.out_dir / 'recipe.yaml'}")
     if result.exit_code == EXIT_BELOW_THRESHOLDS:
-        failures = [f"{v['artifact']} on {v['device']}: {'; '.join(v['failures'])}"
-                    for v in result.report["validations"] if v["artifact"] == result.report["final_artifact"]
-                    and v["failures"]]  # fmt: skip
+        failures = [
+            f"{v['artifact']} on {v['device']}: {'; '.join(v['failures'])}"
+            for v in result.report["validations"]
+            if v["artifact"] == result.report["final_artifact"] and v["failures"]
+        ]
         click.echo(f"Below thresholds: built, but {' | '.join(failures)}", err=True)
         sys.exit(EXIT_BELOW_THRESHOLDS)
 
@@ -191,8 +217,9 @@ def sweep(sweep_file: str, address: str | None, output: str | None, cell_timeout
     from edgeq.errors import EdgeqError as _Error
 
     try:
-        from edgeq.sweep_ray import run_sweep
         import ray  # noqa: F401
+
+        from edgeq.sweep_ray import run_sweep
     except ImportError:
         raise _Error("edgeq sweep needs Ray, which is not installed", "pip install 'edgeq[ray]'") from None
     from edgeq.sweep import print_table
@@ -234,19 +261,43 @@ def export(source, output, task, opset, batch_size, sequence_length, trust_remot
 @click.option("--activation-type", type=click.Choice(["uint8", "int8", "uint16", "int16"]), help="Static only.")
 @click.option("--op-types", help="Comma-separated op types to quantize, e.g. MatMul,Gather.")
 @click.option("--exclude", "exclude", multiple=True, help="Node name to keep in FP32 (repeatable).")
-@click.option("--calibration", type=click.Path(path_type=Path),
-              help="Calibration data (.txt/.jsonl/.csv, or an image folder).")  # fmt: skip
+@click.option(
+    "--calibration", type=click.Path(path_type=Path), help="Calibration data (.txt/.jsonl/.csv, or an image folder)."
+)
 @click.option("--field", help="JSON key or CSV column of the calibration texts.")
 @click.option("--task", type=TASK_CHOICES, help="How to read the calibration data. Default: from config.json.")
 @click.option("--samples", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--sequence-length", type=click.IntRange(min=1),
-              help="Tokens per text. Default: 128, or the model's max_position_embeddings when shorter.")
+@click.option(
+    "--sequence-length",
+    type=click.IntRange(min=1),
+    help="Tokens per text. Default: 128, or the model's max_position_embeddings when shorter.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
-@click.option("--tokenizer", type=click.Path(path_type=Path), help="Folder with tokenizer.json. Default: MODEL's folder.")
+@click.option(
+    "--tokenizer", type=click.Path(path_type=Path), help="Folder with tokenizer.json. Default: MODEL's folder."
+)
 @click.option("--device", default=None, help="Device whose rules apply. Default: this host's CPU profile.")
-def quantize(model, output, mode, fmt, per_channel, weight_type, activation_type, op_types, exclude, calibration,
-             field, task, samples, sequence_length, batch_size, method, tokenizer, device) -> None:  # fmt: skip
+def quantize(
+    model,
+    output,
+    mode,
+    fmt,
+    per_channel,
+    weight_type,
+    activation_type,
+    op_types,
+    exclude,
+    calibration,
+    field,
+    task,
+    samples,
+    sequence_length,
+    batch_size,
+    method,
+    tokenizer,
+    device,
+) -> None:
     """Quantize any ONNX MODEL (static mode needs --calibration)."""
     from edgeq import api
     from edgeq.recipe.schema import CalibrationConfig, QuantizationConfig
@@ -254,11 +305,29 @@ def quantize(model, output, mode, fmt, per_channel, weight_type, activation_type
     if mode == "static" and not calibration:
         raise EdgeqError("--mode static needs --calibration FILE", "Give texts to measure activation ranges on")
     data = _data_source(calibration, field, "--calibration") if calibration else None
-    calib = _build(CalibrationConfig, data=data, samples=samples, batch_size=batch_size, method=method,
-                   sequence_length=sequence_length) if data else None  # fmt: skip
-    config = _build(QuantizationConfig, mode=mode, format=fmt, per_channel=per_channel, weight_type=weight_type,
-                    activation_type=activation_type, calibration=calib, nodes_to_exclude=list(exclude),
-                    op_types=[t.strip() for t in op_types.split(",") if t.strip()] if op_types else None)  # fmt: skip
+    calib = (
+        _build(
+            CalibrationConfig,
+            data=data,
+            samples=samples,
+            batch_size=batch_size,
+            method=method,
+            sequence_length=sequence_length,
+        )
+        if data
+        else None
+    )
+    config = _build(
+        QuantizationConfig,
+        mode=mode,
+        format=fmt,
+        per_channel=per_channel,
+        weight_type=weight_type,
+        activation_type=activation_type,
+        calibration=calib,
+        nodes_to_exclude=list(exclude),
+        op_types=[t.strip() for t in op_types.split(",") if t.strip()] if op_types else None,
+    )
     path = api.quantize(model, output, config, tokenizer, device, task)
     click.echo(f"quantized: {path}")
 
@@ -267,8 +336,13 @@ def quantize(model, output, mode, fmt, per_channel, weight_type, activation_type
 @cli.command()
 @click.argument("model")
 @click.option("--reference", required=True, help="The FP32 ONNX model to compare against.")
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
-              help="Validation data (.txt/.jsonl/.csv, or an image folder).")  # fmt: skip
+@click.option(
+    "--data",
+    "data_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Validation data (.txt/.jsonl/.csv, or an image folder).",
+)
 @click.option("--field", help="JSON key or CSV column of the texts (token classification: of the words).")
 @click.option("--label-field", help="Key or column of the labels: the report then gives accuracy/F1/exact match.")
 @click.option("--question-field", help="Question answering: key or column of the question.")
@@ -276,24 +350,43 @@ def quantize(model, output, mode, fmt, per_channel, weight_type, activation_type
 @click.option("--device", default=None, help="Device id. Default: this host's CPU profile.")
 @click.option("--task", type=TASK_CHOICES, help="Default: detected from the reference folder's config.json.")
 @click.option("--samples", type=click.IntRange(min=1), help="Use the first N samples.")
-@click.option("--sequence-length", type=click.IntRange(min=1),
-              help="Tokens per text. Default: 128, or the model's max_position_embeddings when shorter.")
+@click.option(
+    "--sequence-length",
+    type=click.IntRange(min=1),
+    help="Tokens per text. Default: 128, or the model's max_position_embeddings when shorter.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--min-cosine-mean", type=float, default=0.99, show_default=True)
 @click.option("--min-cosine-min", type=float)
 @click.option("--tokenizer", type=click.Path(path_type=Path), help="Folder with tokenizer.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the validation entry as JSON.")
-def validate(model, reference, data_path, field, label_field, question_field, context_field, device, task, samples,
-             sequence_length, batch_size, min_cosine_mean, min_cosine_min, tokenizer, as_json) -> None:  # fmt: skip
+def validate(
+    model,
+    reference,
+    data_path,
+    field,
+    label_field,
+    question_field,
+    context_field,
+    device,
+    task,
+    samples,
+    sequence_length,
+    batch_size,
+    min_cosine_mean,
+    min_cosine_min,
+    tokenizer,
+    as_json,
+) -> None:
     """Compare MODEL with REFERENCE on DEVICE; exit 3 when below the thresholds."""
     from edgeq import api
     from edgeq.recipe.schema import Thresholds
 
     limits = _build(Thresholds, cosine_mean=min_cosine_mean, cosine_min=min_cosine_min)
-    data = _data_source(data_path, field, "--data", label_field=label_field, question_field=question_field,
-                        context_field=context_field)  # fmt: skip
-    result = api.validate(model, reference, data, device, task, samples,
-                          sequence_length, batch_size, limits, tokenizer)  # fmt: skip
+    data = _data_source(
+        data_path, field, "--data", label_field=label_field, question_field=question_field, context_field=context_field
+    )
+    result = api.validate(model, reference, data, device, task, samples, sequence_length, batch_size, limits, tokenizer)
     if as_json:
         _echo_json(result)
     else:
@@ -310,24 +403,51 @@ def validate(model, reference, data_path, field, label_field, question_field, co
 @click.argument("models", nargs=-1, required=True)
 @click.option("--device", default=None, help="Device id. Default: this host's CPU profile.")
 @click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="At least this many runs.")
-@click.option("--min-seconds", type=click.FloatRange(min=0), default=2.0, show_default=True, help="And at least this long.")
+@click.option(
+    "--min-seconds", type=click.FloatRange(min=0), default=2.0, show_default=True, help="And at least this long."
+)
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads. Default: the device profile's.")
 @click.option("--standard", is_flag=True, help="MLPerf Mobile's rule: at least 1024 runs and 60 s.")
 @click.option("--inputs", type=click.Path(path_type=Path), help=".npz with one array per model input.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--sequence-length", type=click.IntRange(min=1),
-              help="Tokens per text. Default: 128, or the model's max_position_embeddings when shorter.")
+@click.option(
+    "--sequence-length",
+    type=click.IntRange(min=1),
+    help="Tokens per text. Default: 128, or the model's max_position_embeddings when shorter.",
+)
 @click.option("--host", help="A remote device: ssh://user@host:port (key auth, strict host keys).")
 @click.option("--ssh-key", help="Private key for --host.")
 @click.option("--known-hosts", help="known_hosts file holding the device's host key.")
 @click.option("--remote-python", help="Python on the device (needs numpy and onnxruntime). Default python3.")
 @click.option("--timeout", type=click.FloatRange(min=10), default=900, show_default=True, help="Seconds for the run.")
-@click.option("--new-tokens", type=click.IntRange(min=2), default=32, show_default=True,
-              help="Language models: tokens generated per run (the prompt is --sequence-length tokens).")
+@click.option(
+    "--new-tokens",
+    type=click.IntRange(min=2),
+    default=32,
+    show_default=True,
+    help="Language models: tokens generated per run (the prompt is --sequence-length tokens).",
+)
 @click.option("--json", "json_file", help="Write the profile JSON to this file ('-' for stdout).")
-def profile(models, device, runs, min_seconds, warmup, threads, standard, inputs, batch_size, sequence_length, host,
-            ssh_key, known_hosts, remote_python, timeout, new_tokens, json_file) -> None:  # fmt: skip
+def profile(
+    models,
+    device,
+    runs,
+    min_seconds,
+    warmup,
+    threads,
+    standard,
+    inputs,
+    batch_size,
+    sequence_length,
+    host,
+    ssh_key,
+    known_hosts,
+    remote_python,
+    timeout,
+    new_tokens,
+    json_file,
+) -> None:
     """Measure MODELS on DEVICE: load, first run, latency percentiles, memory, per-op time, placement.
     Several models run interleaved and are compared with the first."""
     from edgeq import api
@@ -335,8 +455,23 @@ def profile(models, device, runs, min_seconds, warmup, threads, standard, inputs
 
     if standard:
         runs, min_seconds = max(runs, STANDARD["runs"]), max(min_seconds, STANDARD["min_seconds"])
-    result = api.profile(list(models), device, runs, min_seconds, warmup, threads, batch_size, sequence_length, inputs,
-                         host, ssh_key, known_hosts, remote_python, timeout, new_tokens)  # fmt: skip
+    result = api.profile(
+        list(models),
+        device,
+        runs,
+        min_seconds,
+        warmup,
+        threads,
+        batch_size,
+        sequence_length,
+        inputs,
+        host,
+        ssh_key,
+        known_hosts,
+        remote_python,
+        timeout,
+        new_tokens,
+    )
     if json_file:
         _write_json(result, json_file)
         if json_file == "-":
@@ -344,26 +479,39 @@ def profile(models, device, runs, min_seconds, warmup, threads, standard, inputs
     for one in result.get("profiles", [result]):
         _print_profile(one)
     for pair in result.get("comparison", []):
-        click.echo(f"{pair['model']} vs {pair['against']}: p50 x{pair['p50_ratio']:.3f}, mean x{pair['mean_ratio']:.3f}, "
-                   f"min x{pair['min_ratio']:.3f} (interleaved)")  # fmt: skip
+        click.echo(
+            f"{pair['model']} vs {pair['against']}: p50 x{pair['p50_ratio']:.3f}, mean x{pair['mean_ratio']:.3f}, "
+            f"min x{pair['min_ratio']:.3f} (interleaved)"
+        )
 
 
 def _print_profile(result: dict) -> None:
     lat, env = result["latency_ms"], result["environment"]
     where = f"{result['transport']}{' ' + result['host'] if 'host' in result else ''}"
-    click.echo(f"{result['model']} on {result['device']} ({result['mode']} via {where}, {result['provider']}, "
-               f"{env['machine']}, {env['cpu']}, onnxruntime {env['onnxruntime']}, {env['threads']} threads)")  # fmt: skip
-    click.echo(f"  latency ms  min {lat['min']:.3f}  p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}"
-               f"  max {lat['max']:.3f}  mean {lat['mean']:.3f}  ({result['runs']} runs, {result['seconds']:.1f} s)")  # fmt: skip
-    click.echo(f"  throughput {result['throughput_per_s']:.1f}/s  load {result['load_ms']:.0f} ms  first run "
-               f"{result['first_run_ms']:.1f} ms  warm-up {result['warmup']} runs  peak RSS "
-               f"{f'{peak:.0f} MB' if (peak := result['peak_rss_mb']) is not None else 'not measured'}")  # fmt: skip
+    click.echo(
+        f"{result['model']} on {result['device']} ({result['mode']} via {where}, {result['provider']}, "
+        f"{env['machine']}, {env['cpu']}, onnxruntime {env['onnxruntime']}, {env['threads']} threads)"
+    )
+    click.echo(
+        f"  latency ms  min {lat['min']:.3f}  p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}"
+        f"  max {lat['max']:.3f}  mean {lat['mean']:.3f}  ({result['runs']} runs, {result['seconds']:.1f} s)"
+    )
+    click.echo(
+        f"  throughput {result['throughput_per_s']:.1f}/s  load {result['load_ms']:.0f} ms  first run "
+        f"{result['first_run_ms']:.1f} ms  warm-up {result['warmup']} runs  peak RSS "
+        f"{f'{peak:.0f} MB' if (peak := result['peak_rss_mb']) is not None else 'not measured'}"
+    )
     if "ttft_ms" in result:
-        click.echo(f"  generation: {result['prompt_tokens']}-token prompt, {result['generated_tokens']} tokens: time to "
-                   f"first token p50 {result['ttft_ms']['p50']:.2f} ms, decode {result['decode_tokens_per_s']:.1f} "
-                   "tokens/s (latency above: per decoded token)")  # fmt: skip
-    click.echo("  placement: " + ", ".join(f"{ep} {n}" for ep, n in result["placement"].items())
-               + f"  (fallbacks {result['fallback_nodes']})")  # fmt: skip
+        click.echo(
+            f"  generation: {result['prompt_tokens']}-token prompt, {result['generated_tokens']} tokens: time to "
+            f"first token p50 {result['ttft_ms']['p50']:.2f} ms, decode {result['decode_tokens_per_s']:.1f} "
+            "tokens/s (latency above: per decoded token)"
+        )
+    click.echo(
+        "  placement: "
+        + ", ".join(f"{ep} {n}" for ep, n in result["placement"].items())
+        + f"  (fallbacks {result['fallback_nodes']})"
+    )
     for op in result["ops"][:6]:
         click.echo(f"    {op['op_type']:<28} {op['ms']:8.3f} ms  {op['share']:6.1%}")
     if result.get("note"):
@@ -375,11 +523,19 @@ def _print_profile(result: dict) -> None:
 @click.argument("models", nargs=-1, required=True)
 @click.option("--device", default=None, help="Device id. Default: this host's CPU profile.")
 @click.option("--context", type=click.IntRange(min=1), default=2048, show_default=True, help="Context length (tokens).")
-@click.option("--memory-mb", type=click.IntRange(min=1), help="Memory to plan for. Default: the device profile's memory_mb.")
-@click.option("--kv-dtype", type=click.Choice(["fp32", "fp16", "int8"]),
-              help="The KV cache's precision. Default: the device runtime's (kv_cache_dtype).")
-@click.option("--recipe", type=click.Path(dir_okay=False),
-              help="Estimate the build cost of this recipe. Default: the recipe `edgeq init` would write.")
+@click.option(
+    "--memory-mb", type=click.IntRange(min=1), help="Memory to plan for. Default: the device profile's memory_mb."
+)
+@click.option(
+    "--kv-dtype",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    help="The KV cache's precision. Default: the device runtime's (kv_cache_dtype).",
+)
+@click.option(
+    "--recipe",
+    type=click.Path(dir_okay=False),
+    help="Estimate the build cost of this recipe. Default: the recipe `edgeq init` would write.",
+)
 @click.option("--json", "json_file", help="Write the plan JSON to this file ('-' for stdout).")
 def plan(models, device, context, memory_mb, kv_dtype, recipe, json_file) -> None:
     """What a language model (a folder with config.json, or the file; no weights needed) needs per precision on
@@ -395,32 +551,51 @@ def plan(models, device, context, memory_mb, kv_dtype, recipe, json_file) -> Non
     plans = result["plans"] if "plans" in result else [result]
     for entry in plans:
         m, d = entry["model"], entry["device"]
-        click.echo(f"{m['config']}: {m['architecture']}, {m['parameters'] / 1e9:.3f} B parameters, {m['layers']} layers, "
-                   f"{m['kv_heads']} KV heads x {m['head_dim']}; {d['id']} with {d['memory_bytes'] / 2**30:.2f} GiB, "
-                   f"context {entry['context']}")  # fmt: skip
+        click.echo(
+            f"{m['config']}: {m['architecture']}, {m['parameters'] / 1e9:.3f} B parameters, {m['layers']} layers, "
+            f"{m['kv_heads']} KV heads x {m['head_dim']}; {d['id']} with {d['memory_bytes'] / 2**30:.2f} GiB, "
+            f"context {entry['context']}"
+        )
         if m.get("sliding_window"):
-            click.echo(f"  sliding window: {m['sliding_window']['window']} tokens on {m['sliding_window']['layers']} of "
-                       f"{m['layers']} layers (a windowed runtime such as onnxruntime-genai keeps only the window)")  # fmt: skip
+            click.echo(
+                f"  sliding window: {m['sliding_window']['window']} tokens on {m['sliding_window']['layers']} of "
+                f"{m['layers']} layers (a windowed runtime such as onnxruntime-genai keeps only the window)"
+            )
         for o in entry["options"]:
             packed = f" + packed {o['prepacked_bytes'] / 2**30:.2f} GiB" if o["prepacked_bytes"] else ""
             windowed = o.get("windowed_runtime")
-            click.echo(f"  {o['precision']:<5} runtime {o['runtime_bytes'] / 2**30:.2f} GiB + weights "
-                       f"{o['weights_bytes'] / 2**30:7.2f} GiB{packed} + KV ({o['kv_dtype']}) "
-                       f"{o['kv_cache_bytes'] / 2**30:6.2f} GiB + workspace {o['workspace_bytes'] / 2**30:5.2f} GiB = "
-                       f"{o['total_bytes'] / 2**30:7.2f} GiB  {'fits' if o['fits'] else 'does not fit'}; "
-                       f"longest context that fits: {o['max_context'] or 'none'}"
-                       f"{' (the model limit)' if o['max_context_limited_by'] == 'model' else ''}"
-                       + (f" (windowed: {windowed['total_bytes'] / 2**30:.2f} GiB, {windowed['max_context'] or 'none'})"
-                          if windowed else ""))  # fmt: skip
+            click.echo(
+                f"  {o['precision']:<5} runtime {o['runtime_bytes'] / 2**30:.2f} GiB + weights "
+                f"{o['weights_bytes'] / 2**30:7.2f} GiB{packed} + KV ({o['kv_dtype']}) "
+                f"{o['kv_cache_bytes'] / 2**30:6.2f} GiB + workspace {o['workspace_bytes'] / 2**30:5.2f} GiB = "
+                f"{o['total_bytes'] / 2**30:7.2f} GiB  {'fits' if o['fits'] else 'does not fit'}; "
+                f"longest context that fits: {o['max_context'] or 'none'}"
+                f"{' (the model limit)' if o['max_context_limited_by'] == 'model' else ''}"
+                + (
+                    f" (windowed: {windowed['total_bytes'] / 2**30:.2f} GiB, {windowed['max_context'] or 'none'})"
+                    if windowed
+                    else ""
+                )
+            )
         click.echo(f"  largest that fits: {entry['largest_fitting'] or 'none'}")
         cost = entry["build_cost"]
-        click.echo(f"  building it here ({cost['recipe']}): about {cost['seconds'] / 60:.0f} min, peak "
-                   f"{cost['peak_rss_bytes'] / 2**30:.1f} GiB, {cost['disk_bytes'] / 2**30:.1f} GiB on disk "
-                   f"(estimated before any download, fitted on {cost['basis']['machine']}"
-                   + ("; this model is larger than any build the fit saw: an extrapolation)" if cost["basis"]["extrapolated"] else ")"))  # fmt: skip
+        click.echo(
+            f"  building it here ({cost['recipe']}): about {cost['seconds'] / 60:.0f} min, peak "
+            f"{cost['peak_rss_bytes'] / 2**30:.1f} GiB, {cost['disk_bytes'] / 2**30:.1f} GiB on disk "
+            f"(estimated before any download, fitted on {cost['basis']['machine']}"
+            + (
+                "; this model is larger than any build the fit saw: an extrapolation)"
+                if cost["basis"]["extrapolated"]
+                else ")"
+            )
+        )
     if "comparison" in result:
-        click.echo("at equal memory, ranked: " + "; ".join(
-            f"{r['rank']}. {r['model']} at {r['precision'] or 'nothing'}" for r in result["comparison"]["models"]))  # fmt: skip
+        click.echo(
+            "at equal memory, ranked: "
+            + "; ".join(
+                f"{r['rank']}. {r['model']} at {r['precision'] or 'nothing'}" for r in result["comparison"]["models"]
+            )
+        )
 
 
 # -------------------------------------------------------------------------------------------- generate
@@ -429,21 +604,33 @@ def plan(models, device, context, memory_mb, kv_dtype, recipe, json_file) -> Non
 @click.argument("prompt")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--chat", is_flag=True, help="Send PROMPT as a user message through the model's chat template.")
-@click.option("--engine", type=click.Choice(["auto", "genai", "onnxruntime"]), default="auto", show_default=True,
-              help="auto: onnxruntime-genai when installed and the folder has genai_config.json.")
-@click.option("--json", "json_file", help="Write the result (tokens, tokens_per_s, ttft_ms, peak_rss_mb) here ('-': stdout).")
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "genai", "onnxruntime"]),
+    default="auto",
+    show_default=True,
+    help="auto: onnxruntime-genai when installed and the folder has genai_config.json.",
+)
+@click.option(
+    "--json", "json_file", help="Write the result (tokens, tokens_per_s, ttft_ms, peak_rss_mb) here ('-': stdout)."
+)
 def generate(model_or_build, prompt, max_tokens, chat, engine, json_file) -> None:
     """Greedy text from a language model (a build folder, its final/, or a model folder), streamed as it comes,
     then the measured tokens/s, time to first token and peak RSS."""
     from edgeq.generate import generate as run
 
     streaming = json_file != "-"
-    result = run(model_or_build, prompt, max_tokens, chat, (lambda t: click.echo(t, nl=False)) if streaming else None, engine)
+    result = run(
+        model_or_build, prompt, max_tokens, chat, (lambda t: click.echo(t, nl=False)) if streaming else None, engine
+    )
     if streaming:
         click.echo("")
-        click.echo(f"[{result['engine']}, {result['mode']}] {result['generated_tokens']} tokens, "
-                   f"{result['tokens_per_s'] or 0:.1f} tokens/s, first token {result['ttft_ms']:.0f} ms "
-                   f"(prompt {result['prompt_tokens']} tokens), peak RSS {result['peak_rss_mb']:.0f} MB", err=True)  # fmt: skip
+        click.echo(
+            f"[{result['engine']}, {result['mode']}] {result['generated_tokens']} tokens, "
+            f"{result['tokens_per_s'] or 0:.1f} tokens/s, first token {result['ttft_ms']:.0f} ms "
+            f"(prompt {result['prompt_tokens']} tokens), peak RSS {result['peak_rss_mb']:.0f} MB",
+            err=True,
+        )
     if json_file:
         _write_json(result, json_file)
 
@@ -464,8 +651,10 @@ def inspect(model: str, device: str | None, as_json: bool) -> None:
     if as_json:
         _echo_json(info)
         return
-    click.echo(f"{info['path']}: {info['size_bytes'] / 1e6:.2f} MB, {info['nodes']} nodes, "
-               f"{info['parameters']:,} parameters, IR {info['ir_version']}, opsets {info['opsets']}")  # fmt: skip
+    click.echo(
+        f"{info['path']}: {info['size_bytes'] / 1e6:.2f} MB, {info['nodes']} nodes, "
+        f"{info['parameters']:,} parameters, IR {info['ir_version']}, opsets {info['opsets']}"
+    )
     for kind in ("inputs", "outputs"):
         for v in info[kind]:
             click.echo(f"  {kind[:-1]:<6} {v['name']:<24} {v['type']:<8} {v['shape']}")
@@ -477,21 +666,33 @@ def _preflight(result: dict, as_json: bool) -> None:
     if as_json:
         _echo_json(result)
     else:
-        where = "installed here" if result["provider_available_here"] else (
-            f"not installed here (stand-in: {result['stand_in']})" if result["stand_in"] else "not installed here")
+        where = (
+            "installed here"
+            if result["provider_available_here"]
+            else (
+                f"not installed here (stand-in: {result['stand_in']})" if result["stand_in"] else "not installed here"
+            )
+        )
         click.echo(f"{result['model']} on {result['device']} ({result['provider']}, {where})")
         for problem in result["problems"]:
             click.echo(f"  problem: {problem}")
         if "compliance" in result:
             c = result["compliance"]
-            click.echo(f"  DPU nodes {c['dpu_nodes']}; left to the CPU: "
-                       + ", ".join(f"{op} {n}" for op, n in c["cpu_nodes"].items()))  # fmt: skip
+            click.echo(
+                f"  DPU nodes {c['dpu_nodes']}; left to the CPU: "
+                + ", ".join(f"{op} {n}" for op, n in c["cpu_nodes"].items())
+            )
         if "coverage" in result:
             c = result["coverage"]
-            click.echo(f"  {c['ep']} estimate: {c['supported_nodes']}/{c['nodes']} nodes in {c['partitions']} "
-                       f"partitions; unsupported: {', '.join(c['unsupported_ops']) or 'none'}")  # fmt: skip
-        click.echo("  ok: nothing found that the device will refuse" if result["ok"] else
-                   f"  {len(result['problems'])} problem(s)")  # fmt: skip
+            click.echo(
+                f"  {c['ep']} estimate: {c['supported_nodes']}/{c['nodes']} nodes in {c['partitions']} "
+                f"partitions; unsupported: {', '.join(c['unsupported_ops']) or 'none'}"
+            )
+        click.echo(
+            "  ok: nothing found that the device will refuse"
+            if result["ok"]
+            else f"  {len(result['problems'])} problem(s)"
+        )
     if not result["ok"]:
         sys.exit(EXIT_BELOW_THRESHOLDS)
 
@@ -536,8 +737,10 @@ def devices_setup(device_id: str) -> None:
     from edgeq import api
 
     info = api.setup_device(device_id)
-    click.echo(f"{device_id}: stand-in ready ({info['machine']}, Python {info['python']}, onnxruntime "
-               f"{info['onnxruntime']}, numpy {info['numpy']})")  # fmt: skip
+    click.echo(
+        f"{device_id}: stand-in ready ({info['machine']}, Python {info['python']}, onnxruntime "
+        f"{info['onnxruntime']}, numpy {info['numpy']})"
+    )
 
 
 # -------------------------------------------------------------------------------------------- recipes

@@ -21,8 +21,9 @@ def read_text_file(path: Path, key: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{key}: '{path}' line {line} is not UTF-8 (byte 0x{raw[exc.start]:02x})",
-                        "Save the file as UTF-8") from None  # fmt: skip
+        raise DataError(
+            f"{key}: '{path}' line {line} is not UTF-8 (byte 0x{raw[exc.start]:02x})", "Save the file as UTF-8"
+        ) from None
 
 
 def read_records(source: DataSource, key: str) -> list[tuple[int, dict]]:
@@ -75,6 +76,7 @@ def _csv(text: str, path: Path, source: DataSource, key: str) -> list[tuple[int,
     columns = reader.fieldnames or []
     for wanted in source.fields():
         if wanted not in columns:
-            raise DataError(f"{key}: '{path}' has no column '{wanted}'",
-                            f"Columns: {', '.join(columns) or 'none (empty file)'}")  # fmt: skip
+            raise DataError(
+                f"{key}: '{path}' has no column '{wanted}'", f"Columns: {', '.join(columns) or 'none (empty file)'}"
+            )
     return [(number, row) for number, row in enumerate(reader, start=2) if any((v or "").strip() for v in row.values())]

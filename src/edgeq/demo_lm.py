@@ -24,8 +24,19 @@ from pathlib import Path
 NAME = "tiny-llama"
 VERSION = 1
 STEPS, BATCH, SEQUENCE, LEARNING_RATE = 500, 16, 128, 1e-3
-SKIP = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "test", "lib2to3", "ensurepip", "venv",
-        "pydoc_data"}  # fmt: skip
+SKIP = {
+    "antigravity",
+    "this",
+    "idlelib",
+    "tkinter",
+    "turtle",
+    "turtledemo",
+    "test",
+    "lib2to3",
+    "ensurepip",
+    "venv",
+    "pydoc_data",
+}
 NUMPY = ("numpy", "numpy.linalg", "numpy.random", "numpy.fft", "numpy.ma", "numpy.polynomial", "numpy.lib")
 
 
@@ -63,8 +74,11 @@ def module_docs(name: str, depth: int = 2) -> list[str]:
         if inspect.ismodule(obj) or inspect.isclass(obj):
             for member_name, member in inspect.getmembers(obj):
                 home = getattr(member, "__module__", None) or ""
-                if not member_name.startswith("_") and home.startswith(name.split(".")[0]) and (
-                        inspect.isclass(member) or inspect.isroutine(member)):  # fmt: skip
+                if (
+                    not member_name.startswith("_")
+                    and home.startswith(name.split(".")[0])
+                    and (inspect.isclass(member) or inspect.isroutine(member))
+                ):
                     walk(member, level - 1)
 
     walk(module, depth)
@@ -90,16 +104,30 @@ def train(out: Path | None = None, steps: int = STEPS, say=print) -> Path:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=4096, special_tokens=["<pad>", "<eos>"],
-                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    tokenizer.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=4096, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     eos = tokenizer.token_to_id("<eos>")
     ids = [token for text in texts for token in [*tokenizer.encode(text).ids, eos]]
     stream = torch.tensor(ids, dtype=torch.long)
     torch.manual_seed(0)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    config = transformers.LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
-                                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
-                                      tie_word_embeddings=False, pad_token_id=0, bos_token_id=eos, eos_token_id=eos)  # fmt: skip
+    config = transformers.LlamaConfig(
+        vocab_size=4096,
+        hidden_size=256,
+        intermediate_size=704,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
     model = transformers.LlamaForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, LEARNING_RATE, total_steps=steps, pct_start=0.06)
@@ -117,13 +145,26 @@ def train(out: Path | None = None, steps: int = STEPS, say=print) -> Path:
             say(f"  step {step + 1}/{steps}: loss {loss.item():.3f}")
     with atomic_dir(out) as folder:
         model.save_pretrained(str(folder))
-        wrapped = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", pad_token="<pad>",
-                                                       bos_token="<eos>", unk_token=None)  # fmt: skip
+        wrapped = transformers.PreTrainedTokenizerFast(
+            tokenizer_object=tokenizer, eos_token="<eos>", pad_token="<pad>", bos_token="<eos>", unk_token=None
+        )
         wrapped.save_pretrained(str(folder))
-        (folder / "edgeq-training.json").write_text(json.dumps({
-            "name": NAME, "version": VERSION, "steps": steps, "batch": BATCH, "sequence": SEQUENCE,
-            "tokens_seen": steps * BATCH * SEQUENCE, "corpus_tokens": len(ids), "final_loss": round(loss.item(), 4),
-            "text": "docstrings of Python's standard library and numpy, modules outside the tune/heldout splits"}, indent=2))  # fmt: skip
+        (folder / "edgeq-training.json").write_text(
+            json.dumps(
+                {
+                    "name": NAME,
+                    "version": VERSION,
+                    "steps": steps,
+                    "batch": BATCH,
+                    "sequence": SEQUENCE,
+                    "tokens_seen": steps * BATCH * SEQUENCE,
+                    "corpus_tokens": len(ids),
+                    "final_loss": round(loss.item(), 4),
+                    "text": "docstrings of Python's standard library and numpy, modules outside the tune/heldout splits",
+                },
+                indent=2,
+            )
+        )
     return out
 
 

@@ -19,11 +19,13 @@ from edgeq.resources import bundled_dir
 class ExecutionProvider(Strict):
     name: str = Field(description="onnxruntime execution provider, e.g. CPUExecutionProvider.")
     options: dict[str, str | int | float | bool] = Field(
-        default={}, description="Provider options as the EP names them (QNN HTP: backend_type; htp_arch and soc_model "
+        default={},
+        description="Provider options as the EP names them (QNN HTP: backend_type; htp_arch and soc_model "
         "name the HTP generation, which sets its numerics).",
     )
     plugin: str | None = Field(
-        default=None, description="Python module of a plugin EP library (with get_library_path()), e.g. onnxruntime_qnn."
+        default=None,
+        description="Python module of a plugin EP library (with get_library_path()), e.g. onnxruntime_qnn.",
     )
     package: str | None = Field(default=None, description="The pip package that provides this EP (for error hints).")
 
@@ -54,7 +56,8 @@ class QuantizationConstraints(Strict):
     power_of_two_scales: bool = Field(default=False, description="Every scale must be a power of two.")
     static_shapes: bool = Field(default=False, description="The model must have fixed input shapes.")
     int8_pairs_saturate: bool = Field(
-        default=False, description="The CPU multiplies u8 activations by s8 weights with an instruction that adds "
+        default=False,
+        description="The CPU multiplies u8 activations by s8 weights with an instruction that adds "
         "adjacent products into a saturating 16-bit sum (x86 VPMADDUBSW, without VNNI). edgeq then quantizes "
         "MatMul weights so that no pair can saturate.",
     )
@@ -77,7 +80,8 @@ class DeviceProfile(Strict):
         default=[], description="CPU flags the device has (as in /proc/cpuinfo); a host without them is no stand-in."
     )
     cpu_features_absent: list[str] = Field(
-        default=[], description="CPU flags the device lacks and whose presence changes the kernels onnxruntime picks "
+        default=[],
+        description="CPU flags the device lacks and whose presence changes the kernels onnxruntime picks "
         "(e.g. avx512_vnni: no 16-bit saturation in u8 x s8 products); a host with any of them is no stand-in.",
     )
     execution_provider: ExecutionProvider = Field(description="Where the model runs on the device.")
@@ -86,21 +90,26 @@ class DeviceProfile(Strict):
     memory_budget_mb: int | None = Field(default=None, ge=1, description="Memory the model may use on the device.")
     memory_mb: int | None = Field(default=None, ge=1, description="The device's total memory (RAM), for `edgeq plan`.")
     runtime_mb: float | None = Field(
-        default=None, ge=0, description="Resident memory of the inference process before it loads a model, for `edgeq "
+        default=None,
+        ge=0,
+        description="Resident memory of the inference process before it loads a model, for `edgeq "
         "plan`. Unset: 55 MiB, a Python process with numpy and onnxruntime imported and one session's fixed cost "
         "(measured on x86-64 Linux).",
     )
     kv_cache_dtype: Literal["float32", "float16"] = Field(
-        default="float32", description="The type the device's runtime keeps a language model's KV cache in "
+        default="float32",
+        description="The type the device's runtime keeps a language model's KV cache in "
         "(onnxruntime's CPU EP: float32; NPUs and GPUs: float16).",
     )
     runs_float: bool = Field(default=True, description="The EP can run an FP32 model (an NPU such as the HTP cannot).")
     stand_in: Literal["cpu", "qemu-arm64"] | None = Field(
-        default=None, description="When the device is not here: `cpu` checks numerics on this machine's CPU EP; "
+        default=None,
+        description="When the device is not here: `cpu` checks numerics on this machine's CPU EP; "
         "`qemu-arm64` runs aarch64 onnxruntime in a local arm64 stand-in (edgeq devices setup ID). Mode emulated.",
     )
     stand_in_cpu: str | None = Field(
-        default=None, description="The CPU model qemu emulates in the arm64 stand-in (QEMU_CPU), e.g. `cortex-a76`: the "
+        default=None,
+        description="The CPU model qemu emulates in the arm64 stand-in (QEMU_CPU), e.g. `cortex-a76`: the "
         "device's own core, so onnxruntime's MLAS picks the kernels the device has. Unset: qemu's `max`, which adds "
         "SVE/SME that most boards lack (SmolLM2 ran 8x slower under it, measured).",
     )
@@ -110,19 +119,22 @@ class DeviceProfile(Strict):
     )
     ort_format: bool = Field(default=False, description="Also write the final model in ORT format (.ort) for mobile.")
     artifact: Literal["recipe", "fp16"] = Field(
-        default="recipe", description="The model this device is served: `recipe`, the recipe's quantized (or mixed) "
+        default="recipe",
+        description="The model this device is served: `recipe`, the recipe's quantized (or mixed) "
         "model; `fp16`, its own FP16 conversion of the FP32 export, for runtimes that compute in FP16 and split a QDQ "
         "model into many partitions (CoreML MLProgram). A device with its own artifact gets `final-<id>/` when it is "
         "not the recipe's first target.",
     )
     legalize: bool = Field(
-        default=False, description="Before quantization, fold shapes at fixed sizes and rewrite ops the EP lacks "
+        default=False,
+        description="Before quantization, fold shapes at fixed sizes and rewrite ops the EP lacks "
         "into exact decompositions it has (see `coverage`), when that leaves fewer partitions.",
     )
     max_opset: int | None = Field(default=None, description="Highest ai.onnx opset the device's runtime supports.")
     control_flow: bool = Field(default=True, description="The EP runs Loop/If/Scan.")
     transport: TransportConfig | None = Field(
-        default=None, description="Where the real device is (profiling runs there, mode remote). No secrets here: "
+        default=None,
+        description="Where the real device is (profiling runs there, mode remote). No secrets here: "
         "the key comes from --ssh-key or the SSH agent.",
     )
     quantization: QuantizationConstraints = Field(

@@ -8,9 +8,15 @@ import numpy as np
 
 from edgeq.errors import ModelError
 
-DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
-          "tensor(float16)": np.float16, "tensor(bool)": np.bool_, "tensor(int8)": np.int8,
-          "tensor(uint8)": np.uint8}  # fmt: skip
+DTYPES = {
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(bool)": np.bool_,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+}
 
 
 def feed_for(input_specs, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -19,8 +25,10 @@ def feed_for(input_specs, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarra
     feed = {}
     for spec in input_specs:
         if spec.name not in encoded:
-            raise ModelError(f"model input '{spec.name}' is not one this task feeds ({', '.join(encoded)})",
-                             "Check model.task, or profile the model with `edgeq profile`")  # fmt: skip
+            raise ModelError(
+                f"model input '{spec.name}' is not one this task feeds ({', '.join(encoded)})",
+                "Check model.task, or profile the model with `edgeq profile`",
+            )
         feed[spec.name] = encoded[spec.name].astype(DTYPES.get(spec.type, encoded[spec.name].dtype), copy=False)
     return feed
 
@@ -36,14 +44,18 @@ class ShapeData:
     batches: list
 
 
-def shape_data(task, samples: list, inputs, shapes: list[tuple[int, int]], whole_batches_only: bool = False) -> list[ShapeData]:
+def shape_data(
+    task, samples: list, inputs, shapes: list[tuple[int, int]], whole_batches_only: bool = False
+) -> list[ShapeData]:
     """The samples as batches at every (batch size, most tokens) shape; a model with a fixed batch size takes
     whole batches only."""
     found = []
     for batch_size, sequence_length in shapes:
         at_length = inputs.for_length(sequence_length)
         batches = task.batches(samples, at_length, batch_size, whole_batches_only or inputs.pad_to_length)
-        found.append(ShapeData(task.shape_label(batch_size, sequence_length), batch_size, sequence_length, at_length, batches))
+        found.append(
+            ShapeData(task.shape_label(batch_size, sequence_length), batch_size, sequence_length, at_length, batches)
+        )
     return found
 
 

@@ -17,8 +17,22 @@ from edgeq.errors import ModelError
 
 CONFIG_FILE = "genai_config.json"
 # genai model types that use the plain decoder pipeline (inputs and outputs named in the config)
-GENAI_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "granite",
-                         "olmo", "smollm3", "gpt2"})  # fmt: skip
+GENAI_TYPES = frozenset(
+    {
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "phi3",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "granite",
+        "olmo",
+        "smollm3",
+        "gpt2",
+    }
+)
 
 
 def unsupported(model_dir: Path) -> str | None:
@@ -39,8 +53,13 @@ def genai_config(model_dir: Path, onnx_name: str = "model.onnx") -> dict:
     generation = _read(Path(model_dir) / "generation_config.json", required=False)
     shape = model_shape(config)
     graph = _graph_io(Path(model_dir) / onnx_name)
-    inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
-              "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"}
+    inputs = {
+        "input_ids": "input_ids",
+        "attention_mask": "attention_mask",
+        "position_ids": "position_ids",
+        "past_key_names": "past_key_values.%d.key",
+        "past_value_names": "past_key_values.%d.value",
+    }
     if "position_ids" not in graph.inputs:
         del inputs["position_ids"]
     context = shape.max_positions or 2048
@@ -63,13 +82,24 @@ def genai_config(model_dir: Path, onnx_name: str = "model.onnx") -> dict:
                 "num_hidden_layers": shape.layers,
                 "num_key_value_heads": shape.kv_heads,
                 "inputs": inputs,
-                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
-                            "present_value_names": "present.%d.value"},  # fmt: skip
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value",
+                },
             },
         },
-        "search": {"do_sample": False, "max_length": int(context), "num_beams": 1,
-                   "num_return_sequences": 1, "past_present_share_buffer": graph.shares_cache, "repetition_penalty": 1.0,
-                   "temperature": 1.0, "top_k": 1, "top_p": 1.0},  # fmt: skip
+        "search": {
+            "do_sample": False,
+            "max_length": int(context),
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "past_present_share_buffer": graph.shares_cache,
+            "repetition_penalty": 1.0,
+            "temperature": 1.0,
+            "top_k": 1,
+            "top_p": 1.0,
+        },
     }
 
 
@@ -86,7 +116,9 @@ def _graph_io(path: Path) -> _GraphIO:
     if not path.is_file():
         raise ModelError(f"no {path.name} in '{path.parent}'", "Build or export the model first")
     model = load_onnx(path, load_weights=False)
-    return _GraphIO({i.name for i in model.graph.input}, any(n.op_type == "GroupQueryAttention" for n in model.graph.node))
+    return _GraphIO(
+        {i.name for i in model.graph.input}, any(n.op_type == "GroupQueryAttention" for n in model.graph.node)
+    )
 
 
 def write_genai_config(folder: Path, onnx_name: str = "model.onnx") -> Path:

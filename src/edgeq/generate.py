@@ -25,8 +25,14 @@ def model_folder(model_or_build: str | Path) -> Path:
     return path
 
 
-def generate(model_or_build: str | Path, prompt: str, max_tokens: int = 64, chat: bool = False,
-             on_text: Callable[[str], None] | None = None, engine: str = "auto") -> dict:  # fmt: skip
+def generate(
+    model_or_build: str | Path,
+    prompt: str,
+    max_tokens: int = 64,
+    chat: bool = False,
+    on_text: Callable[[str], None] | None = None,
+    engine: str = "auto",
+) -> dict:
     """Generate up to `max_tokens` greedy tokens after `prompt` (a user message rendered with the chat template when
     `chat`); `on_text` receives the text as it grows. Returns the tokens, the text and the measured figures."""
     from edgeq.profile.runner import peak_rss_mb  # VmHWM: a child's own peak, not its parent's
@@ -42,11 +48,20 @@ def generate(model_or_build: str | Path, prompt: str, max_tokens: int = 64, chat
     started = time.perf_counter()
     tokens, prompt_tokens, first_token_s, decode = run(folder, text, max_tokens, on_text or (lambda _t: None))
     total = time.perf_counter() - started
-    return {"model": str(folder), "engine": "onnxruntime-genai" if use_genai else "onnxruntime", "prompt": prompt,
-            "chat": chat, "prompt_tokens": prompt_tokens, "tokens": tokens, "generated_tokens": len(tokens),
-            "ttft_ms": round(first_token_s * 1000, 2), "tokens_per_s": round((len(tokens) - 1) / decode, 2) if len(tokens) > 1 and decode > 0 else None,
-            "seconds": round(total, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
-            "mode": "on-host"}  # fmt: skip
+    return {
+        "model": str(folder),
+        "engine": "onnxruntime-genai" if use_genai else "onnxruntime",
+        "prompt": prompt,
+        "chat": chat,
+        "prompt_tokens": prompt_tokens,
+        "tokens": tokens,
+        "generated_tokens": len(tokens),
+        "ttft_ms": round(first_token_s * 1000, 2),
+        "tokens_per_s": round((len(tokens) - 1) / decode, 2) if len(tokens) > 1 and decode > 0 else None,
+        "seconds": round(total, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "mode": "on-host",
+    }
 
 
 def _genai_ready(folder: Path) -> bool:
@@ -61,11 +76,15 @@ def _check_length(folder: Path, prompt_tokens: int, max_tokens: int) -> None:
     config = model_config(folder)
     context = config.get("max_position_embeddings") or config.get("n_positions")
     if context and prompt_tokens >= context:
-        raise DataError(f"the prompt is {prompt_tokens} tokens, over the model's context of {context}",
-                        "Shorten the prompt")  # fmt: skip
+        raise DataError(
+            f"the prompt is {prompt_tokens} tokens, over the model's context of {context}", "Shorten the prompt"
+        )
     if context and prompt_tokens + max_tokens > context:
-        raise DataError(f"the prompt ({prompt_tokens} tokens) and --max-tokens {max_tokens} exceed the model's context "
-                        f"of {context}", f"Use --max-tokens {context - prompt_tokens} or less")  # fmt: skip
+        raise DataError(
+            f"the prompt ({prompt_tokens} tokens) and --max-tokens {max_tokens} exceed the model's context "
+            f"of {context}",
+            f"Use --max-tokens {context - prompt_tokens} or less",
+        )
 
 
 def _with_genai(folder: Path, text: str, max_tokens: int, on_text):

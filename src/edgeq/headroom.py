@@ -3,10 +3,10 @@ what a build's stages used (sampled per stage, the process's high-water mark).""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from edgeq.errors import EdgeqError
+
 
 class MemoryHeadroomError(EdgeqError):
     """The build would need more memory than this machine has available."""

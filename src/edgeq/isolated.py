@@ -20,10 +20,13 @@ def run_isolated(function: Callable[..., T], *args) -> T:
     from edgeq.buildlog import active_log, log_to
     from edgeq.errors import StageError
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=log_to,
-                             initargs=(active_log(),)) as pool:  # the child logs to the build's log file too
+    with ProcessPoolExecutor(
+        max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=log_to, initargs=(active_log(),)
+    ) as pool:  # the child logs to the build's log file too
         try:
             return pool.submit(function, *args).result()
         except BrokenProcessPool:
-            raise StageError(f"the child process running {function.__name__} died (out of memory?)",
-                             "Check `dmesg` for the OOM killer, or free memory") from None  # fmt: skip
+            raise StageError(
+                f"the child process running {function.__name__} died (out of memory?)",
+                "Check `dmesg` for the OOM killer, or free memory",
+            ) from None

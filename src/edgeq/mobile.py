@@ -22,8 +22,9 @@ def write_ort_format(model_path: Path, target: Path) -> Path:
         shutil.copy2(model_path, source)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             quiet_libraries()
-            convert_onnx_models_to_ort(source, output_dir=Path(tmp) / "out",
-                                       optimization_styles=[OptimizationStyle.Runtime])  # fmt: skip
+            convert_onnx_models_to_ort(
+                source, output_dir=Path(tmp) / "out", optimization_styles=[OptimizationStyle.Runtime]
+            )
         made = sorted((Path(tmp) / "out").glob("*.ort"))
         if not made:
             raise StageError(f"onnxruntime could not convert '{model_path}' to the ORT format")

@@ -83,7 +83,6 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None, target
     """Load and check the recipe, devices, data, output path and model source; write nothing. `targets` replace
     the recipe's (a cross-build; the report's recipe records them)."""
     from edgeq.export.source import resolve_source
-
     from edgeq.tasks import model_positions, resolve_task
 
     recipe = load_recipe(recipe_path)
@@ -103,7 +102,9 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None, target
     check_context(recipe, model_dir)
     check_kv_cache(recipe, task, model_dir)
     cost = None
-    if task.modality == "text":  # a build can outgrow the machine: know it before the kernel does (an OOM kill says nothing)
+    if (
+        task.modality == "text"
+    ):  # a build can outgrow the machine: know it before the kernel does (an OOM kill says nothing)
         from edgeq.build_cost import check_fits_memory
         from edgeq.tasks import model_config
 
@@ -132,8 +133,15 @@ def check_metric_names(recipe: Recipe, task) -> None:
     """Thresholds and budget floors may only name metrics the task reports."""
     from edgeq.errors import RecipeError
 
-    known = {"cosine_mean", "cosine_min", "max_abs_error", "mean_abs_error", "sqnr_db", *task.metric_names,
-             *(f"{m}_delta" for m in task.metric_names)}  # fmt: skip
+    known = {
+        "cosine_mean",
+        "cosine_min",
+        "max_abs_error",
+        "mean_abs_error",
+        "sqnr_db",
+        *task.metric_names,
+        *(f"{m}_delta" for m in task.metric_names),
+    }
     named = [(f"validation.thresholds.{k}", k) for k in recipe.validation.thresholds.model_dump(exclude_none=True)]
     if recipe.mixed_precision is not None:
         budget = recipe.mixed_precision.budget
@@ -144,8 +152,9 @@ def check_metric_names(recipe: Recipe, task) -> None:
             named.append(("mixed_precision.budget.min_nn_agreement", "nn_agreement"))
     for key, metric in named:
         if metric not in known:
-            raise RecipeError(f"{key}: {task.name} has no metric '{metric}'",
-                              f"Its metrics: {', '.join(sorted(known))}")  # fmt: skip
+            raise RecipeError(
+                f"{key}: {task.name} has no metric '{metric}'", f"Its metrics: {', '.join(sorted(known))}"
+            )
 
 
 def check_context(recipe: Recipe, model_dir: Path) -> None:
@@ -157,15 +166,21 @@ def check_context(recipe: Recipe, model_dir: Path) -> None:
     if limit is None:
         return
     used = [("validation.sequence_length", recipe.sequence_length_for(recipe.validation))]
-    used += [(f"validation.shapes.{i}.sequence_length", s.sequence_length) for i, s in enumerate(recipe.validation.shapes or [])]
+    used += [
+        (f"validation.shapes.{i}.sequence_length", s.sequence_length)
+        for i, s in enumerate(recipe.validation.shapes or [])
+    ]
     if recipe.quantization.calibration is not None:
-        used.append(("quantization.calibration.sequence_length", recipe.sequence_length_for(recipe.quantization.calibration)))
+        used.append(
+            ("quantization.calibration.sequence_length", recipe.sequence_length_for(recipe.quantization.calibration))
+        )
     if recipe.profile is not None:
         used.append(("profile.sequence_length", recipe.profile.sequence_length))
     for key, length in used:
         if length is not None and length > limit:
-            raise RecipeError(f"{key}: {length} tokens is over the model's {positions_phrase(model_dir)}",
-                              f"Use at most {limit}")  # fmt: skip
+            raise RecipeError(
+                f"{key}: {length} tokens is over the model's {positions_phrase(model_dir)}", f"Use at most {limit}"
+            )
 
 
 def check_kv_cache(recipe: Recipe, task, model_dir: Path) -> None:
@@ -176,13 +191,16 @@ def check_kv_cache(recipe: Recipe, task, model_dir: Path) -> None:
     if recipe.quantization.kv_cache != "int8":
         return
     if not task.generates:
-        raise RecipeError(f"quantization.kv_cache: int8 is for language models, and this is a {task.name} model",
-                          "Remove kv_cache")  # fmt: skip
+        raise RecipeError(
+            f"quantization.kv_cache: int8 is for language models, and this is a {task.name} model", "Remove kv_cache"
+        )
     fixed = recipe.static_shapes or recipe.fixed_batch
     if not uses_fused_decoder(model_dir, task.export_task, recipe.export.decoder, fixed):
-        raise RecipeError("quantization.kv_cache: int8 needs the fused decoder graph (its GroupQueryAttention holds "
-                          "the cache), which this model and export do not write",
-                          "Use a Llama, Mistral or Qwen2 model at dynamic shapes with export.decoder auto or fused, or kv_cache: fp32")  # fmt: skip
+        raise RecipeError(
+            "quantization.kv_cache: int8 needs the fused decoder graph (its GroupQueryAttention holds "
+            "the cache), which this model and export do not write",
+            "Use a Llama, Mistral or Qwen2 model at dynamic shapes with export.decoder auto or fused, or kv_cache: fp32",
+        )
 
 
 def run_build(plan: Plan, force: bool = False) -> BuildResult:
@@ -210,8 +228,10 @@ def _run_stages(plan: Plan, force: bool) -> BuildResult:
     say(f"  task: {plan.task.name} ({plan.task_reason})")
     if HOST in plan.recipe.targets:
         say(f"  target host: {host_cpu_device()} (the bundled CPU profile whose numerics this machine reproduces)")
-    say(f"  sequence length where the recipe sets none: {plan.recipe.default_sequence_length} tokens "
-        f"({plan.recipe.default_sequence_length_origin})")  # fmt: skip
+    say(
+        f"  sequence length where the recipe sets none: {plan.recipe.default_sequence_length} tokens "
+        f"({plan.recipe.default_sequence_length_origin})"
+    )
     stages = [export_stage(plan, force)]
     source = stages[0]
     if plan.recipe.optimize.enabled:
@@ -240,10 +260,14 @@ def _run_stages(plan: Plan, force: bool) -> BuildResult:
     finals = finalize(plan, served)
     if plan.recipe.profile is not None and plan.recipe.profile.enabled:
         stages.append(profile_stage(plan, finals))
-    report = build_report(plan, stages, final_artifact=served[plan.devices[0].id].folder.name,
-                          total=time.perf_counter() - started,
-                          finals={d: f"{finals[d].name}/{MODEL_FILE}" for d in finals},
-                          served={d: s.folder.name for d, s in served.items()})  # fmt: skip
+    report = build_report(
+        plan,
+        stages,
+        final_artifact=served[plan.devices[0].id].folder.name,
+        total=time.perf_counter() - started,
+        finals={d: f"{finals[d].name}/{MODEL_FILE}" for d in finals},
+        served={d: s.folder.name for d, s in served.items()},
+    )
     write_report(plan.out_dir, plan.recipe, report)
     return BuildResult(report=report, out_dir=plan.out_dir, exit_code=0 if report["passed"] else 3)
 
@@ -255,21 +279,48 @@ def export_stage(plan: Plan, force: bool) -> StageResult:
     check_samples = plan.validation_samples[:EXPORT_CHECK_SAMPLES]
 
     def produce(folder: Path) -> dict:
-        check, peak = run_isolated(export_and_check, plan.model_dir, folder, task, exp, check_samples,
-                                   recipe.default_sequence_length, recipe.static_shapes,
-                                   recipe.model.trust_remote_code)  # fmt: skip
+        check, peak = run_isolated(
+            export_and_check,
+            plan.model_dir,
+            folder,
+            task,
+            exp,
+            check_samples,
+            recipe.default_sequence_length,
+            recipe.static_shapes,
+            recipe.model.trust_remote_code,
+        )
         if check["cosine_min"] is None or check["cosine_min"] < 0.99:
             raise StageError(f"the exported ONNX model disagrees with PyTorch (cosine min {check['cosine_min']})")
-        return {"source": recipe.model.source, "task": task.name, "task_reason": plan.task_reason,
-                "compared_output": task.compares, "export_check": check, "child_peak_rss_mb": peak}  # fmt: skip
+        return {
+            "source": recipe.model.source,
+            "task": task.name,
+            "task_reason": plan.task_reason,
+            "compared_output": task.compares,
+            "export_check": check,
+            "child_peak_rss_mb": peak,
+        }
 
-    key = {"model": plan.model_hash, "model_config": recipe.model.model_dump(mode="json"), "task": task.name,
-           "export": exp.model_dump(mode="json"), "check_samples": [s.key() for s in check_samples]}  # fmt: skip
+    key = {
+        "model": plan.model_hash,
+        "model_config": recipe.model.model_dump(mode="json"),
+        "task": task.name,
+        "export": exp.model_dump(mode="json"),
+        "check_samples": [s.key() for s in check_samples],
+    }
     return cached_stage(plan.out_dir / "fp32", "export", key, produce, force)
 
 
-def export_and_check(model_dir: Path, folder: Path, task, exp, check_samples: list, check_length: int, static: bool,
-                     trust_remote_code: bool) -> tuple[dict, float | None]:  # fmt: skip
+def export_and_check(
+    model_dir: Path,
+    folder: Path,
+    task,
+    exp,
+    check_samples: list,
+    check_length: int,
+    static: bool,
+    trust_remote_code: bool,
+) -> tuple[dict, float | None]:
     """Export, then check the ONNX model against PyTorch; run in a child process (edgeq.isolated), so PyTorch and
     its model never sit in the build's memory. Returns the check and the child's peak RSS."""
     from edgeq.buildlog import route_transformers
@@ -278,8 +329,16 @@ def export_and_check(model_dir: Path, folder: Path, task, exp, check_samples: li
 
     route_transformers()
 
-    model = export_onnx(model_dir, folder, task.export_task, exp.opset, exp.batch_size, exp.sequence_length,
-                        trust_remote_code, exp.decoder)  # fmt: skip
+    model = export_onnx(
+        model_dir,
+        folder,
+        task.export_task,
+        exp.opset,
+        exp.batch_size,
+        exp.sequence_length,
+        trust_remote_code,
+        exp.decoder,
+    )
     trim_heap()  # the export's graph is on disk now: the check's PyTorch model need not sit on top of it
     check = check_export(model_dir, model, task, check_samples, check_length, static, trust_remote_code)
     return check, peak_rss_mb()
@@ -293,8 +352,14 @@ def optimize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
 
     def produce(folder: Path) -> dict:
         family = fusion_family(opt.model_type, plan.model_dir)
-        fused = fuse_transformer(source.folder / MODEL_FILE, folder / MODEL_FILE, family, opt.opt_level,
-                                 opt.fuse_attention, opt.fuse_embed_layer_norm)  # fmt: skip
+        fused = fuse_transformer(
+            source.folder / MODEL_FILE,
+            folder / MODEL_FILE,
+            family,
+            opt.opt_level,
+            opt.fuse_attention,
+            opt.fuse_embed_layer_norm,
+        )
         copy_companions(source.folder, folder)
         return {"fusion_family": family, "fused_operators": fused}
 
@@ -313,8 +378,16 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
 
     def produce(folder: Path) -> dict:
         feeds = calibration_feeds(plan, source) if calib_samples is not None else None
-        done = quantize_model(source.folder / MODEL_FILE, folder / MODEL_FILE, q, plan.op_types, feeds,
-                              plan.scheme, power_of_two, folded=plan.legalizes)  # fmt: skip
+        done = quantize_model(
+            source.folder / MODEL_FILE,
+            folder / MODEL_FILE,
+            q,
+            plan.op_types,
+            feeds,
+            plan.scheme,
+            power_of_two,
+            folded=plan.legalizes,
+        )
         copy_companions(source.folder, folder)
         return {
             **done,
@@ -324,10 +397,19 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
             "calibration_samples": len(calib_samples) if calib_samples else 0,
         }
 
-    key = {"input": source.key, "quantization": q.model_dump(mode="json"), "op_types": plan.op_types,
-           "scheme": plan.scheme, "power_of_two": power_of_two, "folded": plan.legalizes,
-           "calibration": [c.key() for c in calib_samples] if calib_samples else None,
-           "calibration_shape": [plan.recipe.static_shapes, q.calibration and plan.recipe.sequence_length_for(q.calibration)]}  # fmt: skip
+    key = {
+        "input": source.key,
+        "quantization": q.model_dump(mode="json"),
+        "op_types": plan.op_types,
+        "scheme": plan.scheme,
+        "power_of_two": power_of_two,
+        "folded": plan.legalizes,
+        "calibration": [c.key() for c in calib_samples] if calib_samples else None,
+        "calibration_shape": [
+            plan.recipe.static_shapes,
+            q.calibration and plan.recipe.sequence_length_for(q.calibration),
+        ],
+    }
     return cached_stage(plan.out_dir / name, "quantize", key, produce, force)
 
 
@@ -351,10 +433,22 @@ def mixed_precision_stage(plan: Plan, source: StageResult, force: bool, quantize
 
     def produce(folder: Path) -> dict:
         inputs = plan.task.inputs(source.folder, plan.recipe.sequence_length_for(val), plan.recipe.static_shapes)
-        job = MixedPrecisionJob(source.folder / MODEL_FILE, folder, mp, plan.op_types, q.per_channel,
-                                plan.devices[0], plan.task, proxy_samples, plan.validation_samples, inputs,
-                                plan.recipe.validation_shapes, plan.calibration_samples or [], plan.recipe.fixed_batch,
-                                q.accuracy_level)  # fmt: skip
+        job = MixedPrecisionJob(
+            source.folder / MODEL_FILE,
+            folder,
+            mp,
+            plan.op_types,
+            q.per_channel,
+            plan.devices[0],
+            plan.task,
+            proxy_samples,
+            plan.validation_samples,
+            inputs,
+            plan.recipe.validation_shapes,
+            plan.calibration_samples or [],
+            plan.recipe.fixed_batch,
+            q.accuracy_level,
+        )
         if set(mp.candidates) <= set(RUNGS):  # activation types of a QDQ NPU's model
             section = choose_activation_types(job, q, calibration_feeds(plan, source), quantized.folder / MODEL_FILE)
         else:
@@ -363,11 +457,19 @@ def mixed_precision_stage(plan: Plan, source: StageResult, force: bool, quantize
         return {"mixed_precision": section}
 
     pinned = file_hash(mp.overrides) if mp.overrides and Path(mp.overrides).is_file() else None
-    key = {"input": source.key, "quantized": quantized.key, "mixed_precision": mp.model_dump(mode="json"), "pinned": pinned,
-           "op_types": plan.op_types, "per_channel": q.per_channel, "task": plan.task.name,
-           "validation": [s.key() for s in plan.validation_samples], "device": plan.devices[0].model_dump(mode="json"),
-           "shapes": plan.recipe.validation_shapes,
-           "calibration": [s.key() for s in plan.calibration_samples or []]}  # fmt: skip
+    key = {
+        "input": source.key,
+        "quantized": quantized.key,
+        "mixed_precision": mp.model_dump(mode="json"),
+        "pinned": pinned,
+        "op_types": plan.op_types,
+        "per_channel": q.per_channel,
+        "task": plan.task.name,
+        "validation": [s.key() for s in plan.validation_samples],
+        "device": plan.devices[0].model_dump(mode="json"),
+        "shapes": plan.recipe.validation_shapes,
+        "calibration": [s.key() for s in plan.calibration_samples or []],
+    }
     return cached_stage(plan.out_dir / "mixed", "mixed_precision", key, produce, force)
 
 
@@ -375,13 +477,18 @@ def kv_cache_stage(plan: Plan, fp32: StageResult, source: StageResult, force: bo
     from edgeq.quantize.kv_cache import quantize_kv_cache
 
     def produce(folder: Path) -> dict:
-        done = quantize_kv_cache(source.folder / MODEL_FILE, folder / MODEL_FILE, fp32.folder / MODEL_FILE,
-                                 calibration_feeds(plan, fp32))  # fmt: skip
+        done = quantize_kv_cache(
+            source.folder / MODEL_FILE, folder / MODEL_FILE, fp32.folder / MODEL_FILE, calibration_feeds(plan, fp32)
+        )
         copy_companions(source.folder, folder)
         return done
 
-    key = {"input": source.key, "fp32": fp32.key, "calibration": [s.key() for s in plan.calibration_samples or []],
-           "calibration_length": plan.recipe.sequence_length_for(plan.recipe.quantization.calibration)}  # fmt: skip
+    key = {
+        "input": source.key,
+        "fp32": fp32.key,
+        "calibration": [s.key() for s in plan.calibration_samples or []],
+        "calibration_length": plan.recipe.sequence_length_for(plan.recipe.quantization.calibration),
+    }
     return cached_stage(plan.out_dir / "kv8", "kv_cache", key, produce, force)
 
 
@@ -395,8 +502,10 @@ def legalize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
         copy_companions(source.folder, folder)
         for kind, after in done["coverage_after"].items():
             before = done["coverage_before"][kind]
-            say(f"  {kind}: {before['partitions']} → {after['partitions']} partitions, "
-                f"{before['share']:.1%} → {after['share']:.1%} of nodes")  # fmt: skip
+            say(
+                f"  {kind}: {before['partitions']} → {after['partitions']} partitions, "
+                f"{before['share']:.1%} → {after['share']:.1%} of nodes"
+            )
         return {"legalization": done}
 
     key = {"input": source.key, "coverage": kinds}
@@ -424,8 +533,10 @@ def validate_stage(plan: Plan, models: dict[str, Path], reference: str, served: 
     thresholds = {name: limits for name in models if name != reference}
     inputs = task.inputs(models[reference].parent, plan.recipe.sequence_length_for(val), plan.recipe.static_shapes)
     shapes = plan.recipe.validation_shapes
-    say(f"▶ validate on {', '.join(d.id for d in plan.devices)} ({len(plan.validation_samples)} samples; shapes "
-        f"{', '.join(task.shape_label(*s) for s in shapes)})")  # fmt: skip
+    say(
+        f"▶ validate on {', '.join(d.id for d in plan.devices)} ({len(plan.validation_samples)} samples; shapes "
+        f"{', '.join(task.shape_label(*s) for s in shapes)})"
+    )
     start = time.perf_counter()
     trim_heap()
     own_artifacts = {name for d in plan.devices if d.artifact != "recipe" for name in [served[d.id]]}
@@ -438,8 +549,18 @@ def validate_stage(plan: Plan, models: dict[str, Path], reference: str, served: 
             else:
                 wanted = {n: p for n, p in models.items() if n in (reference, served[device.id])}
             samples = plan.validation_samples[: val.emulated_samples] if emulated else plan.validation_samples
-            results += validate_models(wanted, reference, device, samples, inputs, task, shapes,
-                                       val.warmup, thresholds, plan.recipe.fixed_batch)  # fmt: skip
+            results += validate_models(
+                wanted,
+                reference,
+                device,
+                samples,
+                inputs,
+                task,
+                shapes,
+                val.warmup,
+                thresholds,
+                plan.recipe.fixed_batch,
+            )
     seconds, peak = time.perf_counter() - start, sampled.mb
     say(f"  validate: {seconds:.1f}s, peak RSS {peak or '?'} MB (measured now, never cached)")
     return StageResult("validate", None, None, seconds, False, {"validations": results, "peak_rss_mb": peak})
@@ -462,13 +583,24 @@ def profile_stage(plan: Plan, finals: dict[str, Path]) -> StageResult:
         models += [uniform] if plan.task.generates and uniform.is_file() and not emulated else []
         runs, seconds, warmup = (1, 0, 0) if emulated else (cfg.runs, cfg.min_seconds, cfg.warmup)
         for model in models:  # one process each: a process's peak RSS is its one model's
-            entry = profile_models([model], device, default_transport(device), runs, seconds, warmup,
-                                   sequence_length=seq, task=plan.task, new_tokens=cfg.new_tokens)  # fmt: skip
+            entry = profile_models(
+                [model],
+                device,
+                default_transport(device),
+                runs,
+                seconds,
+                warmup,
+                sequence_length=seq,
+                task=plan.task,
+                new_tokens=cfg.new_tokens,
+            )
             entry["model"] = f"{model.parent.name}/{MODEL_FILE}"
             if emulated:
                 entry["runs_note"] = "one run in the emulated stand-in: its latency is qemu's, not the device's"
             if plan.task.generates and entry.get("peak_rss_mb") and device.memory_mb:
-                entry.update(planned_beside_measured(plan.model_dir, device, seq + cfg.new_tokens, entry["peak_rss_mb"]))
+                entry.update(
+                    planned_beside_measured(plan.model_dir, device, seq + cfg.new_tokens, entry["peak_rss_mb"])
+                )
                 entry["planned_is_same_precision"] = model == uniform
             profiles.append(entry)
     return StageResult("profile", None, None, time.perf_counter() - start, False, {"profiles": profiles})
@@ -482,8 +614,12 @@ def planned_beside_measured(model_dir: Path, device: DeviceProfile, context: int
     from edgeq.plan import plan as plan_memory
 
     int4 = next(o for o in plan_memory(model_dir, device, context)["options"] if o["precision"] == "int4")
-    return {"planned_bytes": int4["total_bytes"], "planned_precision": "int4", "planned_context": context,
-            "measured_over_planned": round(peak_rss_mb * 2**20 / int4["total_bytes"], 2)}  # fmt: skip
+    return {
+        "planned_bytes": int4["total_bytes"],
+        "planned_precision": "int4",
+        "planned_context": context,
+        "measured_over_planned": round(peak_rss_mb * 2**20 / int4["total_bytes"], 2),
+    }
 
 
 def finalize(plan: Plan, served: dict[str, StageResult]) -> dict[str, Path]:
@@ -518,7 +654,9 @@ def _write_final(plan: Plan, stage: StageResult, target: Path, devices: list[Dev
             write_ort_format(folder / MODEL_FILE, folder / "model.ort")
 
 
-def cached_stage(folder: Path, stage: str, key_material: dict, produce: Callable[[Path], dict], force: bool) -> StageResult:
+def cached_stage(
+    folder: Path, stage: str, key_material: dict, produce: Callable[[Path], dict], force: bool
+) -> StageResult:
     """Serve the stage from `folder` when its key matches (or from the shared cache, EDGEQ_SHARED_CACHE, a folder
     of stage outputs by key that builds on several machines share), else run `produce` into a fresh folder
     atomically (and offer the result to the shared cache)."""
@@ -542,8 +680,13 @@ def cached_stage(folder: Path, stage: str, key_material: dict, produce: Callable
             details = produce(scratch)
         seconds = time.perf_counter() - start
         details["peak_rss_mb"] = max(peak.mb or 0, details.get("child_peak_rss_mb") or 0) or None  # the stage's own
-        record = {"stage": stage, "key": key, "seconds": round(seconds, 2), "details": details,
-                  "files": {MODEL_FILE: sha256_file(scratch / MODEL_FILE)}}  # fmt: skip
+        record = {
+            "stage": stage,
+            "key": key,
+            "seconds": round(seconds, 2),
+            "details": details,
+            "files": {MODEL_FILE: sha256_file(scratch / MODEL_FILE)},
+        }
         (scratch / STAGE_FILE).write_text(json.dumps(record, indent=2))
     say(f"  {stage}: {seconds:.1f}s, peak RSS {details['peak_rss_mb'] or '?'} MB")
     trim_heap()

@@ -37,9 +37,29 @@ KV_BYTES = {"float32": 4, "float16": 2, "int8": 1}
 KV_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8"}  # --kv-dtype names
 # Model types whose transformers config class unties the LM head from the embedding by default (transformers 4.57);
 # every other type inherits PretrainedConfig's tie_word_embeddings=True.
-UNTIED_BY_DEFAULT = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi", "phi3", "phimoe",
-                     "gpt_neox", "gptj", "codegen", "stablelm", "olmo", "olmo2", "granite", "deepseek_v3", "nemotron",
-                     "glm", "glm4"}  # fmt: skip
+UNTIED_BY_DEFAULT = {
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen2_moe",
+    "qwen3",
+    "qwen3_moe",
+    "phi",
+    "phi3",
+    "phimoe",
+    "gpt_neox",
+    "gptj",
+    "codegen",
+    "stablelm",
+    "olmo",
+    "olmo2",
+    "granite",
+    "deepseek_v3",
+    "nemotron",
+    "glm",
+    "glm4",
+}
 
 
 @dataclass(frozen=True)
@@ -65,14 +85,18 @@ def read_config(path: str | Path) -> dict:
     path = Path(path)
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
-        raise ModelError(f"'{path}' has no config.json", "Give a model folder or its config.json (weights are not needed)")
+        raise ModelError(
+            f"'{path}' has no config.json", "Give a model folder or its config.json (weights are not needed)"
+        )
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise ModelError(f"'{file}' is not a model config (not JSON)", "Give a Hugging Face config.json") from None
     if not isinstance(config, dict) or not (config.get("num_hidden_layers") or config.get("n_layer")):
-        raise ModelError(f"'{file}' is not a language model config (no num_hidden_layers)",
-                         "Give the config.json of a decoder such as Llama, Mistral, Qwen2, Phi-3 or GPT-2")  # fmt: skip
+        raise ModelError(
+            f"'{file}' is not a language model config (no num_hidden_layers)",
+            "Give the config.json of a decoder such as Llama, Mistral, Qwen2, Phi-3 or GPT-2",
+        )
     return config
 
 
@@ -88,7 +112,11 @@ def model_shape(config: dict) -> Shape:
     intermediate = int(config.get("intermediate_size") or config.get("n_inner") or 4 * hidden)
     attention = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
     mlp = (2 if gpt2 else 3) * hidden * intermediate
-    biases = (heads + 2 * kv_heads) * head_dim * (gpt2 or config.get("model_type") == "qwen2" or bool(config.get("attention_bias")))
+    biases = (
+        (heads + 2 * kv_heads)
+        * head_dim
+        * (gpt2 or config.get("model_type") == "qwen2" or bool(config.get("attention_bias")))
+    )
     biases += (2 * hidden + intermediate) * gpt2  # attention and MLP output projections, MLP input
     norms = (4 if gpt2 else 2) * hidden
     tied, tied_from = tied_embeddings(config)
@@ -97,8 +125,22 @@ def model_shape(config: dict) -> Shape:
     matmul = layers * (attention + mlp) + embeddings
     total = matmul + layers * (biases + norms) + hidden * (2 if gpt2 else 1)
     window, sliding = sliding_window(config, layers)
-    return Shape(total, matmul, layers, hidden, heads, kv_heads, head_dim, vocab, intermediate,
-                 config.get("max_position_embeddings") or config.get("n_positions"), tied, tied_from, window, sliding)  # fmt: skip
+    return Shape(
+        total,
+        matmul,
+        layers,
+        hidden,
+        heads,
+        kv_heads,
+        head_dim,
+        vocab,
+        intermediate,
+        config.get("max_position_embeddings") or config.get("n_positions"),
+        tied,
+        tied_from,
+        window,
+        sliding,
+    )
 
 
 def tied_embeddings(config: dict) -> tuple[bool, str]:
@@ -160,8 +202,13 @@ def runtime_bytes(device) -> int:
 
 
 def total_bytes(shape: Shape, precision: str, device, context: int, kv_dtype: str, windowed: bool = False) -> int:
-    return (runtime_bytes(device) + weight_bytes(shape, precision) + prepacked_bytes(shape, precision, device)
-            + kv_cache_bytes(shape, context, kv_dtype, windowed=windowed) + workspace_bytes(shape, context))  # fmt: skip
+    return (
+        runtime_bytes(device)
+        + weight_bytes(shape, precision)
+        + prepacked_bytes(shape, precision, device)
+        + kv_cache_bytes(shape, context, kv_dtype, windowed=windowed)
+        + workspace_bytes(shape, context)
+    )
 
 
 def max_context(shape: Shape, precision: str, device, memory: int, kv_dtype: str, windowed: bool = False) -> int:
@@ -210,8 +257,14 @@ def _through(xs: list[int], ys: list[int]) -> tuple[float, float, float]:
     return a, b, y0 - a * x0 * x0 - b * x0
 
 
-def plan(model: str | Path, device, context: int, memory_mb: int | None = None, kv_dtype: str | None = None,
-         recipe: str | Path | None = None) -> dict:  # fmt: skip
+def plan(
+    model: str | Path,
+    device,
+    context: int,
+    memory_mb: int | None = None,
+    kv_dtype: str | None = None,
+    recipe: str | Path | None = None,
+) -> dict:
     """The `edgeq plan` JSON of DESIGN.md for one model on one device. `kv_dtype` (fp32|fp16|int8): the KV
     cache's precision; default: what the device's runtime keeps. `recipe`: the recipe whose build `build_cost`
     estimates (default: edgeq init's starter recipe for the model and device)."""
@@ -220,8 +273,10 @@ def plan(model: str | Path, device, context: int, memory_mb: int | None = None, 
     config = read_config(model)
     shape = model_shape(config)
     if shape.max_positions and context > shape.max_positions:
-        raise ModelError(f"context {context} is over the model's max_position_embeddings ({shape.max_positions})",
-                         f"Plan for at most {shape.max_positions} tokens")  # fmt: skip
+        raise ModelError(
+            f"context {context} is over the model's max_position_embeddings ({shape.max_positions})",
+            f"Plan for at most {shape.max_positions} tokens",
+        )
     memory_mb = memory_mb or device.memory_mb
     if not memory_mb:
         raise DeviceError(f"device '{device.id}' has no memory facts (memory_mb)", "Pass --memory-mb N")
@@ -230,33 +285,60 @@ def plan(model: str | Path, device, context: int, memory_mb: int | None = None, 
     options = []
     for precision in ("fp32", "fp16", "int8", "int4"):
         total = total_bytes(shape, precision, device, context, kv)
-        option = {"precision": precision, "weights_bytes": weight_bytes(shape, precision),
-                  "prepacked_bytes": prepacked_bytes(shape, precision, device), "runtime_bytes": runtime_bytes(device),
-                  "kv_cache_bytes": kv_cache_bytes(shape, context, kv), "kv_dtype": kv,
-                  "workspace_bytes": workspace_bytes(shape, context), "total_bytes": total, "fits": total <= memory,
-                  "max_context": max_context(shape, precision, device, memory, kv)}  # fmt: skip
+        option = {
+            "precision": precision,
+            "weights_bytes": weight_bytes(shape, precision),
+            "prepacked_bytes": prepacked_bytes(shape, precision, device),
+            "runtime_bytes": runtime_bytes(device),
+            "kv_cache_bytes": kv_cache_bytes(shape, context, kv),
+            "kv_dtype": kv,
+            "workspace_bytes": workspace_bytes(shape, context),
+            "total_bytes": total,
+            "fits": total <= memory,
+            "max_context": max_context(shape, precision, device, memory, kv),
+        }
         option["max_context_limited_by"] = "model" if option["max_context"] == shape.max_positions else "memory"
         if shape.sliding_layers:
             windowed = total_bytes(shape, precision, device, context, kv, windowed=True)
-            option["windowed_runtime"] = {"kv_cache_bytes": kv_cache_bytes(shape, context, kv, windowed=True),
-                                          "total_bytes": windowed, "fits": windowed <= memory,
-                                          "max_context": max_context(shape, precision, device, memory, kv, True)}  # fmt: skip
+            option["windowed_runtime"] = {
+                "kv_cache_bytes": kv_cache_bytes(shape, context, kv, windowed=True),
+                "total_bytes": windowed,
+                "fits": windowed <= memory,
+                "max_context": max_context(shape, precision, device, memory, kv, True),
+            }
         options.append(option)
     fitting = [o["precision"] for o in options if o["fits"]]
     return {
-        "model": {"config": str(model), "architecture": (config.get("architectures") or [config.get("model_type")])[0],
-                  "parameters": shape.parameters, "layers": shape.layers, "hidden": shape.hidden, "heads": shape.heads,
-                  "kv_heads": shape.kv_heads, "head_dim": shape.head_dim, "vocab": shape.vocab,
-                  "tied_embeddings": shape.tied, "tied_embeddings_from": shape.tied_from,
-                  **({"sliding_window": {"window": shape.window, "layers": shape.sliding_layers}} if shape.sliding_layers else {})},
-        "device": {"id": device.id, "memory_bytes": memory, "memory_source": "--memory-mb" if memory_mb != device.memory_mb else "device profile"},
+        "model": {
+            "config": str(model),
+            "architecture": (config.get("architectures") or [config.get("model_type")])[0],
+            "parameters": shape.parameters,
+            "layers": shape.layers,
+            "hidden": shape.hidden,
+            "heads": shape.heads,
+            "kv_heads": shape.kv_heads,
+            "head_dim": shape.head_dim,
+            "vocab": shape.vocab,
+            "tied_embeddings": shape.tied,
+            "tied_embeddings_from": shape.tied_from,
+            **(
+                {"sliding_window": {"window": shape.window, "layers": shape.sliding_layers}}
+                if shape.sliding_layers
+                else {}
+            ),
+        },
+        "device": {
+            "id": device.id,
+            "memory_bytes": memory,
+            "memory_source": "--memory-mb" if memory_mb != device.memory_mb else "device profile",
+        },
         "context": context,
         "kv_dtype": kv,
         "options": options,
         "largest_fitting": fitting[0] if fitting else None,
         "build_cost": plan_build_cost(model, device, recipe),
         "method": __doc__.split("\n\n", 1)[1].strip(),
-    }  # fmt: skip
+    }
 
 
 BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
@@ -268,13 +350,23 @@ def compare_at_equal_memory(plans: list[dict]) -> dict:
     rows = []
     for p in plans:
         best = next((o for o in p["options"] if o["fits"]), None)
-        rows.append({"model": p["model"]["config"], "parameters": p["model"]["parameters"],
-                     "precision": best["precision"] if best else None, "total_bytes": best["total_bytes"] if best else None,
-                     "weight_bits": p["model"]["parameters"] * BITS[best["precision"]] if best else 0,
-                     "max_context": best["max_context"] if best else 0})  # fmt: skip
+        rows.append(
+            {
+                "model": p["model"]["config"],
+                "parameters": p["model"]["parameters"],
+                "precision": best["precision"] if best else None,
+                "total_bytes": best["total_bytes"] if best else None,
+                "weight_bits": p["model"]["parameters"] * BITS[best["precision"]] if best else 0,
+                "max_context": best["max_context"] if best else 0,
+            }
+        )
     rows.sort(key=lambda r: (-r["weight_bits"], -r["max_context"]))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
-    return {"memory_bytes": plans[0]["device"]["memory_bytes"], "context": plans[0]["context"], "models": rows,
-            "ranked_by": "weight bits that fit (parameters x bits per weight), then the longest context",
-            "note": "what fits is arithmetic; which is better at equal memory must be measured (edgeq build both)"}
+    return {
+        "memory_bytes": plans[0]["device"]["memory_bytes"],
+        "context": plans[0]["context"],
+        "models": rows,
+        "ranked_by": "weight bits that fit (parameters x bits per weight), then the longest context",
+        "note": "what fits is arithmetic; which is better at equal memory must be measured (edgeq build both)",
+    }

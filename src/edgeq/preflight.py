@@ -56,8 +56,10 @@ def _shape_problems(model: onnx.ModelProto, device: DeviceProfile) -> list[str]:
         dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
         dynamic = [d for d in dims if not isinstance(d, int) or d <= 0]
         if dynamic:
-            found.append(f"input '{value.name}' has dynamic dimensions {dynamic}: the device needs static shapes "
-                         "(export with --batch-size and --sequence-length)")  # fmt: skip
+            found.append(
+                f"input '{value.name}' has dynamic dimensions {dynamic}: the device needs static shapes "
+                "(export with --batch-size and --sequence-length)"
+            )
     return found
 
 
@@ -65,7 +67,9 @@ def _op_problems(model: onnx.ModelProto, device: DeviceProfile) -> list[str]:
     found = []
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if device.max_opset and opset > device.max_opset:
-        found.append(f"opset {opset} is above the device runtime's {device.max_opset}: export with --opset {device.max_opset}")
+        found.append(
+            f"opset {opset} is above the device runtime's {device.max_opset}: export with --opset {device.max_opset}"
+        )
     flow = sorted({n.op_type for n in model.graph.node if n.op_type in CONTROL_FLOW})
     if flow and not device.control_flow:
         found.append(f"control flow ({', '.join(flow)}) does not run on {device.execution_provider.name}")
@@ -73,8 +77,10 @@ def _op_problems(model: onnx.ModelProto, device: DeviceProfile) -> list[str]:
         precisions = node_precisions(model)
         float_compute = [n for n in model.graph.node if n.op_type in COMPUTE_OPS and precisions.get(n.name) == "fp32"]
         if float_compute and all(p == "fp32" for p in precisions.values()):
-            found.append(f"the model is not quantized: {device.execution_provider.name} runs quantized models only "
-                         f"({len(float_compute)} float {'/'.join(sorted({n.op_type for n in float_compute}))} nodes)")  # fmt: skip
+            found.append(
+                f"the model is not quantized: {device.execution_provider.name} runs quantized models only "
+                f"({len(float_compute)} float {'/'.join(sorted({n.op_type for n in float_compute}))} nodes)"
+            )
     return found
 
 

@@ -22,13 +22,22 @@ def _gguf_source(model_dir) -> dict | None:
     info = describe(model_dir)
     if info is None:
         return None
-    return {"kind": "gguf", **{k: info[k] for k in ("source", "sha256", "architecture", "tensor_types", "tokenizer_check")},
-            "note": "the FP32 reference is the dequantized GGUF: its weights already lie on the GGUF's grid, so "
-                    "fidelity is measured against the GGUF users have, not against the model as trained"}  # fmt: skip
+    return {
+        "kind": "gguf",
+        **{k: info[k] for k in ("source", "sha256", "architecture", "tensor_types", "tokenizer_check")},
+        "note": "the FP32 reference is the dequantized GGUF: its weights already lie on the GGUF's grid, so "
+        "fidelity is measured against the GGUF users have, not against the model as trained",
+    }
 
 
-def build_report(plan, stages, final_artifact: str, total: float, finals: dict[str, str] | None = None,
-                 served: dict[str, str] | None = None) -> dict:  # fmt: skip
+def build_report(
+    plan,
+    stages,
+    final_artifact: str,
+    total: float,
+    finals: dict[str, str] | None = None,
+    served: dict[str, str] | None = None,
+) -> dict:
     artifacts = [describe(s.folder / "model.onnx", s.folder.name, plan.out_dir) for s in stages if s.folder]
     reference_size = artifacts[0]["size_bytes"]
     for artifact in artifacts:
@@ -43,11 +52,15 @@ def build_report(plan, stages, final_artifact: str, total: float, finals: dict[s
         "task": plan.task.name,
         "task_reason": plan.task_reason,
         "compared_output": plan.task.compares,
-        "default_sequence_length": {"tokens": plan.recipe.default_sequence_length,
-                                    "from": plan.recipe.default_sequence_length_origin},
+        "default_sequence_length": {
+            "tokens": plan.recipe.default_sequence_length,
+            "from": plan.recipe.default_sequence_length_origin,
+        },
         **({"model_source": source} if (source := _gguf_source(plan.model_dir)) else {}),
-        "stages": [{k: v for k, v in s.record().items() if k not in ("validations", "mixed_precision", "profiles")}
-                   for s in stages],
+        "stages": [
+            {k: v for k, v in s.record().items() if k not in ("validations", "mixed_precision", "profiles")}
+            for s in stages
+        ],
         "artifacts": artifacts,
         "validations": validations,
         "final": "final/model.onnx",
@@ -61,8 +74,11 @@ def build_report(plan, stages, final_artifact: str, total: float, finals: dict[s
         "total_seconds": round(total, 2),
         "log_file": LOG_FILE,
         "peak_rss_mb": _build_peak_mb(stages),
-        **({"build_cost_estimate": {k: plan.cost_estimate[k] for k in ("peak_rss_bytes", "disk_bytes", "seconds")}}
-           if plan.cost_estimate else {}),
+        **(
+            {"build_cost_estimate": {k: plan.cost_estimate[k] for k in ("peak_rss_bytes", "disk_bytes", "seconds")}}
+            if plan.cost_estimate
+            else {}
+        ),
     }
 
 
@@ -85,10 +101,19 @@ def _kv_cache(stages, validations: list[dict], metric_names) -> dict | None:
     if kv is None:
         return None
     by = {(v["device"], v["artifact"]): v["metrics"] for v in validations}
-    kv["cost"] = [{"device": device, **{m: round(after[m] - before[m], 6) for m in metric_names
-                                        if isinstance(after.get(m), (int, float)) and isinstance(before.get(m), (int, float))}}
-                  for (device, artifact), after in by.items() if artifact == "kv8"
-                  if (before := by.get((device, kv["from_artifact"])))]  # fmt: skip
+    kv["cost"] = [
+        {
+            "device": device,
+            **{
+                m: round(after[m] - before[m], 6)
+                for m in metric_names
+                if isinstance(after.get(m), (int, float)) and isinstance(before.get(m), (int, float))
+            },
+        }
+        for (device, artifact), after in by.items()
+        if artifact == "kv8"
+        if (before := by.get((device, kv["from_artifact"])))
+    ]
     kv["cost_is"] = "the INT8-cache model's metric minus the same model's with an FP32 cache (against FP32)"
     return kv
 
@@ -112,8 +137,11 @@ def _source_lines(source: dict | None) -> list[str]:
     types = ", ".join(f"{count} {kind}" for kind, count in source["tensor_types"].items())
     check = source["tokenizer_check"]
     said = "agrees with the GGUF's own" if check["agrees"] else f"**disagrees** with the GGUF's own: {check['detail']}"
-    return [f"Converted from GGUF `{source['source']}` ({source['architecture']}; llama.cpp tensor types: {types}); "
-            f"the converted tokenizer {said}. {source['note'][0].upper()}{source['note'][1:]}.", ""]
+    return [
+        f"Converted from GGUF `{source['source']}` ({source['architecture']}; llama.cpp tensor types: {types}); "
+        f"the converted tokenizer {said}. {source['note'][0].upper()}{source['note'][1:]}.",
+        "",
+    ]
 
 
 def _length_lines(default: dict | None) -> list[str]:
@@ -136,14 +164,26 @@ def render_markdown(report: dict) -> str:
         *_length_lines(report.get("default_sequence_length")),
         "## Stages",
         "",
-        table(["stage", "seconds", "cached"],
-              [[s["name"], f"{s['seconds']:.2f}", "yes" if s["cached"] else "no"] for s in report["stages"]]),
+        table(
+            ["stage", "seconds", "cached"],
+            [[s["name"], f"{s['seconds']:.2f}", "yes" if s["cached"] else "no"] for s in report["stages"]],
+        ),
         "",
         "## Artifacts",
         "",
-        table(["artifact", "path", "size (MB)", "size vs fp32", "precision (nodes)"],
-              [[a["name"], f"`{a['path']}`", f"{a['size_bytes'] / 1e6:.2f}", f"{a['size_ratio']:.1%}",
-                ", ".join(f"{k} {v}" for k, v in a["precision"].items())] for a in report["artifacts"]]),
+        table(
+            ["artifact", "path", "size (MB)", "size vs fp32", "precision (nodes)"],
+            [
+                [
+                    a["name"],
+                    f"`{a['path']}`",
+                    f"{a['size_bytes'] / 1e6:.2f}",
+                    f"{a['size_ratio']:.1%}",
+                    ", ".join(f"{k} {v}" for k, v in a["precision"].items()),
+                ]
+                for a in report["artifacts"]
+            ],
+        ),
         "",
         *_served_markdown(report),
         *_legalization_markdown(report),
@@ -153,35 +193,56 @@ def render_markdown(report: dict) -> str:
         "provider on this machine), `emulated` (a stand-in), `remote` (the real device).",
         "",
         validation_table(report["validations"]),
-    ]  # fmt: skip
+    ]
     task_rows = task_metric_rows(report["validations"])
     if task_rows:
-        lines += ["", "## Task metrics", "",
-                  "Worst shape. Agreement metrics compare with FP32's predictions; with labelled data, the task metric "
-                  "of the FP32 model and of each candidate side by side, and the change.", "",
-                  table(["artifact", "device", "metric", "value", "FP32", "change"], task_rows)]  # fmt: skip
+        lines += [
+            "",
+            "## Task metrics",
+            "",
+            "Worst shape. Agreement metrics compare with FP32's predictions; with labelled data, the task metric "
+            "of the FP32 model and of each candidate side by side, and the change.",
+            "",
+            table(["artifact", "device", "metric", "value", "FP32", "change"], task_rows),
+        ]
     if any(len(v.get("shapes", [])) > 1 for v in report["validations"]):
-        lines += ["", "## Per shape", "",
-                  "Each deployment shape measured on its own (`bB-sS`: batches of B texts padded to the longest, at "
-                  "most S tokens a text); the validations above show the worst case over shapes.", "",
-                  shape_table(report["validations"])]  # fmt: skip
+        lines += [
+            "",
+            "## Per shape",
+            "",
+            "Each deployment shape measured on its own (`bB-sS`: batches of B texts padded to the longest, at "
+            "most S tokens a text); the validations above show the worst case over shapes.",
+            "",
+            shape_table(report["validations"]),
+        ]
     notes = sorted({f"- {v['device']} ({v['mode']}): {v['note']}" for v in report["validations"] if v.get("note")})
     if notes:
         lines += ["", "Where the figures come from:", "", *notes]
     coverage = [v for v in report["validations"] if v.get("coverage")]
     if coverage:
         lines += ["", "## Coverage estimates (not a run)", "", coverage_table(coverage)]
-    failures = [f"- {v['artifact']} on {v['device']}: {'; '.join(v['failures'])}"
-                for v in report["validations"] if v["failures"]]  # fmt: skip
+    failures = [
+        f"- {v['artifact']} on {v['device']}: {'; '.join(v['failures'])}"
+        for v in report["validations"]
+        if v["failures"]
+    ]
     if failures:
         lines += ["", "## Below thresholds", "", *failures]
     if "mixed_precision" in report:
         lines += ["", *mixed_precision_markdown(report["mixed_precision"])]
     if "kv_cache" in report:
         kv = report["kv_cache"]
-        lines += ["", "## KV cache", "", f"INT8, {kv['quant_type']}, {kv['layers']} layers, scales from "
-                  f"{kv['calibration_batches']} calibration batches. What it cost ({kv['cost_is']}):", ""]
-        lines += [f"- {c['device']}: " + ", ".join(f"{m} {v:+.4g}" for m, v in c.items() if m != "device") for c in kv["cost"]]
+        lines += [
+            "",
+            "## KV cache",
+            "",
+            f"INT8, {kv['quant_type']}, {kv['layers']} layers, scales from "
+            f"{kv['calibration_batches']} calibration batches. What it cost ({kv['cost_is']}):",
+            "",
+        ]
+        lines += [
+            f"- {c['device']}: " + ", ".join(f"{m} {v:+.4g}" for m, v in c.items() if m != "device") for c in kv["cost"]
+        ]
     if "profiles" in report:
         lines += ["", "## Profiles of the final model", "", profile_table(report["profiles"])]
         if decoding := [p for p in report["profiles"] if "decode_tokens_per_s" in p]:
@@ -189,8 +250,11 @@ def render_markdown(report: dict) -> str:
     checks = [s for s in report["stages"] if "export_check" in s]
     if checks:
         c = checks[0]["export_check"]
-        lines += ["", f"Export check against PyTorch on {c['samples']} texts: cosine min {c['cosine_min']:.6f}, "
-                      f"max abs error {c['max_abs_error']:.2e}."]  # fmt: skip
+        lines += [
+            "",
+            f"Export check against PyTorch on {c['samples']} texts: cosine min {c['cosine_min']:.6f}, "
+            f"max abs error {c['max_abs_error']:.2e}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -213,11 +277,21 @@ def mixed_precision_markdown(mp: dict) -> list[str]:
         m = e["metrics"]
         shown = ", ".join(f"{name.replace('_', ' ')} {m[name]:.4g}" for name in judged if name in m)
         size = f", size {sizes[e['configuration']]:.1%}" if e["configuration"] in sizes else ""
-        lines.append(f"- configuration {e['configuration']}: {shown}{size}, latency ratio "
-                     f"{m.get('latency_ratio', float('nan')):.2f} → {'meets' if e['passed'] else 'misses'} the budget")  # fmt: skip
-    rows = [[i["name"], f"{i['parameters']:,}", _fmt(i.get("output_sqnr_db"), ".1f"),
-             " ".join(f"{k} {v:+.5f}" for k, v in i.get("gain", {}).items()), f"**{i['precision']}**", i["reason"]]
-            for i in mp["islands"]]  # fmt: skip
+        lines.append(
+            f"- configuration {e['configuration']}: {shown}{size}, latency ratio "
+            f"{m.get('latency_ratio', float('nan')):.2f} → {'meets' if e['passed'] else 'misses'} the budget"
+        )
+    rows = [
+        [
+            i["name"],
+            f"{i['parameters']:,}",
+            _fmt(i.get("output_sqnr_db"), ".1f"),
+            " ".join(f"{k} {v:+.5f}" for k, v in i.get("gain", {}).items()),
+            f"**{i['precision']}**",
+            i["reason"],
+        ]
+        for i in mp["islands"]
+    ]
     return [*lines, "", table(["island", "params", "output SQNR dB", "proxy gain", "precision", "reason"], rows)]
 
 
@@ -235,11 +309,24 @@ def activation_types_markdown(mp: dict) -> list[str]:
     ]
     judged = _budget_metrics(mp.get("budget") or {})
     for e in mp.get("evaluations", []):
-        shown = ", ".join(f"{name.replace('_', ' ')} {e['metrics'][name]:.5f}" for name in judged if name in e["metrics"])
-        lines.append(f"- {e['configuration']} least sensitive blocks at 8 bits: {shown} → "
-                     f"{'meets' if e['passed'] else 'misses'} the budget")  # fmt: skip
-    rows = [[i["name"], str(i["tensors"]), _fmt(i["proxy_loss_at_8_bit"], "+.6f"), _fmt(i["rank"], "d"),
-             f"**{i['precision']}**", i["reason"]] for i in mp["islands"]]  # fmt: skip
+        shown = ", ".join(
+            f"{name.replace('_', ' ')} {e['metrics'][name]:.5f}" for name in judged if name in e["metrics"]
+        )
+        lines.append(
+            f"- {e['configuration']} least sensitive blocks at 8 bits: {shown} → "
+            f"{'meets' if e['passed'] else 'misses'} the budget"
+        )
+    rows = [
+        [
+            i["name"],
+            str(i["tensors"]),
+            _fmt(i["proxy_loss_at_8_bit"], "+.6f"),
+            _fmt(i["rank"], "d"),
+            f"**{i['precision']}**",
+            i["reason"],
+        ]
+        for i in mp["islands"]
+    ]
     return [*lines, "", table(["block", "activations", "proxy loss at 8 bits", "rank", "precision", "reason"], rows)]
 
 
@@ -255,21 +342,34 @@ def _legalization_markdown(report: dict) -> list[str]:
     done = next((s["legalization"] for s in report["stages"] if "legalization" in s), None)
     if not done:
         return []
-    rows = [[kind, f"{before['partitions']} → {done['coverage_after'][kind]['partitions']}",
-             f"{before['share']:.1%} → {done['coverage_after'][kind]['share']:.1%}",
-             ", ".join(o.split(":")[-1] for o in done["coverage_after"][kind]["unsupported_ops"]) or "—"]
-            for kind, before in done["coverage_before"].items()]  # fmt: skip
+    rows = [
+        [
+            kind,
+            f"{before['partitions']} → {done['coverage_after'][kind]['partitions']}",
+            f"{before['share']:.1%} → {done['coverage_after'][kind]['share']:.1%}",
+            ", ".join(o.split(":")[-1] for o in done["coverage_after"][kind]["unsupported_ops"]) or "—",
+        ]
+        for kind, before in done["coverage_before"].items()
+    ]
     rewritten = ", ".join(f"{op} ×{n}" for op, n in done["rewritten"].items()) or "nothing"
-    return ["## Legalization", "",
-            f"Shapes folded at their fixed sizes, then rewritten into ops the EP has: {rewritten} (estimates from "
-            "onnxruntime's mobile helpers, on the FP32 model before quantization).", "",
-            table(["coverage", "partitions", "nodes supported", "still unsupported"], rows), ""]  # fmt: skip
+    return [
+        "## Legalization",
+        "",
+        f"Shapes folded at their fixed sizes, then rewritten into ops the EP has: {rewritten} (estimates from "
+        "onnxruntime's mobile helpers, on the FP32 model before quantization).",
+        "",
+        table(["coverage", "partitions", "nodes supported", "still unsupported"], rows),
+        "",
+    ]
 
 
 def _budget_metrics(budget: dict) -> list[str]:
     """The metrics a mixed-precision budget judges (cosine when it names none), for the evaluation lines."""
-    named = [key.removeprefix("min_") for key in ("min_cosine_mean", "min_cosine_min", "min_nn_agreement")
-             if budget.get(key) is not None]  # fmt: skip
+    named = [
+        key.removeprefix("min_")
+        for key in ("min_cosine_mean", "min_cosine_min", "min_nn_agreement")
+        if budget.get(key) is not None
+    ]
     named += [*(budget.get("floors") or {}), *(budget.get("ceilings") or {})]
     return named or ["cosine_mean", "cosine_min"]
 
@@ -283,14 +383,38 @@ def validation_table(validations: list[dict]) -> str:
     for v in validations:
         m = v["metrics"]
         placement = ", ".join(f"{ep.removesuffix('ExecutionProvider')} {n}" for ep, n in v["placement"].items())
-        rows.append([
-            v["artifact"], v["device"], v["mode"], f"{m['cosine_mean']:.4f}", f"{m['cosine_min']:.4f}",
-            f"{m['max_abs_error']:.4f}", f"{m['sqnr_db']:.1f}" if m["sqnr_db"] is not None else "exact", f"{v['latency_ms']['p50']:.2f}",
-            f"{v['latency_ms']['p90']:.2f}", _fmt(v["latency_ratio_to_reference"], ".2f"), placement,
-            str(v["fallback_nodes"]), "pass" if v["passed"] else "FAIL",
-        ])  # fmt: skip
-    header = ["artifact", "device", "mode", "cos mean", "cos min", "max abs err", "SQNR dB", "p50 ms", "p90 ms",
-              "p50 vs fp32", "placement (nodes)", "fallbacks", "result"]  # fmt: skip
+        rows.append(
+            [
+                v["artifact"],
+                v["device"],
+                v["mode"],
+                f"{m['cosine_mean']:.4f}",
+                f"{m['cosine_min']:.4f}",
+                f"{m['max_abs_error']:.4f}",
+                f"{m['sqnr_db']:.1f}" if m["sqnr_db"] is not None else "exact",
+                f"{v['latency_ms']['p50']:.2f}",
+                f"{v['latency_ms']['p90']:.2f}",
+                _fmt(v["latency_ratio_to_reference"], ".2f"),
+                placement,
+                str(v["fallback_nodes"]),
+                "pass" if v["passed"] else "FAIL",
+            ]
+        )
+    header = [
+        "artifact",
+        "device",
+        "mode",
+        "cos mean",
+        "cos min",
+        "max abs err",
+        "SQNR dB",
+        "p50 ms",
+        "p90 ms",
+        "p50 vs fp32",
+        "placement (nodes)",
+        "fallbacks",
+        "result",
+    ]
     if any(len(v.get("shapes", [])) > 1 for v in validations):
         header[3:7] = [f"{h} (worst shape)" for h in header[3:7]]
         header[7:10] = [f"{h} ({validations[0]['shapes'][0]['shape']})" for h in header[7:10]]
@@ -305,8 +429,16 @@ def task_metric_rows(validations: list[dict]) -> list[list[str]]:
         for name in TASK_METRICS:
             if v["metrics"].get(name) is not None:
                 m = v["metrics"]
-                rows.append([v["artifact"], v["device"], name, f"{m[name]:.4f}", _fmt(m.get(f"{name}_reference"), ".4f"),
-                             _fmt(m.get(f"{name}_delta"), "+.4f")])  # fmt: skip
+                rows.append(
+                    [
+                        v["artifact"],
+                        v["device"],
+                        name,
+                        f"{m[name]:.4f}",
+                        _fmt(m.get(f"{name}_reference"), ".4f"),
+                        _fmt(m.get(f"{name}_delta"), "+.4f"),
+                    ]
+                )
     return rows
 
 
@@ -315,40 +447,129 @@ def shape_table(validations: list[dict]) -> str:
     for v in validations:
         for s in v.get("shapes", []):
             m = s["metrics"]
-            rows.append([v["artifact"], v["device"], s["shape"], str(s["samples"]), _fmt(s.get("tokens_mean"), ".1f"),
-                         f"{m['cosine_mean']:.4f}", f"{m['cosine_min']:.4f}", _fmt(m.get("nn_agreement"), ".3f"),
-                         _fmt(m.get("top1_agreement"), ".3f"), f"{s['latency_ms']['p50']:.2f}",
-                         _fmt(s["latency_ratio_to_reference"], ".2f")])  # fmt: skip
-    return table(["artifact", "device", "shape", "texts", "tokens/text", "cos mean", "cos min", "NN agreement",
-                  "top-1 agreement", "p50 ms", "p50 vs fp32"], rows)  # fmt: skip
+            rows.append(
+                [
+                    v["artifact"],
+                    v["device"],
+                    s["shape"],
+                    str(s["samples"]),
+                    _fmt(s.get("tokens_mean"), ".1f"),
+                    f"{m['cosine_mean']:.4f}",
+                    f"{m['cosine_min']:.4f}",
+                    _fmt(m.get("nn_agreement"), ".3f"),
+                    _fmt(m.get("top1_agreement"), ".3f"),
+                    f"{s['latency_ms']['p50']:.2f}",
+                    _fmt(s["latency_ratio_to_reference"], ".2f"),
+                ]
+            )
+    return table(
+        [
+            "artifact",
+            "device",
+            "shape",
+            "texts",
+            "tokens/text",
+            "cos mean",
+            "cos min",
+            "NN agreement",
+            "top-1 agreement",
+            "p50 ms",
+            "p50 vs fp32",
+        ],
+        rows,
+    )
 
 
 def profile_table(profiles: list[dict]) -> str:
-    rows = [[p["device"], f"{p['mode']} ({p['transport']})", str(p["runs"]), *(f"{p['latency_ms'][k]:.3f}" for k in
-             ("min", "p50", "p90", "p99")), f"{p['throughput_per_s']:.1f}", f"{p['load_ms']:.0f}",
-             f"{p['first_run_ms']:.1f}", _mb(p["peak_rss_mb"]), ", ".join(f"{o['op_type']} {o['share']:.0%}" for o in p["ops"][:3])]
-            for p in profiles]  # fmt: skip
-    return table(["device", "mode", "runs", "min ms", "p50 ms", "p90 ms", "p99 ms", "per s", "load ms", "first ms",
-                  "peak RSS MB", "top ops"], rows)  # fmt: skip
+    rows = [
+        [
+            p["device"],
+            f"{p['mode']} ({p['transport']})",
+            str(p["runs"]),
+            *(f"{p['latency_ms'][k]:.3f}" for k in ("min", "p50", "p90", "p99")),
+            f"{p['throughput_per_s']:.1f}",
+            f"{p['load_ms']:.0f}",
+            f"{p['first_run_ms']:.1f}",
+            _mb(p["peak_rss_mb"]),
+            ", ".join(f"{o['op_type']} {o['share']:.0%}" for o in p["ops"][:3]),
+        ]
+        for p in profiles
+    ]
+    return table(
+        [
+            "device",
+            "mode",
+            "runs",
+            "min ms",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "per s",
+            "load ms",
+            "first ms",
+            "peak RSS MB",
+            "top ops",
+        ],
+        rows,
+    )
 
 
 def decode_table(profiles: list[dict]) -> str:
     """Decode speed, time to first token and the decoding process's memory beside `edgeq plan`'s prediction."""
-    rows = [[p["model"], p["device"], p["mode"], str(p["prompt_tokens"]), str(p["generated_tokens"]), f"{p['decode_tokens_per_s']:.1f}",
-             f"{p['ttft_ms']['p50']:.0f}", _mb(p["peak_rss_mb"]),
-             f"{p['planned_bytes'] / 2**20:.0f} ({p['measured_over_planned']}x)" if "planned_bytes" in p else "—"]
-            for p in profiles]  # fmt: skip
-    return table(["model", "device", "mode", "prompt tokens", "new tokens", "decode tokens/s", "TTFT p50 ms", "peak RSS MB",
-                  "edgeq plan MB (measured / planned)"], rows)  # fmt: skip
+    rows = [
+        [
+            p["model"],
+            p["device"],
+            p["mode"],
+            str(p["prompt_tokens"]),
+            str(p["generated_tokens"]),
+            f"{p['decode_tokens_per_s']:.1f}",
+            f"{p['ttft_ms']['p50']:.0f}",
+            _mb(p["peak_rss_mb"]),
+            f"{p['planned_bytes'] / 2**20:.0f} ({p['measured_over_planned']}x)" if "planned_bytes" in p else "—",
+        ]
+        for p in profiles
+    ]
+    return table(
+        [
+            "model",
+            "device",
+            "mode",
+            "prompt tokens",
+            "new tokens",
+            "decode tokens/s",
+            "TTFT p50 ms",
+            "peak RSS MB",
+            "edgeq plan MB (measured / planned)",
+        ],
+        rows,
+    )
 
 
 def coverage_table(validations: list[dict]) -> str:
-    rows = [[v["artifact"], v["device"], v["coverage"]["ep"], f"{v['coverage']['supported_nodes']}/{v['coverage']['nodes']}",
-             str(v["coverage"]["partitions"]), ", ".join(v["coverage"]["unsupported_ops"]) or "none",
-             str(v["coverage"]["nodes_unsupported_due_to_dynamic_shape"]), v["coverage"]["suitability"]]
-            for v in validations]  # fmt: skip
-    header = ["artifact", "device", "EP", "nodes supported", "partitions", "unsupported ops", "dynamic-shape nodes",
-              "suitability"]  # fmt: skip
+    rows = [
+        [
+            v["artifact"],
+            v["device"],
+            v["coverage"]["ep"],
+            f"{v['coverage']['supported_nodes']}/{v['coverage']['nodes']}",
+            str(v["coverage"]["partitions"]),
+            ", ".join(v["coverage"]["unsupported_ops"]) or "none",
+            str(v["coverage"]["nodes_unsupported_due_to_dynamic_shape"]),
+            v["coverage"]["suitability"],
+        ]
+        for v in validations
+    ]
+    header = [
+        "artifact",
+        "device",
+        "EP",
+        "nodes supported",
+        "partitions",
+        "unsupported ops",
+        "dynamic-shape nodes",
+        "suitability",
+    ]
     return table(header, rows)
 
 

@@ -73,17 +73,23 @@ def _check_machine() -> None:
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         raise DeviceError(f"an arm64 stand-in needs a Linux x86-64 host, not {sys.platform} {platform.machine()}")
     if os.geteuid() != 0:
-        raise DeviceError("setting up the arm64 stand-in needs root (debootstrap, chroot and binfmt_misc)",
-                          "Run it as root, e.g. sudo edgeq devices setup raspberry-pi-5")  # fmt: skip
+        raise DeviceError(
+            "setting up the arm64 stand-in needs root (debootstrap, chroot and binfmt_misc)",
+            "Run it as root, e.g. sudo edgeq devices setup raspberry-pi-5",
+        )
 
 
 def ensure_binfmt() -> None:
     """Mount binfmt_misc if needed and register qemu-aarch64-static with the F flag (works inside chroots)."""
     if not (BINFMT / "register").exists():
-        done = subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], capture_output=True, text=True
+        )
         if done.returncode != 0:
-            raise DeviceError(f"binfmt_misc is not available on this machine ({done.stderr.strip() or 'mount failed'})",
-                              "The arm64 stand-in needs the kernel's binfmt_misc (a privileged host or VM)")  # fmt: skip
+            raise DeviceError(
+                f"binfmt_misc is not available on this machine ({done.stderr.strip() or 'mount failed'})",
+                "The arm64 stand-in needs the kernel's binfmt_misc (a privileged host or VM)",
+            )
     if (BINFMT / BINFMT_NAME).exists():
         return
     if not QEMU.exists():
@@ -92,18 +98,26 @@ def ensure_binfmt() -> None:
     try:
         (BINFMT / "register").write_text(entry)
     except OSError as exc:
-        raise DeviceError(f"cannot register qemu-aarch64 with binfmt_misc ({exc.strerror})",
-                          "Run as root on a host that allows binfmt_misc") from None  # fmt: skip
+        raise DeviceError(
+            f"cannot register qemu-aarch64 with binfmt_misc ({exc.strerror})",
+            "Run as root on a host that allows binfmt_misc",
+        ) from None
 
 
 def _install_host_tools() -> None:
-    missing = [pkg for pkg, tool in (("qemu-user-static", QEMU), ("debootstrap", Path("/usr/sbin/debootstrap")))
-               if not tool.exists()]  # fmt: skip
+    missing = [
+        pkg
+        for pkg, tool in (("qemu-user-static", QEMU), ("debootstrap", Path("/usr/sbin/debootstrap")))
+        if not tool.exists()
+    ]
     if not missing:
         return
     say(f"▶ installing {', '.join(missing)} from Debian's archive")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
+    for command in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+    ):
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise DeviceError(f"cannot install {', '.join(missing)}: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -111,14 +125,22 @@ def _install_host_tools() -> None:
 
 def debian_mirror() -> str:
     """The Debian archive this machine's apt is set up to use (deb822 or one-line sources)."""
-    sources = [Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"),
-               *sorted(Path("/etc/apt/sources.list.d").glob("*.sources")), *sorted(Path("/etc/apt/sources.list.d").glob("*.list"))]  # fmt: skip
+    sources = [
+        Path("/etc/apt/sources.list.d/debian.sources"),
+        Path("/etc/apt/sources.list"),
+        *sorted(Path("/etc/apt/sources.list.d").glob("*.sources")),
+        *sorted(Path("/etc/apt/sources.list.d").glob("*.list")),
+    ]
     for source in sources:
         if not source.is_file():
             continue
         for line in source.read_text().splitlines():
             words = line.split()
-            url = words[1] if line.startswith("URIs:") else (words[1] if line.startswith("deb ") and len(words) > 1 else None)
+            url = (
+                words[1]
+                if line.startswith("URIs:")
+                else (words[1] if line.startswith("deb ") and len(words) > 1 else None)
+            )
             if url and url.rstrip("/").endswith("/debian"):
                 return url
     raise DeviceError("no Debian archive found in this machine's apt sources", "debootstrap needs one")
@@ -143,10 +165,27 @@ def _install_wheels(target: Path) -> None:
     python = _rootfs_python_version(target)
     wanted = [f"onnxruntime=={metadata.version('onnxruntime')}", f"numpy=={metadata.version('numpy')}"]
     say(f"▶ pip: aarch64 wheels for Python {python}: {', '.join(wanted)}")
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target / SITE.lstrip("/")),
-               "--only-binary=:all:", "--implementation", "cp", "--python-version", python,
-               "--platform", "manylinux_2_28_aarch64", "--platform", "manylinux2014_aarch64",
-               "--platform", "manylinux_2_17_aarch64", *wanted]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--target",
+        str(target / SITE.lstrip("/")),
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        python,
+        "--platform",
+        "manylinux_2_28_aarch64",
+        "--platform",
+        "manylinux2014_aarch64",
+        "--platform",
+        "manylinux_2_17_aarch64",
+        *wanted,
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise DeviceError(f"cannot fetch the aarch64 wheels: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -154,15 +193,19 @@ def _install_wheels(target: Path) -> None:
 
 def _rootfs_python_version(target: Path) -> str:
     found = sorted((target / "usr" / "bin").glob("python3.*"))
-    versions = [p.name.removeprefix("python") for p in found if p.name.removeprefix("python").replace(".", "").isdigit()]
+    versions = [
+        p.name.removeprefix("python") for p in found if p.name.removeprefix("python").replace(".", "").isdigit()
+    ]
     if not versions:
         raise DeviceError(f"no python3 in the stand-in's root file system {target}")
     return versions[0]
 
 
 def probe(target: Path) -> dict:
-    code = ("import json, platform, numpy, onnxruntime; print(json.dumps({'machine': platform.machine(), "
-            "'python': platform.python_version(), 'onnxruntime': onnxruntime.__version__, 'numpy': numpy.__version__}))")
+    code = (
+        "import json, platform, numpy, onnxruntime; print(json.dumps({'machine': platform.machine(), "
+        "'python': platform.python_version(), 'onnxruntime': onnxruntime.__version__, 'numpy': numpy.__version__}))"
+    )
     out = run_in(target, ["/usr/bin/python3", "-c", code], timeout=300)
     return json.loads(out.strip().splitlines()[-1])
 
@@ -171,12 +214,20 @@ def run_in(target: Path, command: list[str], timeout: float, cwd: str = "/", cpu
     """Run a command inside the root file system (chroot; aarch64 binaries go through qemu via binfmt_misc, which
     emulates `cpu`, or its `max` model when None)."""
     ensure_binfmt()
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": SITE, "HOME": "/root", "LANG": "C.UTF-8", **({"QEMU_CPU": cpu} if cpu else {})}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": SITE,
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        **({"QEMU_CPU": cpu} if cpu else {}),
+    }
     shell = f"cd {shlex.quote(cwd)} && exec " + " ".join(shlex.quote(c) for c in command)
     chroot = shutil.which("chroot", path="/usr/sbin:/usr/bin:/sbin:/bin") or "chroot"
-    done = subprocess.run([chroot, str(target), "/bin/sh", "-c", shell], capture_output=True, text=True,
-                          timeout=timeout, env=env)  # fmt: skip
+    done = subprocess.run(
+        [chroot, str(target), "/bin/sh", "-c", shell], capture_output=True, text=True, timeout=timeout, env=env
+    )
     if done.returncode != 0:
-        raise DeviceError(f"the arm64 stand-in failed: {(done.stderr.strip().splitlines() or ['no message'])[-1][:300]}")
+        raise DeviceError(
+            f"the arm64 stand-in failed: {(done.stderr.strip().splitlines() or ['no message'])[-1][:300]}"
+        )
     return done.stdout
-

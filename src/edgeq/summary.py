@@ -3,8 +3,19 @@ size and latency, and where the full report is (report.html). Also what `edgeq c
 
 from __future__ import annotations
 
-HEADLINE = ("kl_divergence_mean", "next_token_top1_agreement", "accuracy", "f1", "answer_f1", "cosine_mean",
-            "cosine_min", "top1_agreement", "nn_agreement", "token_agreement", "span_exact_match")  # fmt: skip
+HEADLINE = (
+    "kl_divergence_mean",
+    "next_token_top1_agreement",
+    "accuracy",
+    "f1",
+    "answer_f1",
+    "cosine_mean",
+    "cosine_min",
+    "top1_agreement",
+    "nn_agreement",
+    "token_agreement",
+    "span_exact_match",
+)
 
 
 def summary_rows(report: dict) -> list[dict]:
@@ -17,11 +28,22 @@ def summary_rows(report: dict) -> list[dict]:
         if v["artifact"] != served:
             continue
         metrics = {k: v["metrics"][k] for k in HEADLINE if isinstance(v["metrics"].get(k), (int, float))}
-        rows.append({"device": v["device"], "mode": v["mode"], "artifact": served, "passed": v["passed"],
-                     "metrics": dict(list(metrics.items())[:3]), "size_mb": round(sizes[served]["size_bytes"] / 1e6, 2),
-                     "size_ratio": sizes[served]["size_ratio"], "p50_ms": (v.get("latency_ms") or {}).get("p50"),
-                     "latency_ratio": v.get("latency_ratio_to_reference"), "fallback_nodes": v.get("fallback_nodes", 0),
-                     "path": finals.get(v["device"], {}).get("path", report["final"]), "failures": v["failures"]})  # fmt: skip
+        rows.append(
+            {
+                "device": v["device"],
+                "mode": v["mode"],
+                "artifact": served,
+                "passed": v["passed"],
+                "metrics": dict(list(metrics.items())[:3]),
+                "size_mb": round(sizes[served]["size_bytes"] / 1e6, 2),
+                "size_ratio": sizes[served]["size_ratio"],
+                "p50_ms": (v.get("latency_ms") or {}).get("p50"),
+                "latency_ratio": v.get("latency_ratio_to_reference"),
+                "fallback_nodes": v.get("fallback_nodes", 0),
+                "path": finals.get(v["device"], {}).get("path", report["final"]),
+                "failures": v["failures"],
+            }
+        )
     return rows
 
 
@@ -41,14 +63,23 @@ def print_summary(report: dict, out_dir, console=None) -> None:
     from rich.table import Table
 
     console = console or table_console()
-    table = Table(title=f"edgeq build {report['recipe']['name']}: {'PASSED' if report['passed'] else 'FAILED'}",
-                  title_justify="left")  # fmt: skip
+    table = Table(
+        title=f"edgeq build {report['recipe']['name']}: {'PASSED' if report['passed'] else 'FAILED'}",
+        title_justify="left",
+    )
     for column in ("target", "mode", "artifact", "verdict", "fidelity vs FP32", "size", "p50 latency", "model"):
         table.add_column(column)
     for row in summary_rows(report):
-        table.add_row(row["device"], row["mode"], row["artifact"],
-                      "[green]pass[/green]" if row["passed"] else "[red]fail[/red]", _metrics(row["metrics"]),
-                      f"{row['size_mb']:.1f} MB ({row['size_ratio']:.0%})", _latency(row), row["path"])  # fmt: skip
+        table.add_row(
+            row["device"],
+            row["mode"],
+            row["artifact"],
+            "[green]pass[/green]" if row["passed"] else "[red]fail[/red]",
+            _metrics(row["metrics"]),
+            f"{row['size_mb']:.1f} MB ({row['size_ratio']:.0%})",
+            _latency(row),
+            row["path"],
+        )
     console.print(table)
     for row in summary_rows(report):
         for failure in row["failures"]:
@@ -69,9 +100,12 @@ def print_comparison(first: str, second: str, rows: list[list[dict]], console=No
         cells = []
         for build in rows:
             row = next((r for r in build if r["device"] == device), None)
-            cells.append("—" if row is None else
-                         f"{row['artifact']} {'pass' if row['passed'] else 'FAIL'} ({row['mode']})\n{_metrics(row['metrics'])}\n"
-                         f"{row['size_mb']:.1f} MB ({row['size_ratio']:.0%}), {_latency(row)}")  # fmt: skip
+            cells.append(
+                "—"
+                if row is None
+                else f"{row['artifact']} {'pass' if row['passed'] else 'FAIL'} ({row['mode']})\n{_metrics(row['metrics'])}\n"
+                f"{row['size_mb']:.1f} MB ({row['size_ratio']:.0%}), {_latency(row)}"
+            )
         table.add_row(device, *cells)
     console.print(table)
 

@@ -33,13 +33,17 @@ RUNNING = ".running"  # cells/.running/<id>.json: which process is building whic
 
 
 class SweepConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Sweep name; the default output folder is build/sweeps/<name>.")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Sweep name; the default output folder is build/sweeps/<name>.",
+    )
     recipes: list[str] = Field(min_length=1, description="Recipe files, relative to the sweep file.")
     targets: list[str] | None = Field(
         default=None, description="Device ids replacing each recipe's targets; one cell per target either way."
     )
     grid: dict[str, list[Any]] = Field(
-        default={}, description="Dotted recipe key → values; every combination is a cell (e.g. "
+        default={},
+        description="Dotted recipe key → values; every combination is a cell (e.g. "
         "`quantization.per_channel: [true, false]`).",
     )
 
@@ -62,8 +66,9 @@ class Cell:
     @property
     def id(self) -> str:
         label = "-".join(f"{k.split('.')[-1]}-{v}" for k, v in self.overrides.items())
-        digest = hashlib.sha256(json.dumps([str(self.recipe_path), self.target, self.overrides], sort_keys=True,
-                                           default=str).encode()).hexdigest()[:8]  # fmt: skip
+        digest = hashlib.sha256(
+            json.dumps([str(self.recipe_path), self.target, self.overrides], sort_keys=True, default=str).encode()
+        ).hexdigest()[:8]
         stem = "_".join(p for p in (self.recipe["name"], self.target, label) if p)
         return "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "-" for c in stem)[:90] + f"_{digest}"
 
@@ -114,7 +119,8 @@ def check_cell(path: Path, cell: Cell) -> None:
     from edgeq.recipe.schema import Recipe
 
     label = f"sweep '{path}': the cell {cell.recipe['name']} on {cell.target}" + "".join(
-        f", {k}={v!r}" for k, v in cell.overrides.items())  # fmt: skip
+        f", {k}={v!r}" for k, v in cell.overrides.items()
+    )
     try:
         Recipe.model_validate(cell_recipe(cell))
     except ValidationError as exc:
@@ -165,8 +171,14 @@ def build_cell(cell: Cell, out_dir: Path, node: str, attempt_tag: str, timeout: 
     started = time.perf_counter()
     env = {**os.environ, "EDGEQ_QUIET": "1"}
     try:
-        done = subprocess.run([sys.executable, "-m", "edgeq.cli", "build", str(recipe_file), "-o", str(scratch / "build")],
-                              capture_output=True, text=True, env=env, timeout=timeout, preexec_fn=_die_with_parent)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "edgeq.cli", "build", str(recipe_file), "-o", str(scratch / "build")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            preexec_fn=_die_with_parent,
+        )
         code, stderr = done.returncode, done.stderr
     except subprocess.TimeoutExpired:
         code, stderr = 124, f"Error: the cell's build took longer than {timeout} s"
@@ -191,17 +203,31 @@ def _die_with_parent() -> None:
 
 def _row(cell: Cell, code: int, stderr: str, built: Path, final_build: Path, seconds: float, node: str) -> dict:
     status = {0: "passed", 3: "failed"}.get(code, "error")
-    row = {"recipe": str(cell.recipe_path), "target": cell.target, "overrides": cell.overrides, "status": status,
-           "exit_code": code, "metrics": None, "size_ratio": None, "build_dir": str(final_build),
-           "seconds": round(seconds, 1), "node": node, "cell": cell.id}  # fmt: skip
+    row = {
+        "recipe": str(cell.recipe_path),
+        "target": cell.target,
+        "overrides": cell.overrides,
+        "status": status,
+        "exit_code": code,
+        "metrics": None,
+        "size_ratio": None,
+        "build_dir": str(final_build),
+        "seconds": round(seconds, 1),
+        "node": node,
+        "cell": cell.id,
+    }
     report_file = built / "report.json"
     if report_file.is_file():
         report = json.loads(report_file.read_text())
         final = next((v for v in report["validations"] if v["artifact"] == report["final_artifact"]), None)
         row["metrics"] = final["metrics"] if final else None
-        row["size_ratio"] = next((a["size_ratio"] for a in report["artifacts"] if a["name"] == report["final_artifact"]), None)
+        row["size_ratio"] = next(
+            (a["size_ratio"] for a in report["artifacts"] if a["name"] == report["final_artifact"]), None
+        )
     if status == "error":
-        lines = [line for line in stderr.strip().splitlines() if line.startswith("Error:")] or stderr.strip().splitlines()[-1:]
+        lines = [
+            line for line in stderr.strip().splitlines() if line.startswith("Error:")
+        ] or stderr.strip().splitlines()[-1:]
         row["error"] = lines[-1] if lines else f"exit code {code}"
     return row
 
@@ -223,17 +249,22 @@ def sweep_html(out_dir: Path, rows: list[dict], ray_info: dict) -> str:
         cosine = (row.get("metrics") or {}).get("cosine_mean")
         cosine_text = "" if cosine is None else f"{cosine:.4f}"
         size_text = "" if row["size_ratio"] is None else f"{row['size_ratio']:.1%}"
-        body.append(f"<tr><td>{escape(Path(row['recipe']).name)}</td><td>{escape(row['target'])}</td>"
-                    f"<td>{escape(json.dumps(row['overrides']))}</td><td class={row['status']}>{row['status']}</td>"
-                    f"<td>{cosine_text}</td><td>{size_text}</td><td>{row['seconds']}</td>"
-                    f"<td>{escape(str(row['node']))}</td><td>{link}</td></tr>")  # fmt: skip
-    return ("<!doctype html><html lang=en><head><meta charset=utf-8><title>edgeq sweep</title><style>"
-            "body{font-family:system-ui,sans-serif;margin:24px}td,th{border:1px solid #ddd;padding:3px 8px}"
-            "table{border-collapse:collapse}.passed{color:#276749}.failed,.error{color:#c53030}</style></head><body>"
-            f"<h1>edgeq sweep</h1><p>{len(rows)} cells on Ray at {escape(str(ray_info.get('address')))}, "
-            f"{ray_info.get('nodes')} node(s).</p><table><tr><th>recipe</th><th>target</th><th>overrides</th>"
-            "<th>status</th><th>cosine mean</th><th>size</th><th>seconds</th><th>node</th><th>build</th></tr>"
-            + "".join(body) + "</table></body></html>\n")  # fmt: skip
+        body.append(
+            f"<tr><td>{escape(Path(row['recipe']).name)}</td><td>{escape(row['target'])}</td>"
+            f"<td>{escape(json.dumps(row['overrides']))}</td><td class={row['status']}>{row['status']}</td>"
+            f"<td>{cosine_text}</td><td>{size_text}</td><td>{row['seconds']}</td>"
+            f"<td>{escape(str(row['node']))}</td><td>{link}</td></tr>"
+        )
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>edgeq sweep</title><style>"
+        "body{font-family:system-ui,sans-serif;margin:24px}td,th{border:1px solid #ddd;padding:3px 8px}"
+        "table{border-collapse:collapse}.passed{color:#276749}.failed,.error{color:#c53030}</style></head><body>"
+        f"<h1>edgeq sweep</h1><p>{len(rows)} cells on Ray at {escape(str(ray_info.get('address')))}, "
+        f"{ray_info.get('nodes')} node(s).</p><table><tr><th>recipe</th><th>target</th><th>overrides</th>"
+        "<th>status</th><th>cosine mean</th><th>size</th><th>seconds</th><th>node</th><th>build</th></tr>"
+        + "".join(body)
+        + "</table></body></html>\n"
+    )
 
 
 def print_table(rows: list[dict]) -> None:
@@ -241,15 +272,23 @@ def print_table(rows: list[dict]) -> None:
 
     from edgeq.summary import table_console
 
-    table = Table(title=f"edgeq sweep: {sum(r['status'] == 'passed' for r in rows)}/{len(rows)} cells passed",
-                  title_justify="left")  # fmt: skip
+    table = Table(
+        title=f"edgeq sweep: {sum(r['status'] == 'passed' for r in rows)}/{len(rows)} cells passed",
+        title_justify="left",
+    )
     for column in ("recipe", "target", "overrides", "status", "cosine mean", "size", "seconds", "node"):
         table.add_column(column)
     for row in rows:
         cosine = (row.get("metrics") or {}).get("cosine_mean")
         colour = "green" if row["status"] == "passed" else "red"
-        table.add_row(Path(row["recipe"]).name, row["target"], json.dumps(row["overrides"]),
-                      f"[{colour}]{row['status']}[/{colour}]" + (f" {row['error']}" if row.get("error") else ""),
-                      "" if cosine is None else f"{cosine:.4f}",
-                      "" if row["size_ratio"] is None else f"{row['size_ratio']:.1%}", str(row["seconds"]), str(row["node"]))  # fmt: skip
+        table.add_row(
+            Path(row["recipe"]).name,
+            row["target"],
+            json.dumps(row["overrides"]),
+            f"[{colour}]{row['status']}[/{colour}]" + (f" {row['error']}" if row.get("error") else ""),
+            "" if cosine is None else f"{cosine:.4f}",
+            "" if row["size_ratio"] is None else f"{row['size_ratio']:.1%}",
+            str(row["seconds"]),
+            str(row["node"]),
+        )
     table_console().print(table)

@@ -29,8 +29,12 @@ def device_resource(device_id: str) -> str | None:
     return f"device:{device_id}" if needs_one_at_a_time else None
 
 
-def run_sweep(sweep_file: str | Path, output: str | Path | None = None, address: str | None = None,
-              cell_timeout: float | None = None) -> dict:  # fmt: skip
+def run_sweep(
+    sweep_file: str | Path,
+    output: str | Path | None = None,
+    address: str | None = None,
+    cell_timeout: float | None = None,
+) -> dict:
     sweep, cells = load_sweep(sweep_file)  # every cell checked before Ray is imported, let alone started
     import ray
 
@@ -46,8 +50,10 @@ def run_sweep(sweep_file: str | Path, output: str | Path | None = None, address:
         available = ray.cluster_resources()
         missing = [r for r in wanted if available.get(r, 0) < 1]
         if missing:
-            raise DeviceError(f"the Ray cluster at {address} has no {', '.join(missing)} resource",
-                              "Start a node that owns the device with ray start --resources='{\"" + missing[0] + "\": 1}'")  # fmt: skip
+            raise DeviceError(
+                f"the Ray cluster at {address} has no {', '.join(missing)} resource",
+                "Start a node that owns the device with ray start --resources='{\"" + missing[0] + "\": 1}'",
+            )
         shared = os.environ.get("EDGEQ_SHARED_CACHE")
         rows = _run_cells(ray, cells, out_dir, resources, cell_timeout, shared)
         info = {"address": address or "local", "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
@@ -67,8 +73,13 @@ def _run_cells(ray, cells: list[Cell], out_dir: Path, resources: dict, cell_time
     def run_cell(cell: Cell, out: str, timeout, shared_cache) -> dict:
         if shared_cache:
             os.environ["EDGEQ_SHARED_CACHE"] = shared_cache
-        return build_cell(cell, Path(out), socket.gethostname() + f" ({ray.get_runtime_context().get_node_id()[:8]})",
-                          uuid.uuid4().hex[:8], timeout)  # fmt: skip
+        return build_cell(
+            cell,
+            Path(out),
+            socket.gethostname() + f" ({ray.get_runtime_context().get_node_id()[:8]})",
+            uuid.uuid4().hex[:8],
+            timeout,
+        )
 
     rows: dict[int, dict] = {}
     pending = {}
@@ -88,9 +99,19 @@ def _run_cells(ray, cells: list[Cell], out_dir: Path, resources: dict, cell_time
             rows[index] = ray.get(ready[0])
         except Exception as exc:  # the task failed twice (a worker died on each attempt) or raised
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            rows[index] = {"recipe": str(cells[index].recipe_path), "target": cells[index].target,
-                           "overrides": cells[index].overrides, "status": "error", "exit_code": None, "metrics": None,
-                           "size_ratio": None, "build_dir": None, "seconds": None, "node": None,
-                           "cell": cells[index].id, "error": f"Error: the cell's task failed: {first[:300]}"}  # fmt: skip
+            rows[index] = {
+                "recipe": str(cells[index].recipe_path),
+                "target": cells[index].target,
+                "overrides": cells[index].overrides,
+                "status": "error",
+                "exit_code": None,
+                "metrics": None,
+                "size_ratio": None,
+                "build_dir": None,
+                "seconds": None,
+                "node": None,
+                "cell": cells[index].id,
+                "error": f"Error: the cell's task failed: {first[:300]}",
+            }
         say(f"  {rows[index]['cell']}: {rows[index]['status']}")
     return [rows[i] for i in sorted(rows)]

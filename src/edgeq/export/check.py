@@ -11,14 +11,25 @@ from edgeq.feeds import run_batch
 from edgeq.validate.metrics import fidelity
 
 
-def check_export(model_dir: Path, onnx_path: Path, task, samples: list, sequence_length: int, static: bool,
-                 trust_remote_code: bool = False) -> dict:  # fmt: skip
+def check_export(
+    model_dir: Path,
+    onnx_path: Path,
+    task,
+    samples: list,
+    sequence_length: int,
+    static: bool,
+    trust_remote_code: bool = False,
+) -> dict:
     """max abs error and cosine of what the task compares, ONNX vs PyTorch."""
     import onnxruntime as ort
     import torch
     import transformers
 
-    torch_model = getattr(transformers, task.auto_class).from_pretrained(str(model_dir), trust_remote_code=trust_remote_code).eval()
+    torch_model = (
+        getattr(transformers, task.auto_class)
+        .from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+        .eval()
+    )
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     inputs = task.inputs(onnx_path.parent, sequence_length, static)
     batch = session.get_inputs()[0].shape[0]
@@ -28,8 +39,11 @@ def check_export(model_dir: Path, onnx_path: Path, task, samples: list, sequence
     for group in task.batches(samples, inputs, step, whole_batches_only=True):
         outputs = run_batch(session, group)
         names = {i.name for i in session.get_inputs()} & accepted  # a KV cache is for ONNX; PyTorch starts empty
-        torch_inputs = {k: torch.from_numpy(v.astype(np.int64) if v.dtype.kind in "iu" else v)
-                        for k, v in group.feed.items() if k in names}  # fmt: skip
+        torch_inputs = {
+            k: torch.from_numpy(v.astype(np.int64) if v.dtype.kind in "iu" else v)
+            for k, v in group.feed.items()
+            if k in names
+        }
         with torch.no_grad():
             produced = torch_model(**torch_inputs)
         torch_outputs = {name: produced[name].numpy() for name in outputs if name in produced}

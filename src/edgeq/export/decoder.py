@@ -138,7 +138,9 @@ class _DecoderGraph:
         tied = not self.weights.has("lm_head.weight")
         head = table if tied else self.weights.get("lm_head.weight")
         self._init("lm_head.weight_transposed", np.ascontiguousarray(head.T))
-        self.nodes.append(helper.make_node("MatMul", [normed, "lm_head.weight_transposed"], ["logits"], name="/lm_head/MatMul"))
+        self.nodes.append(
+            helper.make_node("MatMul", [normed, "lm_head.weight_transposed"], ["logits"], name="/lm_head/MatMul")
+        )
         return self._model(opset, tied)
 
     def _layer(self, i: int, hidden: str, residual: str | None, lengths: str, total: str) -> tuple[str, str]:
@@ -147,14 +149,25 @@ class _DecoderGraph:
         qkv = self._qkv(i, normed)
         cache = [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
         attention = f"{prefix}/self_attn/GroupQueryAttention/output_0"
-        self.nodes.append(helper.make_node(
-            "GroupQueryAttention", [qkv, "", "", *cache, lengths, total, "cos_cache", "sin_cache"],
-            [attention, f"present.{i}.key", f"present.{i}.value"], name=f"{prefix}/self_attn/GroupQueryAttention",
-            domain=MS_DOMAIN, num_heads=self.heads, kv_num_heads=self.kv_heads, scale=float(self.head_dim ** -0.5),
-            do_rotary=1, rotary_interleaved=0, local_window_size=-1))  # fmt: skip
+        self.nodes.append(
+            helper.make_node(
+                "GroupQueryAttention",
+                [qkv, "", "", *cache, lengths, total, "cos_cache", "sin_cache"],
+                [attention, f"present.{i}.key", f"present.{i}.value"],
+                name=f"{prefix}/self_attn/GroupQueryAttention",
+                domain=MS_DOMAIN,
+                num_heads=self.heads,
+                kv_num_heads=self.kv_heads,
+                scale=float(self.head_dim**-0.5),
+                do_rotary=1,
+                rotary_interleaved=0,
+                local_window_size=-1,
+            )
+        )
         attended = self._matmul(f"{prefix}/self_attn/o_proj", attention, f"{names}.self_attn.o_proj")
-        normed, residual = self._norm(f"{prefix}/post_attention_layernorm", attended, residual,
-                                      f"{names}.post_attention_layernorm.weight")  # fmt: skip
+        normed, residual = self._norm(
+            f"{prefix}/post_attention_layernorm", attended, residual, f"{names}.post_attention_layernorm.weight"
+        )
         gate = self._matmul(f"{prefix}/mlp/gate_proj", normed, f"{names}.mlp.gate_proj")
         up = self._matmul(f"{prefix}/mlp/up_proj", normed, f"{names}.mlp.up_proj")
         sigmoid = self._node("Sigmoid", [gate], f"{prefix}/mlp/act_fn/Sigmoid")
@@ -170,9 +183,13 @@ class _DecoderGraph:
         node = f"/model/layers.{i}/self_attn/qkv_proj/MatMul"
         out = self._node("MatMul", [normed, f"model.layers.{i}.self_attn.qkv_proj.weight"], node)
         if all(self.weights.has(f"{n}.bias") for n in names):
-            self._init(f"model.layers.{i}.self_attn.qkv_proj.bias",
-                       np.concatenate([self.weights.get(f"{n}.bias") for n in names]))  # fmt: skip
-            out = self._node("Add", [out, f"model.layers.{i}.self_attn.qkv_proj.bias"], f"/model/layers.{i}/self_attn/qkv_proj/Add")
+            self._init(
+                f"model.layers.{i}.self_attn.qkv_proj.bias",
+                np.concatenate([self.weights.get(f"{n}.bias") for n in names]),
+            )
+            out = self._node(
+                "Add", [out, f"model.layers.{i}.self_attn.qkv_proj.bias"], f"/model/layers.{i}/self_attn/qkv_proj/Add"
+            )
         return out
 
     def _matmul(self, prefix: str, x: str, weight_name: str) -> str:
@@ -183,10 +200,20 @@ class _DecoderGraph:
         """RMSNorm of x (+ the residual stream, when there is one); returns (normalized, new residual stream)."""
         self._init(weight, self.weights.get(weight))
         if residual is None:
-            return self._node("SimplifiedLayerNormalization", [x, weight], prefix, axis=-1, epsilon=self.eps, stash_type=1), x
+            return self._node(
+                "SimplifiedLayerNormalization", [x, weight], prefix, axis=-1, epsilon=self.eps, stash_type=1
+            ), x
         out, total = f"{prefix}/output_0", f"{prefix}/output_3"
-        self.nodes.append(helper.make_node("SkipSimplifiedLayerNormalization", [residual, x, weight], [out, "", "", total],
-                                           name=prefix, domain=MS_DOMAIN, epsilon=self.eps))  # fmt: skip
+        self.nodes.append(
+            helper.make_node(
+                "SkipSimplifiedLayerNormalization",
+                [residual, x, weight],
+                [out, "", "", total],
+                name=prefix,
+                domain=MS_DOMAIN,
+                epsilon=self.eps,
+            )
+        )
         return out, total
 
     def _mask_lengths(self) -> tuple[str, str]:
@@ -213,9 +240,15 @@ class _DecoderGraph:
     def _model(self, opset: int, tied: bool) -> onnx.ModelProto:
         cache = ["batch_size", self.kv_heads, "past_sequence_length", self.head_dim]
         present = ["batch_size", self.kv_heads, "total_sequence_length", self.head_dim]
-        inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
-                  helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"])]  # fmt: skip
-        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", self.config["vocab_size"]])]
+        inputs = [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+        ]
+        outputs = [
+            helper.make_tensor_value_info(
+                "logits", TensorProto.FLOAT, ["batch_size", "sequence_length", self.config["vocab_size"]]
+            )
+        ]
         for i in range(self.layers):
             for kind in ("key", "value"):
                 inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, cache))

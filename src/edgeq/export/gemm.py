@@ -51,8 +51,14 @@ def fold_weight_transposes(model: onnx.ModelProto) -> int:
         perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
         source = inits.get(node.input[0]) if node.op_type == "Transpose" else None
         users = readers.get(node.output[0], []) if source is not None else []
-        if (source is None or len(source.dims) != 2 or perm != [1, 0] or node.output[0] in outputs or not users
-                or not all(user.op_type == "MatMul" and position == 1 for user, position in users)):  # fmt: skip
+        if (
+            source is None
+            or len(source.dims) != 2
+            or perm != [1, 0]
+            or node.output[0] in outputs
+            or not users
+            or not all(user.op_type == "MatMul" and position == 1 for user, position in users)
+        ):
             kept.append(node)
             continue
         transposed = np.ascontiguousarray(numpy_helper.to_array(source).T)

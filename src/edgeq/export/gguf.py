@@ -28,8 +28,12 @@ from edgeq.errors import ModelError
 MAGIC = b"GGUF"
 INFO_FILE = "edgeq-gguf.json"
 CONVERTER_VERSION = 2
-SAMPLE_TEXTS = ("The capital of France is", "Quantization keeps a model small; its accuracy must be measured.",
-                "def add(a, b):\n    return a + b", "Numbers 12345 and naïve café, ünïcode!")  # fmt: skip
+SAMPLE_TEXTS = (
+    "The capital of France is",
+    "Quantization keeps a model small; its accuracy must be measured.",
+    "def add(a, b):\n    return a + b",
+    "Numbers 12345 and naïve café, ünïcode!",
+)
 
 
 def is_gguf(path: Path) -> bool:
@@ -67,15 +71,22 @@ def converted_folder(gguf_path: Path, say=print) -> Path:
     if (folder / INFO_FILE).is_file() and (folder / "config.json").is_file():
         return folder
     reader, header = open_gguf(gguf_path)
-    say(f"  converting {gguf_path.name} ({header['architecture']}, {gguf_path.stat().st_size / 1e6:.0f} MB) "
-        f"to a Hugging Face folder, once: {folder}")  # fmt: skip
+    say(
+        f"  converting {gguf_path.name} ({header['architecture']}, {gguf_path.stat().st_size / 1e6:.0f} MB) "
+        f"to a Hugging Face folder, once: {folder}"
+    )
     folder.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(folder) as scratch:
         tokenizer = _convert(gguf_path, header, scratch)
         repaired = repair_byte_level_tokenizer(reader, scratch)
         check = {**check_tokenizer(reader, tokenizer), "repaired": repaired}
-        info = {"source": str(gguf_path), "sha256": digest, **header, "tokenizer_check": check,
-                "reference_note": "the FP32 reference is the dequantized GGUF: its weights lie on the GGUF's grid"}  # fmt: skip
+        info = {
+            "source": str(gguf_path),
+            "sha256": digest,
+            **header,
+            "tokenizer_check": check,
+            "reference_note": "the FP32 reference is the dequantized GGUF: its weights lie on the GGUF's grid",
+        }
         (scratch / INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
     if not check["agrees"]:
         say(f"  [yellow]warning[/yellow]: the converted tokenizer disagrees with the GGUF's own: {check['detail']}")
@@ -84,8 +95,10 @@ def converted_folder(gguf_path: Path, say=print) -> Path:
 
 def _check_magic(gguf_path: Path) -> None:
     if _magic(gguf_path) != MAGIC:
-        raise ModelError(f"'{gguf_path}' is not a GGUF file (it does not start with 'GGUF')",
-                         "Give a llama.cpp .gguf file, or a Hugging Face folder")  # fmt: skip
+        raise ModelError(
+            f"'{gguf_path}' is not a GGUF file (it does not start with 'GGUF')",
+            "Give a llama.cpp .gguf file, or a Hugging Face folder",
+        )
 
 
 def open_gguf(gguf_path: Path) -> tuple:
@@ -101,10 +114,16 @@ def open_gguf(gguf_path: Path) -> tuple:
         types = Counter(t.tensor_type.name for t in reader.tensors)
         tensors = len(reader.tensors)
     except Exception as exc:
-        raise ModelError(f"GGUF file '{gguf_path}' is corrupt or truncated ({type(exc).__name__}: "
-                         f"{_first_line(exc)})", "Download it again and check its size")  # fmt: skip
-    return reader, {"architecture": architecture, "tensors": tensors, "tensor_types": dict(types.most_common()),
-                    "name": _field_text(reader, "general.name", default=None)}  # fmt: skip
+        raise ModelError(
+            f"GGUF file '{gguf_path}' is corrupt or truncated ({type(exc).__name__}: {_first_line(exc)})",
+            "Download it again and check its size",
+        ) from None
+    return reader, {
+        "architecture": architecture,
+        "tensors": tensors,
+        "tensor_types": dict(types.most_common()),
+        "name": _field_text(reader, "general.name", default=None),
+    }
 
 
 def _convert(gguf_path: Path, header: dict, out: Path):
@@ -114,12 +133,15 @@ def _convert(gguf_path: Path, header: dict, out: Path):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
     except ImportError:
-        raise ModelError("converting a GGUF source needs torch and transformers",
-                         "pip install 'edgeq[export,gguf]'") from None  # fmt: skip
+        raise ModelError(
+            "converting a GGUF source needs torch and transformers", "pip install 'edgeq[export,gguf]'"
+        ) from None
     architecture = header["architecture"]
     if architecture not in GGUF_SUPPORTED_ARCHITECTURES:
-        raise ModelError(f"GGUF architecture '{architecture}' cannot be loaded by transformers' GGUF loader",
-                         f"It loads: {', '.join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ('general', 'tokenizer'))}")  # fmt: skip
+        raise ModelError(
+            f"GGUF architecture '{architecture}' cannot be loaded by transformers' GGUF loader",
+            f"It loads: {', '.join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ('general', 'tokenizer'))}",
+        )
     _quiet()
     folder, name = str(gguf_path.parent), gguf_path.name
     try:
@@ -127,8 +149,10 @@ def _convert(gguf_path: Path, header: dict, out: Path):
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except Exception as exc:
-        raise ModelError(f"transformers could not load GGUF '{gguf_path}' ({type(exc).__name__}: {_first_line(exc)})",
-                         "Check that the file is whole and its architecture is a decoder transformers knows") from None  # fmt: skip
+        raise ModelError(
+            f"transformers could not load GGUF '{gguf_path}' ({type(exc).__name__}: {_first_line(exc)})",
+            "Check that the file is whole and its architecture is a decoder transformers knows",
+        ) from None
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     return tokenizer
@@ -141,8 +165,15 @@ def check_tokenizer(reader, tokenizer) -> dict:
     kind = _field_text(reader, "tokenizer.ggml.model", default="")
     converted = tokenizer.convert_ids_to_tokens(list(range(len(tokens))))
     wrong = [i for i, (a, b) in enumerate(zip(tokens, converted)) if a != b]
-    result = {"gguf_tokenizer": kind, "vocabulary": len(tokens), "ids_differing": len(wrong), "agrees": not wrong,
-              "detail": f"{len(wrong)} of {len(tokens)} token ids map to other strings (first: id {wrong[0]})" if wrong else ""}  # fmt: skip
+    result = {
+        "gguf_tokenizer": kind,
+        "vocabulary": len(tokens),
+        "ids_differing": len(wrong),
+        "agrees": not wrong,
+        "detail": f"{len(wrong)} of {len(tokens)} token ids map to other strings (first: id {wrong[0]})"
+        if wrong
+        else "",
+    }
     if kind == "llama" and not wrong:  # SentencePiece vocabulary with scores: tokenize as llama.cpp does
         scores = _field_list(reader, "tokenizer.ggml.scores")
         reference = ScoreMerges(tokens, scores)
@@ -150,8 +181,10 @@ def check_tokenizer(reader, tokenizer) -> dict:
             ours = tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
             theirs = reference.tokenize(text, add_prefix=_field_value(reader, "tokenizer.ggml.add_space_prefix", True))
             if ours != theirs:
-                result.update(agrees=False, detail=f"{text!r} is {len(ours)} pieces here and {len(theirs)} by the "
-                                                   f"GGUF's own merges")  # fmt: skip
+                result.update(
+                    agrees=False,
+                    detail=f"{text!r} is {len(ours)} pieces here and {len(theirs)} by the GGUF's own merges",
+                )
                 break
     if kind == "gpt2" and not wrong:  # byte-level BPE: the converted model must be BPE with the GGUF's merges
         result.update(_check_bpe(tokenizer, tokens, _field_list(reader, "tokenizer.ggml.merges")))
@@ -167,15 +200,20 @@ def _check_bpe(tokenizer, tokens: list[str], merges: list[str]) -> dict:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     kind = type(backend.model).__name__ if backend is not None else "none"
     if kind != "BPE":
-        return {"agrees": False, "detail": f"the GGUF's vocabulary is byte-level BPE, the converted tokenizer is {kind}"}
+        return {
+            "agrees": False,
+            "detail": f"the GGUF's vocabulary is byte-level BPE, the converted tokenizer is {kind}",
+        }
     reference = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, [tuple(m.split(" ", 1)) for m in merges]))
     reference.normalizer, reference.pre_tokenizer = backend.normalizer, backend.pre_tokenizer
     for text in SAMPLE_TEXTS:
         ours = tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
         theirs = reference.encode(text, add_special_tokens=False).tokens
         if ours != theirs:
-            return {"agrees": False, "detail": f"{text!r} is {len(ours)} pieces here and {len(theirs)} by the GGUF's "
-                                               "own merges"}  # fmt: skip
+            return {
+                "agrees": False,
+                "detail": f"{text!r} is {len(ours)} pieces here and {len(theirs)} by the GGUF's own merges",
+            }
     return {}
 
 
@@ -189,7 +227,10 @@ def repair_byte_level_tokenizer(reader, folder: Path) -> list[str]:
         return []
     tokens = _field_list(reader, "tokenizer.ggml.tokens")
     add_bos = bool(_field_value(reader, "tokenizer.ggml.add_bos_token", False))
-    bos_id, eos_id = _field_value(reader, "tokenizer.ggml.bos_token_id"), _field_value(reader, "tokenizer.ggml.eos_token_id")
+    bos_id, eos_id = (
+        _field_value(reader, "tokenizer.ggml.bos_token_id"),
+        _field_value(reader, "tokenizer.ggml.eos_token_id"),
+    )
     path = folder / "tokenizer.json"
     data = json.loads(path.read_text(encoding="utf-8"))
     changed = []
@@ -200,7 +241,12 @@ def repair_byte_level_tokenizer(reader, folder: Path) -> list[str]:
         data["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
         changed.append("byte-level decoder")
     if not add_bos and (data.get("post_processor") or {}).get("type") == "TemplateProcessing":
-        data["post_processor"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}
+        data["post_processor"] = {
+            "type": "ByteLevel",
+            "add_prefix_space": True,
+            "trim_offsets": False,
+            "use_regex": True,
+        }
         changed.append("no BOS added to every text (tokenizer.ggml.add_bos_token is false)")
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     config_path = folder / "tokenizer_config.json"

@@ -75,8 +75,10 @@ def uses_fused_decoder(model_dir: Path, task: str, decoder: str, fixed: bool) ->
         return False
     reason = "fixed shapes (the fused graph's attention takes a growing cache)" if fixed else unsupported(model_dir)
     if reason and decoder == "fused":
-        raise ModelError(f"export.decoder 'fused' cannot be written for '{model_dir}': {reason}",
-                         "Use export.decoder: traced (optimum's export), or auto")  # fmt: skip
+        raise ModelError(
+            f"export.decoder 'fused' cannot be written for '{model_dir}': {reason}",
+            "Use export.decoder: traced (optimum's export), or auto",
+        )
     return reason is None
 
 
@@ -99,12 +101,17 @@ def check_supported(model_dir: Path, task: str) -> None:
     from edgeq.tasks import model_config
 
     model_type = str(model_config(model_dir).get("model_type", ""))
-    supported = sorted(m for m in TasksManager._SUPPORTED_MODEL_TYPE
-                       if task in TasksManager.get_supported_tasks_for_model_type(m, exporter="onnx", library_name="transformers"))  # fmt: skip
+    supported = sorted(
+        m
+        for m in TasksManager._SUPPORTED_MODEL_TYPE
+        if task in TasksManager.get_supported_tasks_for_model_type(m, exporter="onnx", library_name="transformers")
+    )
     spellings = {model_type, model_type.replace("_", "-"), model_type.replace("-", "_")}
     if model_type and not spellings & set(supported):
-        raise ModelError(f"the ONNX exporter (optimum) has no {task} export for model_type '{model_type}'",
-                         f"Supported: {', '.join(supported)}")  # fmt: skip
+        raise ModelError(
+            f"the ONNX exporter (optimum) has no {task} export for model_type '{model_type}'",
+            f"Supported: {', '.join(supported)}",
+        )
 
 
 def fix_shapes(model_path: Path, batch_size: int | None, sequence_length: int | None) -> None:

@@ -71,8 +71,10 @@ def _from_gguf(path: Path) -> Path:
 
 def _check_folder(path: Path) -> Path:
     if not path.is_dir():
-        raise ModelError(f"model source '{path}' is a file, not a folder or a .gguf",
-                         "Point model.source at the model folder or at a llama.cpp .gguf file")  # fmt: skip
+        raise ModelError(
+            f"model source '{path}' is a file, not a folder or a .gguf",
+            "Point model.source at the model folder or at a llama.cpp .gguf file",
+        )
     if not (path / "config.json").is_file():
         raise ModelError(
             f"model folder '{path}' has no config.json", "Give a Hugging Face model folder (save_pretrained output)"

@@ -11,28 +11,41 @@ import onnx
 from edgeq.devices import DeviceProfile
 from edgeq.mixed_precision.assemble import assemble, has_token_mask
 from edgeq.mixed_precision.evaluate import FullEvaluator, Runner
-from edgeq.mixed_precision.islands import (LADDER, STATS_RUNGS, Island, build_candidates, find_islands, island_outputs,
-                                           matmul_inputs, release_fp32_weights)
+from edgeq.mixed_precision.islands import (
+    LADDER,
+    STATS_RUNGS,
+    Island,
+    build_candidates,
+    find_islands,
+    island_outputs,
+    matmul_inputs,
+    release_fp32_weights,
+)
 from edgeq.mixed_precision.overrides import load_overrides, resolve, write_overrides
 from edgeq.mixed_precision.search import Budget, SearchResult, model_size, search
 from edgeq.mixed_precision.statistics import ActivationStats, StatisticsAccumulator
 from edgeq.progress import track
 
 OVERRIDES_FILE = "overrides.yaml"
-MEANING = {"int4": "4-bit weights (round to nearest, blocks of 32)",
-           "int4a": "4-bit weights with importance-weighted block ranges",
-           "int4g": "4-bit weights by GPTQ (rounding errors compensated through the input's Hessian)",
-           "int4o": "4-bit weights with a float offset per block (w = d*q + m, llama.cpp's Q4_1 form)",
-           "int8b": "8-bit weights in blocks of 32 (MatMulNBits)",
-           "fp16": "FP16 weights (FP32 compute)",
-           "xint8": "static INT8 with power-of-two scales, on the DPU",
-           "sint8": "static INT8 (activation scale fixed from calibration tokens)",
-           "sint8u": "static INT8 with uint8 weights (exact u8 x u8 accumulation)",
-           "int8": "dynamic INT8 (INT8 weights, activations quantized at run time)",
-           "int8s": "dynamic INT8 with SmoothQuant (activation outliers moved into the weights)",
-           "w8": "INT8 weights with FP32 compute (no activation quantization)", "fp32": "FP32"}  # fmt: skip
-ON_CPU = {("xint8", "fp32"): "FP32 on the CPU (the DPU does not take it)",
-          ("xint8", "w8"): "INT8 weights, FP32 compute on the CPU (the DPU does not take it)"}
+MEANING = {
+    "int4": "4-bit weights (round to nearest, blocks of 32)",
+    "int4a": "4-bit weights with importance-weighted block ranges",
+    "int4g": "4-bit weights by GPTQ (rounding errors compensated through the input's Hessian)",
+    "int4o": "4-bit weights with a float offset per block (w = d*q + m, llama.cpp's Q4_1 form)",
+    "int8b": "8-bit weights in blocks of 32 (MatMulNBits)",
+    "fp16": "FP16 weights (FP32 compute)",
+    "xint8": "static INT8 with power-of-two scales, on the DPU",
+    "sint8": "static INT8 (activation scale fixed from calibration tokens)",
+    "sint8u": "static INT8 with uint8 weights (exact u8 x u8 accumulation)",
+    "int8": "dynamic INT8 (INT8 weights, activations quantized at run time)",
+    "int8s": "dynamic INT8 with SmoothQuant (activation outliers moved into the weights)",
+    "w8": "INT8 weights with FP32 compute (no activation quantization)",
+    "fp32": "FP32",
+}
+ON_CPU = {
+    ("xint8", "fp32"): "FP32 on the CPU (the DPU does not take it)",
+    ("xint8", "w8"): "INT8 weights, FP32 compute on the CPU (the DPU does not take it)",
+}
 
 
 @dataclass
@@ -64,8 +77,17 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
         op_types = [*op_types, "Gather"]  # a DPU model's embedding tables: INT8 rows on the CPU side, not FP32
     islands = find_islands(fp32, op_types)
     stats = activation_statistics(job, fp32, islands) if STATS_RUNGS & set(ladder) else None
-    build_candidates(fp32, islands, ladder, job.per_channel, stats, cfg.smooth_alpha, has_token_mask(fp32),
-                     job.device.quantization.int8_pairs_saturate, job.accuracy_level)  # fmt: skip
+    build_candidates(
+        fp32,
+        islands,
+        ladder,
+        job.per_channel,
+        stats,
+        cfg.smooth_alpha,
+        has_token_mask(fp32),
+        job.device.quantization.int8_pairs_saturate,
+        job.accuracy_level,
+    )
     del stats  # sampled activation rows: only the candidates needed them
     if cfg.overrides is not None:
         assignment = resolve(load_overrides(Path(cfg.overrides)), islands, ladder, Path(cfg.overrides))
@@ -75,24 +97,45 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
         proxy = Runner(job.task, job.proxy_samples, job.inputs, job.device, job.shapes, job.whole_batches_only)
         proxy.keep(fp32, expose=sorted(set(island_outputs(fp32, islands).values())))
         lowest = {i.name: next(r for r in ladder if r in i.candidates) for i in islands}
-        full = FullEvaluator(job.task, job.validation_samples, job.inputs, job.device, job.shapes, fp32,
-                             assemble(fp32, islands, lowest), job.whole_batches_only, proxy.shared)  # fmt: skip
+        full = FullEvaluator(
+            job.task,
+            job.validation_samples,
+            job.inputs,
+            job.device,
+            job.shapes,
+            fp32,
+            assemble(fp32, islands, lowest),
+            job.whole_batches_only,
+            proxy.shared,
+        )
         if "fp32" not in ladder:  # FP32 runs from its session from here on; no assignment reads its island weights
             release_fp32_weights(fp32, islands)
         result = search(fp32, fp32_size, islands, ladder, budget, proxy, full, cfg.measure_top)
         assignment = result.assignment
     model_path = job.out_folder / "model.onnx"
     onnx.save(assemble(fp32, islands, assignment), str(model_path))
-    header = (f"edgeq mixed-precision overrides for {job.fp32_path.name}: pin this file with\n"
-              f"  mixed_precision: {{overrides: <path to this file>}}\nto rebuild the same model with no search.")  # fmt: skip
+    header = (
+        f"edgeq mixed-precision overrides for {job.fp32_path.name}: pin this file with\n"
+        f"  mixed_precision: {{overrides: <path to this file>}}\nto rebuild the same model with no search."
+    )
     write_overrides(job.out_folder / OVERRIDES_FILE, islands, assignment, header)
-    report = section(islands, assignment, ladder, result, cfg, fp32_size, [job.task.shape_label(*s) for s in job.shapes],
-                     job.task.proxy_name)  # fmt: skip
+    report = section(
+        islands,
+        assignment,
+        ladder,
+        result,
+        cfg,
+        fp32_size,
+        [job.task.shape_label(*s) for s in job.shapes],
+        job.task.proxy_name,
+    )
     report["size_ratio"] = round(model_path.stat().st_size / fp32_size, 4)  # the file's bytes, not an estimate
     return report
 
 
-def activation_statistics(job: MixedPrecisionJob, fp32: onnx.ModelProto, islands: list[Island]) -> dict[str, ActivationStats]:
+def activation_statistics(
+    job: MixedPrecisionJob, fp32: onnx.ModelProto, islands: list[Island]
+) -> dict[str, ActivationStats]:
     """Per-channel statistics of every MatMul/Attention island's input over the calibration samples' real tokens."""
     runner = Runner(job.task, job.calibration_samples, job.inputs, job.device, job.shapes[:1], job.whole_batches_only)
     names = matmul_inputs(fp32, islands)
@@ -103,8 +146,16 @@ def activation_statistics(job: MixedPrecisionJob, fp32: onnx.ModelProto, islands
     return {name: accumulator.result() for name, accumulator in accumulators.items()}
 
 
-def section(islands: list[Island], assignment: dict[str, str], ladder: list[str], result: SearchResult | None,
-            cfg, fp32_size: int, shape_labels: list[str], proxy_name: str = "cosine") -> dict:  # fmt: skip
+def section(
+    islands: list[Island],
+    assignment: dict[str, str],
+    ladder: list[str],
+    result: SearchResult | None,
+    cfg,
+    fp32_size: int,
+    shape_labels: list[str],
+    proxy_name: str = "cosine",
+) -> dict:
     counts = {rung: list(assignment.values()).count(rung) for rung in ladder}
     out = {
         "candidates": ladder,
@@ -126,21 +177,33 @@ def section(islands: list[Island], assignment: dict[str, str], ladder: list[str]
     }
     if result:
         out["binding"] = result.binding
-        out["latency_model"] = {"p50_ms": result.latency_model["p50_ms"],
-                                "note": "measured interleaved on the proxy texts: FP32, the all-lowest model and "
-                                        "each rung everywhere it applies; an island's cost is its rung's extra "
-                                        "time shared by weight count (an estimate)"}  # fmt: skip
+        out["latency_model"] = {
+            "p50_ms": result.latency_model["p50_ms"],
+            "note": "measured interleaved on the proxy texts: FP32, the all-lowest model and "
+            "each rung everywhere it applies; an island's cost is its rung's extra "
+            "time shared by weight count (an estimate)",
+        }
         out["configurations"] = [{**c, "index": k} for k, c in enumerate(result.configurations)]
         out["evaluations"] = result.evaluations
         out["chosen_configuration"] = result.chosen_index
     return out
 
 
-def island_entry(island: Island, assignment: dict[str, str], result: SearchResult | None, ladder: list[str],
-                 proxy_name: str = "cosine") -> dict:  # fmt: skip
+def island_entry(
+    island: Island,
+    assignment: dict[str, str],
+    result: SearchResult | None,
+    ladder: list[str],
+    proxy_name: str = "cosine",
+) -> dict:
     choice = assignment[island.name]
-    entry = {"name": island.name, "node": island.node_name, "kind": island.kind, "parameters": island.parameters,
-             "precision": choice}  # fmt: skip
+    entry = {
+        "name": island.name,
+        "node": island.node_name,
+        "kind": island.kind,
+        "parameters": island.parameters,
+        "precision": choice,
+    }
     if island.tied:
         entry["tied_embedding"] = island.tied
     if island.candidates[choice].detail:
@@ -156,7 +219,9 @@ def island_entry(island: Island, assignment: dict[str, str], result: SearchResul
     return entry
 
 
-def reason(island: Island, choice: str, score: dict, result: SearchResult, ladder: list[str], proxy_name: str = "cosine") -> str:
+def reason(
+    island: Island, choice: str, score: dict, result: SearchResult, ladder: list[str], proxy_name: str = "cosine"
+) -> str:
     """Why this island has this precision, in words, with the measured figures and the shape that bound it."""
     ranking = sorted(result.scores, key=lambda name: -max(result.scores[name]["gain"].values(), default=0.0))
     rank = f"rank {ranking.index(island.name) + 1} of {len(ranking)}"
@@ -164,24 +229,37 @@ def reason(island: Island, choice: str, score: dict, result: SearchResult, ladde
     sqnr = score["output_sqnr_db"]
     measured = f"its output SQNR in the all-{lowest} model is {sqnr:.1f} dB; " if sqnr is not None else ""
     if choice == lowest and score.get("unmeasured"):
-        return (f"kept {choice}: {measured}not among the islands whose output the all-{lowest} model damages most "
-                f"(measure_top), so no promotion of it was measured")  # fmt: skip
+        return (
+            f"kept {choice}: {measured}not among the islands whose output the all-{lowest} model damages most "
+            f"(measure_top), so no promotion of it was measured"
+        )
     if choice == lowest:
         best = max(score["gain"].values(), default=0.0)
         if result.chosen_index == 0:
             return f"kept {choice}: the all-{choice} model already meets the budget ({measured}{rank})"
         if not result.budget_status.get("fidelity", True):
-            return (f"kept {choice}: {measured}promoting it alone would raise the proxy {proxy_name} by {best:+.5f} "
-                    f"({rank}); the fidelity budget was not met, and the bytes the size ceiling left went to islands "
-                    "that gained more per byte")  # fmt: skip
-        return (f"kept {choice}: {measured}promoting it alone would raise the proxy {proxy_name} by only {best:+.5f} "
-                f"({rank}), not needed to meet the budget")  # fmt: skip
+            return (
+                f"kept {choice}: {measured}promoting it alone would raise the proxy {proxy_name} by {best:+.5f} "
+                f"({rank}); the fidelity budget was not met, and the bytes the size ceiling left went to islands "
+                "that gained more per byte"
+            )
+        return (
+            f"kept {choice}: {measured}promoting it alone would raise the proxy {proxy_name} by only {best:+.5f} "
+            f"({rank}), not needed to meet the budget"
+        )
     by_shape = score["gain_by_shape"].get(choice, {})
     same = score.get("same_at_batch", {}).get(choice, [])
     first = next(iter(by_shape), "")
-    gains = ", ".join(f"{v:+.5f} at {label}" + (f" (as at {first}: no run-time activation scale)" if label in same else "")
-                      for label, v in by_shape.items()) or f"{score['gain'].get(choice, 0):+.5f}"  # fmt: skip
+    gains = (
+        ", ".join(
+            f"{v:+.5f} at {label}" + (f" (as at {first}: no run-time activation scale)" if label in same else "")
+            for label, v in by_shape.items()
+        )
+        or f"{score['gain'].get(choice, 0):+.5f}"
+    )
     meaning = ON_CPU.get((lowest, choice), MEANING[choice])
     bound = f" (the nearest cheaper configuration missed: {'; '.join(result.binding)})" if result.binding else ""
-    return (f"kept {meaning}: {measured}promoting it alone raises the proxy {proxy_name} by {gains} ({rank}); the search "
-            f"needed it to meet the budget{bound}")  # fmt: skip
+    return (
+        f"kept {meaning}: {measured}promoting it alone raises the proxy {proxy_name} by {gains} ({rank}); the search "
+        f"needed it to meet the budget{bound}"
+    )

@@ -97,9 +97,16 @@ def _params(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     inits = {t.name: t for t in model.graph.initializer}
     found = {}
     for node in model.graph.node:
-        if node.op_type == "QuantizeLinear" and len(node.input) == 3 and node.input[1] in inits and node.input[2] in inits:
-            found.setdefault(node.input[0], (numpy_helper.to_array(inits[node.input[1]]),
-                                             numpy_helper.to_array(inits[node.input[2]])))  # fmt: skip
+        if (
+            node.op_type == "QuantizeLinear"
+            and len(node.input) == 3
+            and node.input[1] in inits
+            and node.input[2] in inits
+        ):
+            found.setdefault(
+                node.input[0],
+                (numpy_helper.to_array(inits[node.input[1]]), numpy_helper.to_array(inits[node.input[2]])),
+            )
     return found
 
 
@@ -116,7 +123,9 @@ def with_eight_bit(model16: onnx.ModelProto, params8: dict, tensors: set[str]) -
             continue
         scale, zero = params8[node.input[0]]
         names = (f"{node.input[0]}_a8_scale", f"{node.input[0]}_a8_zero_point")
-        model.graph.initializer.extend([numpy_helper.from_array(scale, names[0]), numpy_helper.from_array(zero, names[1])])
+        model.graph.initializer.extend(
+            [numpy_helper.from_array(scale, names[0]), numpy_helper.from_array(zero, names[1])]
+        )
         old_scale = numpy_helper.to_array(inits[node.input[1]])
         node.input[1], node.input[2] = names
         for consumer in consumers[node.output[0]]:
@@ -147,8 +156,9 @@ def _requantize_biases(model: onnx.ModelProto, rescaled: dict, consumers: dict) 
             new_scale = (numpy_helper.to_array(inits[bias.input[1]]) / ratio).astype(np.float32)
             requantized = np.clip(np.round(values * ratio), -(2**31), 2**31 - 1).astype(np.int32)
             names = (f"{bias.input[0]}_a8", f"{bias.input[1]}_a8")
-            model.graph.initializer.extend([numpy_helper.from_array(requantized, names[0]),
-                                            numpy_helper.from_array(new_scale, names[1])])  # fmt: skip
+            model.graph.initializer.extend(
+                [numpy_helper.from_array(requantized, names[0]), numpy_helper.from_array(new_scale, names[1])]
+            )
             bias.input[0], bias.input[1] = names
 
 
@@ -184,8 +194,11 @@ def search_activation_types(job: ActivationSearch) -> dict:
         if count not in evaluations:
             tensors = set().union(*(islands[name] for name in order[:count])) if count else set()
             metrics = job.evaluate(job.build(tensors) if tensors else job.model16)
-            evaluations[count] = {"eight_bit_islands": count, "metrics": metrics,
-                                  "failures": job.budget.fidelity_failures(metrics)}  # fmt: skip
+            evaluations[count] = {
+                "eight_bit_islands": count,
+                "metrics": metrics,
+                "failures": job.budget.fidelity_failures(metrics),
+            }
         return evaluations[count]
 
     low, high = 0, len(order)  # invariant: `low` islands at 8 bits meet the budget (checked below), `high`+1 do not
@@ -204,10 +217,18 @@ def search_activation_types(job: ActivationSearch) -> dict:
         chosen = low
     eight = set(order[:chosen])
     return {
-        "islands": [{"name": name, "tensors": len(islands[name]), "proxy_loss_at_8_bit": round(loss[name], 6),
-                     "rank": order.index(name) + 1, "precision": "a8w8" if name in eight else "a16w8",
-                     "reason": _reason(name, name in eight, loss[name], order, chosen, evaluations)}
-                    for name in islands] + _model_level(fixed),  # fmt: skip
+        "islands": [
+            {
+                "name": name,
+                "tensors": len(islands[name]),
+                "proxy_loss_at_8_bit": round(loss[name], 6),
+                "rank": order.index(name) + 1,
+                "precision": "a8w8" if name in eight else "a16w8",
+                "reason": _reason(name, name in eight, loss[name], order, chosen, evaluations),
+            }
+            for name in islands
+        ]
+        + _model_level(fixed),
         "order": order,
         "eight_bit_islands": sorted(eight),
         "eight_bit_tensors": sorted(set().union(*(islands[n] for n in eight)) if eight else set()),
@@ -226,35 +247,53 @@ def _model_level(tensors: list[str]) -> list[dict]:
     pass (parameters swapped per tensor) cannot see."""
     if not tensors:
         return []
-    return [{"name": MODEL_LEVEL, "tensors": len(tensors), "proxy_loss_at_8_bit": None, "rank": None, "precision": "a16w8",
-             "reason": "16-bit activations, not searched: the attention mask's arithmetic, added to every layer's scores; "
-                       "at 8 bits the QNN rules (one type per op) put all those scores through 8 bits (MiniLM: cosine "
-                       "0.9984 against 0.9992, measured), and an HTP v68/v69 refuses the graph"}]  # fmt: skip
+    return [
+        {
+            "name": MODEL_LEVEL,
+            "tensors": len(tensors),
+            "proxy_loss_at_8_bit": None,
+            "rank": None,
+            "precision": "a16w8",
+            "reason": "16-bit activations, not searched: the attention mask's arithmetic, added to every layer's scores; "
+            "at 8 bits the QNN rules (one type per op) put all those scores through 8 bits (MiniLM: cosine "
+            "0.9984 against 0.9992, measured), and an HTP v68/v69 refuses the graph",
+        }
+    ]
 
 
 def _reason(name: str, eight: bool, loss: float, order: list[str], chosen: int, evaluations: dict) -> str:
     rank = f"rank {order.index(name) + 1} of {len(order)} by sensitivity"
     if eight:
-        return (f"8-bit activations: alone at 8 bits it lowers the proxy cosine by {loss:.5f} ({rank}); the "
-                f"{chosen} least sensitive islands at 8 bits still meet the budget")  # fmt: skip
+        return (
+            f"8-bit activations: alone at 8 bits it lowers the proxy cosine by {loss:.5f} ({rank}); the "
+            f"{chosen} least sensitive islands at 8 bits still meet the budget"
+        )
     missed = evaluations.get(chosen + 1)
-    why = f"with it at 8 bits too the budget breaks ({'; '.join(missed['failures'])})" if missed and missed["failures"] \
-        else "the islands before it in the order already take what the budget allows"  # fmt: skip
+    why = (
+        f"with it at 8 bits too the budget breaks ({'; '.join(missed['failures'])})"
+        if missed and missed["failures"]
+        else "the islands before it in the order already take what the budget allows"
+    )
     return f"16-bit activations: alone at 8 bits it lowers the proxy cosine by {loss:.5f} ({rank}); {why}"
 
 
 def count_converts(model: onnx.ModelProto) -> int:
     """QuantizeLinear nodes fed by a DequantizeLinear: the type converts at island boundaries."""
     producer = producers(model)
-    return sum(n.op_type == "QuantizeLinear" and n.input[0] in producer and producer[n.input[0]].op_type == "DequantizeLinear"
-               for n in model.graph.node)  # fmt: skip
+    return sum(
+        n.op_type == "QuantizeLinear" and n.input[0] in producer and producer[n.input[0]].op_type == "DequantizeLinear"
+        for n in model.graph.node
+    )
 
 
 def sixteen_bit_share(model: onnx.ModelProto) -> float:
     """The share of activation tensors quantized to 16 bits."""
     inits = {t.name: t.data_type for t in model.graph.initializer}
-    types = [inits.get(n.input[2]) for n in model.graph.node
-             if n.op_type == "QuantizeLinear" and len(n.input) == 3 and n.input[0] not in inits]  # fmt: skip
+    types = [
+        inits.get(n.input[2])
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear" and len(n.input) == 3 and n.input[0] not in inits
+    ]
     sixteen = sum(t in (onnx.TensorProto.UINT16, onnx.TensorProto.INT16) for t in types)
     return round(sixteen / max(len(types), 1), 4)
 
@@ -287,9 +326,12 @@ def choose_activation_types(job, quantization, feeds: list[dict], model16_path: 
 
     def evaluate(model) -> dict:
         outputs = full_runner.outputs(model, full_reference)
-        per_shape = {shape: job.task.metrics(full_reference[shape], outputs[shape],
-                                             [s for b in data.batches for s in b.samples], data.inputs)
-                     for shape, data in full_runner.data.items()}  # fmt: skip
+        per_shape = {
+            shape: job.task.metrics(
+                full_reference[shape], outputs[shape], [s for b in data.batches for s in b.samples], data.inputs
+            )
+            for shape, data in full_runner.data.items()
+        }
         worst, where = worst_case(list(per_shape.values()), list(per_shape))
         return {**worst, "worst_shape": where}
 
@@ -330,14 +372,23 @@ def choose_activation_types(job, quantization, feeds: list[dict], model16_path: 
         "search_seconds": found["seconds"],
         "budget_met": not budget.fidelity_failures(final_metrics),
         "budget_status": {"fidelity": not budget.fidelity_failures(final_metrics)},
-        "notes": [f"scored on the CPU EP (QDQ computed exactly); the chosen model, quantized by onnxruntime's QNN "
-                  f"quantizer with {len(overrides)} activation tensors at 8 bits and {count_converts(final)} converts, "
-                  f"scored {final_metrics.get('cosine_mean', float('nan')):.5f} cosine mean there; the validation "
-                  f"stage measures it on the device"],  # fmt: skip
+        "notes": [
+            f"scored on the CPU EP (QDQ computed exactly); the chosen model, quantized by onnxruntime's QNN "
+            f"quantizer with {len(overrides)} activation tensors at 8 bits and {count_converts(final)} converts, "
+            f"scored {final_metrics.get('cosine_mean', float('nan')):.5f} cosine mean there; the validation "
+            f"stage measures it on the device"
+        ],
         "proxy_score": job.task.proxy_name,
         "islands": [{**i, "kind": "block", "parameters": None} for i in found["islands"]],
-        "evaluations": [{"configuration": e["eight_bit_islands"], "metrics": e["metrics"], "passed": not e["failures"],
-                         "failures": e["failures"]} for e in found["evaluations"]],  # fmt: skip
+        "evaluations": [
+            {
+                "configuration": e["eight_bit_islands"],
+                "metrics": e["metrics"],
+                "passed": not e["failures"],
+                "failures": e["failures"],
+            }
+            for e in found["evaluations"]
+        ],
         "chosen_configuration": found["chosen"],
         "final_on_cpu": final_metrics,
     }

@@ -36,8 +36,14 @@ def assemble(fp32: onnx.ModelProto, islands: list[Island], assignment: dict[str,
         nodes = mask_nodes + nodes
         initializers.update({t.name: t for t in mask_inits})
     kept = [t for t in fp32.graph.initializer if t.name not in replaced_weights or t.name in still_used]
-    graph = helper.make_graph(nodes, fp32.graph.name, list(fp32.graph.input), list(fp32.graph.output),
-                              kept + list(initializers.values()), value_info=list(fp32.graph.value_info))  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        fp32.graph.name,
+        list(fp32.graph.input),
+        list(fp32.graph.output),
+        kept + list(initializers.values()),
+        value_info=list(fp32.graph.value_info),
+    )
     opsets = list(fp32.opset_import)
     if not any(o.domain == MS_DOMAIN for o in opsets):
         opsets.append(helper.make_opsetid(MS_DOMAIN, 1))

@@ -40,8 +40,9 @@ class Candidate:
     tied_nodes: list[onnx.NodeProto] = field(default_factory=list)  # replace a tied embedding's lookup, in its place
 
 
-def quantize_symmetric(weight: np.ndarray, axis: int, per_channel: bool = True,
-                       pair_safe: bool = False) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def quantize_symmetric(
+    weight: np.ndarray, axis: int, per_channel: bool = True, pair_safe: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """INT8 symmetric, one scale per index of `axis` (or one for the whole tensor when not per_channel):
     returns (int8 values, float scales shaped [size of axis]). `pair_safe` (a 2-D MatMul weight, axis 1) keeps
     every adjacent pair of rows within |q[2j] + q[2j+1]| <= 128, see `pair_safe_int8`."""
@@ -89,8 +90,14 @@ def _base(node: onnx.NodeProto) -> str:
     return node.name.strip("/").replace("/", "_")
 
 
-def _int8_weight(node: onnx.NodeProto, weight: np.ndarray, per_channel: bool, tag: str = "W", unsigned: bool = False,
-                 pair_safe: bool = False):  # fmt: skip
+def _int8_weight(
+    node: onnx.NodeProto,
+    weight: np.ndarray,
+    per_channel: bool,
+    tag: str = "W",
+    unsigned: bool = False,
+    pair_safe: bool = False,
+):
     """(initializer names, initializers, bytes) of a MatMul weight in INT8, one scale per output column; stored
     as uint8 with zero point 128 when `unsigned`; no pair of products saturating when `pair_safe`."""
     q, scale = quantize_symmetric(weight, axis=1, per_channel=per_channel, pair_safe=pair_safe and not unsigned)
@@ -98,21 +105,35 @@ def _int8_weight(node: onnx.NodeProto, weight: np.ndarray, per_channel: bool, ta
     if unsigned:
         q, zero = (q.astype(np.int16) + 128).astype(np.uint8), np.full_like(scale, 128, dtype=np.uint8)
     names = [f"{_base(node)}_{tag}_int8", f"{_base(node)}_{tag}_scale", f"{_base(node)}_{tag}_zp"]
-    inits = [numpy_helper.from_array(q, names[0]), numpy_helper.from_array(scale, names[1]),
-             numpy_helper.from_array(zero, names[2])]  # fmt: skip
+    inits = [
+        numpy_helper.from_array(q, names[0]),
+        numpy_helper.from_array(scale, names[1]),
+        numpy_helper.from_array(zero, names[2]),
+    ]
     return names, inits, q.nbytes + scale.nbytes * 2
 
 
-def _quantized_compute(node: onnx.NodeProto, quantized: str, scale: str, zero: str, weight_names: list[str],
-                       bias: str = "") -> onnx.NodeProto:  # fmt: skip
+def _quantized_compute(
+    node: onnx.NodeProto, quantized: str, scale: str, zero: str, weight_names: list[str], bias: str = ""
+) -> onnx.NodeProto:
     """The integer node computing `node` from a uint8 activation with its scale and zero point."""
     w_q, w_scale, w_zero = weight_names
     if node.op_type == "MatMul":
-        return helper.make_node("MatMulIntegerToFloat", [quantized, w_q, scale, w_scale, zero, w_zero, *([bias] if bias else [])],
-                                list(node.output), name=node.name, domain=MS_DOMAIN)  # fmt: skip
+        return helper.make_node(
+            "MatMulIntegerToFloat",
+            [quantized, w_q, scale, w_scale, zero, w_zero, *([bias] if bias else [])],
+            list(node.output),
+            name=node.name,
+            domain=MS_DOMAIN,
+        )
     mask = node.input[3] if len(node.input) > 3 else ""
-    attention = helper.make_node("QAttention", [quantized, w_q, node.input[2], scale, w_scale, mask, zero, w_zero],
-                                 node.output[:1], name=node.name, domain=MS_DOMAIN)  # fmt: skip
+    attention = helper.make_node(
+        "QAttention",
+        [quantized, w_q, node.input[2], scale, w_scale, mask, zero, w_zero],
+        node.output[:1],
+        name=node.name,
+        domain=MS_DOMAIN,
+    )
     attention.attribute.extend(a for a in node.attribute if a.name in ("num_heads", "unidirectional"))
     return attention
 
@@ -120,11 +141,20 @@ def _quantized_compute(node: onnx.NodeProto, quantized: str, scale: str, zero: s
 def _dynamic_compute(node: onnx.NodeProto, activation: str, weight_names: list[str]) -> list[onnx.NodeProto]:
     """DynamicQuantizeMatMul for a MatMul; DynamicQuantizeLinear + QAttention for a fused Attention."""
     if node.op_type == "MatMul":
-        return [helper.make_node("DynamicQuantizeMatMul", [activation, *weight_names], list(node.output),
-                                 name=node.name, domain=MS_DOMAIN)]  # fmt: skip
+        return [
+            helper.make_node(
+                "DynamicQuantizeMatMul",
+                [activation, *weight_names],
+                list(node.output),
+                name=node.name,
+                domain=MS_DOMAIN,
+            )
+        ]
     base = _base(node)
     q, scale, zero = f"{base}_input_q", f"{base}_input_scale", f"{base}_input_zp"
-    quantize = helper.make_node("DynamicQuantizeLinear", [activation], [q, scale, zero], name=f"{node.name}_quantize_input")
+    quantize = helper.make_node(
+        "DynamicQuantizeLinear", [activation], [q, scale, zero], name=f"{node.name}_quantize_input"
+    )
     return [quantize, _quantized_compute(node, q, scale, zero, weight_names)]
 
 
@@ -139,8 +169,15 @@ def matmul_int8(node: onnx.NodeProto, weight: np.ndarray, per_channel: bool, pai
     return Candidate(_dynamic_compute(node, node.input[0], names), inits, size)
 
 
-def matmul_smoothed(node: onnx.NodeProto, weight: np.ndarray, stats: ActivationStats, alpha: float,
-                    per_channel: bool, masked: bool, pair_safe: bool = False) -> Candidate:  # fmt: skip
+def matmul_smoothed(
+    node: onnx.NodeProto,
+    weight: np.ndarray,
+    stats: ActivationStats,
+    alpha: float,
+    per_channel: bool,
+    masked: bool,
+    pair_safe: bool = False,
+) -> Candidate:
     smooth = smoothing_factors(stats, weight, alpha)
     names, inits, size = _int8_weight(node, weight * smooth[:, None], per_channel, tag="Ws", pair_safe=pair_safe)
     mul, inverse, smoothed = _smoothing_mul(node, smooth, "s")
@@ -149,31 +186,50 @@ def matmul_smoothed(node: onnx.NodeProto, weight: np.ndarray, stats: ActivationS
         real = f"{_base(node)}_s_real_tokens"
         nodes.append(helper.make_node("Mul", [smoothed, TOKEN_MASK], [real], name=f"{node.name}_s_mask_padding"))
         smoothed = real
-    return Candidate([*nodes, *_dynamic_compute(node, smoothed, names)], [*inits, inverse], size + smooth.nbytes,
-                     {"alpha": alpha, "masked": masked})  # fmt: skip
+    return Candidate(
+        [*nodes, *_dynamic_compute(node, smoothed, names)],
+        [*inits, inverse],
+        size + smooth.nbytes,
+        {"alpha": alpha, "masked": masked},
+    )
 
 
-def matmul_static(node: onnx.NodeProto, weight: np.ndarray, stats: ActivationStats, unsigned: bool = False,
-                  alpha: float | None = None, pair_safe: bool = False) -> Candidate:  # fmt: skip
+def matmul_static(
+    node: onnx.NodeProto,
+    weight: np.ndarray,
+    stats: ActivationStats,
+    unsigned: bool = False,
+    alpha: float | None = None,
+    pair_safe: bool = False,
+) -> Candidate:
     """sint8 (or sint8u): a fixed uint8 activation range from calibration tokens, per-column INT8 weights."""
     tag = "stu" if unsigned else "st"
     if alpha is None:
         alpha, _ = best_alpha(stats, weight)
     smooth = smoothing_factors(stats, weight, alpha)
     scale, zero = static_range(stats, smooth)
-    names, inits, size = _int8_weight(node, weight * smooth[:, None], True, tag=f"W{tag}", unsigned=unsigned,
-                                      pair_safe=pair_safe)  # fmt: skip
+    names, inits, size = _int8_weight(
+        node, weight * smooth[:, None], True, tag=f"W{tag}", unsigned=unsigned, pair_safe=pair_safe
+    )
     base = f"{_base(node)}_{tag}"
-    inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{base}_x_scale"),
-              numpy_helper.from_array(np.array(zero, np.uint8), f"{base}_x_zp")]  # fmt: skip
+    inits += [
+        numpy_helper.from_array(np.array(scale, np.float32), f"{base}_x_scale"),
+        numpy_helper.from_array(np.array(zero, np.uint8), f"{base}_x_zp"),
+    ]
     nodes, source = [], node.input[0]
     if alpha > 0:
         mul, inverse, source = _smoothing_mul(node, smooth, tag)
         nodes.append(mul)
         inits.append(inverse)
         size += smooth.nbytes
-    nodes.append(helper.make_node("QuantizeLinear", [source, f"{base}_x_scale", f"{base}_x_zp"], [f"{base}_x_q"],
-                                  name=f"{node.name}_{tag}_quantize_input"))  # fmt: skip
+    nodes.append(
+        helper.make_node(
+            "QuantizeLinear",
+            [source, f"{base}_x_scale", f"{base}_x_zp"],
+            [f"{base}_x_q"],
+            name=f"{node.name}_{tag}_quantize_input",
+        )
+    )
     nodes.append(_quantized_compute(node, f"{base}_x_q", f"{base}_x_scale", f"{base}_x_zp", names))
     return Candidate(nodes, inits, size + 5, {"alpha": alpha, "x_scale": float(scale), "x_zero_point": int(zero)})
 
@@ -185,19 +241,33 @@ def matmul_xint8(node: onnx.NodeProto, weight: np.ndarray, samples: np.ndarray) 
     w_exp, x_exp = best_exponent(weight), best_exponent(samples)
     w_q = np.clip(np.round(weight / 2.0**w_exp), QMIN, QMAX).astype(np.int8)
     names = {k: f"{base}_{k}" for k in ("W_xint8", "W_scale", "X_scale", "zero", "X_q", "X_dq", "W_dq")}
-    inits = [numpy_helper.from_array(w_q, names["W_xint8"]),
-             numpy_helper.from_array(np.float32(2.0**w_exp), names["W_scale"]),
-             numpy_helper.from_array(np.float32(2.0**x_exp), names["X_scale"]),
-             numpy_helper.from_array(np.int8(0), names["zero"])]  # fmt: skip
+    inits = [
+        numpy_helper.from_array(w_q, names["W_xint8"]),
+        numpy_helper.from_array(np.float32(2.0**w_exp), names["W_scale"]),
+        numpy_helper.from_array(np.float32(2.0**x_exp), names["X_scale"]),
+        numpy_helper.from_array(np.int8(0), names["zero"]),
+    ]
     nodes = [
-        helper.make_node("QuantizeLinear", [node.input[0], names["X_scale"], names["zero"]], [names["X_q"]],
-                         name=f"{node.name}_quantize_input"),
-        helper.make_node("DequantizeLinear", [names["X_q"], names["X_scale"], names["zero"]], [names["X_dq"]],
-                         name=f"{node.name}_dequantize_input"),
-        helper.make_node("DequantizeLinear", [names["W_xint8"], names["W_scale"], names["zero"]], [names["W_dq"]],
-                         name=f"{node.name}_dequantize_weight"),
+        helper.make_node(
+            "QuantizeLinear",
+            [node.input[0], names["X_scale"], names["zero"]],
+            [names["X_q"]],
+            name=f"{node.name}_quantize_input",
+        ),
+        helper.make_node(
+            "DequantizeLinear",
+            [names["X_q"], names["X_scale"], names["zero"]],
+            [names["X_dq"]],
+            name=f"{node.name}_dequantize_input",
+        ),
+        helper.make_node(
+            "DequantizeLinear",
+            [names["W_xint8"], names["W_scale"], names["zero"]],
+            [names["W_dq"]],
+            name=f"{node.name}_dequantize_weight",
+        ),
         helper.make_node("MatMul", [names["X_dq"], names["W_dq"]], list(node.output), name=node.name),
-    ]  # fmt: skip
+    ]
     return Candidate(nodes, inits, w_q.nbytes + 9)
 
 
@@ -229,8 +299,10 @@ def gather_int8(node: onnx.NodeProto, table: np.ndarray) -> Candidate:
 def token_mask_nodes(mask_input: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """TOKEN_MASK from the model's attention mask input: Cast to float, then a trailing axis."""
     as_float, axes = f"{TOKEN_MASK}_float", f"{TOKEN_MASK}_axes"
-    nodes = [helper.make_node("Cast", [mask_input], [as_float], name=f"{TOKEN_MASK}_cast", to=onnx.TensorProto.FLOAT),
-             helper.make_node("Unsqueeze", [as_float, axes], [TOKEN_MASK], name=f"{TOKEN_MASK}_unsqueeze")]  # fmt: skip
+    nodes = [
+        helper.make_node("Cast", [mask_input], [as_float], name=f"{TOKEN_MASK}_cast", to=onnx.TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", [as_float, axes], [TOKEN_MASK], name=f"{TOKEN_MASK}_unsqueeze"),
+    ]
     return nodes, [numpy_helper.from_array(np.array([-1], dtype=np.int64), axes)]
 
 
@@ -276,7 +348,11 @@ def int4_blocks(weight: np.ndarray, importance: np.ndarray | None = None, block:
         error = (h * ((codes - zero[..., None]) * scale[..., None] - w) ** 2).sum(axis=2)
         better = error < best[3]
         best[0] = np.where(better[..., None], codes, best[0])
-        best[1], best[2], best[3] = np.where(better, scale, best[1]), np.where(better, zero, best[2]), np.minimum(error, best[3])
+        best[1], best[2], best[3] = (
+            np.where(better, scale, best[1]),
+            np.where(better, zero, best[2]),
+            np.minimum(error, best[3]),
+        )
     return best[0].astype(np.uint8), best[1].astype(np.float32), best[2].astype(np.uint8)
 
 
@@ -321,21 +397,44 @@ def pack_nibbles(values: np.ndarray) -> np.ndarray:
     return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
 
 
-def matmul_int4(node: onnx.NodeProto, weight: np.ndarray, importance: np.ndarray | None = None,
-                tag: str = "q4", samples: np.ndarray | None = None, accuracy_level: int = 0) -> Candidate:  # fmt: skip
+def matmul_int4(
+    node: onnx.NodeProto,
+    weight: np.ndarray,
+    importance: np.ndarray | None = None,
+    tag: str = "q4",
+    samples: np.ndarray | None = None,
+    accuracy_level: int = 0,
+) -> Candidate:
     """MatMulNBits with 4-bit weights in blocks of 32 along K (FP32 activations; onnxruntime's CPU kernels):
     round to nearest, importance-weighted ranges, or (with calibration `samples` of the input) GPTQ."""
     rows, cols = weight.shape
     codes, scale, zero = int4_gptq(weight, samples) if samples is not None else int4_blocks(weight, importance)
     base = f"{_base(node)}_{tag}"
-    inits = [numpy_helper.from_array(pack_nibbles(codes), f"{base}_B"),
-             numpy_helper.from_array(scale.reshape(-1), f"{base}_scales"),
-             numpy_helper.from_array(pack_nibbles(zero).reshape(-1), f"{base}_zero_points")]  # fmt: skip
-    matmul = helper.make_node("MatMulNBits", [node.input[0], *(t.name for t in inits)], list(node.output),
-                              name=node.name, domain=MS_DOMAIN, K=rows, N=cols, bits=4, block_size=INT4_BLOCK,
-                              accuracy_level=accuracy_level)  # fmt: skip
+    inits = [
+        numpy_helper.from_array(pack_nibbles(codes), f"{base}_B"),
+        numpy_helper.from_array(scale.reshape(-1), f"{base}_scales"),
+        numpy_helper.from_array(pack_nibbles(zero).reshape(-1), f"{base}_zero_points"),
+    ]
+    matmul = helper.make_node(
+        "MatMulNBits",
+        [node.input[0], *(t.name for t in inits)],
+        list(node.output),
+        name=node.name,
+        domain=MS_DOMAIN,
+        K=rows,
+        N=cols,
+        bits=4,
+        block_size=INT4_BLOCK,
+        accuracy_level=accuracy_level,
+    )
     size = sum(numpy_helper.to_array(t).nbytes for t in inits)
-    method = "GPTQ" if samples is not None else "importance-weighted ranges" if importance is not None else "round to nearest"
+    method = (
+        "GPTQ"
+        if samples is not None
+        else "importance-weighted ranges"
+        if importance is not None
+        else "round to nearest"
+    )
     return Candidate([matmul], inits, size, {"bits": 4, "block_size": INT4_BLOCK, "method": method})
 
 
@@ -356,22 +455,43 @@ def matmul_int4_offset(node: onnx.NodeProto, weight: np.ndarray, accuracy_level:
     codes = np.clip(np.round((w - offset[..., None]) / scale[..., None]), 0, 15).astype(np.uint8)
     base = f"{_base(node)}_q4o"
     sums, indicator = f"{base}_block_sums", f"edgeq_block_indicator_k{rows}"
-    inits = [numpy_helper.from_array(pack_nibbles(codes), f"{base}_B"),
-             numpy_helper.from_array(scale.reshape(-1), f"{base}_scales"),
-             numpy_helper.from_array(np.zeros(cols * -(-blocks // 2), np.uint8), f"{base}_zero_points"),
-             numpy_helper.from_array(offset.astype(np.float16), f"{base}_offsets"),
-             numpy_helper.from_array((np.arange(rows)[:, None] // INT4_BLOCK == np.arange(blocks)).astype(np.float32),
-                                     indicator)]  # fmt: skip
+    inits = [
+        numpy_helper.from_array(pack_nibbles(codes), f"{base}_B"),
+        numpy_helper.from_array(scale.reshape(-1), f"{base}_scales"),
+        numpy_helper.from_array(np.zeros(cols * -(-blocks // 2), np.uint8), f"{base}_zero_points"),
+        numpy_helper.from_array(offset.astype(np.float16), f"{base}_offsets"),
+        numpy_helper.from_array(
+            (np.arange(rows)[:, None] // INT4_BLOCK == np.arange(blocks)).astype(np.float32), indicator
+        ),
+    ]
     nodes = [
-        helper.make_node("MatMulNBits", [node.input[0], *(t.name for t in inits[:3])], [f"{base}_codes_out"],
-                         name=node.name, domain=MS_DOMAIN, K=rows, N=cols, bits=4, block_size=INT4_BLOCK,
-                         accuracy_level=accuracy_level),  # fmt: skip
+        helper.make_node(
+            "MatMulNBits",
+            [node.input[0], *(t.name for t in inits[:3])],
+            [f"{base}_codes_out"],
+            name=node.name,
+            domain=MS_DOMAIN,
+            K=rows,
+            N=cols,
+            bits=4,
+            block_size=INT4_BLOCK,
+            accuracy_level=accuracy_level,
+        ),
         helper.make_node("MatMul", [node.input[0], indicator], [sums], name=f"{node.name}_block_sums"),
-        helper.make_node("Transpose", [f"{base}_offsets"], [f"{base}_offsets_by_block"], name=f"{node.name}_offsets_by_block"),
-        helper.make_node("Cast", [f"{base}_offsets_by_block"], [f"{base}_offsets_fp32"], name=f"{node.name}_cast_offsets",
-                         to=onnx.TensorProto.FLOAT),  # fmt: skip
+        helper.make_node(
+            "Transpose", [f"{base}_offsets"], [f"{base}_offsets_by_block"], name=f"{node.name}_offsets_by_block"
+        ),
+        helper.make_node(
+            "Cast",
+            [f"{base}_offsets_by_block"],
+            [f"{base}_offsets_fp32"],
+            name=f"{node.name}_cast_offsets",
+            to=onnx.TensorProto.FLOAT,
+        ),
         helper.make_node("MatMul", [sums, f"{base}_offsets_fp32"], [f"{base}_offset_out"], name=f"{node.name}_offsets"),
-        helper.make_node("Add", [f"{base}_codes_out", f"{base}_offset_out"], list(node.output), name=f"{node.name}_add_offsets"),
+        helper.make_node(
+            "Add", [f"{base}_codes_out", f"{base}_offset_out"], list(node.output), name=f"{node.name}_add_offsets"
+        ),
     ]
     size = sum(numpy_helper.to_array(t).nbytes for t in inits[:4])
     return Candidate(nodes, inits, size, {"bits": 4, "block_size": INT4_BLOCK, "method": "min/max with a float offset"})
@@ -388,9 +508,18 @@ def matmul_int8_blocks(node: onnx.NodeProto, weight: np.ndarray, accuracy_level:
     codes = (np.clip(np.round(w / scale[..., None]), -127, 127) + 128).astype(np.uint8)
     base = f"{_base(node)}_q8b"
     inits = [numpy_helper.from_array(codes, f"{base}_B"), numpy_helper.from_array(scale.reshape(-1), f"{base}_scales")]
-    matmul = helper.make_node("MatMulNBits", [node.input[0], *(t.name for t in inits)], list(node.output),
-                              name=node.name, domain=MS_DOMAIN, K=rows, N=cols, bits=8, block_size=INT4_BLOCK,
-                              accuracy_level=accuracy_level)  # fmt: skip
+    matmul = helper.make_node(
+        "MatMulNBits",
+        [node.input[0], *(t.name for t in inits)],
+        list(node.output),
+        name=node.name,
+        domain=MS_DOMAIN,
+        K=rows,
+        N=cols,
+        bits=8,
+        block_size=INT4_BLOCK,
+        accuracy_level=accuracy_level,
+    )
     size = sum(numpy_helper.to_array(t).nbytes for t in inits)
     return Candidate([matmul], inits, size, {"bits": 8, "block_size": INT4_BLOCK, "method": "round to nearest"})
 
@@ -411,18 +540,39 @@ def tied_lookup(gather: onnx.NodeProto, head: Candidate, rows: int, width: int) 
     shapes = {f"{base}_table_shape": [rows, width * bits // 8], f"{base}_scales_shape": [rows, blocks]}
     if zero:
         shapes[f"{base}_zero_shape"] = [rows, -(-blocks // 2)]
-    nodes = [helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(np.array(v, np.int64)))
-             for name, v in shapes.items()]  # fmt: skip
-    nodes += [helper.make_node("Reshape", [codes, f"{base}_table_shape"], [f"{base}_table"], name=f"{gather.name}_table"),
-              helper.make_node("Reshape", [scales, f"{base}_scales_shape"], [f"{base}_table_scales"], name=f"{gather.name}_scales")]
+    nodes = [
+        helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(np.array(v, np.int64)))
+        for name, v in shapes.items()
+    ]
+    nodes += [
+        helper.make_node("Reshape", [codes, f"{base}_table_shape"], [f"{base}_table"], name=f"{gather.name}_table"),
+        helper.make_node(
+            "Reshape", [scales, f"{base}_scales_shape"], [f"{base}_table_scales"], name=f"{gather.name}_scales"
+        ),
+    ]
     inputs = [f"{base}_table", gather.input[1], f"{base}_table_scales"]
     if zero:
-        nodes.append(helper.make_node("Reshape", [zero[0], f"{base}_zero_shape"], [f"{base}_table_zero"], name=f"{gather.name}_zero"))
+        nodes.append(
+            helper.make_node(
+                "Reshape", [zero[0], f"{base}_zero_shape"], [f"{base}_table_zero"], name=f"{gather.name}_zero"
+            )
+        )
         inputs.append(f"{base}_table_zero")
     offsets = next((t.name for t in head.initializers if t.name.endswith("_offsets")), None)
     looked_up = f"{base}_rows" if offsets else gather.output[0]
-    nodes.append(helper.make_node("GatherBlockQuantized", inputs, [looked_up], name=gather.name, domain=MS_DOMAIN,
-                                  bits=bits, block_size=INT4_BLOCK, gather_axis=0, quantize_axis=1))  # fmt: skip
+    nodes.append(
+        helper.make_node(
+            "GatherBlockQuantized",
+            inputs,
+            [looked_up],
+            name=gather.name,
+            domain=MS_DOMAIN,
+            bits=bits,
+            block_size=INT4_BLOCK,
+            gather_axis=0,
+            quantize_axis=1,
+        )
+    )
     return nodes + (_add_row_offsets(gather, offsets, looked_up, blocks, width) if offsets else [])
 
 
@@ -430,14 +580,22 @@ def _add_row_offsets(gather: onnx.NodeProto, offsets: str, rows: str, blocks: in
     """rows [.., width] + each row's per-block offsets [vocabulary, blocks] (FP16), broadcast over its block."""
     name = gather.name
     shapes = {f"{name}_by_block": [0, 0, blocks, INT4_BLOCK], f"{name}_by_row": [0, 0, width], f"{name}_last": [-1]}
-    nodes = [helper.make_node("Constant", [], [k], name=k, value=numpy_helper.from_array(np.array(v, np.int64)))
-             for k, v in shapes.items()]  # fmt: skip
+    nodes = [
+        helper.make_node("Constant", [], [k], name=k, value=numpy_helper.from_array(np.array(v, np.int64)))
+        for k, v in shapes.items()
+    ]
     return nodes + [
         helper.make_node("Gather", [offsets, gather.input[1]], [f"{name}_offsets16"], name=f"{name}_offsets", axis=0),
-        helper.make_node("Cast", [f"{name}_offsets16"], [f"{name}_offsets32"], name=f"{name}_cast_offsets", to=onnx.TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", [f"{name}_offsets32", f"{name}_last"], [f"{name}_offsets_b"], name=f"{name}_unsqueeze"),
+        helper.make_node(
+            "Cast", [f"{name}_offsets16"], [f"{name}_offsets32"], name=f"{name}_cast_offsets", to=onnx.TensorProto.FLOAT
+        ),
+        helper.make_node(
+            "Unsqueeze", [f"{name}_offsets32", f"{name}_last"], [f"{name}_offsets_b"], name=f"{name}_unsqueeze"
+        ),
         helper.make_node("Reshape", [rows, f"{name}_by_block"], [f"{name}_blocks"], name=f"{name}_blocks"),
-        helper.make_node("Add", [f"{name}_blocks", f"{name}_offsets_b"], [f"{name}_shifted"], name=f"{name}_add_offsets"),
+        helper.make_node(
+            "Add", [f"{name}_blocks", f"{name}_offsets_b"], [f"{name}_shifted"], name=f"{name}_add_offsets"
+        ),
         helper.make_node("Reshape", [f"{name}_shifted", f"{name}_by_row"], list(gather.output), name=f"{name}_rows"),
     ]
 
@@ -445,7 +603,9 @@ def _add_row_offsets(gather: onnx.NodeProto, offsets: str, rows: str, blocks: in
 def matmul_fp16(node: onnx.NodeProto, weight: np.ndarray) -> Candidate:
     """Weights stored in FP16 (half the bytes), cast to FP32 for the MatMul (the CPU EP computes in FP32)."""
     name = f"{_base(node)}_W_fp16"
-    cast = helper.make_node("Cast", [name], [f"{name}_as_fp32"], name=f"{node.name}_cast_weight", to=onnx.TensorProto.FLOAT)
+    cast = helper.make_node(
+        "Cast", [name], [f"{name}_as_fp32"], name=f"{node.name}_cast_weight", to=onnx.TensorProto.FLOAT
+    )
     compute = onnx.NodeProto()
     compute.CopyFrom(node)
     compute.input[1] = f"{name}_as_fp32"
@@ -458,16 +618,33 @@ def gather_int4(node: onnx.NodeProto, table: np.ndarray) -> Candidate:
     codes, scale, zero = int4_blocks(table.T)  # the table's rows play the weight's columns: blocks run along a row
     rows, blocks = scale.shape
     base = f"{_base(node)}_q4"
-    data = helper.make_tensor(f"{base}_table", onnx.TensorProto.UINT4, list(table.shape),
-                              pack_nibbles(codes.reshape(rows, -1)).tobytes(), raw=True)  # fmt: skip
-    zeros = helper.make_tensor(f"{base}_zero_points", onnx.TensorProto.UINT4, [rows, blocks],
-                               pack_nibbles(zero).tobytes(), raw=True)  # fmt: skip
+    data = helper.make_tensor(
+        f"{base}_table",
+        onnx.TensorProto.UINT4,
+        list(table.shape),
+        pack_nibbles(codes.reshape(rows, -1)).tobytes(),
+        raw=True,
+    )
+    zeros = helper.make_tensor(
+        f"{base}_zero_points", onnx.TensorProto.UINT4, [rows, blocks], pack_nibbles(zero).tobytes(), raw=True
+    )
     scales = numpy_helper.from_array(scale, f"{base}_scales")
-    gather = helper.make_node("GatherBlockQuantized", [data.name, node.input[1], scales.name, zeros.name],
-                              list(node.output), name=node.name, domain=MS_DOMAIN, gather_axis=0, quantize_axis=1,
-                              block_size=INT4_BLOCK)  # fmt: skip
-    return Candidate([gather], [data, scales, zeros], table.size // 2 + scale.nbytes + rows * ((blocks + 1) // 2),
-                     {"bits": 4, "block_size": INT4_BLOCK})
+    gather = helper.make_node(
+        "GatherBlockQuantized",
+        [data.name, node.input[1], scales.name, zeros.name],
+        list(node.output),
+        name=node.name,
+        domain=MS_DOMAIN,
+        gather_axis=0,
+        quantize_axis=1,
+        block_size=INT4_BLOCK,
+    )
+    return Candidate(
+        [gather],
+        [data, scales, zeros],
+        table.size // 2 + scale.nbytes + rows * ((blocks + 1) // 2),
+        {"bits": 4, "block_size": INT4_BLOCK},
+    )
 
 
 def gather_fp16(node: onnx.NodeProto, table: np.ndarray) -> Candidate:
@@ -476,5 +653,7 @@ def gather_fp16(node: onnx.NodeProto, table: np.ndarray) -> Candidate:
     gather.CopyFrom(node)
     gather.input[0] = name
     gather.output[0] = f"{name}_rows"
-    cast = helper.make_node("Cast", [f"{name}_rows"], list(node.output), name=f"{node.name}_cast", to=onnx.TensorProto.FLOAT)
+    cast = helper.make_node(
+        "Cast", [f"{name}_rows"], list(node.output), name=f"{node.name}_cast", to=onnx.TensorProto.FLOAT
+    )
     return Candidate([gather, cast], [numpy_helper.from_array(table.astype(np.float16), name)], table.size * 2)

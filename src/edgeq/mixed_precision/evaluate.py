@@ -25,8 +25,16 @@ MAX_ROUNDS = 4
 class Runner:
     """What the task compares, for a model over fixed samples at each shape (batch size, most tokens)."""
 
-    def __init__(self, task, samples: list, inputs, device: DeviceProfile, shapes: list[tuple[int, int]],
-                 whole_batches_only: bool = False, shared: dict | None = None):  # fmt: skip
+    def __init__(
+        self,
+        task,
+        samples: list,
+        inputs,
+        device: DeviceProfile,
+        shapes: list[tuple[int, int]],
+        whole_batches_only: bool = False,
+        shared: dict | None = None,
+    ):
         self.task, self.device = task, device
         self.shared = shared if shared is not None else {}  # id(model) -> session, kept across runners (FP32's)
         self.data = {d.label: d for d in shape_data(task, samples, inputs, shapes, whole_batches_only)}
@@ -73,13 +81,16 @@ class Runner:
         try:
             serialized = model.SerializeToString()
         finally:
-            del model.graph.output[len(declared):]
+            del model.graph.output[len(declared) :]
         session = make_session(serialized, self.device, spinning=False, runtime=self.runtime)
         del serialized
-        self.shared[id(model)] = _DeclaredOutputs(session, declared) if len(session.get_outputs()) > len(declared) else session
+        self.shared[id(model)] = (
+            _DeclaredOutputs(session, declared) if len(session.get_outputs()) > len(declared) else session
+        )
 
-    def outputs(self, model: onnx.ModelProto, reference: dict[str, list] | None = None,
-                labels: list[str] | None = None) -> dict[str, list]:  # fmt: skip
+    def outputs(
+        self, model: onnx.ModelProto, reference: dict[str, list] | None = None, labels: list[str] | None = None
+    ) -> dict[str, list]:
         """Per shape (all, or `labels`), what the task compares of `model`. Without `reference` (the reference model
         itself): what the task stores of a reference (`summarize`); with it (an earlier `outputs` of the reference):
         each batch paired with it as it is produced (`pair`), so no pass holds more than a batch of a language
@@ -102,17 +113,25 @@ class Runner:
     def each_sample(self, model: onnx.ModelProto, names: list[str]):
         """({name: tensor}, token mask) for one sample at a time (batch 1): for statistics kept as they stream."""
         kept = self.shared.get(id(model))
-        session = kept if isinstance(kept, _DeclaredOutputs) and kept.exposes(names) else self.session(with_outputs(model, names))
+        session = (
+            kept
+            if isinstance(kept, _DeclaredOutputs) and kept.exposes(names)
+            else self.session(with_outputs(model, names))
+        )
         for batch in self.single:
             yield dict(zip(names, session.run(names, feed_for(session.get_inputs(), batch.feed)))), batch.mask
 
     def latencies(self, models: dict[str, onnx.ModelProto]) -> dict[str, dict[str, float]]:
         """p50 ms of each model at each shape, measured interleaved: {shape: {model: ms}}."""
         sessions = {name: self.session(model) for name, model in models.items()}
-        return {label: {name: float(np.median(t)) for name, t in self._interleaved(sessions, data.batches)[0].items()}
-                for label, data in self.data.items()}  # fmt: skip
+        return {
+            label: {name: float(np.median(t)) for name, t in self._interleaved(sessions, data.batches)[0].items()}
+            for label, data in self.data.items()
+        }
 
-    def _interleaved(self, sessions: dict, batches: list, compared: tuple[str, str] | None = None) -> tuple[dict, list, list]:
+    def _interleaved(
+        self, sessions: dict, batches: list, compared: tuple[str, str] | None = None
+    ) -> tuple[dict, list, list]:
         """ms per session and timed batch, the sessions run in turn on each batch; with `compared` = (reference,
         candidate), also the reference's stored form and the candidate paired with it, batch by batch, from the
         first round (which then runs every batch). Other rounds run an even spread of the batches, as many as make
@@ -137,8 +156,10 @@ class Runner:
                 if produced:
                     reference += self.task.summarize(produced[compared[0]], batch)
                     candidate += self.task.pair(produced[compared[0]], produced[compared[1]], batch)
-            if all(len(t) >= MIN_TIMED_BATCHES for t in timings.values()) or \
-                    max(sum(t) for t in timings.values()) >= 1000 * MIN_TIMED_SECONDS:  # fmt: skip
+            if (
+                all(len(t) >= MIN_TIMED_BATCHES for t in timings.values())
+                or max(sum(t) for t in timings.values()) >= 1000 * MIN_TIMED_SECONDS
+            ):
                 break
         return timings, reference, candidate
 
@@ -190,8 +211,18 @@ class FullEvaluator(Runner):
     for its fidelity and is timed beside FP32 and the baseline on a spread of the batches; a language model's
     logits are too large to keep, so FP32 runs beside every candidate and is paired batch by batch."""
 
-    def __init__(self, task, samples, inputs, device, shapes, fp32: onnx.ModelProto, baseline: onnx.ModelProto,
-                 whole_batches_only: bool = False, shared: dict | None = None):  # fmt: skip
+    def __init__(
+        self,
+        task,
+        samples,
+        inputs,
+        device,
+        shapes,
+        fp32: onnx.ModelProto,
+        baseline: onnx.ModelProto,
+        whole_batches_only: bool = False,
+        shared: dict | None = None,
+    ):
         super().__init__(task, samples, inputs, device, shapes, whole_batches_only, shared)
         self.fixed = {"fp32": self.session(fp32), "baseline": self.session(baseline)}
         self.reference = None if task.generates else self.outputs(fp32)
@@ -203,7 +234,10 @@ class FullEvaluator(Runner):
             if self.reference is None:
                 timings, reference, candidate = self._interleaved(sessions, data.batches, ("fp32", "candidate"))
             else:
-                reference, candidate = self.reference[label], self.paired(sessions["candidate"], data.batches, self.reference[label])
+                reference, candidate = (
+                    self.reference[label],
+                    self.paired(sessions["candidate"], data.batches, self.reference[label]),
+                )
                 timings = self._interleaved(sessions, data.batches)[0]
             samples = [s for batch in data.batches for s in batch.samples]
             metrics = self.task.metrics(reference, candidate, samples, data.inputs)

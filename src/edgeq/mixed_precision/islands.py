@@ -74,8 +74,16 @@ def find_islands(model: onnx.ModelProto, op_types: list[str] | None = None) -> l
         if node.op_type == "MatMul" and "MatMul" in wanted and node.input[1] in inits:
             weight = inits[node.input[1]]
             if len(weight.dims) == 2 and weight.data_type == onnx.TensorProto.FLOAT:
-                islands.append(Island(readable_name(node.name), node.name, "matmul", weight.name, _numel(weight),
-                                      tied=gather if node.name == head else None))  # fmt: skip
+                islands.append(
+                    Island(
+                        readable_name(node.name),
+                        node.name,
+                        "matmul",
+                        weight.name,
+                        _numel(weight),
+                        tied=gather if node.name == head else None,
+                    )
+                )
         elif node.op_type == "Attention" and "Attention" in wanted and _plain_attention(node, inits):
             weight = inits[node.input[1]]
             islands.append(Island(readable_name(node.name), node.name, "attention", weight.name, _numel(weight)))
@@ -87,9 +95,17 @@ def find_islands(model: onnx.ModelProto, op_types: list[str] | None = None) -> l
     return islands
 
 
-def build_candidates(model: onnx.ModelProto, islands: list[Island], rungs: list[str], per_channel: bool = True,
-                     stats: dict[str, ActivationStats] | None = None, smooth_alpha: float = 0.8,
-                     token_mask: bool = False, pair_safe: bool = False, accuracy_level: int = 0) -> None:  # fmt: skip
+def build_candidates(
+    model: onnx.ModelProto,
+    islands: list[Island],
+    rungs: list[str],
+    per_channel: bool = True,
+    stats: dict[str, ActivationStats] | None = None,
+    smooth_alpha: float = 0.8,
+    token_mask: bool = False,
+    pair_safe: bool = False,
+    accuracy_level: int = 0,
+) -> None:
     """Fill each island's candidates for `rungs` (and fp32). `stats` maps the input tensor of a MatMul/Attention
     island to its activation statistics, which the static and smoothed rungs need; `token_mask` says the model
     has an attention mask with which int8s can zero padded rows; `pair_safe` quantizes the weights of u8 x s8
@@ -104,9 +120,18 @@ def build_candidates(model: onnx.ModelProto, islands: list[Island], rungs: list[
         if island.kind == "gather":
             island.candidates = _gather_candidates(node, weight, rungs) | {"fp32": fp32}
             continue
-        island.candidates = _matmul_candidates(node, weight, island.kind, rungs, per_channel,
-                                               (stats or {}).get(node.input[0]), smooth_alpha, token_mask, pair_safe,
-                                               accuracy_level)  # fmt: skip
+        island.candidates = _matmul_candidates(
+            node,
+            weight,
+            island.kind,
+            rungs,
+            per_channel,
+            (stats or {}).get(node.input[0]),
+            smooth_alpha,
+            token_mask,
+            pair_safe,
+            accuracy_level,
+        )
         island.candidates["fp32"] = fp32
         if island.tied:
             _tie_lookup(island, nodes[island.tied], inits[nodes[island.tied].input[0]], rungs)
@@ -145,7 +170,7 @@ def serialized_bytes(candidate: Candidate) -> int:
 
 def _field_bytes(size: int) -> int:
     prefix = 1
-    while size >= 0x80 ** prefix:
+    while size >= 0x80**prefix:
         prefix += 1
     return 1 + prefix + size
 
@@ -165,15 +190,21 @@ def _gather_candidates(node, table, rungs) -> dict[str, Candidate]:
     return found
 
 
-def _matmul_candidates(node, weight, kind, rungs, per_channel, stats, smooth_alpha, token_mask,
-                       pair_safe, accuracy_level=0) -> dict[str, Candidate]:  # fmt: skip
+def _matmul_candidates(
+    node, weight, kind, rungs, per_channel, stats, smooth_alpha, token_mask, pair_safe, accuracy_level=0
+) -> dict[str, Candidate]:
     found: dict[str, Candidate] = {}
     for rung in rungs:
         if rung == "int4" and kind == "matmul":
             found[rung] = C.matmul_int4(node, weight, accuracy_level=accuracy_level)
         elif rung == "int4a" and kind == "matmul" and stats is not None:
-            found[rung] = C.matmul_int4(node, weight, (stats.rows.astype(np.float64) ** 2).mean(axis=0), tag="q4a",
-                                        accuracy_level=accuracy_level)  # fmt: skip
+            found[rung] = C.matmul_int4(
+                node,
+                weight,
+                (stats.rows.astype(np.float64) ** 2).mean(axis=0),
+                tag="q4a",
+                accuracy_level=accuracy_level,
+            )
         elif rung == "int4g" and kind == "matmul" and stats is not None:
             found[rung] = C.matmul_int4(node, weight, tag="q4g", samples=stats.rows, accuracy_level=accuracy_level)
         elif rung == "int4o" and kind == "matmul":
@@ -202,9 +233,15 @@ def _matmul_candidates(node, weight, kind, rungs, per_channel, stats, smooth_alp
 def _plain_attention(node: onnx.NodeProto, inits: dict) -> bool:
     """A fused Attention whose QKV weight is a constant 2-D float matrix, with no past state or extra inputs."""
     weight = inits.get(node.input[1]) if len(node.input) > 1 else None
-    return (node.domain == MS_DOMAIN and weight is not None and len(weight.dims) == 2
-            and weight.data_type == onnx.TensorProto.FLOAT and node.input[2] in inits
-            and all(not name for name in node.input[4:]) and len([o for o in node.output if o]) == 1)  # fmt: skip
+    return (
+        node.domain == MS_DOMAIN
+        and weight is not None
+        and len(weight.dims) == 2
+        and weight.data_type == onnx.TensorProto.FLOAT
+        and node.input[2] in inits
+        and all(not name for name in node.input[4:])
+        and len([o for o in node.output if o]) == 1
+    )
 
 
 def matmul_inputs(model: onnx.ModelProto, islands: list[Island]) -> list[str]:

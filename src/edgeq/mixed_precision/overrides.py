@@ -27,8 +27,10 @@ def write_overrides(path: Path, islands: list[Island], assignment: dict[str, str
     lines.append(f"{DEFAULT_KEY}: {default}")
     for island in islands:
         if assignment[island.name] != default:
-            lines.append(f"{yaml.safe_dump(island.node_name).strip().removesuffix('...').strip()}: "
-                         f"{assignment[island.name]}   # {island.name}")  # fmt: skip
+            lines.append(
+                f"{yaml.safe_dump(island.node_name).strip().removesuffix('...').strip()}: "
+                f"{assignment[island.name]}   # {island.name}"
+            )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -42,7 +44,9 @@ def load_overrides(path: Path) -> dict[str, str]:
         raise RecipeError(f"overrides '{path}': expected a mapping of node name to precision ({', '.join(LADDER)})")
     for key, value in data.items():
         if value not in LADDER:
-            raise RecipeError(f"overrides '{path}': '{key}' has precision '{value}'", f"Use one of: {', '.join(LADDER)}")
+            raise RecipeError(
+                f"overrides '{path}': '{key}' has precision '{value}'", f"Use one of: {', '.join(LADDER)}"
+            )
     return data
 
 
@@ -52,8 +56,10 @@ def resolve(overrides: dict[str, str], islands: list[Island], ladder: list[str],
     for key in overrides:
         if key != DEFAULT_KEY and not key.startswith("re:") and key not in names:
             close = difflib.get_close_matches(key, sorted(names), n=1)
-            raise ConstraintError(f"overrides '{source}': no island named '{key}'",
-                                  f"Did you mean '{close[0]}'?" if close else "See report.json mixed_precision.islands")  # fmt: skip
+            raise ConstraintError(
+                f"overrides '{source}': no island named '{key}'",
+                f"Did you mean '{close[0]}'?" if close else "See report.json mixed_precision.islands",
+            )
     patterns = [(re.compile(k[3:]), v) for k, v in overrides.items() if k.startswith("re:")]
     assignment = {}
     for island in islands:
@@ -62,7 +68,9 @@ def resolve(overrides: dict[str, str], islands: list[Island], ladder: list[str],
             choice = next((v for p, v in patterns if p.fullmatch(island.node_name) or p.fullmatch(island.name)), None)
         choice = choice or overrides.get(DEFAULT_KEY, ladder[0])
         if choice not in island.candidates:
-            raise ConstraintError(f"overrides '{source}': '{island.name}' cannot be {choice}",
-                                  f"It can be: {', '.join(island.candidates)}")  # fmt: skip
+            raise ConstraintError(
+                f"overrides '{source}': '{island.name}' cannot be {choice}",
+                f"It can be: {', '.join(island.candidates)}",
+            )
         assignment[island.name] = choice
     return assignment

@@ -57,8 +57,12 @@ class Budget:
 
     def limits(self) -> list[tuple[str, float, int]]:
         """(metric, limit, +1 for a floor or -1 for a ceiling) of every fidelity limit set."""
-        floors = [("cosine_mean", self.min_cosine_mean), ("cosine_min", self.min_cosine_min),
-                  ("nn_agreement", self.min_nn_agreement), *self.floors.items()]  # fmt: skip
+        floors = [
+            ("cosine_mean", self.min_cosine_mean),
+            ("cosine_min", self.min_cosine_min),
+            ("nn_agreement", self.min_nn_agreement),
+            *self.floors.items(),
+        ]
         return [(k, v, 1) for k, v in floors if v is not None] + [(k, v, -1) for k, v in self.ceilings.items()]
 
     def shortfall(self, metrics: dict) -> float:
@@ -110,12 +114,21 @@ class SearchResult:
 
 def model_size(fp32_size: int, islands: list[Island], assignment: dict[str, str]) -> int:
     """Bytes of the assembled model, from the FP32 size and the candidates' weight sizes."""
-    return fp32_size + sum(i.candidates[assignment[i.name]].size_bytes - i.candidates["fp32"].size_bytes
-                           for i in islands)  # fmt: skip
+    return fp32_size + sum(
+        i.candidates[assignment[i.name]].size_bytes - i.candidates["fp32"].size_bytes for i in islands
+    )
 
 
-def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder: list[str], budget: Budget,
-           proxy: Runner, full: Callable[[onnx.ModelProto], dict], measure_top: int | None = None) -> SearchResult:  # fmt: skip
+def search(
+    fp32: onnx.ModelProto,
+    fp32_size: int,
+    islands: list[Island],
+    ladder: list[str],
+    budget: Budget,
+    proxy: Runner,
+    full: Callable[[onnx.ModelProto], dict],
+    measure_top: int | None = None,
+) -> SearchResult:
     """`proxy` runs models on the proxy texts; `full(model)` gives validation metrics at every shape; only the
     `measure_top` islands with the lowest output SQNR get promotion passes (all when None)."""
     started = time.perf_counter()
@@ -127,9 +140,15 @@ def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder:
     dropped = trim_to_exact_size(configurations, fp32, islands, budget, fp32_size)
     say(f"  mixed precision: {len(islands)} islands, {passes} proxy passes, {len(configurations)} configurations")
     reused = sum(len(s.get("same_at_batch", {})) for s in scores.values())
-    batch_note = ([f"{reused} promotion(s) to a rung with no run-time activation scale were run at {proxy.labels[0]} "
-                   f"only: such a model computes each text of a padded batch as it does alone, so its proxy score at "
-                   f"{', '.join(proxy.batched_like_first)} is the same"] if reused else [])  # fmt: skip
+    batch_note = (
+        [
+            f"{reused} promotion(s) to a rung with no run-time activation scale were run at {proxy.labels[0]} "
+            f"only: such a model computes each text of a padded batch as it does alone, so its proxy score at "
+            f"{', '.join(proxy.batched_like_first)} is the same"
+        ]
+        if reused
+        else []
+    )
     evaluations: list[dict] = []
     settled: list[str] = []
 
@@ -141,33 +160,51 @@ def search(fp32: onnx.ModelProto, fp32_size: int, islands: list[Island], ladder:
             settled.extend(budget.settle(metrics))
         failures = budget.fidelity_failures(metrics) + _size_failures(budget, exact, configurations, fp32_size)
         evaluations.append({"configuration": index, "metrics": metrics, "passed": not failures, "failures": failures})
-        say(f"  configuration {index} of {len(configurations) - 1} ({exact / 1e6:.1f} MB): "
-            f"{'meets the budget' if not failures else 'misses ' + '; '.join(failures)}")  # fmt: skip
+        say(
+            f"  configuration {index} of {len(configurations) - 1} ({exact / 1e6:.1f} MB): "
+            f"{'meets the budget' if not failures else 'misses ' + '; '.join(failures)}"
+        )
         return not failures
 
     chosen, notes = bisect(len(configurations), evaluate)
     if chosen < 0:  # nothing passes: keep the evaluated configuration that misses the floors by the least
-        chosen = min(evaluations, key=lambda e: (any(f.startswith("size ") for f in e["failures"]),
-                                                 budget.shortfall(e["metrics"]), e["configuration"]))["configuration"]  # fmt: skip
-        notes = [f"no configuration meets the fidelity budget; kept configuration {chosen}, the evaluated one that "
-                 "misses its floors by the least"]  # fmt: skip
+        chosen = min(
+            evaluations,
+            key=lambda e: (
+                any(f.startswith("size ") for f in e["failures"]),
+                budget.shortfall(e["metrics"]),
+                e["configuration"],
+            ),
+        )["configuration"]
+        notes = [
+            f"no configuration meets the fidelity budget; kept configuration {chosen}, the evaluated one that "
+            "misses its floors by the least"
+        ]
     chosen_eval = next(e for e in evaluations if e["configuration"] == chosen)
     latency_notes = _latency_checks(budget, chosen_eval["metrics"])
     below = [e for e in evaluations if e["configuration"] < chosen and not e["passed"]]
     status = {
         "fidelity": chosen_eval["passed"],
-        "size": None if budget.max_size_ratio is None and budget.max_size_over_lowest is None else True,  # over: dropped
+        "size": None
+        if budget.max_size_ratio is None and budget.max_size_over_lowest is None
+        else True,  # over: dropped
         "latency": None if budget.max_latency_ratio is None and budget.max_slowdown is None else not latency_notes,
     }
     return SearchResult(
-        assignment=configurations[chosen]["assignment"], chosen_index=chosen,
+        assignment=configurations[chosen]["assignment"],
+        chosen_index=chosen,
         configurations=[{k: v for k, v in c.items() if k != "assignment"} for c in configurations],
-        evaluations=evaluations, scores=scores, proxy_passes=passes, full_evaluations=len(evaluations),
-        budget_met=all(v is not False for v in status.values()), budget_status=status,
+        evaluations=evaluations,
+        scores=scores,
+        proxy_passes=passes,
+        full_evaluations=len(evaluations),
+        budget_met=all(v is not False for v in status.values()),
+        budget_status=status,
         notes=settled + dropped + batch_note + notes + latency_notes,
-        seconds=time.perf_counter() - started, latency_model=latency,
+        seconds=time.perf_counter() - started,
+        latency_model=latency,
         binding=max(below, key=lambda e: e["configuration"])["failures"] if below else [],
-    )  # fmt: skip
+    )
 
 
 def trim_to_exact_size(configurations: list[dict], fp32, islands, budget: Budget, fp32_size: int) -> list[str]:
@@ -185,7 +222,11 @@ def trim_to_exact_size(configurations: list[dict], fp32, islands, budget: Budget
             break
         configurations.pop()
         dropped += 1
-    return [f"{dropped} configuration(s) dropped: their serialized bytes pass the size ceiling their estimate did not"] if dropped else []
+    return (
+        [f"{dropped} configuration(s) dropped: their serialized bytes pass the size ceiling their estimate did not"]
+        if dropped
+        else []
+    )
 
 
 def _set_exact_size(configurations: list[dict], index: int, size: int, fp32_size: int) -> int:
@@ -205,7 +246,9 @@ def _size_failures(budget: Budget, size: int, configurations: list[dict], fp32_s
     return failures
 
 
-def proxy_scores(fp32, islands, ladder, lowest, proxy: Runner, measure_top: int | None = None) -> tuple[dict[str, dict], int]:
+def proxy_scores(
+    fp32, islands, ladder, lowest, proxy: Runner, measure_top: int | None = None
+) -> tuple[dict[str, dict], int]:
     """Per island: output SQNR in the all-lowest model, and the proxy-score gain (cosine, or minus KL for a
     language model) of promoting it alone to each rung,
     per shape ("gain_by_shape") and as the mean over shapes ("gain"). With `measure_top`, only that many islands
@@ -231,7 +274,9 @@ def proxy_scores(fp32, islands, ladder, lowest, proxy: Runner, measure_top: int 
         assignment = {**lowest, island.name: rung}
         skipped = proxy.batched_like_first if batch_invariant(islands, assignment) else []
         measured_at = [label for label in proxy.labels if label not in skipped]
-        promoted = _scores(proxy.task, reference, proxy.outputs(assemble(fp32, islands, assignment), reference, measured_at))
+        promoted = _scores(
+            proxy.task, reference, proxy.outputs(assemble(fp32, islands, assignment), reference, measured_at)
+        )
         promoted.update(dict.fromkeys(skipped, promoted[proxy.labels[0]]))
         by_shape = {label: round(promoted[label] - base[label], 6) for label in base}
         if skipped:
@@ -261,8 +306,9 @@ def latency_model(fp32, islands, ladder, lowest, proxy: Runner) -> dict:
     models = {"fp32": fp32, "lowest": assemble(fp32, islands, lowest)}
     for rung in ladder:
         if rung != "fp32" and any(lowest[i.name] != rung and rung in i.candidates for i in islands):
-            models[rung] = assemble(fp32, islands, {i.name: rung if rung in i.candidates else lowest[i.name]
-                                                    for i in islands})  # fmt: skip
+            models[rung] = assemble(
+                fp32, islands, {i.name: rung if rung in i.candidates else lowest[i.name] for i in islands}
+            )
     measured = proxy.latencies(models)
     costs: dict[str, dict[str, dict[str, float]]] = {i.name: {} for i in islands}
     for rung in ladder:
@@ -271,10 +317,14 @@ def latency_model(fp32, islands, ladder, lowest, proxy: Runner) -> dict:
         source = "fp32" if rung == "fp32" else rung
         for island in moved:
             share = island.parameters / weights if source in models else 0.0
-            costs[island.name][rung] = {label: round(max(m[source] - m["lowest"], 0.0) * share, 4) if source in m else 0.0
-                                        for label, m in measured.items()}  # fmt: skip
-    return {"p50_ms": {label: {k: round(v, 3) for k, v in m.items()} for label, m in measured.items()},
-            "island_costs_ms": costs}  # fmt: skip
+            costs[island.name][rung] = {
+                label: round(max(m[source] - m["lowest"], 0.0) * share, 4) if source in m else 0.0
+                for label, m in measured.items()
+            }
+    return {
+        "p50_ms": {label: {k: round(v, 3) for k, v in m.items()} for label, m in measured.items()},
+        "island_costs_ms": costs,
+    }
 
 
 def island_output_sqnr(fp32, quantized, islands, proxy: Runner) -> dict[str, float]:
@@ -288,8 +338,11 @@ def island_output_sqnr(fp32, quantized, islands, proxy: Runner) -> dict[str, flo
             r, q = ref[tensor].astype(np.float64).ravel(), quant[tensor].astype(np.float64).ravel()
             signal[tensor] += float(r @ r)
             noise[tensor] += float((r - q) @ (r - q))
-    return {name: round(10 * math.log10(signal[t] / noise[t]), 2) if noise[t] > 0 and signal[t] > 0 else None
-            for name, t in outputs.items() if t in signal}  # fmt: skip
+    return {
+        name: round(10 * math.log10(signal[t] / noise[t]), 2) if noise[t] > 0 and signal[t] > 0 else None
+        for name, t in outputs.items()
+        if t in signal
+    }
 
 
 def ordered_steps(islands, ladder, lowest, scores, latency, fp32_size, budget: Budget) -> list[Step]:
@@ -341,16 +394,25 @@ def cumulative(lowest, steps, fp32_size, islands, budget: Budget, latency: dict)
     order = {rung: i for i, rung in enumerate(LADDER)}
     base_ms = {label: m["lowest"] for label, m in latency["p50_ms"].items()}
     assignment, spent = dict(lowest), {label: 0.0 for label in base_ms}
-    configs = [{"assignment": dict(assignment), "step": None, "size_bytes": model_size(fp32_size, islands, assignment),
-                "estimated_slowdown": 1.0}]  # fmt: skip
+    configs = [
+        {
+            "assignment": dict(assignment),
+            "step": None,
+            "size_bytes": model_size(fp32_size, islands, assignment),
+            "estimated_slowdown": 1.0,
+        }
+    ]
     for step in steps:
         if order[step.to] <= order[assignment[step.island]]:
             continue
         trial = {**assignment, step.island: step.to}
         size = model_size(fp32_size, islands, trial)
-        ms = {label: spent[label] + latency["island_costs_ms"][step.island].get(step.to, {}).get(label, 0.0)
-              - latency["island_costs_ms"][step.island].get(assignment[step.island], {}).get(label, 0.0)
-              for label in base_ms}  # fmt: skip
+        ms = {
+            label: spent[label]
+            + latency["island_costs_ms"][step.island].get(step.to, {}).get(label, 0.0)
+            - latency["island_costs_ms"][step.island].get(assignment[step.island], {}).get(label, 0.0)
+            for label in base_ms
+        }
         slowdown = max((base_ms[label] + ms[label]) / base_ms[label] for label in base_ms)
         if budget.max_size_ratio is not None and size > budget.max_size_ratio * fp32_size:
             continue
@@ -359,9 +421,15 @@ def cumulative(lowest, steps, fp32_size, islands, budget: Budget, latency: dict)
         if budget.max_slowdown is not None and slowdown > budget.max_slowdown:
             continue
         assignment, spent = trial, ms
-        configs.append({"assignment": dict(assignment), "step": f"{step.island} → {step.to}",
-                        "expected_gain": round(step.gain, 6), "size_bytes": size,
-                        "estimated_slowdown": round(slowdown, 4)})  # fmt: skip
+        configs.append(
+            {
+                "assignment": dict(assignment),
+                "step": f"{step.island} → {step.to}",
+                "expected_gain": round(step.gain, 6),
+                "size_bytes": size,
+                "estimated_slowdown": round(slowdown, 4),
+            }
+        )
     for config in configs:
         config["size_ratio"] = round(config["size_bytes"] / fp32_size, 4)
     return configs
@@ -389,12 +457,16 @@ def _latency_checks(budget: Budget, metrics: dict) -> list[str]:
     notes = []
     ratio, slowdown, where = metrics.get("latency_ratio"), metrics.get("slowdown"), metrics.get("worst_shape", {})
     if budget.max_latency_ratio is not None and ratio is not None and ratio > budget.max_latency_ratio:
-        notes.append(f"latency ratio to FP32 {ratio:.2f} at {where.get('latency_ratio')} is over the ceiling "
-                     f"{budget.max_latency_ratio}")  # fmt: skip
+        notes.append(
+            f"latency ratio to FP32 {ratio:.2f} at {where.get('latency_ratio')} is over the ceiling "
+            f"{budget.max_latency_ratio}"
+        )
     if budget.max_slowdown is not None and slowdown is not None and slowdown > budget.max_slowdown:
-        notes.append(f"measured slowdown {slowdown:.3f} over the all-lowest model at {where.get('slowdown')} is over "
-                     f"the ceiling {budget.max_slowdown} (the estimate that admitted it was lower; latency on a "
-                     "shared machine is noisy)")  # fmt: skip
+        notes.append(
+            f"measured slowdown {slowdown:.3f} over the all-lowest model at {where.get('slowdown')} is over "
+            f"the ceiling {budget.max_slowdown} (the estimate that admitted it was lower; latency on a "
+            "shared machine is noisy)"
+        )
     return notes
 
 

@@ -91,7 +91,9 @@ def static_range(stats: ActivationStats, smooth: np.ndarray) -> tuple[np.float32
     return asymmetric_uint8(float((stats.minimum / smooth).min()), float((stats.maximum / smooth).max()))
 
 
-def simulated_sqnr(stats: ActivationStats, weight: np.ndarray, alpha: float, reference: np.ndarray | None = None) -> float:
+def simulated_sqnr(
+    stats: ActivationStats, weight: np.ndarray, alpha: float, reference: np.ndarray | None = None
+) -> float:
     """SQNR (dB) of x @ W when x (smoothed, static uint8) and W (per-column symmetric INT8) are quantized,
     on the sampled rows: a local, kernel-independent measure to choose alpha. `reference`: x @ W, when the caller
     has it (it does not depend on alpha). Products in float32 (their rounding is ~1e-7 of the signal, the
@@ -105,7 +107,9 @@ def simulated_sqnr(stats: ActivationStats, weight: np.ndarray, alpha: float, ref
     w_q, w_scale = quantize_symmetric(weight * smooth[:, None], axis=1)
     if reference is None:
         reference = stats.rows.astype(np.float32) @ weight.astype(np.float32)
-    noise = (reference - x_q.astype(np.float32) @ (w_q.astype(np.float32) * w_scale.astype(np.float32))).astype(np.float64)
+    noise = (reference - x_q.astype(np.float32) @ (w_q.astype(np.float32) * w_scale.astype(np.float32))).astype(
+        np.float64
+    )
     return float(10 * np.log10(np.square(reference, dtype=np.float64).sum() / max(np.square(noise).sum(), 1e-30)))
 
 

@@ -30,7 +30,9 @@ def fold_fixed_shapes(source: Path, target: Path) -> None:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(target)
-    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"], disabled_optimizers=["MatMulAddFusion"])
+    ort.InferenceSession(
+        str(source), options, providers=["CPUExecutionProvider"], disabled_optimizers=["MatMulAddFusion"]
+    )
 
 
 def legalize(source: Path, target: Path, coverage_kinds: list[str]) -> dict:
@@ -47,13 +49,19 @@ def legalize(source: Path, target: Path, coverage_kinds: list[str]) -> dict:
         rewritten = decompose(model, [op for op in REWRITES if op in lacking])
         onnx.save(model, str(target))
     after = {kind: coverage_estimate(target, kind) for kind in coverage_kinds}
-    return {"rewritten": rewritten, "coverage_before": _brief(before), "coverage_after": _brief(after),
-            "not_rewritten": sorted({op for kind in after for op in after[kind]["unsupported_ops"]})}  # fmt: skip
+    return {
+        "rewritten": rewritten,
+        "coverage_before": _brief(before),
+        "coverage_after": _brief(after),
+        "not_rewritten": sorted({op for kind in after for op in after[kind]["unsupported_ops"]}),
+    }
 
 
 def _brief(coverage: dict) -> dict:
-    return {kind: {k: c[k] for k in ("nodes", "supported_nodes", "share", "partitions", "unsupported_ops")}
-            for kind, c in coverage.items()}  # fmt: skip
+    return {
+        kind: {k: c[k] for k in ("nodes", "supported_nodes", "share", "partitions", "unsupported_ops")}
+        for kind, c in coverage.items()
+    }
 
 
 def decompose(model: onnx.ModelProto, ops: list[str]) -> dict[str, int]:
@@ -93,8 +101,10 @@ def _layer_norm(node, constants, opset):
     base = node.name or node.output[0]
     x, scale = node.input[0], node.input[1]
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    names = {k: f"{base}_ln_{k}" for k in ("mean", "centred", "square", "variance", "eps", "shifted", "std",
-                                           "normed", "scaled", "axes")}  # fmt: skip
+    names = {
+        k: f"{base}_ln_{k}"
+        for k in ("mean", "centred", "square", "variance", "eps", "shifted", "std", "normed", "scaled", "axes")
+    }
     inits = [numpy_helper.from_array(np.array(epsilon, np.float32), names["eps"])]
 
     def reduce_mean(source, out):

@@ -9,8 +9,9 @@ import numpy as np
 from edgeq.feeds import DTYPES as ORT_TYPES  # onnxruntime type strings -> numpy
 
 
-def synthetic_feed(input_specs, batch_size: int, sequence_length: int, vocab_size: int, seed: int = 0,
-                   head_dim: int | None = None) -> dict:  # fmt: skip
+def synthetic_feed(
+    input_specs, batch_size: int, sequence_length: int, vocab_size: int, seed: int = 0, head_dim: int | None = None
+) -> dict:
     """Fixed dims are kept; the first free dim is the batch, the others the sequence length. A decoder's KV cache
     (`past_*` inputs of rank 4) starts empty: no past positions, and `head_dim` (from the model's config) where the
     graph leaves the head size free, as onnxruntime-genai's builder does."""
@@ -42,9 +43,13 @@ def head_dim_near(model_path: Path) -> int | None:
         if (folder / "config.json").is_file():
             config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
             heads = config.get("num_attention_heads")
-            return config.get("head_dim") or (config["hidden_size"] // heads if heads and "hidden_size" in config else None)
+            return config.get("head_dim") or (
+                config["hidden_size"] // heads if heads and "hidden_size" in config else None
+            )
         if (folder / "genai_config.json").is_file():
-            return json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))["model"]["decoder"].get("head_size")
+            return json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))["model"]["decoder"].get(
+                "head_size"
+            )
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return None

@@ -22,23 +22,49 @@ from edgeq.validate.sessions import Runtime, placement_from_trace, runtime_for
 
 RUNNER = Path(__file__).with_name("runner.py")
 STANDARD = {"runs": 1024, "min_seconds": 60.0}  # MLPerf Mobile: at least 1024 queries and 60 s
-PERCENTILES = {"min": np.min, "p50": lambda v: np.percentile(v, 50), "p90": lambda v: np.percentile(v, 90),
-               "p99": lambda v: np.percentile(v, 99), "max": np.max, "mean": np.mean}  # fmt: skip
+PERCENTILES = {
+    "min": np.min,
+    "p50": lambda v: np.percentile(v, 50),
+    "p90": lambda v: np.percentile(v, 90),
+    "p99": lambda v: np.percentile(v, 99),
+    "max": np.max,
+    "mean": np.mean,
+}
 
 
 class InputSpec:
     def __init__(self, value):
         self.name = value.name
         elem = value.type.tensor_type.elem_type
-        self.type = {7: "tensor(int64)", 6: "tensor(int32)", 1: "tensor(float)", 10: "tensor(float16)",
-                     9: "tensor(bool)", 3: "tensor(int8)", 2: "tensor(uint8)"}.get(elem, "tensor(float)")  # fmt: skip
-        self.shape = [d.dim_value if d.dim_value > 0 else (d.dim_param or None) for d in value.type.tensor_type.shape.dim]
+        self.type = {
+            7: "tensor(int64)",
+            6: "tensor(int32)",
+            1: "tensor(float)",
+            10: "tensor(float16)",
+            9: "tensor(bool)",
+            3: "tensor(int8)",
+            2: "tensor(uint8)",
+        }.get(elem, "tensor(float)")
+        self.shape = [
+            d.dim_value if d.dim_value > 0 else (d.dim_param or None) for d in value.type.tensor_type.shape.dim
+        ]
 
 
-def profile_models(models: list[Path], device: DeviceProfile, transport=None, runs: int = 100,
-                   min_seconds: float = 2.0, warmup: int = 10, threads: int | None = None, batch_size: int = 1,
-                   sequence_length: int = 128, inputs: Path | None = None, timeout: float = 900, task=None,
-                   new_tokens: int = 32) -> dict:  # fmt: skip
+def profile_models(
+    models: list[Path],
+    device: DeviceProfile,
+    transport=None,
+    runs: int = 100,
+    min_seconds: float = 2.0,
+    warmup: int = 10,
+    threads: int | None = None,
+    batch_size: int = 1,
+    sequence_length: int = 128,
+    inputs: Path | None = None,
+    timeout: float = 900,
+    task=None,
+    new_tokens: int = 32,
+) -> dict:
     """One profile per model (a dict for one model; {"profiles", "comparison"} for several). Inputs come from
     `inputs` (an .npz), else from the task's example (with the model folder's tokenizer or image processor),
     else are synthetic, built from the model's input signature."""
@@ -47,20 +73,39 @@ def profile_models(models: list[Path], device: DeviceProfile, transport=None, ru
     runtime = _runtime(device, transport)
     with tempfile.TemporaryDirectory(prefix="edgeq-profile-") as tmp:
         job_dir = Path(tmp)
-        files = _write_job(job_dir, models, specs, device, runs, min_seconds, warmup, threads or device.threads,
-                           batch_size, sequence_length, inputs, transport, timeout, task, new_tokens)  # fmt: skip
+        files = _write_job(
+            job_dir,
+            models,
+            specs,
+            device,
+            runs,
+            min_seconds,
+            warmup,
+            threads or device.threads,
+            batch_size,
+            sequence_length,
+            inputs,
+            transport,
+            timeout,
+            task,
+            new_tokens,
+        )
         where = f"{transport.name}{' ' + transport.address if transport.name == 'ssh' else ''}"
         say(f"▶ profiling {len(models)} model(s) on {device.id} via {where}: ≥{runs} runs and ≥{min_seconds:g} s")
         transport.run(job_dir, files, timeout)
         result = json.loads((job_dir / "result.json").read_text())
-        profiles = [_profile(models[i], m, job_dir, runtime, transport, result, runs, warmup, batch_size,
-                             sequence_length) for i, m in enumerate(result["models"])]  # fmt: skip
+        profiles = [
+            _profile(models[i], m, job_dir, runtime, transport, result, runs, warmup, batch_size, sequence_length)
+            for i, m in enumerate(result["models"])
+        ]
     if len(profiles) == 1:
         return profiles[0]
     return {"profiles": profiles, "comparison": compare(profiles)}
 
 
-def run_outputs(models: list[Path], feeds: list[dict], device: DeviceProfile, transport, timeout: float = 7200) -> list[dict]:
+def run_outputs(
+    models: list[Path], feeds: list[dict], device: DeviceProfile, transport, timeout: float = 7200
+) -> list[dict]:
     """Validation through the device runner: every model on every feed once. Per model: the outputs of each feed
     (name -> array), the time of each run (ms) and an onnxruntime trace of one run."""
     runtime = _runtime(device, transport)
@@ -75,28 +120,47 @@ def run_outputs(models: list[Path], feeds: list[dict], device: DeviceProfile, tr
         for index, model in enumerate(models):
             shutil.copy2(model, job_dir / f"model_{index}.onnx")
             names.append(f"model_{index}.onnx")
-        job = {"mode": "outputs", "models": names, "inputs": inputs, "threads": device.threads,
-               "provider": {"name": runtime.provider, "options": {}, "plugin": None}, "session_config": {}}  # fmt: skip
+        job = {
+            "mode": "outputs",
+            "models": names,
+            "inputs": inputs,
+            "threads": device.threads,
+            "provider": {"name": runtime.provider, "options": {}, "plugin": None},
+            "session_config": {},
+        }
         (job_dir / "job.json").write_text(json.dumps(job))
         transport.run(job_dir, ["runner.py", "job.json", *inputs, *names], timeout)
         result = json.loads((job_dir / "result.json").read_text())
         produced = []
         for raw in result["models"]:
             with np.load(job_dir / raw["outputs"]) as data:
-                outputs = [{k.split("/", 1)[1]: data[k] for k in data.files if k.split("/", 1)[0] == f"b{i}"}
-                           for i in range(len(feeds))]  # fmt: skip
+                outputs = [
+                    {k.split("/", 1)[1]: data[k] for k in data.files if k.split("/", 1)[0] == f"b{i}"}
+                    for i in range(len(feeds))
+                ]
             trace = json.loads((job_dir / Path(raw["trace"]).name).read_text())
-            produced.append({"outputs": outputs, "timings_ms": raw["timings_ms"], "trace": trace,
-                             "environment": result["environment"]})  # fmt: skip
+            produced.append(
+                {
+                    "outputs": outputs,
+                    "timings_ms": raw["timings_ms"],
+                    "trace": trace,
+                    "environment": result["environment"],
+                }
+            )
     return produced
 
 
 def compare(profiles: list[dict]) -> list[dict]:
     """Each model against the first: ratios of p50, mean and min latency (measured interleaved)."""
     base = profiles[0]["latency_ms"]
-    return [{"model": p["model"], "against": profiles[0]["model"],
-             **{f"{k}_ratio": round(p["latency_ms"][k] / base[k], 3) for k in ("p50", "mean", "min")}}
-            for p in profiles[1:]]  # fmt: skip
+    return [
+        {
+            "model": p["model"],
+            "against": profiles[0]["model"],
+            **{f"{k}_ratio": round(p["latency_ms"][k] / base[k], 3) for k in ("p50", "mean", "min")},
+        }
+        for p in profiles[1:]
+    ]
 
 
 def _runtime(device: DeviceProfile, transport) -> Runtime:
@@ -105,16 +169,25 @@ def _runtime(device: DeviceProfile, transport) -> Runtime:
     return runtime_for(device)
 
 
-def default_transport(device: DeviceProfile, host: str | None = None, ssh_key: str | None = None,
-                      known_hosts: str | None = None, remote_python: str | None = None):  # fmt: skip
+def default_transport(
+    device: DeviceProfile,
+    host: str | None = None,
+    ssh_key: str | None = None,
+    known_hosts: str | None = None,
+    remote_python: str | None = None,
+):
     """Where a device's runner goes: `host` (or the device profile's `transport:` section) over SSH, with the
     given key and overrides; else the device's arm64 stand-in; else this machine."""
     from edgeq.profile.transport import QemuTransport, SSHTransport
 
     remote = device.transport
     if host or remote:
-        return SSHTransport.from_url(host or remote.host, ssh_key, known_hosts or (remote and remote.known_hosts),
-                                     remote_python or (remote and remote.remote_python))  # fmt: skip
+        return SSHTransport.from_url(
+            host or remote.host,
+            ssh_key,
+            known_hosts or (remote and remote.known_hosts),
+            remote_python or (remote and remote.remote_python),
+        )
     if device.stand_in == "qemu-arm64":
         return QemuTransport(device.id, device.stand_in_cpu)
     return LocalTransport()
@@ -126,12 +199,29 @@ def _input_specs(model: Path) -> list[InputSpec]:
     return [InputSpec(v) for v in graph.input if v.name not in inits]
 
 
-def _write_job(job_dir, models, specs, device, runs, min_seconds, warmup, threads, batch_size, sequence_length,
-               inputs, transport, timeout, task=None, new_tokens: int = 32) -> list[str]:  # fmt: skip
+def _write_job(
+    job_dir,
+    models,
+    specs,
+    device,
+    runs,
+    min_seconds,
+    warmup,
+    threads,
+    batch_size,
+    sequence_length,
+    inputs,
+    transport,
+    timeout,
+    task=None,
+    new_tokens: int = 32,
+) -> list[str]:
     shutil.copy2(RUNNER, job_dir / "runner.py")
     files, names, input_names = ["runner.py", "job.json"], [], []
     for index, (model, model_specs) in enumerate(zip(models, specs)):
-        feed = _feed(model, model_specs, batch_size, sequence_length, inputs, task, tuple(Path(m).parent for m in models))
+        feed = _feed(
+            model, model_specs, batch_size, sequence_length, inputs, task, tuple(Path(m).parent for m in models)
+        )
         np.savez(job_dir / f"inputs_{index}.npz", **feed)
         input_names.append(f"inputs_{index}.npz")
         if transport.copies_models:
@@ -142,19 +232,38 @@ def _write_job(job_dir, models, specs, device, runs, min_seconds, warmup, thread
     files += input_names + [n for n in names if not n.startswith("/")]
     ep = device.execution_provider
     runtime = _runtime(device, transport)
-    provider = {"name": runtime.provider, "options": dict(ep.options) if not runtime.stand_in else {},
-                "plugin": ep.plugin if not runtime.stand_in else None}  # fmt: skip
-    job = {"models": names, "inputs": input_names, "runs": runs, "min_seconds": min_seconds,
-           "max_seconds": max(timeout - 60, min_seconds), "warmup": warmup, "threads": threads, "profile_runs": min(3, runs),
-           "provider": provider, "session_config": device.session_config if not runtime.stand_in else {}}  # fmt: skip
+    provider = {
+        "name": runtime.provider,
+        "options": dict(ep.options) if not runtime.stand_in else {},
+        "plugin": ep.plugin if not runtime.stand_in else None,
+    }
+    job = {
+        "models": names,
+        "inputs": input_names,
+        "runs": runs,
+        "min_seconds": min_seconds,
+        "max_seconds": max(timeout - 60, min_seconds),
+        "warmup": warmup,
+        "threads": threads,
+        "profile_runs": min(3, runs),
+        "provider": provider,
+        "session_config": device.session_config if not runtime.stand_in else {},
+    }
     if task is not None and task.generates:
         job["generation"] = {"new_tokens": new_tokens}
     (job_dir / "job.json").write_text(json.dumps(job))
     return files
 
 
-def _feed(model: Path, specs: list[InputSpec], batch_size: int, sequence_length: int, inputs: Path | None,
-          task=None, companion_dirs: tuple = ()) -> dict:  # fmt: skip
+def _feed(
+    model: Path,
+    specs: list[InputSpec],
+    batch_size: int,
+    sequence_length: int,
+    inputs: Path | None,
+    task=None,
+    companion_dirs: tuple = (),
+) -> dict:
     if inputs is None and task is not None:
         from edgeq.errors import ModelError
         from edgeq.feeds import feed_for
@@ -170,8 +279,10 @@ def _feed(model: Path, specs: list[InputSpec], batch_size: int, sequence_length:
     with np.load(inputs) as data:
         missing = [s.name for s in specs if s.name not in data.files]
         if missing:
-            raise DataError(f"--inputs '{inputs}' has no array for {', '.join(missing)}",
-                            f"It has: {', '.join(data.files) or 'nothing'}")  # fmt: skip
+            raise DataError(
+                f"--inputs '{inputs}' has no array for {', '.join(missing)}",
+                f"It has: {', '.join(data.files) or 'nothing'}",
+            )
         return {s.name: data[s.name] for s in specs}
 
 
@@ -207,18 +318,27 @@ def _profile(model, raw, job_dir, runtime, transport, result, runs, warmup, batc
     if "generation" in raw:  # a language model: runs are generations, latency_ms is per decoded token
         generation = raw["generation"]
         ttft = np.array(generation["ttft_ms"])
-        profile.update({
-            "runs": len(ttft), "prompt_tokens": sequence_length, "generated_tokens": len(values) // max(len(ttft), 1) + 1,
-            "ttft_ms": {"p50": round(float(np.percentile(ttft, 50)), 3), "p90": round(float(np.percentile(ttft, 90)), 3)},
-            "decode_tokens_per_s": round(float(np.median(generation["decode_tokens_per_s"])), 2),
-            "throughput_per_s": round(1000 / float(values.mean()), 2),
-            "latency_note": "latency_ms is the time of one decoded token (KV cache); ttft_ms the prompt's pass",
-        })  # fmt: skip
+        profile.update(
+            {
+                "runs": len(ttft),
+                "prompt_tokens": sequence_length,
+                "generated_tokens": len(values) // max(len(ttft), 1) + 1,
+                "ttft_ms": {
+                    "p50": round(float(np.percentile(ttft, 50)), 3),
+                    "p90": round(float(np.percentile(ttft, 90)), 3),
+                },
+                "decode_tokens_per_s": round(float(np.median(generation["decode_tokens_per_s"])), 2),
+                "throughput_per_s": round(1000 / float(values.mean()), 2),
+                "latency_note": "latency_ms is the time of one decoded token (KV cache); ttft_ms the prompt's pass",
+            }
+        )
     if transport.name == "ssh":
         profile["host"] = transport.address
     if runtime.mode == "emulated":
-        profile["note"] = (f"latency of {runtime.provider} on this {result['environment']['machine']} host, "
-                           f"not of the device. {runtime.note}").strip()  # fmt: skip
+        profile["note"] = (
+            f"latency of {runtime.provider} on this {result['environment']['machine']} host, "
+            f"not of the device. {runtime.note}"
+        ).strip()
     return profile
 
 
@@ -235,8 +355,10 @@ def _op_times(trace: list[dict]) -> tuple[list[dict], list[dict]]:
             node = per_node.setdefault(event["name"].removesuffix("_kernel_time"), [args.get("op_name", "?"), 0.0])
             node[1] += ms
     total = sum(per_op.values()) or 1.0
-    ops = [{"op_type": op, "ms": round(ms, 4), "share": round(ms / total, 4)}
-           for op, ms in sorted(per_op.items(), key=lambda item: -item[1])]  # fmt: skip
+    ops = [
+        {"op_type": op, "ms": round(ms, 4), "share": round(ms / total, 4)}
+        for op, ms in sorted(per_op.items(), key=lambda item: -item[1])
+    ]
     top = sorted(per_node.items(), key=lambda item: -item[1][1])[:10]
     nodes = [{"node": name, "op_type": op, "ms": round(ms, 4), "share": round(ms / total, 4)} for name, (op, ms) in top]
     return ops, nodes

@@ -136,9 +136,18 @@ def measure(job):
         traces.append(session.end_profiling())
     return {
         "models": [
-            {"load_ms": load_ms[i], "first_run_ms": first_ms[i], "timings_ms": records[i]["timings"],
-             "trace": traces[i], "providers": providers[i],
-             **({"generation": {k: records[i][k] for k in ("ttft_ms", "decode_tokens_per_s")}} if job.get("generation") else {})}
+            {
+                "load_ms": load_ms[i],
+                "first_run_ms": first_ms[i],
+                "timings_ms": records[i]["timings"],
+                "trace": traces[i],
+                "providers": providers[i],
+                **(
+                    {"generation": {k: records[i][k] for k in ("ttft_ms", "decode_tokens_per_s")}}
+                    if job.get("generation")
+                    else {}
+                ),
+            }
             for i in range(len(providers))
         ],
         "seconds": time.perf_counter() - started,
@@ -185,8 +194,9 @@ def outputs(job):
             for name, value in zip(output_names, produced):
                 values["b%d/%s" % (batch, name)] = value
         np.savez("outputs_%d.npz" % index, **values)
-        result["models"].append({"outputs": "outputs_%d.npz" % index, "timings_ms": timings,
-                                 "trace": session.end_profiling()})
+        result["models"].append(
+            {"outputs": "outputs_%d.npz" % index, "timings_ms": timings, "trace": session.end_profiling()}
+        )
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 
@@ -215,8 +225,14 @@ def environment(job):
     import onnxruntime as ort
 
     cpu, flags = cpu_info()
-    return {"machine": machine(), "onnxruntime": ort.__version__, "python": platform.python_version(), "cpu": cpu,
-            "cpu_flags": [f for f in flags if f in NOTABLE_FLAGS], "threads": job.get("threads")}
+    return {
+        "machine": machine(),
+        "onnxruntime": ort.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpu_flags": [f for f in flags if f in NOTABLE_FLAGS],
+        "threads": job.get("threads"),
+    }
 
 
 def main():

@@ -32,8 +32,10 @@ class LocalTransport:
         try:
             done = subprocess.run(command, cwd=job_dir, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise TransportError(f"the profiling run exceeded {timeout:.0f} s and was stopped",
-                                 "Lower --runs/--min-seconds or raise --timeout") from None  # fmt: skip
+            raise TransportError(
+                f"the profiling run exceeded {timeout:.0f} s and was stopped",
+                "Lower --runs/--min-seconds or raise --timeout",
+            ) from None
         if done.returncode != 0:
             raise TransportError(f"the profiling run failed: {_last_line(done.stderr)}")
 
@@ -61,17 +63,32 @@ class SSHTransport:
             if path and not Path(path).expanduser().is_file():
                 what = "is not a regular file" if Path(path).expanduser().exists() else "not found"
                 raise TransportError(f"{label} file '{path}' {what}")
-        return cls(parsed.hostname, parsed.port or 22, parsed.username or getpass.getuser(),
-                   Path(key).expanduser() if key else None, Path(known_hosts).expanduser() if known_hosts else None,
-                   remote_python or "python3")  # fmt: skip
+        return cls(
+            parsed.hostname,
+            parsed.port or 22,
+            parsed.username or getpass.getuser(),
+            Path(key).expanduser() if key else None,
+            Path(known_hosts).expanduser() if known_hosts else None,
+            remote_python or "python3",
+        )
 
     @property
     def address(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"
 
     def options(self) -> list[str]:
-        opts = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"ConnectTimeout={self.connect_timeout}",
-                "-o", "LogLevel=ERROR", "-o", "PasswordAuthentication=no"]  # fmt: skip
+        opts = [
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"ConnectTimeout={self.connect_timeout}",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "PasswordAuthentication=no",
+        ]
         if self.known_hosts:
             opts += ["-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null"]
         if self.key:
@@ -91,8 +108,10 @@ class SSHTransport:
         try:
             self._push(job_dir, files, remote_dir)
             self._verify(job_dir, files, remote_dir)
-            run = (f"cd {shlex.quote(remote_dir)} && timeout --kill-after=5 {int(timeout)} "
-                   f"{shlex.quote(self.remote_python)} runner.py --job job.json --out result.json")  # fmt: skip
+            run = (
+                f"cd {shlex.quote(remote_dir)} && timeout --kill-after=5 {int(timeout)} "
+                f"{shlex.quote(self.remote_python)} runner.py --job job.json --out result.json"
+            )
             self.ssh(run, timeout + 30)
             listing = self.ssh(f"cd {shlex.quote(remote_dir)} && ls", 30).split()
             wanted = [name for name in listing if name == "result.json" or name.startswith("trace_")]
@@ -109,8 +128,9 @@ class SSHTransport:
     def _verify(self, job_dir: Path, files: list[str], remote_dir: str) -> None:
         code = "import hashlib,sys\nfor f in sys.argv[1:]: print(hashlib.sha256(open(f,'rb').read()).hexdigest())"
         names = " ".join(shlex.quote(name) for name in files)
-        remote = self.ssh(f"cd {shlex.quote(remote_dir)} && {shlex.quote(self.remote_python)} -c {shlex.quote(code)} "
-                          f"{names}", 120).split()  # fmt: skip
+        remote = self.ssh(
+            f"cd {shlex.quote(remote_dir)} && {shlex.quote(self.remote_python)} -c {shlex.quote(code)} {names}", 120
+        ).split()
         local = [hashlib.sha256((job_dir / name).read_bytes()).hexdigest() for name in files]
         if remote != local:
             bad = [name for name, a, b in zip(files, local, remote + [""] * len(files)) if a != b]
@@ -134,8 +154,10 @@ class SSHTransport:
         try:
             done = subprocess.run(command, capture_output=True, timeout=timeout, **stdin)
         except subprocess.TimeoutExpired:
-            raise TransportError(f"{command[0]} to {self.address} exceeded {timeout:.0f} s and was stopped",
-                                 "The device's work folder is removed; raise --timeout for long runs") from None  # fmt: skip
+            raise TransportError(
+                f"{command[0]} to {self.address} exceeded {timeout:.0f} s and was stopped",
+                "The device's work folder is removed; raise --timeout for long runs",
+            ) from None
         if done.returncode != 0:
             raise self._explain(done.stderr.decode(errors="replace"), done.returncode)
         return done.stdout
@@ -143,16 +165,24 @@ class SSHTransport:
     def _explain(self, stderr: str, code: int) -> TransportError:
         text = stderr.strip()
         known = self.known_hosts or "~/.ssh/known_hosts"
-        if "Host key verification failed" in text or "No ED25519 host key is known" in text or "host key" in text.lower():
-            return TransportError(f"the host key of {self.host}:{self.port} is not in {known}: refusing to connect",
-                                  "Check the device's fingerprint, then add it (ssh-keyscan) to that file")  # fmt: skip
+        if (
+            "Host key verification failed" in text
+            or "No ED25519 host key is known" in text
+            or "host key" in text.lower()
+        ):
+            return TransportError(
+                f"the host key of {self.host}:{self.port} is not in {known}: refusing to connect",
+                "Check the device's fingerprint, then add it (ssh-keyscan) to that file",
+            )
         if "Permission denied" in text:
             return TransportError(f"{self.address} refused the key", "Pass --ssh-key with a key the device accepts")
         if "Connection refused" in text or "timed out" in text or "No route" in text or "Could not resolve" in text:
             return TransportError(f"cannot reach {self.address}: {_last_line(text)}")
         if code == 124:
-            return TransportError(f"the profiling run on {self.address} hit its time limit and was killed",
-                                  "Lower --runs/--min-seconds or raise --timeout")  # fmt: skip
+            return TransportError(
+                f"the profiling run on {self.address} hit its time limit and was killed",
+                "Lower --runs/--min-seconds or raise --timeout",
+            )
         return TransportError(f"the profiling run on {self.address} failed: {_last_line(text)}")
 
 
@@ -175,8 +205,9 @@ class QemuTransport:
         from edgeq.standin import is_ready, rootfs
 
         if not is_ready(device_id):
-            raise TransportError(f"the arm64 stand-in for '{device_id}' is not set up",
-                                 f"Run: edgeq devices setup {device_id}")  # fmt: skip
+            raise TransportError(
+                f"the arm64 stand-in for '{device_id}' is not set up", f"Run: edgeq devices setup {device_id}"
+            )
         self.root = rootfs(device_id)
         self.cpu = cpu
 
@@ -192,10 +223,17 @@ class QemuTransport:
                 shutil.copy2(job_dir / name, work / name)
             inside = "/" + str(work.relative_to(self.root))
             try:
-                run_in(self.root, ["/usr/bin/python3", "runner.py", "--job", "job.json", "--out", "result.json"],
-                       timeout, cwd=inside, cpu=self.cpu)  # fmt: skip
+                run_in(
+                    self.root,
+                    ["/usr/bin/python3", "runner.py", "--job", "job.json", "--out", "result.json"],
+                    timeout,
+                    cwd=inside,
+                    cpu=self.cpu,
+                )
             except subprocess.TimeoutExpired:
-                raise TransportError(f"the run in the arm64 stand-in exceeded {timeout:.0f} s and was stopped") from None
+                raise TransportError(
+                    f"the run in the arm64 stand-in exceeded {timeout:.0f} s and was stopped"
+                ) from None
             except EdgeqError as exc:
                 raise TransportError(exc.message) from None
             for produced in work.iterdir():

@@ -28,10 +28,17 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     from onnx.helper import tensor_dtype_to_string
 
     inits = {t.name for t in model.graph.initializer}
-    types = {onnx.TensorProto.INT32: "tensor(int32)", onnx.TensorProto.INT64: "tensor(int64)",
-             onnx.TensorProto.FLOAT: "tensor(float)", onnx.TensorProto.FLOAT16: "tensor(float16)"}  # fmt: skip
-    return [InputSpec(i.name, types.get(i.type.tensor_type.elem_type, tensor_dtype_to_string(i.type.tensor_type.elem_type)))
-            for i in model.graph.input if i.name not in inits]  # fmt: skip
+    types = {
+        onnx.TensorProto.INT32: "tensor(int32)",
+        onnx.TensorProto.INT64: "tensor(int64)",
+        onnx.TensorProto.FLOAT: "tensor(float)",
+        onnx.TensorProto.FLOAT16: "tensor(float16)",
+    }
+    return [
+        InputSpec(i.name, types.get(i.type.tensor_type.elem_type, tensor_dtype_to_string(i.type.tensor_type.elem_type)))
+        for i in model.graph.input
+        if i.name not in inits
+    ]
 
 
 class FeedReader(CalibrationDataReader):

@@ -20,5 +20,9 @@ def convert_to_fp16(source: Path, target: Path) -> dict:
     converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
     onnx.save(converted, str(target))
     kept = Counter(n.op_type for n in model.graph.node if n.op_type in DEFAULT_OP_BLOCK_LIST)
-    return {"precision": "fp16", "converter": "onnxruntime.transformers.float16 (inputs/outputs FP32)",
-            "kept_fp32_ops": dict(kept), "casts": sum(n.op_type == "Cast" for n in converted.graph.node)}
+    return {
+        "precision": "fp16",
+        "converter": "onnxruntime.transformers.float16 (inputs/outputs FP32)",
+        "kept_fp32_ops": dict(kept),
+        "casts": sum(n.op_type == "Cast" for n in converted.graph.node),
+    }

@@ -8,10 +8,27 @@ import onnx
 
 from edgeq.graph import producers
 
-INTEGER_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
-                 onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}  # fmt: skip
-COMPUTE_OPS = {"MatMul", "Gemm", "Conv", "Attention", "MultiHeadAttention", "LayerNormalization",
-               "SkipLayerNormalization", "EmbedLayerNormalization", "Softmax"}  # where an index path cannot start
+INTEGER_TYPES = {
+    onnx.TensorProto.INT64,
+    onnx.TensorProto.INT32,
+    onnx.TensorProto.INT16,
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT8,
+    onnx.TensorProto.UINT16,
+    onnx.TensorProto.UINT32,
+    onnx.TensorProto.UINT64,
+}
+COMPUTE_OPS = {
+    "MatMul",
+    "Gemm",
+    "Conv",
+    "Attention",
+    "MultiHeadAttention",
+    "LayerNormalization",
+    "SkipLayerNormalization",
+    "EmbedLayerNormalization",
+    "Softmax",
+}  # where an index path cannot start
 
 
 def index_path_nodes(model: onnx.ModelProto) -> list[str]:

@@ -26,10 +26,14 @@ K_SCALE_INPUT, V_SCALE_INPUT = 12, 13  # GroupQueryAttention's k_scale and v_sca
 def cache_outputs(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     """Each GroupQueryAttention node's name -> its (present key, present value) outputs; a ModelError when the
     graph has none (only the fused decoder graph caches through GroupQueryAttention)."""
-    found = {n.name: (n.output[1], n.output[2]) for n in model.graph.node if n.op_type == ATTENTION and len(n.output) >= 3}
+    found = {
+        n.name: (n.output[1], n.output[2]) for n in model.graph.node if n.op_type == ATTENTION and len(n.output) >= 3
+    }
     if not found:
-        raise ModelError("quantization.kv_cache: int8 needs the fused decoder graph (GroupQueryAttention), and this "
-                         "model has none", "Use a Llama, Mistral or Qwen2 model, or kv_cache: fp32")  # fmt: skip
+        raise ModelError(
+            "quantization.kv_cache: int8 needs the fused decoder graph (GroupQueryAttention), and this model has none",
+            "Use a Llama, Mistral or Qwen2 model, or kv_cache: fp32",
+        )
     return found
 
 
@@ -64,9 +68,13 @@ def store_int8(model: onnx.ModelProto, scales: dict[str, np.ndarray]) -> int:
                 node.input[slot] = initializer
             else:
                 node.input.append(initializer)
-        node.attribute.extend([helper.make_attribute("k_quant_type", "PER_CHANNEL"),
-                               helper.make_attribute("v_quant_type", "PER_CHANNEL"),
-                               helper.make_attribute("kv_cache_bit_width", 8)])  # fmt: skip
+        node.attribute.extend(
+            [
+                helper.make_attribute("k_quant_type", "PER_CHANNEL"),
+                helper.make_attribute("v_quant_type", "PER_CHANNEL"),
+                helper.make_attribute("kv_cache_bit_width", 8),
+            ]
+        )
     cached = {name for pair in cache_outputs(model).values() for name in pair}
     past = {name.replace("present", "past_key_values") for name in cached}
     for info in [*model.graph.input, *model.graph.output]:
@@ -82,5 +90,12 @@ def quantize_kv_cache(source: Path, out: Path, fp32_path: Path, feeds: list[dict
     scales = calibrate_scales(fp32_path, feeds, names)
     layers = store_int8(model, scales)
     onnx.save(model, str(out))
-    return {"kv_cache": {"dtype": "int8", "quant_type": "PER_CHANNEL (symmetric, one static scale per channel of a head)",
-                         "layers": layers, "calibration_batches": len(feeds), "from_artifact": source.parent.name}}  # fmt: skip
+    return {
+        "kv_cache": {
+            "dtype": "int8",
+            "quant_type": "PER_CHANNEL (symmetric, one static scale per channel of a head)",
+            "layers": layers,
+            "calibration_batches": len(feeds),
+            "from_artifact": source.parent.name,
+        }
+    }

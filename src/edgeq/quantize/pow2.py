@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgeq.graph import producers as producer_map, readers
+from edgeq.graph import producers as producer_map
+from edgeq.graph import readers
 
 QMIN, QMAX = -128, 127
 QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -35,8 +36,9 @@ def best_exponent(values: np.ndarray) -> int:
     return best
 
 
-def power_of_two_scales(model: onnx.ModelProto, float_model: onnx.ModelProto,
-                        activations: dict[str, np.ndarray]) -> dict[str, int]:  # fmt: skip
+def power_of_two_scales(
+    model: onnx.ModelProto, float_model: onnx.ModelProto, activations: dict[str, np.ndarray]
+) -> dict[str, int]:
     """Rewrite, in place, every Q/DQ scale of `model` to a power of two. `float_model` holds the float weights
     (the model before quantization); `activations` holds sample values of activation tensors. Returns counts."""
     inits = {t.name: t for t in model.graph.initializer}
@@ -59,8 +61,11 @@ def power_of_two_scales(model: onnx.ModelProto, float_model: onnx.ModelProto,
         else:
             continue
         scale = inits[scale_name]
-        scale.CopyFrom(numpy_helper.from_array(np.asarray(2.0**exponent, dtype=np.float32).reshape(
-            numpy_helper.to_array(scale).shape), scale_name))  # fmt: skip
+        scale.CopyFrom(
+            numpy_helper.from_array(
+                np.asarray(2.0**exponent, dtype=np.float32).reshape(numpy_helper.to_array(scale).shape), scale_name
+            )
+        )
     return done
 
 
@@ -109,8 +114,12 @@ def dpu_compliance(model: onnx.ModelProto, supported_ops: list[str] | None) -> d
     for node in model.graph.node:
         if node.op_type in QDQ:
             continue
-        fed_by_dq = any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
-                        and producers[i].name not in cpu_side for i in node.input)  # fmt: skip
+        fed_by_dq = any(
+            producers.get(i) is not None
+            and producers[i].op_type == "DequantizeLinear"
+            and producers[i].name not in cpu_side
+            for i in node.input
+        )
         if fed_by_dq:
             quantized.append(node)
             if supported_ops is not None and node.op_type not in supported_ops:
@@ -122,22 +131,30 @@ def dpu_compliance(model: onnx.ModelProto, supported_ops: list[str] | None) -> d
         "violations": violations,
         "dpu_nodes": len(quantized),
         "cpu_nodes": dict(sorted(on_cpu.items(), key=lambda kv: -kv[1])),
-        "not_checked": ["shift_cut / shift_bias clamps (decided by the DPU compiler's fusion)",
-                        "Concat/Pool/Pad/Slice sharing one scale", "Sigmoid turned into HardSigmoid"],
-    }  # fmt: skip
+        "not_checked": [
+            "shift_cut / shift_bias clamps (decided by the DPU compiler's fusion)",
+            "Concat/Pool/Pad/Slice sharing one scale",
+            "Sigmoid turned into HardSigmoid",
+        ],
+    }
 
 
 def _cpu_side_weights(model, inits, producers) -> set[str]:
     """DequantizeLinear nodes of INT8 weights that only feed nodes with no quantized activation input: weight-only
     INT8 on the CPU side of a DPU model (the DPU never sees them, so its rules do not apply)."""
+
     def activation_dq(name: str) -> bool:
         node = producers.get(name)
         return node is not None and node.op_type == "DequantizeLinear" and node.input[0] not in inits
 
     consumers = readers(model)
-    return {n.name for n in model.graph.node
-            if n.op_type == "DequantizeLinear" and n.input[0] in inits
-            and not any(activation_dq(i) for c in consumers.get(n.output[0], []) for i in c.input)}  # fmt: skip
+    return {
+        n.name
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in inits
+        and not any(activation_dq(i) for c in consumers.get(n.output[0], []) for i in c.input)
+    }
 
 
 def _add_position_violations(model, inits, producers) -> list[str]:
@@ -145,9 +162,14 @@ def _add_position_violations(model, inits, producers) -> list[str]:
     for node in model.graph.node:
         if node.op_type != "Add":
             continue
-        scales = [inits.get(producers[i].input[1]) for i in node.input
-                  if i in producers and producers[i].op_type == "DequantizeLinear"]  # fmt: skip
-        positions = [-math.log2(float(s.ravel()[0])) for s in scales if s is not None and s.size == 1 and s.ravel()[0] > 0]
+        scales = [
+            inits.get(producers[i].input[1])
+            for i in node.input
+            if i in producers and producers[i].op_type == "DequantizeLinear"
+        ]
+        positions = [
+            -math.log2(float(s.ravel()[0])) for s in scales if s is not None and s.size == 1 and s.ravel()[0] > 0
+        ]
         if len(positions) == 2 and abs(positions[0] - positions[1]) > 7:
             found.append(f"{node.name}: Add input positions differ by {abs(positions[0] - positions[1]):.0f} (> 7)")
     return found

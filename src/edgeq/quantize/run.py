@@ -9,10 +9,10 @@ from pathlib import Path
 import onnx
 
 from edgeq.buildlog import quiet_libraries
+from edgeq.feeds import feed_for
 from edgeq.quantize.calibration import FeedReader, input_specs
 from edgeq.quantize.index_paths import index_path_nodes
 from edgeq.recipe.schema import QuantizationConfig
-from edgeq.feeds import feed_for
 
 QUANT_TYPES = {"int8": "QInt8", "uint8": "QUInt8", "int16": "QInt16", "uint16": "QUInt16"}
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -60,7 +60,8 @@ def quantize_model(
             per_channel=q.per_channel,
             reduce_range=q.reduce_range,
             weight_type=getattr(QuantType, QUANT_TYPES[q.weight_type]),
-            nodes_to_exclude=excluded_nodes(onnx.load(str(prepared), load_external_data=False), q.nodes_to_exclude) + kept,
+            nodes_to_exclude=excluded_nodes(onnx.load(str(prepared), load_external_data=False), q.nodes_to_exclude)
+            + kept,
         )
         if q.mode == "dynamic":
             # DefaultTensorType: fused contrib ops (Attention, SkipLayerNormalization) defeat shape inference
@@ -129,18 +130,27 @@ def _quantize_qnn(fp32_path, out_path, tmp, q, op_types, feeds, activation_overr
     model = onnx.load(str(source), load_external_data=False)
     reader = FeedReader(input_specs(model), feeds)
     weight_type = getattr(QuantType, QUANT_TYPES[q.weight_type])
-    overrides = {name: [{"quant_type": weight_type}] for name in _embedding_tables(model)} if q.table_type == "weight" else {}
-    overrides |= {name: [{"quant_type": getattr(QuantType, QUANT_TYPES[kind])}] for name, kind in (activation_overrides or {}).items()}
+    overrides = (
+        {name: [{"quant_type": weight_type}] for name in _embedding_tables(model)} if q.table_type == "weight" else {}
+    )
+    overrides |= {
+        name: [{"quant_type": getattr(QuantType, QUANT_TYPES[kind])}]
+        for name, kind in (activation_overrides or {}).items()
+    }
     config = get_qnn_qdq_config(
-        str(source), reader,
+        str(source),
+        reader,
         calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[q.calibration.method]),
         activation_type=getattr(QuantType, QUANT_TYPES[q.resolved_activation_type]),
         weight_type=weight_type,
-        per_channel=q.per_channel, activation_symmetric=q.symmetric_activations,
-        weight_symmetric=q.symmetric_weights, calibration_providers=["CPUExecutionProvider"],
-        op_types_to_quantize=op_types, nodes_to_exclude=excluded_nodes(model, q.nodes_to_exclude) or None,
+        per_channel=q.per_channel,
+        activation_symmetric=q.symmetric_activations,
+        weight_symmetric=q.symmetric_weights,
+        calibration_providers=["CPUExecutionProvider"],
+        op_types_to_quantize=op_types,
+        nodes_to_exclude=excluded_nodes(model, q.nodes_to_exclude) or None,
         init_overrides=overrides or None,
-    )  # fmt: skip
+    )
     quantize(str(source), str(out_path), config)
 
 
@@ -156,11 +166,18 @@ def _quantize_int4(fp32_path: Path, out_path: Path, q: QuantizationConfig, op_ty
 
     # its own logger prints a line for every node it skips (thousands for a real LM) and opset notices edgeq resolves
     quiet_libraries("onnxruntime.quantization.matmul_nbits_quantizer")
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), bits=4, block_size=q.block_size,
-                                     is_symmetric=q.symmetric_weights, nodes_to_exclude=list(q.nodes_to_exclude),
-                                     op_types_to_quantize=tuple(op_types or ("MatMul",)),
-                                     accuracy_level=q.accuracy_level)  # fmt: skip
-    original = {o.domain or "ai.onnx": o.version for o in onnx.load(str(fp32_path), load_external_data=False).opset_import}
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(fp32_path)),
+        bits=4,
+        block_size=q.block_size,
+        is_symmetric=q.symmetric_weights,
+        nodes_to_exclude=list(q.nodes_to_exclude),
+        op_types_to_quantize=tuple(op_types or ("MatMul",)),
+        accuracy_level=q.accuracy_level,
+    )
+    original = {
+        o.domain or "ai.onnx": o.version for o in onnx.load(str(fp32_path), load_external_data=False).opset_import
+    }
     quantizer.process()
     model = quantizer.model.model
     for opset in model.opset_import:  # the quantizer stamps ai.onnx 21 without converting ops (ReduceMean axes...)
@@ -175,7 +192,9 @@ def excluded_nodes(model: onnx.ModelProto, patterns: list[str]) -> list[str]:
     import fnmatch
 
     names = [n.name for n in model.graph.node]
-    return sorted({name for p in patterns for name in (fnmatch.filter(names, p) if any(c in p for c in "*?[") else [p])})
+    return sorted(
+        {name for p in patterns for name in (fnmatch.filter(names, p) if any(c in p for c in "*?[") else [p])}
+    )
 
 
 def prepare(fp32_path: Path, prepared: Path, optimize: bool = True) -> None:

@@ -35,8 +35,13 @@ def store_weights_int8(model: onnx.ModelProto, node_names: list[str]) -> list[st
     wanted, rewritten, nodes = set(node_names), [], []
     for node in model.graph.node:
         weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
-        if (node.name in wanted and weight is not None and weight.data_type == onnx.TensorProto.FLOAT
-                and len(weight.dims) == 2 and len(reading[weight.name]) == 1):  # fmt: skip
+        if (
+            node.name in wanted
+            and weight is not None
+            and weight.data_type == onnx.TensorProto.FLOAT
+            and len(weight.dims) == 2
+            and len(reading[weight.name]) == 1
+        ):
             dequantize, rescale = _weight_only(model, node, weight)
             nodes += [dequantize, node, rescale]
             rewritten.append(node.name)
@@ -53,10 +58,14 @@ def _weight_only(model: onnx.ModelProto, node: onnx.NodeProto, weight: onnx.Tens
     names = (f"{base}_uint8", f"{base}_uint8_scale", f"{base}_uint8_zero_point")
     column_scales = f"{base}_column_scale"
     model.graph.initializer.remove(weight)
-    model.graph.initializer.extend([
-        numpy_helper.from_array(q, names[0]), numpy_helper.from_array(np.array(1.0, np.float32), names[1]),
-        numpy_helper.from_array(np.array(ZERO_POINT, np.uint8), names[2]), numpy_helper.from_array(scales, column_scales),
-    ])  # fmt: skip
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(q, names[0]),
+            numpy_helper.from_array(np.array(1.0, np.float32), names[1]),
+            numpy_helper.from_array(np.array(ZERO_POINT, np.uint8), names[2]),
+            numpy_helper.from_array(scales, column_scales),
+        ]
+    )
     dequantized, output, unscaled = f"{base}_dequantized", node.output[0], f"{node.output[0]}_unscaled"
     node.input[1], node.output[0] = dequantized, unscaled
     dequantize = helper.make_node("DequantizeLinear", list(names), [dequantized], name=f"{node.name}_dequantize_weight")

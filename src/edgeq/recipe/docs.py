@@ -38,8 +38,15 @@ def _model_section(model: type[BaseModel], prefix: str, sections: list[str]) -> 
             nested.append((inner, f"{key}."))
     title = prefix.rstrip(".") or "top level"
     doc = (model.__doc__ or "").strip()
-    sections += [f"## `{title}`" if prefix else "## Top level", "", *([doc, ""] if doc and prefix else []),
-                 "| key | type | default | meaning |", "|---|---|---|---|", *rows, ""]  # fmt: skip
+    sections += [
+        f"## `{title}`" if prefix else "## Top level",
+        "",
+        *([doc, ""] if doc and prefix else []),
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ]
     for inner, inner_prefix in nested:
         _model_section(inner, inner_prefix, sections)
 

@@ -9,13 +9,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationInfo, field_validator,
-                      model_validator)  # fmt: skip
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-TASKS = ("feature-extraction", "text-classification", "token-classification", "question-answering",
-         "image-classification", "text-generation")
-TaskName = Literal["feature-extraction", "text-classification", "token-classification", "question-answering",
-                   "image-classification", "text-generation"]
+TASKS = (
+    "feature-extraction",
+    "text-classification",
+    "token-classification",
+    "question-answering",
+    "image-classification",
+    "text-generation",
+)
+TaskName = Literal[
+    "feature-extraction",
+    "text-classification",
+    "token-classification",
+    "question-answering",
+    "image-classification",
+    "text-generation",
+]
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8")
 
@@ -81,7 +101,8 @@ class ExportConfig(Strict):
         default=None, description="Fix the sequence dimension to this length (static shapes). Unset: dynamic."
     )
     decoder: Literal["auto", "fused", "traced"] = Field(
-        default="auto", description="How a language model's graph is written. `fused`: onnxruntime-genai's form "
+        default="auto",
+        description="How a language model's graph is written. `fused`: onnxruntime-genai's form "
         "(GroupQueryAttention with rotary embedding and KV cache inside, RMSNorm fused with the residual add, Q/K/V "
         "in one MatMul), ~11 nodes a layer, for Llama, Mistral and Qwen2 at dynamic shapes. `traced`: optimum's "
         "export (every architecture it knows, fixed shapes too; ~250 nodes a layer). `auto`: fused where it can be.",
@@ -95,7 +116,8 @@ class OptimizeConfig(Strict):
         "on the FP32 model before quantization.",
     )
     model_type: Literal["auto", "bert", "vit", "swin", "gpt2"] = Field(
-        default="auto", description="onnxruntime's fusion family, which selects the fusion patterns. `auto`: from "
+        default="auto",
+        description="onnxruntime's fusion family, which selects the fusion patterns. `auto`: from "
         "config.json model_type (BERT-family encoders -> bert, ViT/DeiT/BEiT -> vit, Swin -> swin).",
     )
     opt_level: int = Field(default=1, ge=0, le=2, description="onnxruntime graph optimization level for fusions.")
@@ -116,17 +138,21 @@ class DataSource(Strict):
         "or directly inside it)."
     )
     field: str | None = Field(
-        default=None, description="The JSON key or CSV column holding the text (for token classification: the "
+        default=None,
+        description="The JSON key or CSV column holding the text (for token classification: the "
         "list of words). A .jsonl without it: each record's `text`, or, for text generation, its `messages` "
         "([{role, content}], roles system/user/assistant/tool): a conversation rendered with the model's chat "
         "template, as an instruct model sees it.",
     )
     label_field: str | None = Field(
-        default=None, description="The key or column holding the label: a class name or id (classification), a "
+        default=None,
+        description="The key or column holding the label: a class name or id (classification), a "
         "list of tags, one per word (token classification), or the answer text (question answering). With "
         "labels, the report gives the task metric (accuracy, F1, exact match) for FP32 and for each candidate.",
     )
-    question_field: str | None = Field(default=None, description="Question answering: the key or column of the question.")
+    question_field: str | None = Field(
+        default=None, description="Question answering: the key or column of the question."
+    )
     context_field: str | None = Field(default=None, description="Question answering: the key or column of the context.")
 
     @field_validator("path")
@@ -144,8 +170,9 @@ class DataSource(Strict):
         if suffix == ".csv" and not (self.field or self.question_field):
             raise ValueError(f"a {suffix} file needs `field` (the key or column holding the text)")
         if not records and self.fields():
-            raise ValueError("`field` and the other *_field keys are only for .jsonl and .csv files; a .txt file has "
-                             "one text a line")  # fmt: skip
+            raise ValueError(
+                "`field` and the other *_field keys are only for .jsonl and .csv files; a .txt file has one text a line"
+            )
         if bool(self.question_field) != bool(self.context_field):
             raise ValueError("question answering data needs both `question_field` and `context_field`")
         return self
@@ -165,9 +192,7 @@ class CalibrationConfig(Strict):
     method: Literal["minmax", "entropy", "percentile"] = Field(
         default="minmax", description="How activation ranges are chosen from the calibration data."
     )
-    percentile: float = Field(
-        default=99.999, gt=0, le=100, description="Percentile kept by the `percentile` method."
-    )
+    percentile: float = Field(default=99.999, gt=0, le=100, description="Percentile kept by the `percentile` method.")
 
 
 class QuantizationConfig(Strict):
@@ -177,15 +202,19 @@ class QuantizationConfig(Strict):
         "`int4`: weight-only 4-bit (onnxruntime's MatMulNBits quantizer: round to nearest, symmetric, blocks of "
         "`block_size`), what language models ship at; activations stay FP32."
     )
-    block_size: int = Field(default=32, ge=16, description="mode int4: weights per quantization block (a power of two).")
+    block_size: int = Field(
+        default=32, ge=16, description="mode int4: weights per quantization block (a power of two)."
+    )
     kv_cache: Literal["fp32", "int8"] = Field(
-        default="fp32", description="A language model's KV cache. `int8`: onnxruntime's GroupQueryAttention stores the "
+        default="fp32",
+        description="A language model's KV cache. `int8`: onnxruntime's GroupQueryAttention stores the "
         "cached keys and values as INT8 (symmetric, a static scale per channel of a head, calibrated on the calibration "
         "texts), a quarter of FP32's bytes; the build validates the model before and after, so the report states what "
         "the INT8 cache costs in KL and top-1. Needs the fused decoder graph (Llama, Mistral, Qwen2) and `calibration`.",
     )
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
-        default=4, description="mode int4: how onnxruntime's MatMulNBits computes on the CPU. 4 (the default, as "
+        default=4,
+        description="mode int4: how onnxruntime's MatMulNBits computes on the CPU. 4 (the default, as "
         "onnxruntime-genai's builder does): activations quantized to INT8 per block at run time, integer dot products "
         "(VNNI/AVX2/NEON): the fast path. 0: FP32 compute (exact dequantized weights, slower). Validation measures "
         "the chosen level's fidelity, since it runs the real kernel.",
@@ -211,22 +240,26 @@ class QuantizationConfig(Strict):
         "quantize, restricted to what the target devices support.",
     )
     nodes_to_exclude: list[str] = Field(
-        default=[], description="Node names kept in FP32: exact, or shell-style patterns such as "
+        default=[],
+        description="Node names kept in FP32: exact, or shell-style patterns such as "
         "`/encoder/layer.*/output/dense/MatMul` (onnxruntime and QNN static quantization match patterns).",
     )
     excluded_weights: Literal["fp32", "int8"] = Field(
-        default="fp32", description="Static QDQ: how the MatMuls `nodes_to_exclude` keeps out of activation "
+        default="fp32",
+        description="Static QDQ: how the MatMuls `nodes_to_exclude` keeps out of activation "
         "quantization store their weights: `fp32`, or `int8` (INT8 per column, a quarter of the bytes, FP32 "
         "compute: the integers go through a DequantizeLinear with one scale, since NNAPI's takes no per-channel "
         "scales, and a Mul by the column scales follows the MatMul, so all of it stays in the MatMul's NNAPI partition).",
     )
     table_type: Literal["weight", "activation"] = Field(
-        default="weight", description="Static QNN only: the integer type of embedding tables (Gather data): "
+        default="weight",
+        description="Static QNN only: the integer type of embedding tables (Gather data): "
         "`weight` (the weight type: 8 bits, a quarter of FP32's bytes, with a type convert after the lookup) or "
         "`activation` (onnxruntime's QNN default: the table takes the activation type, 16 bits with uint16).",
     )
     attention_mask_fill: float | None = Field(
-        default=-100.0, lt=0,
+        default=-100.0,
+        lt=0,
         description="Static only: replace the export's attention-mask fill (-3.4e38, which no static activation scale "
         "can share with real scores) by this value before calibration. null keeps the export's value.",
     )
@@ -246,7 +279,9 @@ class QuantizationConfig(Strict):
             if self.activation_type is not None:
                 raise ValueError("activation_type is for mode: static (dynamic activations are uint8 at run time)")
         if self.excluded_weights == "int8" and (self.mode != "static" or self.format == "qoperator"):
-            raise ValueError("excluded_weights: int8 is for mode: static with format: qdq (weight-only INT8 beside QDQ)")
+            raise ValueError(
+                "excluded_weights: int8 is for mode: static with format: qdq (weight-only INT8 beside QDQ)"
+            )
         if self.activation_type in ("uint16", "int16") and self.format == "qoperator":
             raise ValueError("16-bit activations need format: qdq")
         if self.kv_cache == "int8" and self.calibration is None:
@@ -271,7 +306,9 @@ class Thresholds(Strict):
         default=None, ge=0, le=1, description="Classification: minimum share of inputs whose top-1 class matches FP32."
     )
     nn_agreement: float | None = Field(
-        default=None, ge=0, le=1,
+        default=None,
+        ge=0,
+        le=1,
         description="Feature extraction: minimum share of texts whose nearest other text (by embedding cosine) "
         "is the same as with FP32.",
     )
@@ -281,31 +318,45 @@ class Thresholds(Strict):
     span_exact_match: float | None = Field(
         default=None, ge=0, le=1, description="Question answering: minimum share of answers whose span is FP32's."
     )
-    span_f1: float | None = Field(default=None, ge=0, le=1, description="Question answering: minimum token F1 with FP32's span.")
-    accuracy: float | None = Field(default=None, ge=0, le=1, description="Classification with labels: minimum accuracy.")
+    span_f1: float | None = Field(
+        default=None, ge=0, le=1, description="Question answering: minimum token F1 with FP32's span."
+    )
+    accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="Classification with labels: minimum accuracy."
+    )
     accuracy_delta: float | None = Field(
         default=None, ge=-1, le=1, description="Classification with labels: minimum accuracy minus FP32's (e.g. -0.01)."
     )
-    f1: float | None = Field(default=None, ge=0, le=1, description="Token classification with labels: minimum entity F1.")
-    f1_delta: float | None = Field(default=None, ge=-1, le=1, description="Token classification with labels: minimum F1 minus FP32's.")
+    f1: float | None = Field(
+        default=None, ge=0, le=1, description="Token classification with labels: minimum entity F1."
+    )
+    f1_delta: float | None = Field(
+        default=None, ge=-1, le=1, description="Token classification with labels: minimum F1 minus FP32's."
+    )
     answer_exact_match: float | None = Field(
         default=None, ge=0, le=1, description="Question answering with labels: minimum exact match of the answer text."
     )
-    answer_f1: float | None = Field(default=None, ge=0, le=1, description="Question answering with labels: minimum answer F1.")
+    answer_f1: float | None = Field(
+        default=None, ge=0, le=1, description="Question answering with labels: minimum answer F1."
+    )
     next_token_top1_agreement: float | None = Field(
-        default=None, ge=0, le=1, description="Text generation: minimum share of positions whose most likely next "
-        "token is FP32's.",
+        default=None,
+        ge=0,
+        le=1,
+        description="Text generation: minimum share of positions whose most likely next token is FP32's.",
     )
     kl_divergence_mean: float | None = Field(
-        default=None, ge=0, description="Text generation: maximum mean KL(FP32 ‖ model) of the next-token "
-        "distribution, nats per token.",
+        default=None,
+        ge=0,
+        description="Text generation: maximum mean KL(FP32 ‖ model) of the next-token distribution, nats per token.",
     )
 
 
 class Shape(Strict):
     batch_size: PositiveInt = Field(description="Texts per inference.")
     sequence_length: PositiveInt | None = Field(
-        default=None, description="Most tokens per text: longer texts are truncated. A batch is padded to its longest "
+        default=None,
+        description="Most tokens per text: longer texts are truncated. A batch is padded to its longest "
         "text (or to the export's fixed length). Default: validation.sequence_length, else the export length, else 128.",
     )
 
@@ -317,22 +368,28 @@ class ValidationConfig(Strict):
         default=None, description="Truncate texts to this length. Default: export length or 128."
     )
     batch_size: PositiveInt = Field(
-        default=1, description="Texts per inference (latency is per batch): the one shape validated when `shapes` "
-        "is not given.",
+        default=1,
+        description="Texts per inference (latency is per batch): the one shape validated when `shapes` is not given.",
     )
     shapes: list[Shape] | None = Field(
-        default=None, min_length=1,
+        default=None,
+        min_length=1,
         description="The deployment shapes to validate, e.g. [{batch_size: 1}, {batch_size: 32}]: every shape is "
         "measured on its own (fidelity and latency), the mixed-precision search must hold on every one, and a "
         "validation's `metrics` are the worst case over shapes, which is what thresholds judge. "
         "Default: [{batch_size: <batch_size>}].",
     )
     emulated_samples: PositiveInt | None = Field(
-        default=None, description="On a target whose runner is emulated (an arm64 stand-in under qemu), validate "
+        default=None,
+        description="On a target whose runner is emulated (an arm64 stand-in under qemu), validate "
         "only the first N of the samples, and only the model the target is served: qemu runs a 135M language "
         "model's 128-token pass in about 40 s. The report states how many were used. Default: all samples.",
     )
-    warmup: int = Field(default=3, ge=0, description="Untimed runs per model before latency is measured (on the first shape; one on each other shape, the session being warm).")
+    warmup: int = Field(
+        default=3,
+        ge=0,
+        description="Untimed runs per model before latency is measured (on the first shape; one on each other shape, the session being warm).",
+    )
     thresholds: Thresholds = Field(default=Thresholds(), description="Pass/fail limits for the final model.")
 
 
@@ -344,35 +401,47 @@ class MixedPrecisionBudget(Strict):
         default=None, ge=-1, le=1, description="Fidelity floor: worst-case cosine vs FP32 on the validation texts."
     )
     min_nn_agreement: float | None = Field(
-        default=None, ge=0, le=1, description="Fidelity floor (feature extraction): nearest-neighbour agreement with "
+        default=None,
+        ge=0,
+        le=1,
+        description="Fidelity floor (feature extraction): nearest-neighbour agreement with "
         "FP32 on the validation texts.",
     )
     max_size_ratio: float | None = Field(
         default=None, gt=0, le=1, description="Size ceiling as a share of the FP32 model; enforced exactly."
     )
     floors: dict[str, float] = Field(
-        default={}, description="Floors on any other validation metric of the task where higher is better, worst "
+        default={},
+        description="Floors on any other validation metric of the task where higher is better, worst "
         "shape, e.g. {top1_agreement: 0.99, accuracy_delta: -0.005, next_token_top1_agreement: 0.95}.",
     )
     ceilings: dict[str, float] = Field(
-        default={}, description="Ceilings on metrics where lower is better, worst shape, e.g. "
+        default={},
+        description="Ceilings on metrics where lower is better, worst shape, e.g. "
         "{kl_divergence_mean: 0.02} (nats/token) for a language model.",
     )
     ceilings_over_lowest: dict[str, float] = Field(
-        default={}, description="Ceilings relative to what the all-lowest-rung model measures (the search's first "
+        default={},
+        description="Ceilings relative to what the all-lowest-rung model measures (the search's first "
         "evaluation), e.g. {kl_divergence_mean: 0.5}: at most half uniform INT4's KL. A budget that fits the model, "
         "where a constant fits only the model it was tuned on; the report gives the absolute ceiling it became.",
     )
     max_size_over_lowest: float | None = Field(
-        default=None, ge=1, description="Size ceiling as a multiple of the all-lowest-rung model's bytes (e.g. 1.15: at "
+        default=None,
+        ge=1,
+        description="Size ceiling as a multiple of the all-lowest-rung model's bytes (e.g. 1.15: at "
         "most 15% more than uniform INT4); enforced exactly.",
     )
     max_latency_ratio: float | None = Field(
-        default=None, gt=0, description="Latency ceiling as a share of FP32 (p50, measured interleaved, worst shape); "
+        default=None,
+        gt=0,
+        description="Latency ceiling as a share of FP32 (p50, measured interleaved, worst shape); "
         "reported as met or not, since latency on a shared machine is noisy.",
     )
     max_slowdown: float | None = Field(
-        default=None, ge=1, description="Latency ceiling as a multiple of the all-lowest-rung model (e.g. 1.03: at "
+        default=None,
+        ge=1,
+        description="Latency ceiling as a multiple of the all-lowest-rung model (e.g. 1.03: at "
         "most 3% slower than uniform INT8) at every shape. Promotions whose measured-and-shared cost would cross it "
         "are not considered; the chosen model's slowdown is then measured and reported.",
     )
@@ -380,9 +449,27 @@ class MixedPrecisionBudget(Strict):
 
 class MixedPrecisionConfig(Strict):
     enabled: bool = Field(default=True, description="Run the layer-wise mixed-precision search.")
-    candidates: list[Literal["int4", "int4a", "int4g", "int4o", "int8b", "xint8", "sint8", "sint8u", "int8", "int8s", "w8", "fp16", "fp32",
-                             "a8w8", "a16w8"]] = Field(
-        default=["sint8", "int8", "fp32"], min_length=1,
+    candidates: list[
+        Literal[
+            "int4",
+            "int4a",
+            "int4g",
+            "int4o",
+            "int8b",
+            "xint8",
+            "sint8",
+            "sint8u",
+            "int8",
+            "int8s",
+            "w8",
+            "fp16",
+            "fp32",
+            "a8w8",
+            "a16w8",
+        ]
+    ] = Field(
+        default=["sint8", "int8", "fp32"],
+        min_length=1,
         description="Precisions an island may take, cheapest first: `sint8` (static INT8: the activation scale is "
         "fixed from calibration tokens, so no batch, padding or text length moves it; SmoothQuant folded in per "
         "island where it helps), `sint8u` (sint8 with uint8 weights: exact u8 x u8 accumulation where u8 x s8 "
@@ -401,13 +488,17 @@ class MixedPrecisionConfig(Strict):
         "onnxruntime's QNN quantizer inserts at block boundaries. The cheapest one listed is the baseline.",
     )
     smooth_alpha: float = Field(
-        default=0.8, ge=0, le=1, description="SmoothQuant migration strength for `int8s` (0: none, 1: all into weights)."
+        default=0.8,
+        ge=0,
+        le=1,
+        description="SmoothQuant migration strength for `int8s` (0: none, 1: all into weights).",
     )
     proxy_samples: PositiveInt = Field(
         default=32, description="Calibration texts used for the per-island sensitivity passes."
     )
     measure_top: PositiveInt | None = Field(
-        default=None, description="Measure promotions (one proxy pass each) only for the islands whose output is most "
+        default=None,
+        description="Measure promotions (one proxy pass each) only for the islands whose output is most "
         "damaged in the all-lowest model (lowest output SQNR, one pass for all), at most this many, plus the embedding "
         "tables and the layer writing the model's output (the LM head); the others keep "
         "the lowest rung and the report says why. For a language model of 30 layers x 7 projections this turns "
@@ -431,10 +522,12 @@ class ProfileConfig(Strict):
     min_seconds: float = Field(default=2.0, ge=0, description="...and at least this many seconds (MLPerf: 1024, 60).")
     warmup: int = Field(default=10, ge=0, description="Untimed runs first.")
     sequence_length: PositiveInt | None = Field(
-        default=None, description="Token count of the inputs (a language model's prompt). Default: export length or 128."
+        default=None,
+        description="Token count of the inputs (a language model's prompt). Default: export length or 128.",
     )
     new_tokens: PositiveInt = Field(
-        default=32, description="Language models: tokens generated per run (time to first token, then tokens per second).",
+        default=32,
+        description="Language models: tokens generated per run (time to first token, then tokens per second).",
     )
 
 
@@ -453,13 +546,15 @@ class Recipe(Strict):
     )
     validation: ValidationConfig = Field(description="Held-out data and thresholds for validation.")
     profile: ProfileConfig | None = Field(
-        default=None, description="Profile the final model on each target (locally, or over SSH when the device "
+        default=None,
+        description="Profile the final model on each target (locally, or over SSH when the device "
         "profile names the real device). Absent: no profiling stage.",
     )
     targets: list[str] = Field(
-        min_length=1, description="Device ids (see `edgeq devices list`) to validate the model on. `host`: the "
+        min_length=1,
+        description="Device ids (see `edgeq devices list`) to validate the model on. `host`: the "
         "bundled CPU profile this machine reproduces (x86-avx512-vnni on a host with AVX-512 VNNI, x86-avx2 on one with "
-        "AVX2 only, raspberry-pi-5 on an aarch64 host); the build says which it chose."
+        "AVX2 only, raspberry-pi-5 on an aarch64 host); the build says which it chose.",
     )
 
     @model_validator(mode="after")
@@ -480,11 +575,15 @@ class Recipe(Strict):
                 )
         for index, shape in enumerate(self.validation.shapes or []):
             if fixed_batch and shape.batch_size != fixed_batch:
-                raise ValueError(f"validation.shapes.{index}.batch_size is {shape.batch_size} but export.batch_size "
-                                 f"fixes it to {fixed_batch}")  # fmt: skip
+                raise ValueError(
+                    f"validation.shapes.{index}.batch_size is {shape.batch_size} but export.batch_size "
+                    f"fixes it to {fixed_batch}"
+                )
             if fixed_seq and shape.sequence_length not in (None, fixed_seq):
-                raise ValueError(f"validation.shapes.{index}.sequence_length is {shape.sequence_length} but "
-                                 f"export.sequence_length fixes it to {fixed_seq}")  # fmt: skip
+                raise ValueError(
+                    f"validation.shapes.{index}.sequence_length is {shape.sequence_length} but "
+                    f"export.sequence_length fixes it to {fixed_seq}"
+                )
         return self
 
     @model_validator(mode="after")
@@ -494,16 +593,26 @@ class Recipe(Strict):
             return self
         activation_rungs = {"a8w8", "a16w8"}
         if set(mp.candidates) & activation_rungs:
-            if set(mp.candidates) != activation_rungs or q.mode != "static" or not q.resolved_activation_type.endswith("16"):
-                raise ValueError("mixed_precision candidates a8w8 and a16w8 (activation types on a QDQ NPU) go "
-                                 "together, with quantization.mode: static and activation_type: uint16")
+            if (
+                set(mp.candidates) != activation_rungs
+                or q.mode != "static"
+                or not q.resolved_activation_type.endswith("16")
+            ):
+                raise ValueError(
+                    "mixed_precision candidates a8w8 and a16w8 (activation types on a QDQ NPU) go "
+                    "together, with quantization.mode: static and activation_type: uint16"
+                )
             if q.calibration is None:
-                raise ValueError("mixed_precision needs quantization.calibration: its texts drive the sensitivity passes")
+                raise ValueError(
+                    "mixed_precision needs quantization.calibration: its texts drive the sensitivity passes"
+                )
             return self
         static_rungs = {"xint8", "w8", "fp32"}
         if q.mode == "static" and not set(mp.candidates) <= static_rungs:
-            raise ValueError("mixed_precision with quantization.mode: static takes candidates [xint8, w8, fp32] "
-                             "(power-of-two INT8 for DPUs; w8 and fp32 stay on the CPU) or [a8w8, a16w8] (QDQ NPUs) in this edgeq version")
+            raise ValueError(
+                "mixed_precision with quantization.mode: static takes candidates [xint8, w8, fp32] "
+                "(power-of-two INT8 for DPUs; w8 and fp32 stay on the CPU) or [a8w8, a16w8] (QDQ NPUs) in this edgeq version"
+            )
         if q.mode == "dynamic" and "xint8" in mp.candidates:
             raise ValueError("mixed_precision candidate xint8 needs quantization.mode: static")
         if not q.symmetric_weights:

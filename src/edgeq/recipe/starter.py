@@ -15,11 +15,16 @@ from edgeq.resources import bundled_dir
 SAMPLES = {
     "feature-extraction": ({"path": "calibration.txt"}, {"path": "validation.txt"}),
     "text-classification": ({"path": "calibration.txt"}, {"path": "validation.txt"}),
-    "token-classification": ({"path": "entities.jsonl", "field": "words"}, {"path": "entities.jsonl", "field": "words"}),
-    "question-answering": ({"path": "questions.jsonl", "question_field": "question", "context_field": "context"},
-                           {"path": "questions.jsonl", "question_field": "question", "context_field": "context"}),
+    "token-classification": (
+        {"path": "entities.jsonl", "field": "words"},
+        {"path": "entities.jsonl", "field": "words"},
+    ),
+    "question-answering": (
+        {"path": "questions.jsonl", "question_field": "question", "context_field": "context"},
+        {"path": "questions.jsonl", "question_field": "question", "context_field": "context"},
+    ),
     "text-generation": ({"path": "lm-calibration.txt"}, {"path": "lm-validation.txt"}),
-}  # fmt: skip
+}
 
 
 def starter_recipe(model: str, model_dir: Path, device: DeviceProfile, data: str | None = None) -> str:
@@ -57,8 +62,10 @@ def _data(task: str, data: str | None) -> tuple[dict, dict]:
         source = {"path": str(Path(data).resolve())}
         return source, source
     if task not in SAMPLES:
-        raise DataError(f"edgeq ships no sample data for {task} models",
-                          "Pass --data with a folder of images (sub-folders = labels) or a .txt of image paths")  # fmt: skip
+        raise DataError(
+            f"edgeq ships no sample data for {task} models",
+            "Pass --data with a folder of images (sub-folders = labels) or a .txt of image paths",
+        )
     folder = bundled_dir("recipes") / "data"
     return tuple({**entry, "path": str(folder / entry["path"])} for entry in SAMPLES[task])  # type: ignore[return-value]
 
@@ -70,52 +77,110 @@ def _shapes(device: DeviceProfile, task, model_dir: Path) -> list[str]:
     if not fixed or task.name == "text-generation":
         return []  # every length then defaults to min(128, the model's position table)
     length = min(64, default_length(model_dir)) if device.quantization.scheme == "qnn" else default_length(model_dir)
-    return ["  batch_size: 1                   # fixed shapes: the device compiles them (or covers more of the graph)",
-            f"  sequence_length: {length}"] if task.modality == "text" else ["  batch_size: 1"]  # fmt: skip
+    return (
+        [
+            "  batch_size: 1                   # fixed shapes: the device compiles them (or covers more of the graph)",
+            f"  sequence_length: {length}",
+        ]
+        if task.modality == "text"
+        else ["  batch_size: 1"]
+    )
 
 
 def _quantization(device: DeviceProfile, task, calibration: dict) -> list[str]:
     rules = device.quantization
-    data = ["  calibration:", "    data:                          # replace with text like your users' input",
-            *[f"      {k}: {_quote(v)}" for k, v in calibration.items()], "    samples: 64"]  # fmt: skip
+    data = [
+        "  calibration:",
+        "    data:                          # replace with text like your users' input",
+        *[f"      {k}: {_quote(v)}" for k, v in calibration.items()],
+        "    samples: 64",
+    ]
     if task.name == "text-generation":
-        return ["quantization:", "  mode: int4                       # 4-bit weights (MatMulNBits); FP32 activations and KV cache",
-                "  op_types: [MatMul, Gather]       # every projection, the LM head and the embedding table", *data]  # fmt: skip
+        return [
+            "quantization:",
+            "  mode: int4                       # 4-bit weights (MatMulNBits); FP32 activations and KV cache",
+            "  op_types: [MatMul, Gather]       # every projection, the LM head and the embedding table",
+            *data,
+        ]
     if rules.scheme == "qnn":
-        return ["quantization:", "  mode: static                     # the HTP runs integer (QDQ) models only", "  format: qdq",
-                "  activation_type: uint16", "  weight_type: uint8", "  per_channel: true", "  symmetric_weights: false",
-                "  attention_mask_fill: -100        # a -3.4e38 mask fill leaves no 16-bit scale for the scores", *data]  # fmt: skip
+        return [
+            "quantization:",
+            "  mode: static                     # the HTP runs integer (QDQ) models only",
+            "  format: qdq",
+            "  activation_type: uint16",
+            "  weight_type: uint8",
+            "  per_channel: true",
+            "  symmetric_weights: false",
+            "  attention_mask_fill: -100        # a -3.4e38 mask fill leaves no 16-bit scale for the scores",
+            *data,
+        ]
     if rules.power_of_two_scales:
-        return ["quantization:", "  mode: static                     # the DPU: INT8, symmetric, per-tensor, power-of-two scales",
-                "  format: qdq", "  activation_type: int8", "  weight_type: int8", "  per_channel: false",
-                "  symmetric_weights: true", "  symmetric_activations: true", "  op_types: [MatMul]", *data]  # fmt: skip
+        return [
+            "quantization:",
+            "  mode: static                     # the DPU: INT8, symmetric, per-tensor, power-of-two scales",
+            "  format: qdq",
+            "  activation_type: int8",
+            "  weight_type: int8",
+            "  per_channel: false",
+            "  symmetric_weights: true",
+            "  symmetric_activations: true",
+            "  op_types: [MatMul]",
+            *data,
+        ]
     if "dynamic" not in rules.modes:
         return ["quantization:", f"  mode: {rules.modes[0]}", *data]
     if device.device_class == "cpu":
-        return ["quantization:", "  mode: dynamic                    # INT8 weights; the search adds static islands where they hold",
-                *data]  # fmt: skip
-    return ["quantization:", "  mode: static                     # a mobile EP takes a QDQ model", "  format: qdq",
-            "  activation_type: uint8", "  weight_type: int8", "  per_channel: true",
-            "  op_types: [MatMul, Gather]", *data]  # fmt: skip
+        return [
+            "quantization:",
+            "  mode: dynamic                    # INT8 weights; the search adds static islands where they hold",
+            *data,
+        ]
+    return [
+        "quantization:",
+        "  mode: static                     # a mobile EP takes a QDQ model",
+        "  format: qdq",
+        "  activation_type: uint8",
+        "  weight_type: int8",
+        "  per_channel: true",
+        "  op_types: [MatMul, Gather]",
+        *data,
+    ]
 
 
 def _mixed_precision(device: DeviceProfile, task) -> list[str]:
     rules = device.quantization
     if task.name == "text-generation":
-        return ["mixed_precision:", "  candidates: [int4, int4g, w8]    # per projection: 4-bit RTN, 4-bit GPTQ, INT8",
-                "  measure_top: 24                  # measure promotions for the 24 most damaged islands, not all",
-                "  budget:", "    min_cosine_mean: null", "    ceilings_over_lowest:",
-                "      kl_divergence_mean: 0.5     # at most half the KL (nats/token vs FP32) of 4-bit everywhere",
-                "    max_size_over_lowest: 1.15     # at most 15% more bytes than 4-bit everywhere"]  # fmt: skip
+        return [
+            "mixed_precision:",
+            "  candidates: [int4, int4g, w8]    # per projection: 4-bit RTN, 4-bit GPTQ, INT8",
+            "  measure_top: 24                  # measure promotions for the 24 most damaged islands, not all",
+            "  budget:",
+            "    min_cosine_mean: null",
+            "    ceilings_over_lowest:",
+            "      kl_divergence_mean: 0.5     # at most half the KL (nats/token vs FP32) of 4-bit everywhere",
+            "    max_size_over_lowest: 1.15     # at most 15% more bytes than 4-bit everywhere",
+        ]
     if rules.scheme == "qnn":
-        return ["mixed_precision:", "  candidates: [a8w8, a16w8]        # per block: 8-bit activations where they hold",
-                "  budget:", "    min_cosine_mean: 0.998"]  # fmt: skip
+        return [
+            "mixed_precision:",
+            "  candidates: [a8w8, a16w8]        # per block: 8-bit activations where they hold",
+            "  budget:",
+            "    min_cosine_mean: 0.998",
+        ]
     if rules.power_of_two_scales:
-        return ["mixed_precision:", "  candidates: [xint8, w8]          # on the DPU, or on the CPU with INT8 weights",
-                "  budget:", "    min_cosine_mean: 0.985"]  # fmt: skip
+        return [
+            "mixed_precision:",
+            "  candidates: [xint8, w8]          # on the DPU, or on the CPU with INT8 weights",
+            "  budget:",
+            "    min_cosine_mean: 0.985",
+        ]
     if device.device_class == "cpu" and "dynamic" in rules.modes:
-        return ["mixed_precision:", "  candidates: [sint8, int8, fp32]  # per layer: static INT8, dynamic INT8, FP32",
-                "  budget:", "    min_cosine_mean: 0.995"]  # fmt: skip
+        return [
+            "mixed_precision:",
+            "  candidates: [sint8, int8, fp32]  # per layer: static INT8, dynamic INT8, FP32",
+            "  budget:",
+            "    min_cosine_mean: 0.995",
+        ]
     return []
 
 

@@ -7,17 +7,47 @@ import json
 from pathlib import Path
 
 from edgeq.errors import ModelError, RecipeError
-from edgeq.tasks import (feature_extraction, image_classification, question_answering, text_classification,
-                         text_generation, token_classification)  # fmt: skip
+from edgeq.tasks import (
+    feature_extraction,
+    image_classification,
+    question_answering,
+    text_classification,
+    text_generation,
+    token_classification,
+)
 from edgeq.tasks.base import Batch, Sample, Task
 
-TASKS: dict[str, Task] = {module.TASK.name: module.TASK for module in (
-    feature_extraction, text_classification, token_classification, question_answering, image_classification,
-    text_generation)}  # fmt: skip
+TASKS: dict[str, Task] = {
+    module.TASK.name: module.TASK
+    for module in (
+        feature_extraction,
+        text_classification,
+        token_classification,
+        question_answering,
+        image_classification,
+        text_generation,
+    )
+}
 TASK_NAMES = tuple(TASKS)
 # config.json model_type values of vision transformers (the rest are read as text models)
-VISION_MODEL_TYPES = {"vit", "deit", "beit", "swin", "swinv2", "convnext", "convnextv2", "dinov2", "levit",
-                      "mobilevit", "mobilevitv2", "data2vec-vision", "efficientformer", "pvt", "cvt", "focalnet"}
+VISION_MODEL_TYPES = {
+    "vit",
+    "deit",
+    "beit",
+    "swin",
+    "swinv2",
+    "convnext",
+    "convnextv2",
+    "dinov2",
+    "levit",
+    "mobilevit",
+    "mobilevitv2",
+    "data2vec-vision",
+    "efficientformer",
+    "pvt",
+    "cvt",
+    "focalnet",
+}
 
 
 def get_task(name: str) -> Task:
@@ -35,8 +65,16 @@ def model_config(model_dir: Path) -> dict:
 
 # Models whose position ids start after the padding id (transformers' create_position_ids_from_input_ids): a
 # RoBERTa with 514 positions takes 512 tokens.
-PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer",
-                            "data2vec-text", "esm"}  # fmt: skip
+PADDING_OFFSET_POSITIONS = {
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "mpnet",
+    "longformer",
+    "data2vec-text",
+    "esm",
+}
 
 
 def model_positions(model_dir: Path) -> int | None:
@@ -82,8 +120,10 @@ def task_for_config(config: dict, model_dir: Path | str) -> tuple[Task, str]:
         if task.head_suffixes and architecture.endswith(task.head_suffixes):
             return task, f"config.json architectures[0] is {architecture}"
     if config.get("model_type") in VISION_MODEL_TYPES:
-        raise ModelError(f"'{model_dir}' is a {architecture or config.get('model_type')} vision model without a "
-                         "classification head", "Set model.task, or use a ...ForImageClassification model")  # fmt: skip
+        raise ModelError(
+            f"'{model_dir}' is a {architecture or config.get('model_type')} vision model without a classification head",
+            "Set model.task, or use a ...ForImageClassification model",
+        )
     return TASKS["feature-extraction"], f"config.json architectures[0] is {architecture or 'not given'} (no task head)"
 
 
@@ -96,12 +136,16 @@ def resolve_task(name: str | None, model_dir: Path) -> tuple[Task, str]:
     architecture = (config.get("architectures") or [""])[0]
     vision = config.get("model_type") in VISION_MODEL_TYPES
     if task.head_suffixes and architecture and not architecture.endswith(task.head_suffixes):
-        raise ModelError(f"model.task is {name} but the model is a {architecture}, which has no {name} head",
-                         f"Use a ...{task.head_suffixes[0]} model, or omit model.task to let edgeq detect it")  # fmt: skip
+        raise ModelError(
+            f"model.task is {name} but the model is a {architecture}, which has no {name} head",
+            f"Use a ...{task.head_suffixes[0]} model, or omit model.task to let edgeq detect it",
+        )
     if config and (task.modality == "image") != vision:
         kind = "a vision" if vision else "a text"
-        raise ModelError(f"model.task is {name} but '{model_dir}' is {kind} model ({config.get('model_type')})",
-                         "Omit model.task to let edgeq detect it")  # fmt: skip
+        raise ModelError(
+            f"model.task is {name} but '{model_dir}' is {kind} model ({config.get('model_type')})",
+            "Omit model.task to let edgeq detect it",
+        )
     return task, "set by the recipe"
 
 

@@ -81,8 +81,14 @@ class Task:
         """One array per sample: what is compared with the reference."""
         raise NotImplementedError
 
-    def metrics(self, reference: list[np.ndarray], candidate: list[np.ndarray], samples: list[Sample],
-                inputs, followed: tuple[list, list] | None = None) -> dict:  # fmt: skip
+    def metrics(
+        self,
+        reference: list[np.ndarray],
+        candidate: list[np.ndarray],
+        samples: list[Sample],
+        inputs,
+        followed: tuple[list, list] | None = None,
+    ) -> dict:
         """Fidelity of `candidate` against `reference` (and, with labels, the task metric of both). `followed`
         holds what `follow_up` produced for the reference and the candidate, when the task has one."""
         from edgeq.validate.metrics import fidelity
@@ -140,7 +146,9 @@ def class_id(label, labels: dict[str, int], where: str) -> int:
     found = labels.get(str(label).strip())
     if found is None:
         shown = ", ".join(list(labels)[:8]) + (", ..." if len(labels) > 8 else "")
-        raise DataError(f"{where}: label '{label}' is not one of the model's labels", f"The model's id2label has: {shown}")
+        raise DataError(
+            f"{where}: label '{label}' is not one of the model's labels", f"The model's id2label has: {shown}"
+        )
     return found
 
 

@@ -21,8 +21,10 @@ class FeatureExtraction(Task):
         field = source.field or "text"
         from edgeq.data import field_of
 
-        return [Sample(text=str(field_of(r, field, n, source.path, key)).strip(), row=n)
-                for n, r in text_records(source, limit, key)]  # fmt: skip
+        return [
+            Sample(text=str(field_of(r, field, n, source.path, key)).strip(), row=n)
+            for n, r in text_records(source, limit, key)
+        ]
 
     def compared(self, outputs: dict[str, np.ndarray], batch: Batch) -> list[np.ndarray]:
         states = np.asarray(first_output(outputs, "last_hidden_state", "sentence_embedding"), dtype=np.float32)

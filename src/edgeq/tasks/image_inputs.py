@@ -19,8 +19,10 @@ class ImageInputs:
     def __init__(self, model_dir: Path):
         file = Path(model_dir) / "preprocessor_config.json"
         if not file.is_file():
-            raise ModelError(f"no preprocessor_config.json in '{model_dir}'",
-                             "An image model's folder needs its image processor's settings")  # fmt: skip
+            raise ModelError(
+                f"no preprocessor_config.json in '{model_dir}'",
+                "An image model's folder needs its image processor's settings",
+            )
         self.config = json.loads(file.read_text(encoding="utf-8"))
         self.sequence_length = 0  # images have no sequence dimension
         self.pad_to_length = False
@@ -44,11 +46,16 @@ class ImageInputs:
         if c.get("do_rescale", True):
             pixels = pixels * float(c.get("rescale_factor", 1 / 255))
         if c.get("do_normalize", True):
-            pixels = (pixels - np.array(c.get("image_mean", [0.5] * 3), np.float32)) / np.array(c.get("image_std", [0.5] * 3), np.float32)
+            pixels = (pixels - np.array(c.get("image_mean", [0.5] * 3), np.float32)) / np.array(
+                c.get("image_std", [0.5] * 3), np.float32
+            )
         return pixels.transpose(2, 0, 1)
 
     def _resize(self, image):
-        size, resample = self.config.get("size", {"height": 224, "width": 224}), self.config.get("resample", RESAMPLE_DEFAULT)
+        size, resample = (
+            self.config.get("size", {"height": 224, "width": 224}),
+            self.config.get("resample", RESAMPLE_DEFAULT),
+        )
         if isinstance(size, dict) and "shortest_edge" in size:
             edge = size["shortest_edge"]
             if "crop_pct" in self.config and edge < 384:  # ConvNeXt-style: resize up, then crop back to `edge`
@@ -67,8 +74,10 @@ def open_image(path: Path):
         with Image.open(path) as image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"'{path}' is not an image Pillow can read ({type(exc).__name__})",
-                        "Keep only image files in the image folder") from None  # fmt: skip
+        raise DataError(
+            f"'{path}' is not an image Pillow can read ({type(exc).__name__})",
+            "Keep only image files in the image folder",
+        ) from None
 
 
 def list_images(path: Path, key: str) -> list[tuple[str, str | None]]:

@@ -32,8 +32,14 @@ class QuestionAnswering(Task):
         samples = []
         for n, record in text_records(source, limit, key):
             answer = str(field_of(record, source.label_field, n, source.path, key)) if source.label_field else None
-            samples.append(Sample(question=str(field_of(record, question, n, source.path, key)),
-                                  context=str(field_of(record, context, n, source.path, key)), label=answer, row=n))  # fmt: skip
+            samples.append(
+                Sample(
+                    question=str(field_of(record, question, n, source.path, key)),
+                    context=str(field_of(record, context, n, source.path, key)),
+                    label=answer,
+                    row=n,
+                )
+            )
         return samples
 
     def encode(self, samples: list[Sample], inputs) -> Batch:
@@ -42,8 +48,10 @@ class QuestionAnswering(Task):
         return Batch(feed, feed["attention_mask"], samples, {"positions": positions})
 
     def compared(self, outputs: dict[str, np.ndarray], batch: Batch) -> list[np.ndarray]:
-        start, end = (np.asarray(outputs[n] if n in outputs else list(outputs.values())[i], dtype=np.float32)
-                      for i, n in enumerate(("start_logits", "end_logits")))  # fmt: skip
+        start, end = (
+            np.asarray(outputs[n] if n in outputs else list(outputs.values())[i], dtype=np.float32)
+            for i, n in enumerate(("start_logits", "end_logits"))
+        )
         return [np.stack([start[i, p], end[i, p]], axis=1) for i, p in enumerate(batch.extra["positions"])]
 
     def metrics(self, reference, candidate, samples, inputs, followed=None) -> dict:
@@ -52,8 +60,14 @@ class QuestionAnswering(Task):
         metrics = fidelity(reference, candidate)
         ref_spans, cand_spans = [best_span(r) for r in reference], [best_span(c) for c in candidate]
         metrics["span_exact_match"] = round(float(np.mean([r == c for r, c in zip(ref_spans, cand_spans)])), 6)
-        metrics["span_f1"] = round(float(np.mean([overlap_f1(range(r[0], r[1] + 1), range(c[0], c[1] + 1))
-                                                  for r, c in zip(ref_spans, cand_spans)])), 6)  # fmt: skip
+        metrics["span_f1"] = round(
+            float(
+                np.mean(
+                    [overlap_f1(range(r[0], r[1] + 1), range(c[0], c[1] + 1)) for r, c in zip(ref_spans, cand_spans)]
+                )
+            ),
+            6,
+        )
         known = [i for i, s in enumerate(samples) if s.label is not None]
         if known:
             texts = {"ref": [], "cand": []}
@@ -63,7 +77,9 @@ class QuestionAnswering(Task):
                 texts["cand"].append(span_text(samples[i].context, encoding, cand_spans[i]))
             gold = [samples[i].label for i in known]
             exact = lambda answers: np.mean([normalize(a) == normalize(g) for a, g in zip(answers, gold)])  # noqa: E731
-            f1 = lambda answers: np.mean([overlap_f1(normalize(a).split(), normalize(g).split()) for a, g in zip(answers, gold)])  # noqa: E731
+            f1 = lambda answers: np.mean(
+                [overlap_f1(normalize(a).split(), normalize(g).split()) for a, g in zip(answers, gold)]
+            )  # noqa: E731
             labelled(metrics, "answer_exact_match", exact(texts["cand"]), exact(texts["ref"]))
             labelled(metrics, "answer_f1", f1(texts["cand"]), f1(texts["ref"]))
             metrics["labelled_samples"] = len(known)

@@ -66,7 +66,11 @@ class DecoderInputs:
         self.cache = cache_shape(model_dir)
 
     def for_length(self, sequence_length: int) -> DecoderInputs:
-        return self if sequence_length == self.sequence_length else DecoderInputs(self.tokenizer_dir, sequence_length, self.pad_to_length)
+        return (
+            self
+            if sequence_length == self.sequence_length
+            else DecoderInputs(self.tokenizer_dir, sequence_length, self.pad_to_length)
+        )
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         feed = self.text.encode(texts)
@@ -75,7 +79,7 @@ class DecoderInputs:
 
     def step_inputs(self, ids: np.ndarray, mask: np.ndarray, past: dict | None) -> dict[str, np.ndarray]:
         """position_ids and past_key_values.* for a step whose full attention mask is `mask`."""
-        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, -ids.shape[1]:]
+        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, -ids.shape[1] :]
         layers, heads, head_dim = self.cache
         empty = np.zeros((ids.shape[0], heads, 0, head_dim), dtype=np.float32)
         cache = past or {f"past_key_values.{i}.{kind}": empty for i in range(layers) for kind in ("key", "value")}
@@ -87,15 +91,19 @@ def cache_shape(model_dir: Path) -> tuple[int, int, int]:
     try:
         config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise ModelError(f"no config.json in '{model_dir}'", "A language model's folder needs its config.json") from None
+        raise ModelError(
+            f"no config.json in '{model_dir}'", "A language model's folder needs its config.json"
+        ) from None
     layers = config.get("num_hidden_layers") or config.get("n_layer")
     heads = config.get("num_attention_heads") or config.get("n_head")
     kv_heads = config.get("num_key_value_heads") or heads
     hidden = config.get("hidden_size") or config.get("n_embd")
     head_dim = config.get("head_dim") or (hidden // heads if hidden and heads else None)
     if not (layers and kv_heads and head_dim):
-        raise ModelError(f"config.json in '{model_dir}' does not give layers, heads and hidden size",
-                         "Is it a decoder-only language model?")  # fmt: skip
+        raise ModelError(
+            f"config.json in '{model_dir}' does not give layers, heads and hidden size",
+            "Is it a decoder-only language model?",
+        )
     return int(layers), int(kv_heads), int(head_dim)
 
 
@@ -120,7 +128,9 @@ class TextGeneration(Task):
                 messages = check_messages(record["messages"], f"{key}: '{source.path}' line {n}")
                 samples.append(Sample(text=render(model_dir, messages), row=n))
             else:
-                samples.append(Sample(text=str(field_of(record, source.field or "text", n, source.path, key)).strip(), row=n))
+                samples.append(
+                    Sample(text=str(field_of(record, source.field or "text", n, source.path, key)).strip(), row=n)
+                )
         return samples
 
     def inputs(self, model_dir: Path, sequence_length: int, pad_to_length: bool):
@@ -144,8 +154,15 @@ class TextGeneration(Task):
 
     def follow_up(self, session, batch: Batch, inputs) -> list[np.ndarray]:
         """Greedy continuations of the first samples' prompts, decoded through the KV cache."""
-        return [greedy(session, inputs, batch.feed["input_ids"][i, : min(PROMPT_TOKENS, int(batch.mask[i].sum()))], GREEDY_TOKENS)
-                for i in range(len(batch.samples))]  # fmt: skip
+        return [
+            greedy(
+                session,
+                inputs,
+                batch.feed["input_ids"][i, : min(PROMPT_TOKENS, int(batch.mask[i].sum()))],
+                GREEDY_TOKENS,
+            )
+            for i in range(len(batch.samples))
+        ]
 
     follow_up_samples = GREEDY_SAMPLES
     generates = True
@@ -162,14 +179,21 @@ class TextGeneration(Task):
         metrics["tokens"] = int(agree.size)
         if followed is not None:
             ref_runs, cand_runs = followed
-            metrics["greedy_match_tokens"] = round(float(np.mean([common_prefix(r, c) for r, c in zip(ref_runs, cand_runs)])), 3)
+            metrics["greedy_match_tokens"] = round(
+                float(np.mean([common_prefix(r, c) for r, c in zip(ref_runs, cand_runs)])), 3
+            )
             metrics["greedy_tokens"] = GREEDY_TOKENS
         return metrics
 
     def example_feed(self, inputs, batch_size: int) -> dict[str, np.ndarray]:
         """A prompt of exactly `sequence_length` tokens (drawn from the vocabulary) and an empty cache."""
-        ids = np.random.default_rng(0).integers(min(100, inputs.text.vocab_size - 1), inputs.text.vocab_size,
-                                                size=(batch_size, inputs.sequence_length)).astype(np.int64)  # fmt: skip
+        ids = (
+            np.random.default_rng(0)
+            .integers(
+                min(100, inputs.text.vocab_size - 1), inputs.text.vocab_size, size=(batch_size, inputs.sequence_length)
+            )
+            .astype(np.int64)
+        )
         mask = np.ones_like(ids)
         return {"input_ids": ids, "attention_mask": mask, **inputs.step_inputs(ids, mask, None)}
 
@@ -190,10 +214,18 @@ def compare_logits(reference, candidate: np.ndarray, ids: np.ndarray) -> TokenCo
     ref, cand = reference.astype(np.float64).ravel(), candidate.astype(np.float64).ravel()
     error = cand - ref
     return TokenComparison(
-        kl=(np.exp(log_p) * (log_p - log_q)).sum(axis=-1), agree=reference.argmax(-1) == candidate.argmax(-1),
-        nll=nll, nll_reference=-log_p[np.arange(len(following)), following], dot=float(ref @ cand),
-        reference_sq=float(ref @ ref), candidate_sq=float(cand @ cand), error_sq=float(error @ error),
-        error_abs=float(np.abs(error).sum()), error_max=float(np.abs(error).max(initial=0.0)), values=error.size)  # fmt: skip
+        kl=(np.exp(log_p) * (log_p - log_q)).sum(axis=-1),
+        agree=reference.argmax(-1) == candidate.argmax(-1),
+        nll=nll,
+        nll_reference=-log_p[np.arange(len(following)), following],
+        dot=float(ref @ cand),
+        reference_sq=float(ref @ ref),
+        candidate_sq=float(cand @ cand),
+        error_sq=float(error @ error),
+        error_abs=float(np.abs(error).sum()),
+        error_max=float(np.abs(error).max(initial=0.0)),
+        values=error.size,
+    )
 
 
 def top_tokens(logits: np.ndarray, keep: int = TOP_TOKENS) -> TopTokens:
@@ -211,9 +243,19 @@ def _against_top_tokens(reference: TopTokens, candidate, log_q, nll) -> TokenCom
     q_rest = np.clip(1.0 - np.exp(q_top).sum(-1), 1e-12, None)
     kl = (p * (reference.log_p - q_top)).sum(-1) + p_rest * (np.log(p_rest) - np.log(q_rest))
     nothing = np.zeros(0)
-    return TokenComparison(kl=np.maximum(kl, 0.0), agree=reference.top1 == candidate.argmax(-1), nll=nll,
-                           nll_reference=nothing, dot=0.0, reference_sq=0.0, candidate_sq=0.0, error_sq=0.0,
-                           error_abs=0.0, error_max=0.0, values=0)  # fmt: skip
+    return TokenComparison(
+        kl=np.maximum(kl, 0.0),
+        agree=reference.top1 == candidate.argmax(-1),
+        nll=nll,
+        nll_reference=nothing,
+        dot=0.0,
+        reference_sq=0.0,
+        candidate_sq=0.0,
+        error_sq=0.0,
+        error_abs=0.0,
+        error_max=0.0,
+        values=0,
+    )
 
 
 def comparison_fidelity(comparisons: list[TokenComparison]) -> dict:
@@ -223,10 +265,13 @@ def comparison_fidelity(comparisons: list[TokenComparison]) -> dict:
     cos = np.array([c.dot / max(np.sqrt(c.reference_sq * c.candidate_sq), 1e-12) for c in comparisons])
     noise, signal = sum(c.error_sq for c in comparisons), sum(c.reference_sq for c in comparisons)
     values = max(sum(c.values for c in comparisons), 1)
-    return {"cosine_mean": _finite(cos.mean()), "cosine_min": _finite(cos.min()),
-            "max_abs_error": _finite(max(c.error_max for c in comparisons)),
-            "mean_abs_error": _finite(sum(c.error_abs for c in comparisons) / values),
-            "sqnr_db": round(float(10 * np.log10(signal / noise)), 2) if noise > 0 else EXACT}  # fmt: skip
+    return {
+        "cosine_mean": _finite(cos.mean()),
+        "cosine_min": _finite(cos.min()),
+        "max_abs_error": _finite(max(c.error_max for c in comparisons)),
+        "mean_abs_error": _finite(sum(c.error_abs for c in comparisons) / values),
+        "sqnr_db": round(float(10 * np.log10(signal / noise)), 2) if noise > 0 else EXACT,
+    }
 
 
 def greedy(session, inputs: DecoderInputs, prompt: np.ndarray, steps: int, on_token=None) -> np.ndarray:

@@ -34,12 +34,17 @@ class TextInputs:
         self.tokenizer_dir = Path(tokenizer_dir)
         file = self.tokenizer_dir / "tokenizer.json"
         if not file.is_file():
-            raise ModelError(f"no tokenizer.json in '{tokenizer_dir}'", "Export with `edgeq export` or pass --tokenizer DIR")
+            raise ModelError(
+                f"no tokenizer.json in '{tokenizer_dir}'", "Export with `edgeq export` or pass --tokenizer DIR"
+            )
         self.sequence_length, self.pad_to_length = sequence_length, pad_to_length
         self.tokenizer = Tokenizer.from_file(str(file))
         self.pad_id = pad_token_id(self.tokenizer, self.tokenizer_dir)
-        self.tokenizer.enable_padding(pad_id=self.pad_id, pad_token=self.tokenizer.id_to_token(self.pad_id) or "[PAD]",
-                                      length=sequence_length if pad_to_length else None)  # fmt: skip
+        self.tokenizer.enable_padding(
+            pad_id=self.pad_id,
+            pad_token=self.tokenizer.id_to_token(self.pad_id) or "[PAD]",
+            length=sequence_length if pad_to_length else None,
+        )
         self.vocab_size = self.tokenizer.get_vocab_size()
 
     def for_length(self, sequence_length: int) -> TextInputs:

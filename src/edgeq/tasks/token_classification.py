@@ -39,7 +39,9 @@ class TokenClassification(Task):
 
     def encode(self, samples: list[Sample], inputs) -> Batch:
         feed, encodings = inputs.encode_words([list(s.words) for s in samples])
-        return Batch(feed, feed["attention_mask"], samples, {"positions": [first_subwords(e.word_ids) for e in encodings]})
+        return Batch(
+            feed, feed["attention_mask"], samples, {"positions": [first_subwords(e.word_ids) for e in encodings]}
+        )
 
     def compared(self, outputs: dict[str, np.ndarray], batch: Batch) -> list[np.ndarray]:
         logits = np.asarray(first_output(outputs, "logits"), dtype=np.float32)

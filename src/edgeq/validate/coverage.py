@@ -12,11 +12,15 @@ from pathlib import Path
 
 HELPERS = {
     "nnapi": ("NNAPI", lambda m, fixed, checker: checker.check_nnapi_partitions(m, fixed)),
-    "coreml-mlprogram": ("CoreML (MLProgram)",
-                         lambda m, fixed, checker: checker.check_coreml_partitions(m, fixed, "coreml_supported_mlprogram_ops.md")),
-    "coreml-neuralnetwork": ("CoreML (NeuralNetwork)",
-                             lambda m, fixed, checker: checker.check_coreml_partitions(m, fixed, "coreml_supported_neuralnetwork_ops.md")),
-}  # fmt: skip
+    "coreml-mlprogram": (
+        "CoreML (MLProgram)",
+        lambda m, fixed, checker: checker.check_coreml_partitions(m, fixed, "coreml_supported_mlprogram_ops.md"),
+    ),
+    "coreml-neuralnetwork": (
+        "CoreML (NeuralNetwork)",
+        lambda m, fixed, checker: checker.check_coreml_partitions(m, fixed, "coreml_supported_neuralnetwork_ops.md"),
+    ),
+}
 
 
 def coverage_estimate(model_path: Path, kind: str) -> dict:

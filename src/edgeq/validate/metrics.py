@@ -5,11 +5,28 @@ from __future__ import annotations
 import numpy as np
 
 # Metrics where higher is better; a threshold on them is a minimum. The others are maximums.
-HIGHER_TASK_METRICS = ("top1_agreement", "nn_agreement", "token_agreement", "span_exact_match", "span_f1", "accuracy",
-                       "f1", "answer_exact_match", "answer_f1", "next_token_top1_agreement", "greedy_match_tokens")
+HIGHER_TASK_METRICS = (
+    "top1_agreement",
+    "nn_agreement",
+    "token_agreement",
+    "span_exact_match",
+    "span_f1",
+    "accuracy",
+    "f1",
+    "answer_exact_match",
+    "answer_f1",
+    "next_token_top1_agreement",
+    "greedy_match_tokens",
+)
 TASK_METRICS = (*HIGHER_TASK_METRICS, "kl_divergence_mean", "perplexity")
-HIGHER_IS_BETTER = {"cosine_mean", "cosine_min", "sqnr_db", *HIGHER_TASK_METRICS,
-                    *(f"{m}_reference" for m in HIGHER_TASK_METRICS), *(f"{m}_delta" for m in HIGHER_TASK_METRICS)}
+HIGHER_IS_BETTER = {
+    "cosine_mean",
+    "cosine_min",
+    "sqnr_db",
+    *HIGHER_TASK_METRICS,
+    *(f"{m}_reference" for m in HIGHER_TASK_METRICS),
+    *(f"{m}_delta" for m in HIGHER_TASK_METRICS),
+}
 
 
 def cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
@@ -34,8 +51,10 @@ def nn_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
 
 def sample_cosines(reference: list[np.ndarray], candidate: list[np.ndarray]) -> np.ndarray:
     """One cosine per sample, between its flattened reference and candidate outputs."""
-    pairs = [(np.asarray(r, dtype=np.float64).ravel(), np.asarray(c, dtype=np.float64).ravel())
-             for r, c in zip(reference, candidate)]  # fmt: skip
+    pairs = [
+        (np.asarray(r, dtype=np.float64).ravel(), np.asarray(c, dtype=np.float64).ravel())
+        for r, c in zip(reference, candidate)
+    ]
     return np.array([float(r @ c / max(np.linalg.norm(r) * np.linalg.norm(c), 1e-12)) for r, c in pairs])
 
 

@@ -13,11 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.devices import DeviceProfile
-from edgeq.progress import track
 from edgeq.feeds import ShapeData, run_batch, shape_data
+from edgeq.progress import track
 from edgeq.validate.metrics import EXACT, HIGHER_IS_BETTER, judge
-from edgeq.validate.sessions import (CPU_EP, environment, host_cpu, make_session, placement, placement_from_trace,
-                                    runtime_for)  # fmt: skip
+from edgeq.validate.sessions import (
+    CPU_EP,
+    environment,
+    host_cpu,
+    make_session,
+    placement,
+    placement_from_trace,
+    runtime_for,
+)
 
 
 def validate_models(
@@ -42,18 +49,24 @@ def validate_models(
     float_rows = device.runs_float and not runtime.in_runner  # an emulated arm64 is slow: quantized models only
     rows = [n for n in models if float_rows or (n != reference and is_quantized(models[n]))]
     data = shape_data(task, samples, inputs, shapes or [(1, inputs.sequence_length)], whole_batches_only)
-    measured = [_measure_shape(models, rows, reference, device, runtime, task, at, warmup, i == 0)
-                for i, at in enumerate(data)]  # fmt: skip
+    measured = [
+        _measure_shape(models, rows, reference, device, runtime, task, at, warmup, i == 0) for i, at in enumerate(data)
+    ]
     first = measured[0]
-    env = first["runs"][rows[0]].get("environment") or {**environment(), "threads": device.threads,
-                                                        "intra_op_spinning": False}  # fmt: skip
+    env = first["runs"][rows[0]].get("environment") or {
+        **environment(),
+        "threads": device.threads,
+        "intra_op_spinning": False,
+    }
     results = []
     for name in rows:
         per_shape = [_shape_entry(m, name, reference, task) for m in measured]
         metrics, worst = worst_case([p["metrics"] for p in per_shape], [p["shape"] for p in per_shape])
         limits = (thresholds or {}).get(name) or {}
-        failures = [f"{failure} (at {worst.get(failure.split()[0], per_shape[0]['shape'])})"
-                    for failure in judge(metrics, limits)]  # fmt: skip
+        failures = [
+            f"{failure} (at {worst.get(failure.split()[0], per_shape[0]['shape'])})"
+            for failure in judge(metrics, limits)
+        ]
         compliance = _compliance(models[name], device) if name != reference else None
         if compliance and compliance["violations"]:
             failures.append(f"{len(compliance['violations'])} {device.device_class.upper()} rule violations")
@@ -82,16 +95,21 @@ def validate_models(
         if runtime.note:
             entry["note"] = runtime.note
         if runtime.mode != "on-host":
-            entry["latency_note"] = f"measured on {runtime.provider} {'in the stand-in' if runtime.in_runner else 'on this host'}, not on the device"
+            entry["latency_note"] = (
+                f"measured on {runtime.provider} {'in the stand-in' if runtime.in_runner else 'on this host'}, not on the device"
+            )
         if compliance is not None:
             entry["compliance"] = compliance
         if runtime.in_runner:  # the same model on this host's CPU: how far apart the two platforms' kernels are
             data = first["data"]
             samples = [s for batch in data.batches for s in batch.samples]
             apart = task.metrics(*first["runs"][name]["versus_host"], samples, data.inputs)
-            entry["versus_host_cpu"] = {k: v for k, v in apart.items()
-                                        if k in ("cosine_min", "cosine_mean", "max_abs_error", "kl_divergence_mean",
-                                                 "next_token_top1_agreement")}  # fmt: skip
+            entry["versus_host_cpu"] = {
+                k: v
+                for k, v in apart.items()
+                if k
+                in ("cosine_min", "cosine_mean", "max_abs_error", "kl_divergence_mean", "next_token_top1_agreement")
+            }
         if device.coverage:
             from edgeq.validate.coverage import coverage_estimate
 
@@ -103,15 +121,31 @@ def validate_models(
 def _measure_shape(models, rows, reference, device, runtime, task, data: ShapeData, warmup, first) -> dict:
     """Every model of `rows` on the batches of one shape: what the task compares, timings, placement."""
     if runtime.in_runner:
-        runs, truth = _run_in_device_runner({n: models[n] for n in rows}, models[reference], data, device, runtime, task,
-                                            with_host=first)  # fmt: skip
+        runs, truth = _run_in_device_runner(
+            {n: models[n] for n in rows}, models[reference], data, device, runtime, task, with_host=first
+        )
         comparable = False
     else:
         comparable = runtime.provider == CPU_EP and runtime.mode == "on-host" and reference in rows
-        runs, truth = _run_here({n: models[n] for n in rows}, models[reference], data, device, runtime, task, warmup,
-                                comparable, reference, with_placement=first)  # fmt: skip
-    return {"data": data, "runs": runs, "truth": truth, "items": {name: runs[name]["items"] for name in rows},
-            "comparable": comparable}  # fmt: skip
+        runs, truth = _run_here(
+            {n: models[n] for n in rows},
+            models[reference],
+            data,
+            device,
+            runtime,
+            task,
+            warmup,
+            comparable,
+            reference,
+            with_placement=first,
+        )
+    return {
+        "data": data,
+        "runs": runs,
+        "truth": truth,
+        "items": {name: runs[name]["items"] for name in rows},
+        "comparable": comparable,
+    }
 
 
 def _shape_entry(measured: dict, name: str, reference: str, task) -> dict:
@@ -124,7 +158,9 @@ def _shape_entry(measured: dict, name: str, reference: str, task) -> dict:
         "batch_size": data.batch_size,
         "sequence_length": data.sequence_length,
         "samples": len(measured["truth"]),
-        "metrics": task.metrics(measured["truth"], measured["items"][name], samples, data.inputs, _followed(runs, name)),
+        "metrics": task.metrics(
+            measured["truth"], measured["items"][name], samples, data.inputs, _followed(runs, name)
+        ),
         "latency_ms": latency,
         "latency_ratio_to_reference": round(latency["p50"] / ref_p50, 3) if ref_p50 else None,
     }
@@ -160,12 +196,15 @@ def worst_case(per_shape: list[dict], labels: list[str]) -> tuple[dict, dict[str
     return metrics, worst
 
 
-def _run_here(models, reference_path, data: ShapeData, device, runtime, task, warmup, comparable, reference,
-              with_placement=True):  # fmt: skip
+def _run_here(
+    models, reference_path, data: ShapeData, device, runtime, task, warmup, comparable, reference, with_placement=True
+):
     """Every model in this process, interleaved batch by batch; the reference's outputs from the host CPU."""
     sessions = {name: make_session(path, device, spinning=False, runtime=runtime) for name, path in models.items()}
     reference_session = sessions[reference] if comparable else make_session(reference_path, host_cpu(device))
-    for session in sessions.values():  # the recipe's warm-up on the first shape; a warm session needs one run of another
+    for (
+        session
+    ) in sessions.values():  # the recipe's warm-up on the first shape; a warm session needs one run of another
         for _ in range(warmup if with_placement else min(warmup, 1)):
             run_batch(session, data.batches[0])
     runs = {name: {"items": [], "timings": []} for name in models}
@@ -177,7 +216,9 @@ def _run_here(models, reference_path, data: ShapeData, device, runtime, task, wa
             outputs = run_batch(session, batch)
             runs[name]["timings"].append((time.perf_counter() - start) * 1000)
             produced[name] = task.compared(outputs, batch)
-        reference_outputs = produced[reference] if comparable else task.compared(run_batch(reference_session, batch), batch)
+        reference_outputs = (
+            produced[reference] if comparable else task.compared(run_batch(reference_session, batch), batch)
+        )
         for name in sessions:  # reduced batch by batch: a language model's logits are never held for the data set
             runs[name]["items"] += task.pair(reference_outputs, produced[name], batch)
         truth += task.summarize(reference_outputs, batch)
@@ -186,7 +227,9 @@ def _run_here(models, reference_path, data: ShapeData, device, runtime, task, wa
     if with_placement and task.follow_up_samples:  # e.g. greedy continuations: on the first shape only
         for name, session in sessions.items():
             runs[name]["followed"] = follow_up(task, session, data)
-        runs["__reference__"] = {"followed": runs[reference]["followed"] if comparable else follow_up(task, reference_session, data)}
+        runs["__reference__"] = {
+            "followed": runs[reference]["followed"] if comparable else follow_up(task, reference_session, data)
+        }
     return runs, truth
 
 
@@ -200,7 +243,9 @@ def follow_up(task, session, data: ShapeData) -> list:
     return found[: task.follow_up_samples]
 
 
-def _run_in_device_runner(models, reference_path, data: ShapeData, device, runtime, task, with_host: bool) -> tuple[dict, list]:
+def _run_in_device_runner(
+    models, reference_path, data: ShapeData, device, runtime, task, with_host: bool
+) -> tuple[dict, list]:
     """Every model through the device's runner (an arm64 stand-in): what the task compares, paired batch by batch with
     the FP32 reference run on this host's CPU; timings; placement; and (`with_host`) each model on this host's CPU
     beside it. Returns the runs and the reference's stored form."""
@@ -209,11 +254,20 @@ def _run_in_device_runner(models, reference_path, data: ShapeData, device, runti
 
     batches = data.batches
     say(f"  running {len(models)} model(s) on {len(batches)} inputs in the {device.id} stand-in (slow: emulated)")
-    produced = dict(zip(models, run_outputs(list(models.values()), [b.feed for b in batches], device, default_transport(device))))
+    produced = dict(
+        zip(models, run_outputs(list(models.values()), [b.feed for b in batches], device, default_transport(device)))
+    )
     reference = make_session(reference_path, host_cpu(device))
     here = {name: make_session(path, host_cpu(device)) for name, path in models.items()} if with_host else {}
-    runs = {name: {"items": [], "timings": raw["timings_ms"], "environment": {**raw["environment"], "intra_op_spinning": True},
-                   "placement": placement_from_trace(raw["trace"], models[name], runtime)} for name, raw in produced.items()}  # fmt: skip
+    runs = {
+        name: {
+            "items": [],
+            "timings": raw["timings_ms"],
+            "environment": {**raw["environment"], "intra_op_spinning": True},
+            "placement": placement_from_trace(raw["trace"], models[name], runtime),
+        }
+        for name, raw in produced.items()
+    }
     for name in here:
         runs[name]["versus_host"] = ([], [])
     truth = []

@@ -40,8 +40,10 @@ def runtime_for(device: DeviceProfile) -> Runtime:
     ep = device.execution_provider
     if device.stand_in == "qemu-arm64" and mode_for(device) != "on-host":
         cpu = f", emulating a {device.stand_in_cpu}" if device.stand_in_cpu else ""
-        note = (f"aarch64 onnxruntime in an arm64 stand-in (qemu-user on this {_host_machine()} host{cpu}): the "
-                f"numerics are aarch64's integer kernels; the latency is qemu's, not the device's. {device.emulation_note}")
+        note = (
+            f"aarch64 onnxruntime in an arm64 stand-in (qemu-user on this {_host_machine()} host{cpu}): the "
+            f"numerics are aarch64's integer kernels; the latency is qemu's, not the device's. {device.emulation_note}"
+        )
         return Runtime(device, ep.name, "emulated", note.strip())
     if provider_available(ep):
         mode = mode_for(device)
@@ -60,8 +62,10 @@ def _unnamed_htp(ep: ExecutionProvider) -> str:
         return ""
     if ep.options.get("htp_arch") or ep.options.get("soc_model"):
         return ""
-    return ("The device profile names no htp_arch or soc_model: the emulator computes as an HTP v68/v69, whose "
-            "16-bit arithmetic is coarser than v73+ (MiniLM: cosine 0.9978 against 0.9992, measured).")
+    return (
+        "The device profile names no htp_arch or soc_model: the emulator computes as an HTP v68/v69, whose "
+        "16-bit arithmetic is coarser than v73+ (MiniLM: cosine 0.9978 against 0.9992, measured)."
+    )
 
 
 def _host_machine() -> str:
@@ -115,8 +119,13 @@ def session_options(device: DeviceProfile, profile_dir: Path | None = None, spin
     return options
 
 
-def make_session(model: Path | bytes, device: DeviceProfile, profile_dir: Path | None = None, spinning: bool = True,
-                 runtime: Runtime | None = None):  # fmt: skip
+def make_session(
+    model: Path | bytes,
+    device: DeviceProfile,
+    profile_dir: Path | None = None,
+    spinning: bool = True,
+    runtime: Runtime | None = None,
+):
     """A session on the device's runtime; `model` is a file or serialized bytes. On a stand-in, the device's
     own session settings (e.g. disable_cpu_ep_fallback) do not apply."""
     import onnxruntime as ort
@@ -142,14 +151,22 @@ def _create(ort, source, options, providers, device: DeviceProfile):
         return ort.InferenceSession(source, options, providers=providers)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DeviceError(f"{device.execution_provider.name} refused the model on device '{device.id}': {first[:300]}",
-                          "`edgeq inspect MODEL --device ID` lists what the device cannot run") from None  # fmt: skip
+        raise DeviceError(
+            f"{device.execution_provider.name} refused the model on device '{device.id}': {first[:300]}",
+            "`edgeq inspect MODEL --device ID` lists what the device cannot run",
+        ) from None
 
 
 def host_cpu(device: DeviceProfile) -> DeviceProfile:
     """This machine's CPU EP with the device's thread count: where FP32 references run."""
-    return device.model_copy(update={"execution_provider": ExecutionProvider(name=CPU_EP), "session_config": {},
-                                     "stand_in": None, "runs_float": True})  # fmt: skip
+    return device.model_copy(
+        update={
+            "execution_provider": ExecutionProvider(name=CPU_EP),
+            "session_config": {},
+            "stand_in": None,
+            "runs_float": True,
+        }
+    )
 
 
 def mode_for(device: DeviceProfile) -> str:
