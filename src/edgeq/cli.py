@@ -17,18 +17,10 @@ import click
 
 from edgeq import __version__
 from edgeq.errors import EdgeqError
+from edgeq.tasks import TASK_NAMES
 
 EXIT_BELOW_THRESHOLDS = 3
-TASK_CHOICES = click.Choice(
-    [
-        "feature-extraction",
-        "text-classification",
-        "token-classification",
-        "question-answering",
-        "image-classification",
-        "text-generation",
-    ]
-)
+TASK_CHOICES = click.Choice(TASK_NAMES)
 
 
 class EdgeqGroup(click.Group):

@@ -8,8 +8,8 @@ import io
 import json
 from pathlib import Path
 
+from edgeq.data_source import DataSource
 from edgeq.errors import DataError
-from edgeq.recipe.schema import DataSource
 
 
 def read_text_file(path: Path, key: str) -> str:

@@ -11,8 +11,9 @@ from typing import Literal
 
 from pydantic import Field, ValidationError
 
+from edgeq.data_source import Strict
 from edgeq.errors import DeviceError
-from edgeq.recipe.schema import ACTIVATION_TYPES, WEIGHT_TYPES, Strict
+from edgeq.recipe.schema import ACTIVATION_TYPES, WEIGHT_TYPES
 from edgeq.resources import bundled_dir
 
 

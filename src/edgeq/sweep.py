@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 from pydantic import Field, field_validator
 
+from edgeq.data_source import Strict
 from edgeq.errors import RecipeError
-from edgeq.recipe.schema import Strict
 
 CELL_FILE = "cell.json"
 RUNNING = ".running"  # cells/.running/<id>.json: which process is building which cell (for operators and tests)

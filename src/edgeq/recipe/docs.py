@@ -64,7 +64,12 @@ def _nested_model(annotation) -> type[BaseModel] | None:
 
 def _type(annotation) -> str:
     text = str(annotation).replace("typing.", "").replace("pathlib._local.", "").replace("pathlib.", "")
-    text = text.replace("<class '", "").replace("'>", "").replace("edgeq.recipe.schema.", "")
+    text = (
+        text.replace("<class '", "")
+        .replace("'>", "")
+        .replace("edgeq.recipe.schema.", "")
+        .replace("edgeq.data_source.", "")
+    )
     text = re.sub(r"Annotated\[(\w+), Gt\(gt=0\)\]", r"\1 > 0", text)
     text = re.sub(r"Optional\[(.*)\]$", r"\1 | None", text)
     return _cell(text)

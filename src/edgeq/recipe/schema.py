@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PositiveInt,
     PrivateAttr,
@@ -20,40 +18,12 @@ from pydantic import (
     model_validator,
 )
 
-TASKS = (
-    "feature-extraction",
-    "text-classification",
-    "token-classification",
-    "question-answering",
-    "image-classification",
-    "text-generation",
-)
-TaskName = Literal[
-    "feature-extraction",
-    "text-classification",
-    "token-classification",
-    "question-answering",
-    "image-classification",
-    "text-generation",
-]
+from edgeq.data_source import DEFAULT_SEQUENCE_LENGTH, DataSource, Strict, base_dir_of, length_for_model
+from edgeq.tasks import TASK_NAMES
+
+TaskName = Literal[TASK_NAMES]  # the task registry's names (edgeq.tasks): one source
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8")
-
-
-DEFAULT_SEQUENCE_LENGTH = 128  # tokens, when neither the section nor the export sets one (capped by the model)
-
-
-def length_for_model(positions: int | None) -> int:
-    """edgeq's default length, or the model's position table when that is shorter."""
-    return min(DEFAULT_SEQUENCE_LENGTH, positions or DEFAULT_SEQUENCE_LENGTH)
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _base_dir(info: ValidationInfo) -> Path | None:
-    return (info.context or {}).get("base_dir")
 
 
 def looks_like_local_path(source: str) -> bool:
@@ -83,7 +53,7 @@ class ModelConfig(Strict):
     @field_validator("source")
     @classmethod
     def _resolve_local_source(cls, source: str, info: ValidationInfo) -> str:
-        base = _base_dir(info)
+        base = base_dir_of(info)
         if source.startswith("pkg:") or base is None:
             return source
         candidate = (base / Path(source).expanduser()).resolve()
@@ -129,57 +99,6 @@ class OptimizeConfig(Strict):
         description="Fuse the embeddings and their LayerNorm into EmbedLayerNormalization. Off by default: the fused "
         "op hides the embedding tables, which edgeq quantizes to INT8 row by row.",
     )
-
-
-class DataSource(Strict):
-    path: Path = Field(
-        description="Data file: `.txt` (one text a line; for images, one image path a line), `.jsonl` (one JSON "
-        "object a line) or `.csv` (a header row); or, for images, a folder (images in sub-folders named by label, "
-        "or directly inside it)."
-    )
-    field: str | None = Field(
-        default=None,
-        description="The JSON key or CSV column holding the text (for token classification: the "
-        "list of words). A .jsonl without it: each record's `text`, or, for text generation, its `messages` "
-        "([{role, content}], roles system/user/assistant/tool): a conversation rendered with the model's chat "
-        "template, as an instruct model sees it.",
-    )
-    label_field: str | None = Field(
-        default=None,
-        description="The key or column holding the label: a class name or id (classification), a "
-        "list of tags, one per word (token classification), or the answer text (question answering). With "
-        "labels, the report gives the task metric (accuracy, F1, exact match) for FP32 and for each candidate.",
-    )
-    question_field: str | None = Field(
-        default=None, description="Question answering: the key or column of the question."
-    )
-    context_field: str | None = Field(default=None, description="Question answering: the key or column of the context.")
-
-    @field_validator("path")
-    @classmethod
-    def _resolve_against_recipe(cls, path: Path, info: ValidationInfo) -> Path:
-        base = _base_dir(info)
-        return (base / path.expanduser()).resolve() if base is not None else path
-
-    @model_validator(mode="after")
-    def _field_matches_format(self) -> DataSource:
-        suffix = self.path.suffix.lower()
-        if suffix and suffix not in (".txt", ".jsonl", ".csv"):
-            raise ValueError(f"unsupported data file type '{suffix}': use .txt, .jsonl or .csv (or an image folder)")
-        records = suffix in (".jsonl", ".csv")
-        if suffix == ".csv" and not (self.field or self.question_field):
-            raise ValueError(f"a {suffix} file needs `field` (the key or column holding the text)")
-        if not records and self.fields():
-            raise ValueError(
-                "`field` and the other *_field keys are only for .jsonl and .csv files; a .txt file has one text a line"
-            )
-        if bool(self.question_field) != bool(self.context_field):
-            raise ValueError("question answering data needs both `question_field` and `context_field`")
-        return self
-
-    def fields(self) -> list[str]:
-        """The record fields this source names."""
-        return [f for f in (self.field, self.label_field, self.question_field, self.context_field) if f]
 
 
 class CalibrationConfig(Strict):
@@ -512,7 +431,7 @@ class MixedPrecisionConfig(Strict):
     @field_validator("overrides")
     @classmethod
     def _resolve_against_recipe(cls, path: Path | None, info: ValidationInfo) -> Path | None:
-        base = _base_dir(info)
+        base = base_dir_of(info)
         return (base / path.expanduser()).resolve() if path is not None and base is not None else path
 
 

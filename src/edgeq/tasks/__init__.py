@@ -103,7 +103,7 @@ def positions_phrase(model_dir: Path) -> str:
 
 def default_length(model_dir: Path) -> int:
     """Tokens per text when nothing says: 128, or the model's position table when that is shorter."""
-    from edgeq.recipe.schema import length_for_model
+    from edgeq.data_source import length_for_model
 
     return length_for_model(model_positions(model_dir))
 

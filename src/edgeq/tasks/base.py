@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeq.data_source import DataSource
 from edgeq.errors import DataError
-from edgeq.recipe.schema import DataSource
 
 
 @dataclass(frozen=True)

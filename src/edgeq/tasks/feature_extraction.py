@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq.recipe.schema import DataSource
+from edgeq.data_source import DataSource
 from edgeq.tasks.base import Batch, Sample, Task, first_output, text_records
 
 

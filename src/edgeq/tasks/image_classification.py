@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq.recipe.schema import DataSource
+from edgeq.data_source import DataSource
 from edgeq.tasks.base import Batch, Sample, Task, class_id, first_output, model_labels
 from edgeq.tasks.classification import logits_metrics
 

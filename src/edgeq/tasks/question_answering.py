@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq.recipe.schema import DataSource
+from edgeq.data_source import DataSource
 from edgeq.tasks.base import Batch, Sample, Task, labelled, text_records
 
 MAX_ANSWER_TOKENS = 30

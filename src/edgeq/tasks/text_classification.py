@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq.recipe.schema import DataSource
+from edgeq.data_source import DataSource
 from edgeq.tasks.base import Batch, Sample, Task, class_id, first_output, model_labels, text_records
 from edgeq.tasks.classification import logits_metrics
 

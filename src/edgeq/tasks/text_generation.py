@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeq.data_source import DataSource
 from edgeq.errors import ModelError
-from edgeq.recipe.schema import DataSource
 from edgeq.tasks.base import Batch, Sample, Task, first_output, text_records
 
 PROMPT_TOKENS, GREEDY_TOKENS, GREEDY_SAMPLES = 16, 16, 16

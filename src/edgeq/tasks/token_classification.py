@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeq.data_source import DataSource
 from edgeq.errors import DataError
-from edgeq.recipe.schema import DataSource
 from edgeq.tasks.base import Batch, Sample, Task, class_id, first_output, labelled, model_labels, text_records
 
 
