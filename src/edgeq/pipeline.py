@@ -132,16 +132,9 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None, target
 def check_metric_names(recipe: Recipe, task) -> None:
     """Thresholds and budget floors may only name metrics the task reports."""
     from edgeq.errors import RecipeError
+    from edgeq.tasks.metrics import COMMON
 
-    known = {
-        "cosine_mean",
-        "cosine_min",
-        "max_abs_error",
-        "mean_abs_error",
-        "sqnr_db",
-        *task.metric_names,
-        *(f"{m}_delta" for m in task.metric_names),
-    }
+    known = {*(m.name for m in COMMON), *task.metric_names, *(f"{m}_delta" for m in task.metric_names)}
     named = [(f"validation.thresholds.{k}", k) for k in recipe.validation.thresholds.model_dump(exclude_none=True)]
     if recipe.mixed_precision is not None:
         budget = recipe.mixed_precision.budget

@@ -85,7 +85,9 @@ def _verdicts(report: dict) -> str:
 
 
 def _headline(metrics: dict) -> str:
-    for key in ("kl_divergence_mean", "accuracy", "f1", "answer_f1", "cosine_mean"):
+    from edgeq.summary import HEADLINE
+
+    for key in HEADLINE:
         if isinstance(metrics.get(key), (int, float)):
             return f"{key.replace('_', ' ')} {metrics[key]:.4g}"
     return ""

@@ -3,19 +3,10 @@ size and latency, and where the full report is (report.html). Also what `edgeq c
 
 from __future__ import annotations
 
-HEADLINE = (
-    "kl_divergence_mean",
-    "next_token_top1_agreement",
-    "accuracy",
-    "f1",
-    "answer_f1",
-    "cosine_mean",
-    "cosine_min",
-    "top1_agreement",
-    "nn_agreement",
-    "token_agreement",
-    "span_exact_match",
-)
+from edgeq.tasks import METRICS
+from edgeq.tasks.metrics import headline_order
+
+HEADLINE = headline_order(METRICS)  # the metrics a summary shows, most telling first
 
 
 def summary_rows(report: dict) -> list[dict]:

@@ -14,12 +14,14 @@ from pydantic import (
     PositiveInt,
     PrivateAttr,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from edgeq.data_source import DEFAULT_SEQUENCE_LENGTH, DataSource, Strict, base_dir_of, length_for_model
-from edgeq.tasks import TASK_NAMES
+from edgeq.tasks import METRICS, TASK_NAMES
+from edgeq.tasks.metrics import Metric
 
 TaskName = Literal[TASK_NAMES]  # the task registry's names (edgeq.tasks): one source
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
@@ -216,59 +218,21 @@ class QuantizationConfig(Strict):
         return self.activation_type or "uint8"
 
 
-class Thresholds(Strict):
-    cosine_mean: float | None = Field(default=0.99, ge=-1, le=1, description="Minimum mean cosine vs FP32.")
-    cosine_min: float | None = Field(default=None, ge=-1, le=1, description="Minimum worst-case cosine vs FP32.")
-    max_abs_error: float | None = Field(default=None, gt=0, description="Maximum absolute error vs FP32.")
-    sqnr_db: float | None = Field(default=None, description="Minimum signal-to-quantization-noise ratio (dB).")
-    top1_agreement: float | None = Field(
-        default=None, ge=0, le=1, description="Classification: minimum share of inputs whose top-1 class matches FP32."
-    )
-    nn_agreement: float | None = Field(
-        default=None,
-        ge=0,
-        le=1,
-        description="Feature extraction: minimum share of texts whose nearest other text (by embedding cosine) "
-        "is the same as with FP32.",
-    )
-    token_agreement: float | None = Field(
-        default=None, ge=0, le=1, description="Token classification: minimum share of words tagged as FP32 tags them."
-    )
-    span_exact_match: float | None = Field(
-        default=None, ge=0, le=1, description="Question answering: minimum share of answers whose span is FP32's."
-    )
-    span_f1: float | None = Field(
-        default=None, ge=0, le=1, description="Question answering: minimum token F1 with FP32's span."
-    )
-    accuracy: float | None = Field(
-        default=None, ge=0, le=1, description="Classification with labels: minimum accuracy."
-    )
-    accuracy_delta: float | None = Field(
-        default=None, ge=-1, le=1, description="Classification with labels: minimum accuracy minus FP32's (e.g. -0.01)."
-    )
-    f1: float | None = Field(
-        default=None, ge=0, le=1, description="Token classification with labels: minimum entity F1."
-    )
-    f1_delta: float | None = Field(
-        default=None, ge=-1, le=1, description="Token classification with labels: minimum F1 minus FP32's."
-    )
-    answer_exact_match: float | None = Field(
-        default=None, ge=0, le=1, description="Question answering with labels: minimum exact match of the answer text."
-    )
-    answer_f1: float | None = Field(
-        default=None, ge=0, le=1, description="Question answering with labels: minimum answer F1."
-    )
-    next_token_top1_agreement: float | None = Field(
-        default=None,
-        ge=0,
-        le=1,
-        description="Text generation: minimum share of positions whose most likely next token is FP32's.",
-    )
-    kl_divergence_mean: float | None = Field(
-        default=None,
-        ge=0,
-        description="Text generation: maximum mean KL(FP32 ‖ model) of the next-token distribution, nats per token.",
-    )
+def _threshold_field(description: str, metric: Metric, delta: bool = False):
+    low, high = (-1.0, 1.0) if delta else (metric.low, metric.high)
+    bounds = {"gt" if metric.strictly_above_low and not delta else "ge": low} if low is not None else {}
+    return (float | None, Field(default=None if delta else metric.default, le=high, description=description, **bounds))
+
+
+# The thresholds a recipe may set: one field per metric the task registry declares with a threshold (and the
+# difference from FP32's of a labelled metric, where declared), in the registry's order.
+Thresholds = create_model(
+    "Thresholds",
+    __base__=Strict,
+    __doc__="Limits on the validation metrics vs FP32, each declared by its task (edgeq.tasks).",
+    **{m.name: _threshold_field(m.threshold, m) for m in METRICS if m.threshold},
+    **{f"{m.name}_delta": _threshold_field(m.delta_threshold, m, True) for m in METRICS if m.delta_threshold},
+)
 
 
 class Shape(Strict):

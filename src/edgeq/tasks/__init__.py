@@ -16,6 +16,7 @@ from edgeq.tasks import (
     token_classification,
 )
 from edgeq.tasks.base import Batch, Sample, Task
+from edgeq.tasks.metrics import COMMON, Metric
 
 TASKS: dict[str, Task] = {
     module.TASK.name: module.TASK
@@ -29,6 +30,8 @@ TASKS: dict[str, Task] = {
     )
 }
 TASK_NAMES = tuple(TASKS)
+# every metric a validation may report, each once: the common ones, then each task's in registry order
+METRICS: tuple[Metric, ...] = tuple(dict.fromkeys((*COMMON, *(m for t in TASKS.values() for m in t.own_metrics))))
 # config.json model_type values of vision transformers (the rest are read as text models)
 VISION_MODEL_TYPES = {
     "vit",

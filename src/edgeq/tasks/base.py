@@ -12,6 +12,7 @@ import numpy as np
 
 from edgeq.data_source import DataSource
 from edgeq.errors import DataError
+from edgeq.tasks.metrics import Metric
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,12 @@ class Task:
     auto_class = "AutoModel"
     modality = "text"  # text | image
     head_suffixes: tuple[str, ...] = ()  # config.json architectures this task's head comes from; () = any
-    metric_names: tuple[str, ...] = ()  # the task's own metrics (beside cosine, SQNR, errors)
+    own_metrics: tuple[Metric, ...] = ()  # the task's own metrics (beside cosine, SQNR, errors), declared once
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.own_metrics)
+
     compares = ""  # what output is compared, in words (for reports)
     proxy_name = "cosine"  # what proxy_score measures, in words
 

@@ -5,6 +5,28 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.tasks.base import labelled
+from edgeq.tasks.metrics import Metric
+
+CLASSIFICATION_METRICS = (
+    Metric(
+        "top1_agreement",
+        True,
+        "Classification: minimum share of inputs whose top-1 class matches FP32.",
+        low=0,
+        high=1,
+        headline=70,
+    ),
+    Metric(
+        "accuracy",
+        True,
+        "Classification with labels: minimum accuracy.",
+        low=0,
+        high=1,
+        headline=20,
+        labelled=True,
+        delta_threshold="Classification with labels: minimum accuracy minus FP32's (e.g. -0.01).",
+    ),
+)
 
 
 def logits_metrics(reference: list[np.ndarray], candidate: list[np.ndarray], labels: list[int | None]) -> dict:

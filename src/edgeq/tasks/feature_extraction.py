@@ -8,13 +8,24 @@ import numpy as np
 
 from edgeq.data_source import DataSource
 from edgeq.tasks.base import Batch, Sample, Task, first_output, text_records
+from edgeq.tasks.metrics import Metric
 
 
 class FeatureExtraction(Task):
     name = "feature-extraction"
     export_task = "feature-extraction"
     auto_class = "AutoModel"  # the PyTorch class the export is checked against
-    metric_names = ("nn_agreement",)
+    own_metrics = (
+        Metric(
+            "nn_agreement",
+            True,
+            "Feature extraction: minimum share of texts whose nearest other text (by embedding cosine) is the same "
+            "as with FP32.",
+            low=0,
+            high=1,
+            headline=80,
+        ),
+    )
     compares = "mean-pooled token states (embeddings)"
 
     def read(self, source: DataSource, limit: int | None, key: str, model_dir: Path) -> list[Sample]:

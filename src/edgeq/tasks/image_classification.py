@@ -9,7 +9,7 @@ import numpy as np
 
 from edgeq.data_source import DataSource
 from edgeq.tasks.base import Batch, Sample, Task, class_id, first_output, model_labels
-from edgeq.tasks.classification import logits_metrics
+from edgeq.tasks.classification import CLASSIFICATION_METRICS, logits_metrics
 
 
 class ImageClassification(Task):
@@ -18,7 +18,7 @@ class ImageClassification(Task):
     auto_class = "AutoModelForImageClassification"  # the PyTorch class the export is checked against
     modality = "image"
     head_suffixes = ("ForImageClassification", "ForImageClassificationWithTeacher")
-    metric_names = ("top1_agreement", "accuracy")
+    own_metrics = CLASSIFICATION_METRICS
     compares = "class logits"
 
     def read(self, source: DataSource, limit: int | None, key: str, model_dir: Path) -> list[Sample]:

@@ -13,6 +13,7 @@ import numpy as np
 
 from edgeq.data_source import DataSource
 from edgeq.tasks.base import Batch, Sample, Task, labelled, text_records
+from edgeq.tasks.metrics import Metric
 
 MAX_ANSWER_TOKENS = 30
 
@@ -22,7 +23,34 @@ class QuestionAnswering(Task):
     export_task = "question-answering"
     auto_class = "AutoModelForQuestionAnswering"  # the PyTorch class the export is checked against
     head_suffixes = ("ForQuestionAnswering",)
-    metric_names = ("span_exact_match", "span_f1", "answer_exact_match", "answer_f1")
+    own_metrics = (
+        Metric(
+            "span_exact_match",
+            True,
+            "Question answering: minimum share of answers whose span is FP32's.",
+            low=0,
+            high=1,
+            headline=100,
+        ),
+        Metric("span_f1", True, "Question answering: minimum token F1 with FP32's span.", low=0, high=1),
+        Metric(
+            "answer_exact_match",
+            True,
+            "Question answering with labels: minimum exact match of the answer text.",
+            low=0,
+            high=1,
+            labelled=True,
+        ),
+        Metric(
+            "answer_f1",
+            True,
+            "Question answering with labels: minimum answer F1.",
+            low=0,
+            high=1,
+            headline=40,
+            labelled=True,
+        ),
+    )
     compares = "start and end logits over the context tokens"
 
     def read(self, source: DataSource, limit: int | None, key: str, model_dir: Path) -> list[Sample]:

@@ -8,7 +8,7 @@ import numpy as np
 
 from edgeq.data_source import DataSource
 from edgeq.tasks.base import Batch, Sample, Task, class_id, first_output, model_labels, text_records
-from edgeq.tasks.classification import logits_metrics
+from edgeq.tasks.classification import CLASSIFICATION_METRICS, logits_metrics
 
 
 class TextClassification(Task):
@@ -16,7 +16,7 @@ class TextClassification(Task):
     export_task = "text-classification"
     auto_class = "AutoModelForSequenceClassification"  # the PyTorch class the export is checked against
     head_suffixes = ("ForSequenceClassification",)
-    metric_names = ("top1_agreement", "accuracy")
+    own_metrics = CLASSIFICATION_METRICS
     compares = "class logits"
 
     def read(self, source: DataSource, limit: int | None, key: str, model_dir: Path) -> list[Sample]:

@@ -23,6 +23,7 @@ import numpy as np
 from edgeq.data_source import DataSource
 from edgeq.errors import ModelError
 from edgeq.tasks.base import Batch, Sample, Task, first_output, text_records
+from edgeq.tasks.metrics import Metric
 
 PROMPT_TOKENS, GREEDY_TOKENS, GREEDY_SAMPLES = 16, 16, 16
 TOP_TOKENS = 256  # tokens per position a stored reference keeps
@@ -112,7 +113,25 @@ class TextGeneration(Task):
     export_task = "text-generation-with-past"
     auto_class = "AutoModelForCausalLM"
     head_suffixes = ("ForCausalLM", "LMHeadModel")
-    metric_names = ("next_token_top1_agreement", "kl_divergence_mean", "perplexity", "greedy_match_tokens")
+    own_metrics = (
+        Metric(
+            "next_token_top1_agreement",
+            True,
+            "Text generation: minimum share of positions whose most likely next token is FP32's.",
+            low=0,
+            high=1,
+            headline=10,
+        ),
+        Metric(
+            "kl_divergence_mean",
+            False,
+            "Text generation: maximum mean KL(FP32 ‖ model) of the next-token distribution, nats per token.",
+            low=0,
+            headline=0,
+        ),
+        Metric("perplexity", False),
+        Metric("greedy_match_tokens", True),
+    )
     compares = "next-token logits at every position"
     proxy_name = "score (minus KL, nats/token)"
 

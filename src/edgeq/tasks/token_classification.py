@@ -10,6 +10,7 @@ import numpy as np
 from edgeq.data_source import DataSource
 from edgeq.errors import DataError
 from edgeq.tasks.base import Batch, Sample, Task, class_id, first_output, labelled, model_labels, text_records
+from edgeq.tasks.metrics import Metric
 
 
 class TokenClassification(Task):
@@ -17,7 +18,26 @@ class TokenClassification(Task):
     export_task = "token-classification"
     auto_class = "AutoModelForTokenClassification"  # the PyTorch class the export is checked against
     head_suffixes = ("ForTokenClassification",)
-    metric_names = ("token_agreement", "f1")
+    own_metrics = (
+        Metric(
+            "token_agreement",
+            True,
+            "Token classification: minimum share of words tagged as FP32 tags them.",
+            low=0,
+            high=1,
+            headline=90,
+        ),
+        Metric(
+            "f1",
+            True,
+            "Token classification with labels: minimum entity F1.",
+            low=0,
+            high=1,
+            headline=30,
+            labelled=True,
+            delta_threshold="Token classification with labels: minimum F1 minus FP32's.",
+        ),
+    )
     compares = "per-word logits (first sub-token of each word)"
 
     def read(self, source: DataSource, limit: int | None, key: str, model_dir: Path) -> list[Sample]:

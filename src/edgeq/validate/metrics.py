@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-# Metrics where higher is better; a threshold on them is a minimum. The others are maximums.
-HIGHER_TASK_METRICS = (
-    "top1_agreement",
-    "nn_agreement",
-    "token_agreement",
-    "span_exact_match",
-    "span_f1",
-    "accuracy",
-    "f1",
-    "answer_exact_match",
-    "answer_f1",
-    "next_token_top1_agreement",
-    "greedy_match_tokens",
-)
-TASK_METRICS = (*HIGHER_TASK_METRICS, "kl_divergence_mean", "perplexity")
-HIGHER_IS_BETTER = {
-    "cosine_mean",
-    "cosine_min",
-    "sqnr_db",
-    *HIGHER_TASK_METRICS,
-    *(f"{m}_reference" for m in HIGHER_TASK_METRICS),
-    *(f"{m}_delta" for m in HIGHER_TASK_METRICS),
-}
+from edgeq.tasks import METRICS
+from edgeq.tasks.metrics import COMMON, higher_is_better
+
+# the names of the tasks' own metrics, and the metrics whose threshold is a minimum (the others are maximums)
+TASK_METRICS = tuple(m.name for m in METRICS if m not in COMMON)
+HIGHER_IS_BETTER = higher_is_better(METRICS)
 
 
 def cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
