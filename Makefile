@@ -6,7 +6,7 @@ EDGEQ  := $(VENV)/bin/edgeq
 STAMP  := $(VENV)/.edgeq-installed
 DEMO_RECIPE ?= recipes/minilm-int8-cpu.yaml
 
-.PHONY: install demo test bench clean system-deps
+.PHONY: install demo test test-fast bench clean system-deps
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ system-deps:
 
 test: install system-deps
 	$(PY) -m pytest
+
+# On every change: unit tests and one tiny build per part of the pipeline, no real model, no qemu, no browser.
+test-fast: install
+	$(PY) -m pytest -m fast
 
 bench: install
 	$(PY) -m pip install --quiet -e '.[bench]'

@@ -32,6 +32,7 @@ def stages_by_name(report: dict) -> dict:
     return {s["name"]: s for s in report["stages"]}
 
 
+@pytest.mark.fast
 def test_dynamic_build_follows_the_contract(tiny_bert, write_recipe, tmp_path):
     out = tmp_path / "out"
     result = api.build(write_recipe(base_recipe(str(tiny_bert))), output=out)
@@ -71,6 +72,7 @@ def test_final_folder_loads_with_optimum_and_transformers(tiny_bert, write_recip
     assert hidden.shape[-1] == 64
 
 
+@pytest.mark.fast
 def test_second_build_is_served_from_the_cache(tiny_bert, write_recipe, tmp_path, run_cli):
     recipe, out = write_recipe(base_recipe(str(tiny_bert))), tmp_path / "out"
     first = api.build(recipe, output=out).report

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import base_recipe
 
+pytestmark = pytest.mark.fast  # the whole file is in `make test-fast`
+
 
 def line_of(path, text: str) -> int:
     """1-based number of the first line of the file at `path` that contains `text`."""

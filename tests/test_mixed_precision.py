@@ -30,6 +30,7 @@ def mixed_recipe(model_dir, **mixed) -> dict:
     )
 
 
+@pytest.mark.fast
 def test_planted_sensitive_layer_is_the_one_kept_in_higher_precision(planted_bert, write_recipe, tmp_path):
     recipe = mixed_recipe(planted_bert, budget={"min_cosine_mean": 0.99995})
     report = api.build(write_recipe(recipe), output=tmp_path / "out").report

@@ -43,6 +43,7 @@ def test_a_batch_one_search_misses_what_padding_breaks(padding_trap, write_recip
     assert at_b4["metrics"]["cosine_mean"] < 0.999  # ...but padded batches of 4 break it
 
 
+@pytest.mark.fast
 def test_the_shape_aware_search_catches_it_and_says_which_shape(padding_trap, write_recipe, tmp_path):
     out = tmp_path / "b1b4"
     report = api.build(write_recipe(trap_recipe(padding_trap, [B1, B4], ["int8", "fp32"])), output=out).report

@@ -14,7 +14,9 @@ from tiny_models import make_decoder, make_image_folder, make_text_model, make_v
 TASKS = ("feature-extraction", "text-classification", "token-classification", "question-answering")
 
 
-@pytest.mark.parametrize("task", [*TASKS, "image-classification", "text-generation"])
+@pytest.mark.parametrize(
+    "task", [*TASKS, "image-classification", pytest.param("text-generation", marks=pytest.mark.fast)]
+)
 def test_init_then_build_for_every_task(task, run_cli, tmp_path):
     if task == "image-classification":
         model, extra = (

@@ -74,6 +74,7 @@ def test_entity_f1_and_answer_helpers():
     assert best_span(logits) == (2, 4)
 
 
+@pytest.mark.fast
 def test_labelled_classification_reports_accuracy_for_fp32_and_the_final_model(
     roberta_classifier, write_recipe, tmp_path
 ):

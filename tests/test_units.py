@@ -14,6 +14,8 @@ from edgeq.errors import DataError, DeviceError
 from edgeq.recipe.schema import DataSource
 from edgeq.validate.metrics import compare, judge
 
+pytestmark = pytest.mark.fast  # the whole file is in `make test-fast`
+
 
 def test_importing_the_cli_pulls_in_no_torch_transformers_or_onnxruntime():
     code = (
