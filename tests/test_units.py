@@ -244,3 +244,52 @@ def test_the_code_is_formatted_and_linted_by_ruff():
     assert formatted.returncode == 0, formatted.stdout[-2000:] + formatted.stderr[-500:]
     linted = subprocess.run([*ruff, "check", *folders], capture_output=True, text=True, cwd=ROOT)
     assert linted.returncode == 0, linted.stdout[-2000:] + linted.stderr[-500:]
+
+
+def _edgeq_imports() -> dict[str, set[str]]:
+    """Module -> the edgeq modules it imports (at its top or inside a function), read from the source."""
+    import ast
+
+    from conftest import ROOT
+
+    source = ROOT / "src"
+    modules = {}
+    for path in (source / "edgeq").rglob("*.py"):
+        parts = path.relative_to(source).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("edgeq"):
+                found |= {known(f"{node.module}.{alias.name}") or known(node.module) for alias in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {known(alias.name) for alias in node.names if alias.name.startswith("edgeq")}
+        graph[name] = found - {None, name}
+    return graph
+
+
+def test_no_module_of_edgeq_imports_itself_through_others():
+    graph = _edgeq_imports()
+    assert len(graph) > 80 and "edgeq.tasks.fidelity" in graph["edgeq.validate.metrics"]  # the reader sees imports
+    circles, state = [], {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for imported in sorted(graph.get(module, ())):
+            if state.get(imported) == "open":
+                circles.append(" -> ".join(path[path.index(imported) :] + [imported]))
+            elif imported not in state:
+                visit(imported, [*path, imported])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not circles, circles

@@ -58,7 +58,7 @@ class Work:
 def model_counts(config: dict, generates: bool) -> tuple[int, int, int]:
     """(FP32 export bytes, compute parameters, widest per-token row) of a decoder (edgeq.plan's count) or a BERT-style
     encoder (embeddings, then per layer four attention and two feed-forward matrices)."""
-    from edgeq.plan import model_shape
+    from edgeq.model_shape import model_shape
 
     vocab = int(config.get("vocab_size") or 0)
     hidden = int(config.get("hidden_size") or config.get("n_embd") or config.get("dim") or 0)
@@ -273,7 +273,7 @@ def plan_build_cost(model: str | Path, device, recipe_path: str | Path | None = 
     """`build_cost` for `edgeq plan`: building the recipe at `recipe_path` (its targets), or the starter recipe for
     this model and device, on this machine; only config.json is read."""
     from edgeq.devices import load_device
-    from edgeq.plan import read_config
+    from edgeq.model_shape import read_config
     from edgeq.recipe import load_recipe
     from edgeq.tasks import TASKS, positions_in, task_for_config
 

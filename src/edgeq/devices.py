@@ -146,18 +146,26 @@ class DeviceProfile(Strict):
 def host_cpu_device() -> str:
     """The id of the bundled x86-64/aarch64 CPU profile whose numerics this host reproduces (mode on-host), or
     the first CPU profile of this architecture when none does."""
-    from edgeq.validate.sessions import mode_for
-
     cpus = [d for d in list_devices() if d.device_class == "cpu" and d.stand_in is None]
     on_host = [d for d in cpus if mode_for(d) == "on-host"]
-    same_arch = [d for d in cpus if d.arch == _machine()]
+    same_arch = [d for d in cpus if d.arch == host_machine()]
     return (on_host or same_arch or cpus)[0].id
 
 
-def _machine() -> str:
-    import platform
+def mode_for(device: DeviceProfile) -> str:
+    """`on-host` when the device's own EP runs on a host of the device's architecture with the CPU features
+    the device relies on and none of those it lacks that change the kernels; `emulated` otherwise."""
+    from edgeq.profile.runner import cpu_info
 
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+    flags = set(cpu_info()[1])
+    same_kernels = set(device.cpu_features) <= flags and not set(device.cpu_features_absent) & flags
+    return "on-host" if host_machine() == device.arch and same_kernels else "emulated"
+
+
+def host_machine() -> str:
+    from edgeq.profile.runner import machine  # the device runner holds the one copy of the host probes
+
+    return machine()
 
 
 def search_dirs() -> list[Path]:

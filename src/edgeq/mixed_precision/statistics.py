@@ -98,7 +98,7 @@ def simulated_sqnr(
     on the sampled rows: a local, kernel-independent measure to choose alpha. `reference`: x @ W, when the caller
     has it (it does not depend on alpha). Products in float32 (their rounding is ~1e-7 of the signal, the
     quantization noise measured here ~1e-2), sums of squares in float64."""
-    from edgeq.mixed_precision.candidates import quantize_symmetric
+    from edgeq.quantize.numerics import quantize_symmetric
 
     smooth = smoothing_factors(stats, weight, alpha)
     scale, zero = static_range(stats, smooth)

@@ -16,7 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgeq.graph import readers
-from edgeq.mixed_precision.candidates import quantize_symmetric
+from edgeq.quantize.numerics import quantize_symmetric
 
 ZERO_POINT = 128
 

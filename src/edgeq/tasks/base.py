@@ -97,13 +97,13 @@ class Task:
     ) -> dict:
         """Fidelity of `candidate` against `reference` (and, with labels, the task metric of both). `followed`
         holds what `follow_up` produced for the reference and the candidate, when the task has one."""
-        from edgeq.validate.metrics import fidelity
+        from edgeq.tasks.fidelity import fidelity
 
         return fidelity(reference, candidate)
 
     def proxy_score(self, reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
         """One number, higher is better, for the mixed-precision proxy passes: the mean cosine per sample."""
-        from edgeq.validate.metrics import sample_cosines
+        from edgeq.tasks.fidelity import sample_cosines
 
         return float(sample_cosines(reference, candidate).mean())
 

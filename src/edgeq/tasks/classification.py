@@ -30,7 +30,7 @@ CLASSIFICATION_METRICS = (
 
 
 def logits_metrics(reference: list[np.ndarray], candidate: list[np.ndarray], labels: list[int | None]) -> dict:
-    from edgeq.validate.metrics import fidelity
+    from edgeq.tasks.fidelity import fidelity
 
     metrics = fidelity(reference, candidate)
     ref, cand = np.stack(reference), np.stack(candidate)

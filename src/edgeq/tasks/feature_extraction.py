@@ -45,7 +45,7 @@ class FeatureExtraction(Task):
         return list(states.reshape(states.shape[0], -1))
 
     def metrics(self, reference, candidate, samples, inputs, followed=None) -> dict:
-        from edgeq.validate.metrics import fidelity, nn_agreement
+        from edgeq.tasks.fidelity import fidelity, nn_agreement
 
         metrics = fidelity(reference, candidate)
         stacked = np.stack(candidate)

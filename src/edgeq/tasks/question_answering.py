@@ -83,7 +83,7 @@ class QuestionAnswering(Task):
         return [np.stack([start[i, p], end[i, p]], axis=1) for i, p in enumerate(batch.extra["positions"])]
 
     def metrics(self, reference, candidate, samples, inputs, followed=None) -> dict:
-        from edgeq.validate.metrics import fidelity
+        from edgeq.tasks.fidelity import fidelity
 
         metrics = fidelity(reference, candidate)
         ref_spans, cand_spans = [best_span(r) for r in reference], [best_span(c) for c in candidate]

@@ -279,7 +279,7 @@ def _against_top_tokens(reference: TopTokens, candidate, log_q, nll) -> TokenCom
 
 def comparison_fidelity(comparisons: list[TokenComparison]) -> dict:
     """cosine mean/min (per text, over its flattened logits), abs errors and SQNR, as `fidelity` computes them."""
-    from edgeq.validate.metrics import EXACT
+    from edgeq.tasks.fidelity import EXACT
 
     cos = np.array([c.dot / max(np.sqrt(c.reference_sq * c.candidate_sq), 1e-12) for c in comparisons])
     noise, signal = sum(c.error_sq for c in comparisons), sum(c.reference_sq for c in comparisons)

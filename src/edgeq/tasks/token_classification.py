@@ -68,7 +68,7 @@ class TokenClassification(Task):
         return [logits[i, positions] for i, positions in enumerate(batch.extra["positions"])]
 
     def metrics(self, reference, candidate, samples, inputs, followed=None) -> dict:
-        from edgeq.validate.metrics import fidelity
+        from edgeq.tasks.fidelity import fidelity
 
         metrics = fidelity(reference, candidate)
         ref_tags = [r.argmax(-1) for r in reference]

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeq.devices import DeviceProfile, ExecutionProvider
+from edgeq.devices import DeviceProfile, ExecutionProvider, host_machine, mode_for  # noqa: F401  (mode_for: importers here too)
 from edgeq.errors import DeviceError
 
 CPU_EP = "CPUExecutionProvider"
@@ -41,7 +41,7 @@ def runtime_for(device: DeviceProfile) -> Runtime:
     if device.stand_in == "qemu-arm64" and mode_for(device) != "on-host":
         cpu = f", emulating a {device.stand_in_cpu}" if device.stand_in_cpu else ""
         note = (
-            f"aarch64 onnxruntime in an arm64 stand-in (qemu-user on this {_host_machine()} host{cpu}): the "
+            f"aarch64 onnxruntime in an arm64 stand-in (qemu-user on this {host_machine()} host{cpu}): the "
             f"numerics are aarch64's integer kernels; the latency is qemu's, not the device's. {device.emulation_note}"
         )
         return Runtime(device, ep.name, "emulated", note.strip())
@@ -66,12 +66,6 @@ def _unnamed_htp(ep: ExecutionProvider) -> str:
         "The device profile names no htp_arch or soc_model: the emulator computes as an HTP v68/v69, whose "
         "16-bit arithmetic is coarser than v73+ (MiniLM: cosine 0.9978 against 0.9992, measured)."
     )
-
-
-def _host_machine() -> str:
-    from edgeq.profile.runner import machine  # the device runner holds the one copy of the host probes
-
-    return machine()
 
 
 def provider_available(ep: ExecutionProvider) -> bool:
@@ -167,16 +161,6 @@ def host_cpu(device: DeviceProfile) -> DeviceProfile:
             "runs_float": True,
         }
     )
-
-
-def mode_for(device: DeviceProfile) -> str:
-    """`on-host` when the device's own EP runs on a host of the device's architecture with the CPU features
-    the device relies on and none of those it lacks that change the kernels; `emulated` otherwise."""
-    from edgeq.profile.runner import cpu_info
-
-    flags = set(cpu_info()[1])
-    same_kernels = set(device.cpu_features) <= flags and not set(device.cpu_features_absent) & flags
-    return "on-host" if _host_machine() == device.arch and same_kernels else "emulated"
 
 
 def environment() -> dict:
