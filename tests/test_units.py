@@ -293,3 +293,69 @@ def test_no_module_of_edgeq_imports_itself_through_others():
         if module not in state:
             visit(module, [module])
     assert not circles, circles
+
+
+def test_a_stage_is_served_from_its_folder_until_its_key_or_its_files_change(tmp_path, monkeypatch):
+    from edgeq.pipeline import MODEL_FILE, cached_stage
+
+    monkeypatch.delenv("EDGEQ_SHARED_CACHE", raising=False)
+    runs = []
+
+    def produce(folder):
+        runs.append(folder)
+        (folder / MODEL_FILE).write_bytes(b"model bytes")
+        return {"made": len(runs)}
+
+    folder = tmp_path / "stage"
+    first = cached_stage(folder, "quantize", {"recipe": 1}, produce, force=False)
+    again = cached_stage(folder, "quantize", {"recipe": 1}, produce, force=False)
+    assert (first.cached, again.cached, len(runs)) == (False, True, 1) and again.details["made"] == 1
+    assert cached_stage(folder, "quantize", {"recipe": 2}, produce, force=False).cached is False  # a new key
+    (folder / MODEL_FILE).write_bytes(b"edited by hand")
+    assert cached_stage(folder, "quantize", {"recipe": 2}, produce, force=False).cached is False  # a changed file
+    assert cached_stage(folder, "quantize", {"recipe": 2}, produce, force=True).cached is False  # --force
+    assert len(runs) == 4
+
+    monkeypatch.setenv("EDGEQ_SHARED_CACHE", str(tmp_path / "shared"))
+    cached_stage(tmp_path / "one", "quantize", {"recipe": 3}, produce, force=False)  # offered to the shared cache
+    elsewhere = cached_stage(tmp_path / "other", "quantize", {"recipe": 3}, produce, force=False)
+    assert elsewhere.cached is True and len(runs) == 5  # another build folder: served, not produced again
+    assert (tmp_path / "other" / MODEL_FILE).read_bytes() == b"model bytes"
+
+    def fails(folder):
+        (folder / MODEL_FILE).write_bytes(b"half")
+        raise RuntimeError("stage failed")
+
+    with pytest.raises(RuntimeError):
+        cached_stage(tmp_path / "failed", "quantize", {"recipe": 4}, fails, force=False)
+    assert not (tmp_path / "failed").exists()  # nothing half-written is left
+
+
+def test_the_worst_case_over_shapes_takes_each_metrics_own_direction():
+    from edgeq.validate.metrics import EXACT
+    from edgeq.validate.run import worst_case
+
+    shapes = [
+        {"cosine_mean": 0.999, "max_abs_error": 0.2, "kl_divergence_mean": 0.01, "sqnr_db": EXACT, "note": "a"},
+        {"cosine_mean": 0.990, "max_abs_error": 0.1, "kl_divergence_mean": 0.03, "sqnr_db": EXACT, "note": "b"},
+        {"cosine_mean": 0.995, "max_abs_error": 0.3, "kl_divergence_mean": None, "sqnr_db": EXACT},
+    ]
+    metrics, worst = worst_case(shapes, ["b1", "b8", "b32"])
+    assert metrics["cosine_mean"] == 0.990 and worst["cosine_mean"] == "b8"  # higher is better: the lowest
+    assert metrics["max_abs_error"] == 0.3 and worst["max_abs_error"] == "b32"  # lower is better: the highest
+    assert metrics["kl_divergence_mean"] is None and worst["kl_divergence_mean"] == "b32"  # not finite: worst of all
+    assert metrics["sqnr_db"] is EXACT and metrics["note"] == "a"  # exact everywhere; a note from the first shape
+
+
+def test_smoothquant_strength_is_chosen_only_where_it_pays():
+    from edgeq.mixed_precision.statistics import ActivationStats, best_alpha
+
+    rows = np.random.default_rng(3).uniform(-1, 1, size=(2048, 64)).astype(np.float32)
+    weight = np.random.default_rng(4).normal(size=(64, 32)).astype(np.float32)
+    weight /= np.abs(weight).max(axis=1, keepdims=True)  # every input channel's weights reach the same extreme
+    plain = ActivationStats(np.full(64, -1.0, np.float32), np.full(64, 1.0, np.float32), rows)
+    assert best_alpha(plain, weight)[0] == 0.0  # channels alike: smoothing would only rescale, so no extra Mul
+    rows[:, 5] *= 80.0  # one loud channel crushes every other under a per-tensor activation scale
+    loud = ActivationStats(rows.min(axis=0), rows.max(axis=0), rows)
+    alpha, scores = best_alpha(loud, weight)
+    assert alpha > 0 and scores[alpha] > scores[0.0] + 3
