@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import base_recipe
+from conftest import ROOT, base_recipe
 
 pytestmark = pytest.mark.fast  # the whole file is in `make test-fast`
 
@@ -224,6 +224,16 @@ def test_a_broken_device_profile_is_named_as_one(run_cli, tmp_path, monkeypatch)
     assert_error(
         run_cli("devices", "show", "my-board"),
         f"Error: device profile '{devices / 'my-board.yaml'}': the top level must be a mapping of keys",
+    )
+    profile = (ROOT / "devices" / "x86-avx2.yaml").read_text().replace("id: x86-avx2", "id: my-board")
+    lines = profile.splitlines()
+    typo = next(i for i, line in enumerate(lines) if line.startswith("arch:")) + 1
+    lines.insert(typo, "cpu_featurs: [avx2]")
+    (devices / "my-board.yaml").write_text("\n".join(lines) + "\n")
+    assert_error(  # the explainer recipes have: the line, the dotted key, the closest valid one
+        run_cli("devices", "show", "my-board"),
+        f"Error: device profile '{devices / 'my-board.yaml'}' line {typo + 1}: unknown key 'cpu_featurs'. "
+        "Did you mean 'cpu_features'?",
     )
 
 

@@ -153,12 +153,13 @@ def test_devices_are_resources_and_bad_sweeps_are_one_line(run_cli, tmp_path):
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"name": "s", "recipes": ["r.yaml"], "grid": {"a.b": []}}))
     result = run_cli("sweep", tmp_path / "sweep.yaml")
     assert result.exit_code == 1 and result.stderr.strip() == (
-        f"Error: sweep '{tmp_path / 'sweep.yaml'}': key 'grid': grid key 'a.b' has no values"
+        f"Error: sweep '{tmp_path / 'sweep.yaml'}' line 1: key 'grid': grid key 'a.b' has no values"
     )
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"name": "s", "recipes": ["r.yaml"], "devices": ["x"]}))
     result = run_cli("sweep", tmp_path / "sweep.yaml")
     assert result.stderr.strip() == (
-        f"Error: sweep '{tmp_path / 'sweep.yaml'}': key 'devices': unknown key. Keys: name, recipes, targets, grid"
+        f"Error: sweep '{tmp_path / 'sweep.yaml'}' line 1: unknown key 'devices'. "
+        "Valid keys here: name, recipes, targets, grid"
     )
 
 

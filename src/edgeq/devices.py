@@ -202,17 +202,16 @@ def load_device(device_id: str) -> DeviceProfile:
 
 @cache
 def _load_file(path: Path) -> DeviceProfile:
-    from edgeq.recipe.load import parse_yaml
+    from edgeq.schema_errors import explain, parse_yaml
 
-    data = parse_yaml(path.read_text(encoding="utf-8"), path, "device profile", DeviceError)
+    text = path.read_text(encoding="utf-8")
+    data = parse_yaml(text, path, "device profile", DeviceError)
     if not isinstance(data, dict):
         raise DeviceError(f"device profile '{path}': the top level must be a mapping of keys")
     try:
         profile = DeviceProfile.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise DeviceError(f"device profile '{path}': key '{key}': {err['msg']}") from None
+        raise explain(exc, text, f"device profile '{path}'", DeviceProfile, DeviceError) from None
     if profile.id != path.stem:
         raise DeviceError(f"device profile '{path}': id '{profile.id}' does not match the file name '{path.stem}'")
     return profile

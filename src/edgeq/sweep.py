@@ -77,7 +77,8 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, list[Cell]]:
     """The sweep file and its cells; every recipe is checked (one `Error:` line names the bad one)."""
     from pydantic import ValidationError
 
-    from edgeq.recipe.load import load_recipe, parse_yaml, unknown_key
+    from edgeq.recipe.load import load_recipe, unknown_key
+    from edgeq.schema_errors import explain, parse_yaml
 
     path = Path(path)
     if not path.is_file():
@@ -89,11 +90,7 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, list[Cell]]:
     try:
         sweep = SweepConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        hint = "Keys: name, recipes, targets, grid" if first["type"] == "extra_forbidden" else None
-        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-        raise RecipeError(f"sweep '{path}': key '{key}': {message}", hint) from None
+        raise explain(exc, text, f"sweep '{path}'", SweepConfig) from None
     for key in sweep.grid:
         if (problem := unknown_key(key)) is not None:
             raise RecipeError(f"sweep '{path}': grid key '{key}': {problem.message}", problem.hint)
