@@ -25,23 +25,10 @@ from edgeq.mixed_precision.overrides import load_overrides, resolve, write_overr
 from edgeq.mixed_precision.search import Budget, SearchResult, model_size, search
 from edgeq.mixed_precision.statistics import ActivationStats, StatisticsAccumulator
 from edgeq.progress import track
+from edgeq.rungs import RUNGS
 
 OVERRIDES_FILE = "overrides.yaml"
-MEANING = {
-    "int4": "4-bit weights (round to nearest, blocks of 32)",
-    "int4a": "4-bit weights with importance-weighted block ranges",
-    "int4g": "4-bit weights by GPTQ (rounding errors compensated through the input's Hessian)",
-    "int4o": "4-bit weights with a float offset per block (w = d*q + m, llama.cpp's Q4_1 form)",
-    "int8b": "8-bit weights in blocks of 32 (MatMulNBits)",
-    "fp16": "FP16 weights (FP32 compute)",
-    "xint8": "static INT8 with power-of-two scales, on the DPU",
-    "sint8": "static INT8 (activation scale fixed from calibration tokens)",
-    "sint8u": "static INT8 with uint8 weights (exact u8 x u8 accumulation)",
-    "int8": "dynamic INT8 (INT8 weights, activations quantized at run time)",
-    "int8s": "dynamic INT8 with SmoothQuant (activation outliers moved into the weights)",
-    "w8": "INT8 weights with FP32 compute (no activation quantization)",
-    "fp32": "FP32",
-}
+MEANING = {r.name: r.meaning for r in RUNGS}
 ON_CPU = {
     ("xint8", "fp32"): "FP32 on the CPU (the DPU does not take it)",
     ("xint8", "w8"): "INT8 weights, FP32 compute on the CPU (the DPU does not take it)",

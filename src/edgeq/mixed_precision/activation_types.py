@@ -36,11 +36,12 @@ from onnx import numpy_helper
 from edgeq.graph import producers, readers
 from edgeq.mixed_precision.search import Budget
 from edgeq.progress import say
+from edgeq.rungs import BY_NAME, names
 
 LAYER = re.compile(r"^(layer|layers|h|block|blocks|encoder_layer|stages?)\.\d+$|^\w+\.\d+$")
-RUNGS = ("a8w8", "a16w8")
+RUNGS = names("activation")
 MODEL_LEVEL = "/model"  # top-level tensors (the attention mask's arithmetic, read by every layer): kept 16-bit
-MEANING = {"a8w8": "8-bit activations", "a16w8": "16-bit activations"}
+MEANING = {rung: BY_NAME[rung].meaning for rung in RUNGS}
 
 
 def island_of(node_name: str) -> str:

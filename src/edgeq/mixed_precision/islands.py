@@ -17,14 +17,15 @@ from onnx import numpy_helper
 from edgeq.mixed_precision import candidates as C
 from edgeq.mixed_precision.candidates import MS_DOMAIN, Candidate
 from edgeq.mixed_precision.statistics import ActivationStats
+from edgeq.rungs import names
 
-# Every precision an island can take, cheapest first (the order of promotion when costs tie).
-LADDER = ("int4", "int4a", "int4g", "int4o", "int8b", "xint8", "sint8", "sint8u", "int8", "int8s", "w8", "fp16", "fp32")
-STATS_RUNGS = {"int4a", "int4g", "xint8", "sint8", "sint8u", "int8s"}  # rungs that need activation statistics
-INT8_ROWS = {"sint8", "sint8u", "int8", "int8s", "w8", "int8b"}  # the rungs whose embedding tables are INT8 rows
+# Every precision an island can take, cheapest first, and the groups the islands tell apart (edgeq.rungs).
+LADDER = names()
+STATS_RUNGS = set(names(needs_statistics=True))  # rungs that need activation statistics
+INT8_ROWS = set(names(int8_rows=True))  # the rungs whose embedding tables are INT8 rows
 # Rungs whose activation scale is taken at run time over the whole input tensor: in a batch, the other texts and
 # their padding move it. Every other rung (static scales, weight-only, per-row blocks) treats each text alone.
-BATCH_DEPENDENT = {"int8", "int8s"}
+BATCH_DEPENDENT = set(names(batch_dependent=True))
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from edgeq.data_source import DEFAULT_SEQUENCE_LENGTH, DataSource, Strict, base_dir_of, length_for_model
+from edgeq.rungs import RUNG_NAMES
 from edgeq.tasks import METRICS, TASK_NAMES
 from edgeq.tasks.metrics import Metric
 
@@ -332,25 +333,7 @@ class MixedPrecisionBudget(Strict):
 
 class MixedPrecisionConfig(Strict):
     enabled: bool = Field(default=True, description="Run the layer-wise mixed-precision search.")
-    candidates: list[
-        Literal[
-            "int4",
-            "int4a",
-            "int4g",
-            "int4o",
-            "int8b",
-            "xint8",
-            "sint8",
-            "sint8u",
-            "int8",
-            "int8s",
-            "w8",
-            "fp16",
-            "fp32",
-            "a8w8",
-            "a16w8",
-        ]
-    ] = Field(
+    candidates: list[Literal[RUNG_NAMES]] = Field(
         default=["sint8", "int8", "fp32"],
         min_length=1,
         description="Precisions an island may take, cheapest first: `sint8` (static INT8: the activation scale is "
