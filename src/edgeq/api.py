@@ -301,7 +301,7 @@ def setup_device(device_id: str) -> dict:
     from edgeq.standin import setup
 
     profile = load_device(device_id)
-    if profile.stand_in != "qemu-arm64":
+    if not profile.runs_in_arm64_stand_in:
         raise DeviceError(f"device '{device_id}' needs no setup", "Only devices with `stand_in: qemu-arm64` have one")
     return setup(device_id)
 

@@ -142,6 +142,26 @@ class DeviceProfile(Strict):
         default=QuantizationConstraints(), description="What the device allows."
     )
 
+    # Named traits: what the flags above mean, so no other module reads a flag as a kind of device.
+    @property
+    def is_dpu(self) -> bool:
+        """A DPU-style accelerator: INT8, symmetric, per-tensor, power-of-two scales (Vitis AI)."""
+        return self.quantization.power_of_two_scales
+
+    @property
+    def uses_qnn(self) -> bool:
+        """A Qualcomm HTP, quantized by onnxruntime's QNN scheme (QDQ, 16-bit activations where they pay)."""
+        return self.quantization.scheme == "qnn"
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.device_class == "cpu"
+
+    @property
+    def runs_in_arm64_stand_in(self) -> bool:
+        """Measured off the device in edgeq's arm64 stand-in (aarch64 onnxruntime under qemu-user)."""
+        return self.stand_in == "qemu-arm64"
+
 
 def host_cpu_device() -> str:
     """The id of the bundled x86-64/aarch64 CPU profile whose numerics this host reproduces (mode on-host), or

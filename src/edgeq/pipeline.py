@@ -367,7 +367,7 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
     name = "w8a16" if q.mode == "static" and q.resolved_activation_type.endswith("16") else "int8"
     name = "int4" if q.mode == "int4" else name
     calib_samples = plan.calibration_samples if q.mode == "static" else None
-    power_of_two = any(d.quantization.power_of_two_scales for d in plan.devices)
+    power_of_two = any(d.is_dpu for d in plan.devices)
 
     def produce(folder: Path) -> dict:
         feeds = calibration_feeds(plan, source) if calib_samples is not None else None

@@ -32,7 +32,7 @@ def preflight(model_path: Path, device: DeviceProfile) -> dict:
         "problems": problems,
         "ok": not problems,
     }
-    if device.quantization.power_of_two_scales:
+    if device.is_dpu:
         from edgeq.quantize.pow2 import dpu_compliance
 
         result["compliance"] = dpu_compliance(model, device.quantization.supported_ops)

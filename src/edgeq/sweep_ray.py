@@ -25,7 +25,7 @@ CELL_RETRIES = 1
 def device_resource(device_id: str) -> str | None:
     """The Ray custom resource a cell on this device holds, or None for a device this host stands for."""
     device = load_device(device_id)
-    needs_one_at_a_time = device.transport is not None or device.stand_in == "qemu-arm64"
+    needs_one_at_a_time = device.transport is not None or device.runs_in_arm64_stand_in
     return f"device:{device_id}" if needs_one_at_a_time else None
 
 

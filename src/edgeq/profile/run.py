@@ -188,7 +188,7 @@ def default_transport(
             known_hosts or (remote and remote.known_hosts),
             remote_python or (remote and remote.remote_python),
         )
-    if device.stand_in == "qemu-arm64":
+    if device.runs_in_arm64_stand_in:
         return QemuTransport(device.id, device.stand_in_cpu)
     return LocalTransport()
 

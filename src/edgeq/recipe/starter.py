@@ -50,7 +50,7 @@ def starter_recipe(model: str, model_dir: Path, device: DeviceProfile, data: str
         "validation:",
         "  data:                            # replace with held-out data of your own",
         *[f"    {k}: {_quote(v)}" for k, v in validation.items()],
-        f"  samples: {48 if device.quantization.scheme == 'qnn' else 100}",
+        f"  samples: {48 if device.uses_qnn else 100}",
         *_thresholds(task),
         f"targets: [{device.id}]",
     ]
@@ -76,7 +76,7 @@ def _shapes(device: DeviceProfile, task, model_dir: Path) -> list[str]:
     fixed = device.quantization.static_shapes or device.coverage is not None  # mobile EPs take more at fixed shapes
     if not fixed or task.name == "text-generation":
         return []  # every length then defaults to min(128, the model's position table)
-    length = min(64, default_length(model_dir)) if device.quantization.scheme == "qnn" else default_length(model_dir)
+    length = min(64, default_length(model_dir)) if device.uses_qnn else default_length(model_dir)
     return (
         [
             "  batch_size: 1                   # fixed shapes: the device compiles them (or covers more of the graph)",
@@ -102,7 +102,7 @@ def _quantization(device: DeviceProfile, task, calibration: dict) -> list[str]:
             "  op_types: [MatMul, Gather]       # every projection, the LM head and the embedding table",
             *data,
         ]
-    if rules.scheme == "qnn":
+    if device.uses_qnn:
         return [
             "quantization:",
             "  mode: static                     # the HTP runs integer (QDQ) models only",
@@ -114,7 +114,7 @@ def _quantization(device: DeviceProfile, task, calibration: dict) -> list[str]:
             "  attention_mask_fill: -100        # a -3.4e38 mask fill leaves no 16-bit scale for the scores",
             *data,
         ]
-    if rules.power_of_two_scales:
+    if device.is_dpu:
         return [
             "quantization:",
             "  mode: static                     # the DPU: INT8, symmetric, per-tensor, power-of-two scales",
@@ -129,7 +129,7 @@ def _quantization(device: DeviceProfile, task, calibration: dict) -> list[str]:
         ]
     if "dynamic" not in rules.modes:
         return ["quantization:", f"  mode: {rules.modes[0]}", *data]
-    if device.device_class == "cpu":
+    if device.is_cpu:
         return [
             "quantization:",
             "  mode: dynamic                    # INT8 weights; the search adds static islands where they hold",
@@ -160,21 +160,21 @@ def _mixed_precision(device: DeviceProfile, task) -> list[str]:
             "      kl_divergence_mean: 0.5     # at most half the KL (nats/token vs FP32) of 4-bit everywhere",
             "    max_size_over_lowest: 1.15     # at most 15% more bytes than 4-bit everywhere",
         ]
-    if rules.scheme == "qnn":
+    if device.uses_qnn:
         return [
             "mixed_precision:",
             "  candidates: [a8w8, a16w8]        # per block: 8-bit activations where they hold",
             "  budget:",
             "    min_cosine_mean: 0.998",
         ]
-    if rules.power_of_two_scales:
+    if device.is_dpu:
         return [
             "mixed_precision:",
             "  candidates: [xint8, w8]          # on the DPU, or on the CPU with INT8 weights",
             "  budget:",
             "    min_cosine_mean: 0.985",
         ]
-    if device.device_class == "cpu" and "dynamic" in rules.modes:
+    if device.is_cpu and "dynamic" in rules.modes:
         return [
             "mixed_precision:",
             "  candidates: [sint8, int8, fp32]  # per layer: static INT8, dynamic INT8, FP32",

@@ -32,13 +32,13 @@ class Runtime:
     @property
     def in_runner(self) -> bool:
         """Models run in the device runner (an arm64 stand-in), not in this process."""
-        return self.device.stand_in == "qemu-arm64" and self.mode == "emulated"
+        return self.device.runs_in_arm64_stand_in and self.mode == "emulated"
 
 
 def runtime_for(device: DeviceProfile) -> Runtime:
     """The device's EP when this onnxruntime has it; else its CPU stand-in (emulated); else a DeviceError."""
     ep = device.execution_provider
-    if device.stand_in == "qemu-arm64" and mode_for(device) != "on-host":
+    if device.runs_in_arm64_stand_in and mode_for(device) != "on-host":
         cpu = f", emulating a {device.stand_in_cpu}" if device.stand_in_cpu else ""
         note = (
             f"aarch64 onnxruntime in an arm64 stand-in (qemu-user on this {host_machine()} host{cpu}): the "
