@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeq.devices import DeviceProfile, host_cpu_device, list_devices, load_device
+from edgeq.devices import DeviceProfile, list_devices, load_device
 from edgeq.errors import OutputError
 from edgeq.recipe.schema import DataSource, QuantizationConfig, Thresholds
 from edgeq.tasks import default_length
@@ -32,9 +32,7 @@ def init_recipe(model: str, device: str | None = None, data: str | Path | None =
     from edgeq.export import resolve_source
     from edgeq.recipe.starter import starter_recipe
 
-    return starter_recipe(
-        model, resolve_source(model), load_device(device or host_cpu_device()), str(data) if data else None
-    )
+    return starter_recipe(model, resolve_source(model), load_device(device), str(data) if data else None)
 
 
 def build_model(
@@ -138,7 +136,7 @@ def quantize(
     model_path = Path(model)
     static_shapes = _has_static_shapes(load_onnx(model_path, load_weights=False))
     check_loadable(model_path)
-    profile = load_device(device or host_cpu_device())
+    profile = load_device(device)
     check_against_device(config, profile, static_shapes)
     feeds = None
     if config.mode == "static":
@@ -185,7 +183,7 @@ def validate(
     load_onnx(reference_path, load_weights=False)
     for path in (model_path, reference_path):
         check_loadable(path)
-    profile = load_device(device or host_cpu_device())
+    profile = load_device(device)
     folder = Path(tokenizer) if tokenizer else reference_path.parent
     chosen = _task_for(folder, task)
     items = chosen.read(data, samples, "--data", folder)
@@ -237,7 +235,7 @@ def profile(
     from edgeq.profile import profile_models
     from edgeq.profile.run import default_transport
 
-    profile_device = load_device(device or host_cpu_device())
+    profile_device = load_device(device)
     paths = [Path(m) for m in (models if isinstance(models, list) else [models])]
     transport = default_transport(profile_device, host, ssh_key, known_hosts, remote_python)
     task = _task_for(paths[0].parent, None) if (paths[0].parent / "config.json").is_file() else None
@@ -273,7 +271,7 @@ def plan(
     from edgeq.plan import compare_at_equal_memory
     from edgeq.plan import plan as plan_one
 
-    profile = load_device(device or host_cpu_device())
+    profile = load_device(device)
     plans = [
         plan_one(m, profile, context, memory_mb, kv_dtype, recipe)
         for m in (models if isinstance(models, list) else [models])

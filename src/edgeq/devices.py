@@ -209,10 +209,10 @@ def list_devices() -> list[DeviceProfile]:
 HOST = "host"  # a target that means: the CPU profile this host reproduces (host_cpu_device)
 
 
-def load_device(device_id: str) -> DeviceProfile:
-    """A device profile by id; `host` is the bundled CPU profile whose numerics this machine reproduces."""
+def load_device(device_id: str | None = None) -> DeviceProfile:
+    """A device profile by id; `host` (or no id) is the bundled CPU profile whose numerics this machine reproduces."""
     files = device_files()
-    if device_id == HOST and HOST not in files:
+    if device_id is None or (device_id == HOST and HOST not in files):
         device_id = host_cpu_device()
     if device_id not in files:
         known = ", ".join([*files, HOST]) or "none"

@@ -116,7 +116,7 @@ def _with_onnxruntime(folder: Path, text: str, max_tokens: int, on_text):
 
     from tokenizers import Tokenizer
 
-    from edgeq.devices import host_cpu_device, load_device
+    from edgeq.devices import load_device
     from edgeq.tasks.text_generation import DecoderInputs, greedy
     from edgeq.validate.sessions import make_session
 
@@ -128,7 +128,7 @@ def _with_onnxruntime(folder: Path, text: str, max_tokens: int, on_text):
         generation = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
     eos = generation.get("eos_token_id")
     stops = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    session = make_session(folder / "model.onnx", load_device(host_cpu_device()), spinning=False)
+    session = make_session(folder / "model.onnx", load_device(), spinning=False)
     inputs = DecoderInputs(folder, max(len(ids), 1))
     times, tokens, shown = [], [], [""]
 
