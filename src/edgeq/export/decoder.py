@@ -15,7 +15,6 @@ quantized build stores them once (`share_tied_table`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -266,7 +265,6 @@ class _DecoderGraph:
 
 
 def _config(model_dir: Path) -> dict:
-    try:
-        return json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise ModelError(f"no readable config.json in '{model_dir}'") from None
+    from edgeq.model_folder import config_of
+
+    return config_of(model_dir, required=True)

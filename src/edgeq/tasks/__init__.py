@@ -3,10 +3,10 @@ feed, what to compare and which metrics to compute; nothing outside this package
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from edgeq.errors import ModelError, RecipeError
+from edgeq.model_folder import config_of
 from edgeq.tasks import (
     feature_extraction,
     image_classification,
@@ -60,10 +60,7 @@ def get_task(name: str) -> Task:
 
 
 def model_config(model_dir: Path) -> dict:
-    try:
-        return json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    return config_of(model_dir)
 
 
 # Models whose position ids start after the padding id (transformers' create_position_ids_from_input_ids): a

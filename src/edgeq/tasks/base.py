@@ -4,7 +4,6 @@ methods; no module outside `tasks/` asks which task it is."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -137,10 +136,9 @@ def first_output(outputs: dict[str, np.ndarray], *names: str) -> np.ndarray:
 
 def model_labels(model_dir: Path) -> dict[str, int]:
     """label name -> class id from config.json (id2label), plus the ids themselves as strings."""
-    try:
-        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    from edgeq.model_folder import config_of
+
+    config = config_of(model_dir)
     id2label = config.get("id2label") or {}
     mapping = {str(name): int(i) for i, name in id2label.items()}
     mapping.update({str(i): int(i) for i in id2label})

@@ -14,7 +14,6 @@ used only to rank islands; every reported KL is exact)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from edgeq.data_source import DataSource
 from edgeq.errors import ModelError
+from edgeq.model_folder import config_of
 from edgeq.tasks.base import Batch, Sample, Task, first_output, text_records
 from edgeq.tasks.metrics import Metric
 
@@ -89,12 +89,7 @@ class DecoderInputs:
 
 def cache_shape(model_dir: Path) -> tuple[int, int, int]:
     """(layers, key/value heads, head size) from config.json, as the KV-cache inputs of the export use them."""
-    try:
-        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise ModelError(
-            f"no config.json in '{model_dir}'", "A language model's folder needs its config.json"
-        ) from None
+    config = config_of(model_dir, required=True, hint="A language model's folder needs its config.json")
     layers = config.get("num_hidden_layers") or config.get("n_layer")
     heads = config.get("num_attention_heads") or config.get("n_head")
     kv_heads = config.get("num_key_value_heads") or heads
