@@ -296,7 +296,7 @@ def test_no_module_of_edgeq_imports_itself_through_others():
 
 
 def test_a_stage_is_served_from_its_folder_until_its_key_or_its_files_change(tmp_path, monkeypatch):
-    from edgeq.pipeline import MODEL_FILE, cached_stage
+    from edgeq.stage_cache import MODEL_FILE, cached_stage
 
     monkeypatch.delenv("EDGEQ_SHARED_CACHE", raising=False)
     runs = []
