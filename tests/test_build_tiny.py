@@ -11,6 +11,7 @@ from conftest import DATA, base_recipe, host_device, make_tiny_bert
 
 from edgeq import api
 from edgeq.artifact import precision_summary
+from edgeq.report_contract import Report
 
 CONTRACT_KEYS = {"edgeq_version", "recipe", "stages", "artifacts", "validations", "final"}
 VALIDATION_KEYS = {
@@ -39,6 +40,7 @@ def test_dynamic_build_follows_the_contract(tiny_bert, write_recipe, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report == json.loads(json.dumps(result.report))
     assert CONTRACT_KEYS <= set(report)
+    Report.model_validate(report)  # the typed contract, docs/report.md
     assert [a["name"] for a in report["artifacts"]] == ["fp32", "int8"]
     assert report["artifacts"][1]["precision"].get("int8", 0) > 0
     assert report["artifacts"][1]["size_bytes"] < report["artifacts"][0]["size_bytes"]

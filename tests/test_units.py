@@ -359,3 +359,23 @@ def test_smoothquant_strength_is_chosen_only_where_it_pays():
     loud = ActivationStats(rows.min(axis=0), rows.max(axis=0), rows)
     alpha, scores = best_alpha(loud, weight)
     assert alpha > 0 and scores[alpha] > scores[0.0] + 3
+
+
+def test_the_report_reference_is_what_the_contract_says():
+    from conftest import ROOT
+
+    from edgeq.report_contract import render
+
+    assert (ROOT / "docs" / "report.md").read_text() == render(), (
+        "run: python -m edgeq.report_contract > docs/report.md"
+    )
+
+
+def test_a_report_that_breaks_the_contract_is_named_as_edgeqs_bug():
+    from edgeq.errors import StageError
+    from edgeq.report_contract import check
+
+    report = {"edgeq_version": "0", "recipe": {}, "stages": [], "artifacts": [], "final": "final/model.onnx"}
+    report |= {"passed": True, "validations": [{"artifact": "int8", "mode": "on the moon"}]}
+    with pytest.raises(StageError, match=r"report.json breaks its contract at 'validations.0.device'"):
+        check(report)

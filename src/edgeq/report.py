@@ -125,6 +125,9 @@ def render_html(report: dict) -> str:
 
 
 def write_report(out_dir: Path, recipe, report: dict) -> None:
+    from edgeq.report_contract import check
+
+    check(report)  # the typed contract (docs/report.md): a report that breaks it is edgeq's bug, said before writing
     write_text(out_dir / RESOLVED_RECIPE, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     write_text(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     write_text(out_dir / "report.md", render_markdown(report))
