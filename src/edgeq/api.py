@@ -30,7 +30,7 @@ def init_recipe(model: str, device: str | None = None, data: str | Path | None =
     """A commented starter recipe (YAML text) for MODEL on DEVICE: task detected, the device's rules applied, data
     paths pointing at edgeq's samples (or at `data`)."""
     from edgeq.export import resolve_source
-    from edgeq.recipe.starter import starter_recipe
+    from edgeq.starter import starter_recipe
 
     return starter_recipe(model, resolve_source(model), load_device(device), str(data) if data else None)
 

@@ -263,7 +263,7 @@ def starter(model_dir: Path, device):
     import yaml
 
     from edgeq.recipe import Recipe
-    from edgeq.recipe.starter import starter_recipe
+    from edgeq.starter import starter_recipe
 
     text = starter_recipe(str(model_dir), model_dir, device)
     return Recipe.model_validate(yaml.safe_load(text), context={"base_dir": model_dir.resolve()})

@@ -13,8 +13,8 @@ from pydantic import Field, ValidationError
 
 from edgeq.data_source import Strict
 from edgeq.errors import DeviceError
-from edgeq.recipe.schema import ACTIVATION_TYPES, WEIGHT_TYPES
 from edgeq.resources import bundled_dir
+from edgeq.rungs import ACTIVATION_TYPES, WEIGHT_TYPES
 
 
 class ExecutionProvider(Strict):

@@ -18,6 +18,10 @@ class Rung:
     kind: str = "island"  # island: one weight-bearing node; activation: a block's activation type (QNN's QDQ)
 
 
+# The element types of a quantized tensor a recipe and a device profile may name.
+ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
+WEIGHT_TYPES = ("int8", "uint8")
+
 # Cheapest first: the order of promotion when costs tie.
 RUNGS = (
     Rung("int4", "4-bit weights (round to nearest, blocks of 32)"),

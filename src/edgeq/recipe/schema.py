@@ -25,8 +25,6 @@ from edgeq.tasks import METRICS, TASK_NAMES
 from edgeq.tasks.metrics import Metric
 
 TaskName = Literal[TASK_NAMES]  # the task registry's names (edgeq.tasks): one source
-ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
-WEIGHT_TYPES = ("int8", "uint8")
 
 
 def looks_like_local_path(source: str) -> bool:
