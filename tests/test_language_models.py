@@ -418,7 +418,7 @@ def test_architecture_the_exporter_does_not_support(run_cli, write_recipe, tmp_p
     vocab = save_tokenizer("roberta", folder)
     config = transformers.XLNetConfig(vocab_size=vocab["vocab_size"], d_model=32, n_layer=1, n_head=2, d_inner=64)
     transformers.XLNetLMHeadModel(config).save_pretrained(str(folder))
-    result = run_cli("build", write_recipe(base_recipe(str(folder), model={"task": None})))
+    result = run_cli("build", write_recipe(base_recipe(str(folder), model={"task": None})), "-o", tmp_path / "out")
     assert result.exit_code == 1
     (line,) = result.stderr.strip().splitlines()
     assert (
