@@ -271,7 +271,7 @@ def main() -> None:
     if overlap := [t for t in heldout if t in seen]:
         sys.exit(f"Error: {len(overlap)} held-out texts also appear in calibration/validation data")
     device = load_device(args.device or host_cpu_device())
-    from edgeq.validate.sessions import mode_for
+    from edgeq.devices import mode_for
 
     encoder = TextInputs(fp32_dir, LONG_TOKENS)
     calibration = [t for t in args.calibration.read_text().splitlines() if t.strip()][:128]

@@ -21,7 +21,7 @@ from edgeq.headroom import StagePeak, peak_rss_mb, trim_heap
 from edgeq.progress import say
 from edgeq.quantize import check_against_device, quantization_scheme, resolve_op_types
 from edgeq.recipe import Recipe, load_recipe
-from edgeq.stage_cache import MODEL_FILE, StageResult, cached_stage  # noqa: F401  (MODEL_FILE: importers here too)
+from edgeq.stage_cache import MODEL_FILE, StageResult, cached_stage
 
 EXPORT_CHECK_SAMPLES = 8
 

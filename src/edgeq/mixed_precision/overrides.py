@@ -35,7 +35,7 @@ def write_overrides(path: Path, islands: list[Island], assignment: dict[str, str
 
 
 def load_overrides(path: Path) -> dict[str, str]:
-    from edgeq.recipe.load import parse_yaml
+    from edgeq.schema_errors import parse_yaml
 
     if not path.is_file():
         raise RecipeError(f"mixed_precision.overrides: file '{path}' not found", "Use the overrides.yaml of a build")

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from edgeq.errors import RecipeError
 from edgeq.recipe.schema import Recipe
 from edgeq.schema_errors import explain as explain_against
-from edgeq.schema_errors import parse_yaml  # noqa: F401  (re-exported: recipe readers take it from here)
+from edgeq.schema_errors import parse_yaml
 from edgeq.schema_errors import unknown_key as unknown_key_of
 
 

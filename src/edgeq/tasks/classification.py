@@ -23,7 +23,6 @@ CLASSIFICATION_METRICS = (
         low=0,
         high=1,
         headline=20,
-        labelled=True,
         delta_threshold="Classification with labels: minimum accuracy minus FP32's (e.g. -0.01).",
     ),
 )

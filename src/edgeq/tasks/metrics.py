@@ -18,12 +18,7 @@ class Metric:
     strictly_above_low: bool = False
     default: float | None = None  # the threshold's default
     headline: int | None = None  # rank among the headline figures (lower first); None: not a headline
-    labelled: bool = False  # measured against labels: also reported as <name>_reference (FP32's) and <name>_delta
     delta_threshold: str | None = None  # description of a threshold on <name>_delta, when a recipe may set one
-
-    def forms(self) -> tuple[str, ...]:
-        """The names it appears under in a validation's metrics."""
-        return (self.name, f"{self.name}_reference", f"{self.name}_delta") if self.labelled else (self.name,)
 
 
 COMMON = (

@@ -39,7 +39,6 @@ class QuestionAnswering(Task):
             "Question answering with labels: minimum exact match of the answer text.",
             low=0,
             high=1,
-            labelled=True,
         ),
         Metric(
             "answer_f1",
@@ -48,7 +47,6 @@ class QuestionAnswering(Task):
             low=0,
             high=1,
             headline=40,
-            labelled=True,
         ),
     )
     compares = "start and end logits over the context tokens"

@@ -34,7 +34,6 @@ class TokenClassification(Task):
             low=0,
             high=1,
             headline=30,
-            labelled=True,
             delta_threshold="Token classification with labels: minimum F1 minus FP32's.",
         ),
     )

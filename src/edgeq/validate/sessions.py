@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeq.devices import DeviceProfile, ExecutionProvider, host_machine, mode_for  # noqa: F401  (mode_for: importers here too)
+from edgeq.devices import DeviceProfile, ExecutionProvider, host_machine, mode_for
 from edgeq.errors import DeviceError
 
 CPU_EP = "CPUExecutionProvider"
