@@ -184,11 +184,15 @@ def build_bundled_recipe(name: str, folder: Path, adjust) -> tuple:
 LEFT_ON_PURPOSE = {".git", ".venv", "test-artifacts", "__pycache__", ".pytest_cache", ".ruff_cache", "node_modules"}
 
 
-def _repository_files() -> set[str]:
-    found = set()
+def _repository_files() -> dict[str, int]:
+    """Every file of the repository (outside LEFT_ON_PURPOSE) with its modification time, so a test that rewrites a
+    file left by an earlier run is caught as well as one that writes a new file."""
+    found = {}
     for folder, subfolders, files in os.walk(ROOT):
         subfolders[:] = [d for d in subfolders if d not in LEFT_ON_PURPOSE and not d.endswith(".egg-info")]
-        found.update(os.path.relpath(os.path.join(folder, f), ROOT) for f in files)
+        for name in files:
+            path = os.path.join(folder, name)
+            found[os.path.relpath(path, ROOT)] = os.stat(path, follow_symlinks=False).st_mtime_ns
     return found
 
 
@@ -197,6 +201,6 @@ def leaves_no_files_in_the_repository():
     """Fails a test that writes into the repository (a build folder, a report, a model) instead of its tmp folder."""
     before = _repository_files()
     yield
-    left = sorted(_repository_files() - before)
+    left = sorted(path for path, written in _repository_files().items() if before.get(path) != written)
     if left:
-        pytest.fail(f"the test left {len(left)} file(s) in the repository: {', '.join(left[:5])}")
+        pytest.fail(f"the test wrote {len(left)} file(s) in the repository: {', '.join(left[:5])}")

@@ -406,7 +406,7 @@ def test_a_fused_graph_asked_of_a_model_it_cannot_write_is_one_error_line(run_cl
         export={"decoder": "fused"},
         quantization={"mode": "int4", "op_types": ["MatMul"]},
     )
-    line = one_error_line(run_cli("build", write_recipe(recipe)))
+    line = one_error_line(run_cli("build", write_recipe(recipe), "-o", str(tmp_path / "out")))
     assert "export.decoder 'fused' cannot be written" in line and "hidden_act 'gelu'" in line
 
 
