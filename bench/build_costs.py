@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "data" / "build-costs.json"))
     args = parser.parse_args()
     args.recipes = args.recipes or (list(HELD_OUT) if args.held_out else DEFAULT_RECIPES)
-    from edgeq.profile.runner import cpu_info
+    from edgeq.targets.runner import cpu_info
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeq-build-costs-") as tmp:

@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from edgeq.devices import host_cpu_device, load_device  # noqa: E402
 from edgeq.feeds import run_batch  # noqa: E402
+from edgeq.targets.profiles import host_cpu_device, load_device  # noqa: E402
+from edgeq.targets.runtime import make_session  # noqa: E402
 from edgeq.tasks import TASKS  # noqa: E402
 from edgeq.tasks.base import Sample  # noqa: E402
-from edgeq.validate.sessions import make_session  # noqa: E402
 
 
 def genai_mixed_rule(names: list[str], layers: int) -> dict[str, dict]:
@@ -104,20 +104,11 @@ def held_out_texts(path: Path, model_dir: Path) -> list[str]:
 
 
 def measure_speed(models: dict[str, Path], folder: Path, device, rounds: int) -> dict[str, dict]:
-    from edgeq.profile import profile_models
-    from edgeq.profile.run import default_transport
+    from edgeq.profile import ProfileSettings, profile_models
+    from edgeq.targets import load_target
 
-    result = profile_models(
-        list(models.values()),
-        device,
-        default_transport(device),
-        runs=rounds,
-        min_seconds=0,
-        warmup=1,
-        sequence_length=64,
-        task=TASKS["text-generation"],
-        new_tokens=32,
-    )
+    settings = ProfileSettings(runs=rounds, min_seconds=0, warmup=1, sequence_length=64, new_tokens=32)
+    result = profile_models(list(models.values()), load_target(device), settings, TASKS["text-generation"])
     return {
         name: {k: p[k] for k in ("decode_tokens_per_s", "ttft_ms", "peak_rss_mb")}
         for name, p in zip(models, result["profiles"])

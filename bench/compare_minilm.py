@@ -35,12 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from edgeq.devices import host_cpu_device, load_device  # noqa: E402
 from edgeq.feeds import feed_for  # noqa: E402
+from edgeq.targets.profiles import host_cpu_device, load_device  # noqa: E402
+from edgeq.targets.runtime import make_session  # noqa: E402
 from edgeq.tasks import TASKS  # noqa: E402
 from edgeq.tasks.text_inputs import TextInputs  # noqa: E402
 from edgeq.validate.metrics import cosines, nearest_neighbours  # noqa: E402
-from edgeq.validate.sessions import make_session  # noqa: E402
 
 SHORT_TOKENS, LONG_TOKENS = 64, 128
 
@@ -208,7 +208,7 @@ def machine_isa() -> dict:
     """This host's CPU and the x86 ISA levels onnxruntime's INT8 kernels choose between: every speed figure carries it."""
     import platform
 
-    from edgeq.profile.runner import cpu_info
+    from edgeq.targets.runner import cpu_info
 
     model, flags = cpu_info()
     return {
@@ -271,7 +271,7 @@ def main() -> None:
     if overlap := [t for t in heldout if t in seen]:
         sys.exit(f"Error: {len(overlap)} held-out texts also appear in calibration/validation data")
     device = load_device(args.device or host_cpu_device())
-    from edgeq.devices import mode_for
+    from edgeq.targets.host import mode_for
 
     encoder = TextInputs(fp32_dir, LONG_TOKENS)
     calibration = [t for t in args.calibration.read_text().splitlines() if t.strip()][:128]

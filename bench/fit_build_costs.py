@@ -50,16 +50,15 @@ def counted_work(row: dict, scratch: Path):
     from build_costs import HELD_OUT, variant
 
     from edgeq.build_cost import work
-    from edgeq.devices import load_device
     from edgeq.recipe import load_recipe
+    from edgeq.targets import load_target
     from edgeq.tasks import TASKS, positions_in
-    from edgeq.validate.sessions import runtime_for
 
     name = row["recipe"]
     recipe = load_recipe(variant(name, scratch) if name in HELD_OUT else ROOT / "recipes" / f"{name}.yaml")
     config = row["config"]
     recipe.fit_to_model(positions_in(config))
-    emulated = [runtime_for(load_device(t)).in_runner for t in recipe.targets]
+    emulated = [load_target(t).runs_in_stand_in for t in recipe.targets]
     return work(config, recipe, emulated, TASKS[recipe.model.task].generates)
 
 

@@ -23,7 +23,7 @@ def main() -> None:
     from build_costs import write_variant
 
     from edgeq import api
-    from edgeq.profile.runner import cpu_info
+    from edgeq.targets.runner import cpu_info
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipes", nargs="+", default=["tiny-llama-int4", "smollm2-int4"])

@@ -30,7 +30,7 @@ PLANTED_ISLAND = "encoder.layer.1.output.dense"
 
 def host_device() -> str:
     """The CPU device profile this machine reproduces (x86-avx512-vnni or x86-avx2): validations on it are on-host."""
-    from edgeq.devices import host_cpu_device
+    from edgeq.targets.profiles import host_cpu_device
 
     return host_cpu_device()
 

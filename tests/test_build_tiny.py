@@ -87,7 +87,7 @@ def test_second_build_is_served_from_the_cache(tiny_bert, write_recipe, tmp_path
 
 
 def test_the_host_target_and_a_cross_build(tiny_bert, write_recipe, tmp_path, run_cli):
-    from edgeq.devices import host_cpu_device
+    from edgeq.targets.profiles import host_cpu_device
 
     recipe = write_recipe(base_recipe(str(tiny_bert), targets=["host"]))
     built = run_cli("build", recipe, "--output", tmp_path / "here")

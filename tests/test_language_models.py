@@ -169,8 +169,8 @@ def _plan(run_cli, tmp_path, *args) -> dict:
 
 
 def test_the_plan_gives_each_precision_its_longest_context_and_the_kv_dtype_its_bytes(run_cli, tmp_path):
-    from edgeq.devices import load_device
     from edgeq.plan import model_shape, read_config, total_bytes
+    from edgeq.targets.profiles import load_device
 
     config = ROOT / "examples" / "configs" / "llama-2-7b"
     fp32 = _plan(run_cli, tmp_path, config, "--device", "raspberry-pi-5", "--context", "4096")

@@ -287,8 +287,8 @@ def test_mask_fill_is_softened(tiny_onnx):
 def test_a_qnn_profile_that_names_no_htp_generation_is_told_so():
     """Without htp_arch/soc_model the emulator computes as an HTP v68/v69: the validation note says so."""
     pytest.importorskip("onnxruntime_qnn")
-    from edgeq.devices import load_device
-    from edgeq.validate.sessions import runtime_for
+    from edgeq.targets.profiles import load_device
+    from edgeq.targets.runtime import runtime_for
 
     named = load_device("snapdragon-8-gen-3")
     ep = named.execution_provider

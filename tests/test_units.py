@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from edgeq.data import load_texts
-from edgeq.devices import load_device
 from edgeq.errors import DataError, DeviceError
 from edgeq.recipe.schema import DataSource
+from edgeq.targets.profiles import load_device
 from edgeq.validate.metrics import compare, judge
 
 pytestmark = pytest.mark.fast  # the whole file is in `make test-fast`
@@ -295,6 +295,48 @@ def test_no_module_of_edgeq_imports_itself_through_others():
     assert not circles, circles
 
 
+# The floors of src/edgeq, lowest first: a module imports from its own floor or below, never from above. A floor is
+# a top-level module or package (edgeq.targets.runtime is on the `targets` floor). Within a floor, no circles (above).
+FLOORS = [
+    # the ground: errors, files, logging, progress, the data readers, the graph and ONNX helpers, named values
+    {"edgeq", "errors", "atomic", "resources", "buildlog", "progress", "headroom", "isolated", "mobile"}
+    | {"data_source", "schema_errors", "rungs", "model_shape", "model_folder", "feeds", "graph", "artifact"}
+    | {"chat", "data", "demo_lm", "report_contract"},
+    {"tasks"},  # what a model does and how it is measured
+    {"recipe"},  # what a user asks for
+    {"targets"},  # the devices: profiles, host, runtimes, sessions, transports, the device runner
+    {"export"},  # the stages, in build order
+    {"optimize"},
+    {"quantize"},
+    {"mixed_precision"},
+    {"validate", "profile"},
+    {"preflight", "plan", "build_cost", "starter", "genai", "generate", "summary", "report_html", "report"}
+    | {"stage_cache"},  # services over the stages
+    {"pipeline", "sweep"},
+    {"api", "sweep_ray"},
+    {"cli"},
+]
+
+
+def test_no_module_of_edgeq_imports_from_a_floor_above_its_own():
+    floor_of = {name: level for level, names in enumerate(FLOORS) for name in names}
+
+    def floor(module: str) -> str:
+        return module.split(".")[1] if "." in module else "edgeq"
+
+    graph = _edgeq_imports()
+    unplaced = sorted({floor(m) for m in graph} - set(floor_of))
+    assert not unplaced, f"modules on no floor (add them to FLOORS): {unplaced}"
+    upward = [
+        f"{module} -> {imported}"
+        for module, imports in sorted(graph.items())
+        for imported in sorted(imports)
+        if floor_of[floor(imported)] > floor_of[floor(module)]
+    ]
+    assert "edgeq.targets.runtime" in graph["edgeq.targets.target"]  # the reader sees the wing's own imports
+    assert not upward, upward
+
+
 def test_a_stage_is_served_from_its_folder_until_its_key_or_its_files_change(tmp_path, monkeypatch):
     from edgeq.stage_cache import MODEL_FILE, cached_stage
 
@@ -332,8 +374,8 @@ def test_a_stage_is_served_from_its_folder_until_its_key_or_its_files_change(tmp
 
 
 def test_the_worst_case_over_shapes_takes_each_metrics_own_direction():
+    from edgeq.tasks.judge import worst_case
     from edgeq.validate.metrics import EXACT
-    from edgeq.validate.run import worst_case
 
     shapes = [
         {"cosine_mean": 0.999, "max_abs_error": 0.2, "kl_divergence_mean": 0.01, "sqnr_db": EXACT, "note": "a"},

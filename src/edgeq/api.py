@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeq.devices import DeviceProfile, list_devices, load_device
 from edgeq.errors import OutputError
 from edgeq.recipe.schema import DataSource, QuantizationConfig, Thresholds
+from edgeq.targets import DeviceProfile, list_devices, load_device, load_target
 from edgeq.tasks import default_length
 
 
@@ -183,7 +183,8 @@ def validate(
     load_onnx(reference_path, load_weights=False)
     for path in (model_path, reference_path):
         check_loadable(path)
-    profile = load_device(device)
+    target = load_target(device)
+    profile = target.profile
     folder = Path(tokenizer) if tokenizer else reference_path.parent
     chosen = _task_for(folder, task)
     items = chosen.read(data, samples, "--data", folder)
@@ -203,7 +204,7 @@ def validate(
     results = validate_models(
         models,
         "reference",
-        profile,
+        target,
         items,
         inputs,
         chosen,
@@ -232,29 +233,23 @@ def profile(
 ) -> dict:
     """Profile one model (the profile JSON of DESIGN.md) or several, interleaved ({"profiles", "comparison"}),
     on DEVICE: locally, or on a remote device over SSH (`host`, or the device profile's transport section)."""
-    from edgeq.profile import profile_models
-    from edgeq.profile.run import default_transport
+    from edgeq.profile import ProfileSettings, profile_models
 
-    profile_device = load_device(device)
+    target = load_target(device, host, ssh_key, known_hosts, remote_python)
     paths = [Path(m) for m in (models if isinstance(models, list) else [models])]
-    transport = default_transport(profile_device, host, ssh_key, known_hosts, remote_python)
     task = _task_for(paths[0].parent, None) if (paths[0].parent / "config.json").is_file() else None
-    sequence_length = sequence_length or default_length(paths[0].parent)
-    return profile_models(
-        paths,
-        profile_device,
-        transport,
+    settings = ProfileSettings(
         runs,
         min_seconds,
         warmup,
         threads,
         batch_size,
-        sequence_length,
+        sequence_length or default_length(paths[0].parent),
         Path(inputs) if inputs else None,
         timeout,
-        task,
         new_tokens,
     )
+    return profile_models(paths, target, settings, task)
 
 
 def plan(
@@ -290,13 +285,13 @@ def preflight(model: str | Path, device: str) -> dict:
     """What in MODEL will not run on DEVICE (shapes, ops, types, opset; DPU rules; mobile coverage)."""
     from edgeq.preflight import preflight as check
 
-    return check(Path(model), load_device(device))
+    return check(Path(model), load_target(device))
 
 
 def setup_device(device_id: str) -> dict:
     """Make (or find) the local stand-in of a device whose profile says `stand_in: qemu-arm64`."""
     from edgeq.errors import DeviceError
-    from edgeq.standin import setup
+    from edgeq.targets.standin import setup
 
     profile = load_device(device_id)
     if not profile.runs_in_arm64_stand_in:

@@ -250,12 +250,9 @@ def estimate(w: Work, fit: dict | None = None) -> dict:
     }
 
 
-def build_cost(config: dict, recipe, devices, task) -> dict:
-    """The estimate for building `recipe` on this model's config for `task`, targets `devices` (DeviceProfile
-    objects)."""
-    from edgeq.validate.sessions import runtime_for
-
-    return estimate(work(config, recipe, [runtime_for(d).in_runner for d in devices], task.generates))
+def build_cost(config: dict, recipe, targets, task) -> dict:
+    """The estimate for building `recipe` on this model's config for `task`, for `targets` (Target objects)."""
+    return estimate(work(config, recipe, [t.runs_in_stand_in for t in targets], task.generates))
 
 
 def starter(model_dir: Path, device):
@@ -272,7 +269,6 @@ def starter(model_dir: Path, device):
 def plan_build_cost(model: str | Path, device, recipe_path: str | Path | None = None) -> dict:
     """`build_cost` for `edgeq plan`: building the recipe at `recipe_path` (its targets), or the starter recipe for
     this model and device, on this machine; only config.json is read."""
-    from edgeq.devices import load_device
     from edgeq.model_shape import read_config
     from edgeq.recipe import load_recipe
     from edgeq.tasks import TASKS, positions_in, task_for_config
@@ -282,13 +278,15 @@ def plan_build_cost(model: str | Path, device, recipe_path: str | Path | None = 
     recipe = load_recipe(recipe_path) if recipe_path else starter(model_dir, device)
     recipe.fit_to_model(positions_in(config))
     task = TASKS[recipe.model.task] if recipe.model.task else task_for_config(config, model)[0]
-    devices = [load_device(t) for t in recipe.targets] if recipe_path else [device]
-    cost = build_cost(config, recipe, devices, task)
+    from edgeq.targets import load_target
+
+    targets = [load_target(t) for t in recipe.targets] if recipe_path else [load_target(device)]
+    cost = build_cost(config, recipe, targets, task)
     cost["recipe"] = str(recipe_path) if recipe_path else f"edgeq init's starter recipe for {device.id}"
     return cost
 
 
-def check_fits_memory(config: dict, recipe, devices, task, say) -> dict | None:
+def check_fits_memory(config: dict, recipe, targets, task, say) -> dict | None:
     """Say the build's estimated peak; refuse (MemoryHeadroomError) when it is over what this machine has available
     (EDGEQ_MEMORY_CHECK=0 turns the refusal off). Returns the estimate, None when the config is not one edgeq counts."""
     import os
@@ -297,7 +295,7 @@ def check_fits_memory(config: dict, recipe, devices, task, say) -> dict | None:
     from edgeq.headroom import MemoryHeadroomError, available_bytes
 
     try:
-        cost = build_cost(config, recipe, devices, task)
+        cost = build_cost(config, recipe, targets, task)
     except (KeyError, TypeError, ValueError, ZeroDivisionError, DataError):  # the data's own reading says what is wrong
         return None
     peak, available = cost["peak_rss_bytes"], available_bytes()

@@ -35,7 +35,7 @@ def generate(
 ) -> dict:
     """Generate up to `max_tokens` greedy tokens after `prompt` (a user message rendered with the chat template when
     `chat`); `on_text` receives the text as it grows. Returns the tokens, the text and the measured figures."""
-    from edgeq.profile.runner import peak_rss_mb  # VmHWM: a child's own peak, not its parent's
+    from edgeq.targets.runner import peak_rss_mb  # VmHWM: a child's own peak, not its parent's
 
     folder = model_folder(model_or_build)
     text = prompt
@@ -116,9 +116,8 @@ def _with_onnxruntime(folder: Path, text: str, max_tokens: int, on_text):
 
     from tokenizers import Tokenizer
 
-    from edgeq.devices import load_device
+    from edgeq.targets import load_target
     from edgeq.tasks.text_generation import DecoderInputs, greedy
-    from edgeq.validate.sessions import make_session
 
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     ids = np.array(tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
@@ -128,7 +127,7 @@ def _with_onnxruntime(folder: Path, text: str, max_tokens: int, on_text):
         generation = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
     eos = generation.get("eos_token_id")
     stops = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    session = make_session(folder / "model.onnx", load_device(), spinning=False)
+    session = load_target().session(folder / "model.onnx", spinning=False)
     inputs = DecoderInputs(folder, max(len(ids), 1))
     times, tokens, shown = [], [], [""]
 

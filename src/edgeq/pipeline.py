@@ -15,13 +15,13 @@ from pathlib import Path
 
 from edgeq.artifact import copy_companions, sha256_tree
 from edgeq.atomic import atomic_dir, remove_leftovers
-from edgeq.devices import HOST, DeviceProfile, host_cpu_device, load_device
 from edgeq.errors import OutputError, StageError
 from edgeq.headroom import StagePeak, peak_rss_mb, trim_heap
 from edgeq.progress import say
 from edgeq.quantize import check_against_device, quantization_scheme, resolve_op_types
 from edgeq.recipe import Recipe, load_recipe
 from edgeq.stage_cache import MODEL_FILE, StageResult, cached_stage
+from edgeq.targets import HOST, DeviceProfile, Target, host_cpu_device, load_target
 
 EXPORT_CHECK_SAMPLES = 8
 
@@ -32,7 +32,7 @@ class Plan:
 
     recipe_path: Path
     recipe: Recipe
-    devices: list[DeviceProfile]
+    targets: list[Target]  # one per recipe target, built once: profile, runtime, remote
     op_types: list[str] | None
     scheme: str
     task: object  # edgeq.tasks.Task
@@ -43,6 +43,11 @@ class Plan:
     model_dir: Path
     model_hash: str
     cost_estimate: dict | None = None  # edgeq.build_cost's estimate, said before the build starts
+
+    @property
+    def devices(self) -> list[DeviceProfile]:
+        """The targets' profiles: what the stages read of their rules."""
+        return [t.profile for t in self.targets]
 
     @property
     def legalizes(self) -> bool:
@@ -66,7 +71,8 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None, target
     recipe = load_recipe(recipe_path)
     if targets:
         recipe = recipe.model_copy(update={"targets": list(targets)})
-    devices = [load_device(target) for target in recipe.targets]
+    targets = [load_target(target) for target in recipe.targets]
+    devices = [t.profile for t in targets]
     quantized_for = [d for d in devices if d.artifact == "recipe"] or devices  # the devices the recipe's model serves
     for device in quantized_for:
         check_against_device(recipe.quantization, device, recipe.static_shapes)
@@ -86,14 +92,14 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None, target
         from edgeq.build_cost import check_fits_memory
         from edgeq.tasks import model_config
 
-        cost = check_fits_memory(model_config(model_dir), recipe, devices, task, say)
+        cost = check_fits_memory(model_config(model_dir), recipe, targets, task, say)
     validation = task.read(recipe.validation.data, recipe.validation.samples, "validation.data", model_dir)
     calib = recipe.quantization.calibration
     calibration = task.read(calib.data, calib.samples, "quantization.calibration.data", model_dir) if calib else None
     return Plan(
         recipe_path=Path(recipe_path),
         recipe=recipe,
-        devices=devices,
+        targets=targets,
         op_types=resolve_op_types(recipe.quantization, quantized_for),
         scheme=quantization_scheme(quantized_for),
         task=task,
@@ -410,7 +416,7 @@ def mixed_precision_stage(plan: Plan, source: StageResult, force: bool, quantize
             mp,
             plan.op_types,
             q.per_channel,
-            plan.devices[0],
+            plan.targets[0],
             plan.task,
             proxy_samples,
             plan.validation_samples,
@@ -497,7 +503,6 @@ def fp16_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
 def validate_stage(plan: Plan, models: dict[str, Path], reference: str, served: dict[str, str]) -> StageResult:
     """Every device validates the models of the recipe's chain, or (a device with its own artifact) that one."""
     from edgeq.validate import validate_models
-    from edgeq.validate.sessions import runtime_for
 
     val, task = plan.recipe.validation, plan.task
     limits = val.thresholds.model_dump(exclude_none=True)
@@ -513,8 +518,8 @@ def validate_stage(plan: Plan, models: dict[str, Path], reference: str, served: 
     own_artifacts = {name for d in plan.devices if d.artifact != "recipe" for name in [served[d.id]]}
     results = []
     with StagePeak() as sampled:
-        for device in plan.devices:
-            emulated = runtime_for(device).in_runner  # slow: the served model only, on `emulated_samples` texts
+        for target in plan.targets:
+            device, emulated = target.profile, target.runs_in_stand_in  # slow: the served model, `emulated_samples`
             if device.artifact == "recipe" and not emulated:
                 wanted = {n: p for n, p in models.items() if n not in own_artifacts}
             else:
@@ -523,7 +528,7 @@ def validate_stage(plan: Plan, models: dict[str, Path], reference: str, served: 
             results += validate_models(
                 wanted,
                 reference,
-                device,
+                target,
                 samples,
                 inputs,
                 task,
@@ -539,32 +544,22 @@ def validate_stage(plan: Plan, models: dict[str, Path], reference: str, served: 
 
 def profile_stage(plan: Plan, finals: dict[str, Path]) -> StageResult:
     """Each target's own final model: locally, or on the real device when its profile has a transport."""
-    from edgeq.profile import profile_models
-    from edgeq.profile.run import default_transport
-    from edgeq.validate.sessions import runtime_for
+    from edgeq.profile import ProfileSettings, profile_models
 
     cfg = plan.recipe.profile
     seq = cfg.sequence_length or plan.recipe.default_sequence_length
     start = time.perf_counter()
     profiles = []
     uniform = plan.out_dir / "int4" / MODEL_FILE  # a language model's uniform INT4: what `edgeq plan` predicts
-    for device in plan.devices:
-        emulated = runtime_for(device).in_runner  # qemu's latency says nothing of the device's: one run, the final
+    for target in plan.targets:
+        device = target.profile
+        emulated = target.runs_in_stand_in  # qemu's latency says nothing of the device's: one run, the final
         models = [finals[device.id] / MODEL_FILE]
         models += [uniform] if plan.task.generates and uniform.is_file() and not emulated else []
         runs, seconds, warmup = (1, 0, 0) if emulated else (cfg.runs, cfg.min_seconds, cfg.warmup)
         for model in models:  # one process each: a process's peak RSS is its one model's
-            entry = profile_models(
-                [model],
-                device,
-                default_transport(device),
-                runs,
-                seconds,
-                warmup,
-                sequence_length=seq,
-                task=plan.task,
-                new_tokens=cfg.new_tokens,
-            )
+            settings = ProfileSettings(runs, seconds, warmup, sequence_length=seq, new_tokens=cfg.new_tokens)
+            entry = profile_models([model], target, settings, plan.task)
             entry["model"] = f"{model.parent.name}/{MODEL_FILE}"
             if emulated:
                 entry["runs_note"] = "one run in the emulated stand-in: its latency is qemu's, not the device's"

@@ -7,28 +7,28 @@ from pathlib import Path
 import onnx
 
 from edgeq.artifact import load_onnx, node_precisions
-from edgeq.devices import DeviceProfile
+from edgeq.targets.profiles import DeviceProfile
+from edgeq.targets.target import Target
 
 CONTROL_FLOW = {"Loop", "If", "Scan"}
 COMPUTE_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Attention", "LayerNormalization", "Softmax"}
 
 
-def preflight(model_path: Path, device: DeviceProfile) -> dict:
+def preflight(model_path: Path, target: Target) -> dict:
     """Problems (the device will refuse or fall back) and notes, for `edgeq inspect MODEL --device ID`."""
-    from edgeq.validate.sessions import provider_available
-
+    device = target.profile
     model = load_onnx(model_path, load_weights=False)
     problems: list[str] = []
     problems += _shape_problems(model, device)
     problems += _op_problems(model, device)
     problems += _type_problems(model)
-    available = provider_available(device.execution_provider)
+    available = target.provider_here
     result = {
         "model": str(model_path),
         "device": device.id,
         "provider": device.execution_provider.name,
         "provider_available_here": available,
-        "stand_in": None if available else device.stand_in,
+        "stand_in": None if available else target.stand_in_kind,
         "problems": problems,
         "ok": not problems,
     }
@@ -39,7 +39,7 @@ def preflight(model_path: Path, device: DeviceProfile) -> dict:
         problems += result["compliance"]["violations"]
         result["ok"] = not problems
     if device.coverage:
-        from edgeq.validate.coverage import coverage_estimate
+        from edgeq.targets.coverage import coverage_estimate
 
         result["coverage"] = coverage_estimate(model_path, device.coverage)
     return result

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeq.devices import DeviceProfile
 from edgeq.errors import DataError
 from edgeq.resources import bundled_dir
+from edgeq.targets.profiles import DeviceProfile
 
 # Unlabelled samples edgeq ships, per task: agreement with FP32 needs no labels (add label_field for accuracy).
 SAMPLES = {

@@ -111,9 +111,9 @@ def check_cell(path: Path, cell: Cell) -> None:
     """The cell's recipe must load and its target exist, before any cell starts (one `Error:` line if not)."""
     from pydantic import ValidationError
 
-    from edgeq.devices import load_device
     from edgeq.recipe.load import explain
     from edgeq.recipe.schema import Recipe
+    from edgeq.targets.profiles import load_device
 
     label = f"sweep '{path}': the cell {cell.recipe['name']} on {cell.target}" + "".join(
         f", {k}={v!r}" for k, v in cell.overrides.items()

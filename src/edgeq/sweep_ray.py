@@ -14,18 +14,18 @@ import socket
 import uuid
 from pathlib import Path
 
-from edgeq.devices import load_device
 from edgeq.errors import DeviceError
 from edgeq.progress import say
 from edgeq.sweep import Cell, build_cell, finished, load_sweep, write_results
+from edgeq.targets import load_target
 
 CELL_RETRIES = 1
 
 
 def device_resource(device_id: str) -> str | None:
     """The Ray custom resource a cell on this device holds, or None for a device this host stands for."""
-    device = load_device(device_id)
-    needs_one_at_a_time = device.transport is not None or device.runs_in_arm64_stand_in
+    target = load_target(device_id)
+    needs_one_at_a_time = target.remote is not None or target.profile.runs_in_arm64_stand_in
     return f"device:{device_id}" if needs_one_at_a_time else None
 
 

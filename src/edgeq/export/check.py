@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.feeds import run_batch
-from edgeq.validate.metrics import fidelity
+from edgeq.tasks.fidelity import fidelity
 
 
 def check_export(

@@ -98,9 +98,9 @@ def check_supported(model_dir: Path, task: str) -> None:
     """A ModelError naming the architecture and the supported ones, before optimum fails with a traceback."""
     from optimum.exporters.tasks import TasksManager
 
-    from edgeq.tasks import model_config
+    from edgeq.model_folder import config_of
 
-    model_type = str(model_config(model_dir).get("model_type", ""))
+    model_type = str(config_of(model_dir).get("model_type", ""))
     supported = sorted(
         m
         for m in TasksManager._SUPPORTED_MODEL_TYPE

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import onnx
 
-from edgeq.devices import DeviceProfile
 from edgeq.mixed_precision.assemble import assemble, has_token_mask
 from edgeq.mixed_precision.evaluate import FullEvaluator, Runner
 from edgeq.mixed_precision.islands import (
@@ -26,6 +25,7 @@ from edgeq.mixed_precision.search import Budget, SearchResult, model_size, searc
 from edgeq.mixed_precision.statistics import ActivationStats, StatisticsAccumulator
 from edgeq.progress import track
 from edgeq.rungs import RUNGS
+from edgeq.targets.target import Target
 
 OVERRIDES_FILE = "overrides.yaml"
 MEANING = {r.name: r.meaning for r in RUNGS}
@@ -42,7 +42,7 @@ class MixedPrecisionJob:
     config: object  # recipe MixedPrecisionConfig
     op_types: list[str] | None
     per_channel: bool
-    device: DeviceProfile
+    target: Target
     task: object  # edgeq.tasks.Task
     proxy_samples: list
     validation_samples: list
@@ -72,7 +72,7 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
         stats,
         cfg.smooth_alpha,
         has_token_mask(fp32),
-        job.device.quantization.int8_pairs_saturate,
+        job.target.profile.quantization.int8_pairs_saturate,
         job.accuracy_level,
     )
     del stats  # sampled activation rows: only the candidates needed them
@@ -81,14 +81,14 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
         result = None
     else:
         budget = Budget(**cfg.budget.model_dump())
-        proxy = Runner(job.task, job.proxy_samples, job.inputs, job.device, job.shapes, job.whole_batches_only)
+        proxy = Runner(job.task, job.proxy_samples, job.inputs, job.target, job.shapes, job.whole_batches_only)
         proxy.keep(fp32, expose=sorted(set(island_outputs(fp32, islands).values())))
         lowest = {i.name: next(r for r in ladder if r in i.candidates) for i in islands}
         full = FullEvaluator(
             job.task,
             job.validation_samples,
             job.inputs,
-            job.device,
+            job.target,
             job.shapes,
             fp32,
             assemble(fp32, islands, lowest),
@@ -124,7 +124,7 @@ def activation_statistics(
     job: MixedPrecisionJob, fp32: onnx.ModelProto, islands: list[Island]
 ) -> dict[str, ActivationStats]:
     """Per-channel statistics of every MatMul/Attention island's input over the calibration samples' real tokens."""
-    runner = Runner(job.task, job.calibration_samples, job.inputs, job.device, job.shapes[:1], job.whole_batches_only)
+    runner = Runner(job.task, job.calibration_samples, job.inputs, job.target, job.shapes[:1], job.whole_batches_only)
     names = matmul_inputs(fp32, islands)
     accumulators = {name: StatisticsAccumulator() for name in names}
     for found, mask in track(runner.each_sample(fp32, names), "activation statistics", total=len(runner.single)):

@@ -311,10 +311,9 @@ def choose_activation_types(job, quantization, feeds: list[dict], model16_path: 
 
     from edgeq.mixed_precision.evaluate import Runner
     from edgeq.quantize import quantize_model
-    from edgeq.validate.run import worst_case
-    from edgeq.validate.sessions import host_cpu
+    from edgeq.tasks.judge import worst_case
 
-    host = host_cpu(job.device)
+    host = job.target.on_host_cpu()
     fp32 = onnx.load(str(job.fp32_path))
     proxy_runner = Runner(job.task, job.proxy_samples, job.inputs, host, job.shapes[:1], job.whole_batches_only)
     full_runner = Runner(job.task, job.validation_samples, job.inputs, host, job.shapes, job.whole_batches_only)

@@ -4,7 +4,6 @@ batch, on the device's settings with intra-op spinning off)."""
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 
@@ -12,9 +11,9 @@ import numpy as np
 import onnx
 
 from edgeq.artifact import with_outputs
-from edgeq.devices import DeviceProfile
 from edgeq.feeds import feed_for, run_batch, shape_data
-from edgeq.validate.run import worst_case
+from edgeq.targets.target import Target
+from edgeq.tasks.judge import worst_case
 
 MIN_TIMED_BATCHES = 24  # per shape and model; fewer batches are run again, up to MAX_ROUNDS times
 MIN_TIMED_SECONDS = 2.0  # ... unless the slowest model's timings already add up to this much
@@ -30,12 +29,12 @@ class Runner:
         task,
         samples: list,
         inputs,
-        device: DeviceProfile,
+        target: Target,
         shapes: list[tuple[int, int]],
         whole_batches_only: bool = False,
         shared: dict | None = None,
     ):
-        self.task, self.device = task, device
+        self.task, self.target = task, target  # the target resolves its runtime once, for every session made here
         self.shared = shared if shared is not None else {}  # id(model) -> session, kept across runners (FP32's)
         self.data = {d.label: d for d in shape_data(task, samples, inputs, shapes, whole_batches_only)}
         self.single = shape_data(task, samples, inputs, [(1, shapes[0][1])], whole_batches_only)[0].batches
@@ -52,19 +51,10 @@ class Runner:
         first = next(iter(self.data.values()))
         return [label for label, data in list(self.data.items())[1:] if data.sequence_length == first.sequence_length]
 
-    @functools.cached_property
-    def runtime(self):
-        """The device's runtime, resolved once for every session this runner makes (it reads /proc/cpuinfo)."""
-        from edgeq.validate.sessions import runtime_for
-
-        return runtime_for(self.device)
-
     def session(self, model: onnx.ModelProto):
-        from edgeq.validate.sessions import make_session
-
         if id(model) in self.shared:
             return self.shared[id(model)]
-        return make_session(model.SerializeToString(), self.device, spinning=False, runtime=self.runtime)
+        return self.target.session(model.SerializeToString(), spinning=False)
 
     def keep(self, model: onnx.ModelProto, expose: list[str] = ()) -> None:
         """Make one session of `model` and serve it to every runner sharing this one's cache: a real LM's FP32
@@ -74,15 +64,13 @@ class Runner:
         outputs only."""
         from onnx.helper import make_empty_tensor_value_info
 
-        from edgeq.validate.sessions import make_session
-
         declared = [o.name for o in model.graph.output]
         model.graph.output.extend(make_empty_tensor_value_info(n) for n in expose if n not in declared)
         try:
             serialized = model.SerializeToString()
         finally:
             del model.graph.output[len(declared) :]
-        session = make_session(serialized, self.device, spinning=False, runtime=self.runtime)
+        session = self.target.session(serialized, spinning=False)
         del serialized
         self.shared[id(model)] = (
             _DeclaredOutputs(session, declared) if len(session.get_outputs()) > len(declared) else session
@@ -216,14 +204,14 @@ class FullEvaluator(Runner):
         task,
         samples,
         inputs,
-        device,
+        target: Target,
         shapes,
         fp32: onnx.ModelProto,
         baseline: onnx.ModelProto,
         whole_batches_only: bool = False,
         shared: dict | None = None,
     ):
-        super().__init__(task, samples, inputs, device, shapes, whole_batches_only, shared)
+        super().__init__(task, samples, inputs, target, shapes, whole_batches_only, shared)
         self.fixed = {"fp32": self.session(fp32), "baseline": self.session(baseline)}
         self.reference = None if task.generates else self.outputs(fp32)
 

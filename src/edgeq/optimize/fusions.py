@@ -50,6 +50,6 @@ def fusion_family(model_type: str, model_dir: Path) -> str:
     """The recipe's fusion family, or (for `auto`) the one config.json's model_type implies (default bert)."""
     if model_type != "auto":
         return model_type
-    from edgeq.tasks import model_config
+    from edgeq.model_folder import config_of
 
-    return FAMILIES.get(model_config(model_dir).get("model_type", ""), "bert")
+    return FAMILIES.get(config_of(model_dir).get("model_type", ""), "bert")

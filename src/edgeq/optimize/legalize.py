@@ -38,7 +38,7 @@ def fold_fixed_shapes(source: Path, target: Path) -> None:
 def legalize(source: Path, target: Path, coverage_kinds: list[str]) -> dict:
     """Fold, then decompose the ops that any of `coverage_kinds` lacks. Returns the coverage of the folded model
     (before) and of the rewritten one (after), per kind."""
-    from edgeq.validate.coverage import coverage_estimate
+    from edgeq.targets.coverage import coverage_estimate
 
     with tempfile.TemporaryDirectory(prefix="edgeq-legalize-") as tmp:
         folded = Path(tmp) / "folded.onnx"

@@ -1,7 +1,6 @@
-"""Profile: run models on a device, locally or over SSH, and measure latency, load time, memory, per-op time and
-placement. The runner (runner.py) is the only code that runs on the device."""
+"""Profile: run models on a target, locally, in the arm64 stand-in or over SSH, and measure latency, load time,
+memory, per-op time and placement. The device runner and the transports live in edgeq.targets."""
 
-from edgeq.profile.run import STANDARD, profile_models
-from edgeq.profile.transport import LocalTransport, SSHTransport, TransportError
+from edgeq.profile.run import STANDARD, ProfileSettings, profile_models
 
-__all__ = ["STANDARD", "LocalTransport", "SSHTransport", "TransportError", "profile_models"]
+__all__ = ["STANDARD", "ProfileSettings", "profile_models"]

@@ -8,19 +8,19 @@ import json
 import shutil
 import tempfile
 from collections import defaultdict
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from edgeq.artifact import load_onnx
-from edgeq.devices import DeviceProfile
 from edgeq.errors import DataError
 from edgeq.profile.inputs import head_dim_near, synthetic_feed, vocab_size_near
-from edgeq.profile.transport import LocalTransport, TransportError
 from edgeq.progress import say
-from edgeq.validate.sessions import Runtime, placement_from_trace, runtime_for
+from edgeq.targets.outputs import RUNNER
+from edgeq.targets.placement import placement_from_trace
+from edgeq.targets.target import Target
 
-RUNNER = Path(__file__).with_name("runner.py")
 STANDARD = {"runs": 1024, "min_seconds": 60.0}  # MLPerf Mobile: at least 1024 queries and 60 s
 PERCENTILES = {
     "min": np.min,
@@ -50,104 +50,45 @@ class InputSpec:
         ]
 
 
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How a profile measures: the runs, the shape of the inputs, and where they come from."""
+
+    runs: int = 100  # at least this many timed runs...
+    min_seconds: float = 2.0  # ...and at least this long
+    warmup: int = 10
+    threads: int | None = None  # intra-op threads; None: the device profile's
+    batch_size: int = 1
+    sequence_length: int = 128
+    inputs: Path | None = None  # an .npz of named inputs; None: the task's example, else synthetic
+    timeout: float = 900
+    new_tokens: int = 32  # a language model's generated tokens per run
+
+
 def profile_models(
-    models: list[Path],
-    device: DeviceProfile,
-    transport=None,
-    runs: int = 100,
-    min_seconds: float = 2.0,
-    warmup: int = 10,
-    threads: int | None = None,
-    batch_size: int = 1,
-    sequence_length: int = 128,
-    inputs: Path | None = None,
-    timeout: float = 900,
-    task=None,
-    new_tokens: int = 32,
+    models: list[Path], target: Target, settings: ProfileSettings = ProfileSettings(), task=None
 ) -> dict:
     """One profile per model (a dict for one model; {"profiles", "comparison"} for several). Inputs come from
-    `inputs` (an .npz), else from the task's example (with the model folder's tokenizer or image processor),
-    else are synthetic, built from the model's input signature."""
-    transport = transport or LocalTransport()
+    `settings.inputs` (an .npz), else from the task's example (with the model folder's tokenizer or image
+    processor), else are synthetic, built from the model's input signature."""
+    device, transport, runtime = target.profile, target.transport(), target.measured_runtime
+    settings = replace(settings, threads=settings.threads or device.threads)
     specs = [_input_specs(m) for m in models]
-    runtime = _runtime(device, transport)
     with tempfile.TemporaryDirectory(prefix="edgeq-profile-") as tmp:
         job_dir = Path(tmp)
-        files = _write_job(
-            job_dir,
-            models,
-            specs,
-            device,
-            runs,
-            min_seconds,
-            warmup,
-            threads or device.threads,
-            batch_size,
-            sequence_length,
-            inputs,
-            transport,
-            timeout,
-            task,
-            new_tokens,
-        )
+        files = _write_job(job_dir, models, specs, runtime, settings, transport, task)
         where = f"{transport.name}{' ' + transport.address if transport.name == 'ssh' else ''}"
+        runs, min_seconds = settings.runs, settings.min_seconds
         say(f"▶ profiling {len(models)} model(s) on {device.id} via {where}: ≥{runs} runs and ≥{min_seconds:g} s")
-        transport.run(job_dir, files, timeout)
+        transport.run(job_dir, files, settings.timeout)
         result = json.loads((job_dir / "result.json").read_text())
         profiles = [
-            _profile(models[i], m, job_dir, runtime, transport, result, runs, warmup, batch_size, sequence_length)
+            _profile(models[i], m, job_dir, runtime, transport, result, settings)
             for i, m in enumerate(result["models"])
         ]
     if len(profiles) == 1:
         return profiles[0]
     return {"profiles": profiles, "comparison": compare(profiles)}
-
-
-def run_outputs(
-    models: list[Path], feeds: list[dict], device: DeviceProfile, transport, timeout: float = 7200
-) -> list[dict]:
-    """Validation through the device runner: every model on every feed once. Per model: the outputs of each feed
-    (name -> array), the time of each run (ms) and an onnxruntime trace of one run."""
-    runtime = _runtime(device, transport)
-    with tempfile.TemporaryDirectory(prefix="edgeq-outputs-") as tmp:
-        job_dir = Path(tmp)
-        shutil.copy2(RUNNER, job_dir / "runner.py")
-        inputs = []
-        for index, feed in enumerate(feeds):
-            np.savez(job_dir / f"inputs_{index}.npz", **feed)
-            inputs.append(f"inputs_{index}.npz")
-        names = []
-        for index, model in enumerate(models):
-            shutil.copy2(model, job_dir / f"model_{index}.onnx")
-            names.append(f"model_{index}.onnx")
-        job = {
-            "mode": "outputs",
-            "models": names,
-            "inputs": inputs,
-            "threads": device.threads,
-            "provider": {"name": runtime.provider, "options": {}, "plugin": None},
-            "session_config": {},
-        }
-        (job_dir / "job.json").write_text(json.dumps(job))
-        transport.run(job_dir, ["runner.py", "job.json", *inputs, *names], timeout)
-        result = json.loads((job_dir / "result.json").read_text())
-        produced = []
-        for raw in result["models"]:
-            with np.load(job_dir / raw["outputs"]) as data:
-                outputs = [
-                    {k.split("/", 1)[1]: data[k] for k in data.files if k.split("/", 1)[0] == f"b{i}"}
-                    for i in range(len(feeds))
-                ]
-            trace = json.loads((job_dir / Path(raw["trace"]).name).read_text())
-            produced.append(
-                {
-                    "outputs": outputs,
-                    "timings_ms": raw["timings_ms"],
-                    "trace": trace,
-                    "environment": result["environment"],
-                }
-            )
-    return produced
 
 
 def compare(profiles: list[dict]) -> list[dict]:
@@ -163,65 +104,17 @@ def compare(profiles: list[dict]) -> list[dict]:
     ]
 
 
-def _runtime(device: DeviceProfile, transport) -> Runtime:
-    if transport.name == "ssh":
-        return Runtime(device, device.execution_provider.name, "remote", "")
-    return runtime_for(device)
-
-
-def default_transport(
-    device: DeviceProfile,
-    host: str | None = None,
-    ssh_key: str | None = None,
-    known_hosts: str | None = None,
-    remote_python: str | None = None,
-):
-    """Where a device's runner goes: `host` (or the device profile's `transport:` section) over SSH, with the
-    given key and overrides; else the device's arm64 stand-in; else this machine."""
-    from edgeq.profile.transport import QemuTransport, SSHTransport
-
-    remote = device.transport
-    if host or remote:
-        return SSHTransport.from_url(
-            host or remote.host,
-            ssh_key,
-            known_hosts or (remote and remote.known_hosts),
-            remote_python or (remote and remote.remote_python),
-        )
-    if device.runs_in_arm64_stand_in:
-        return QemuTransport(device.id, device.stand_in_cpu)
-    return LocalTransport()
-
-
 def _input_specs(model: Path) -> list[InputSpec]:
     graph = load_onnx(model, load_weights=False).graph
     inits = {t.name for t in graph.initializer}
     return [InputSpec(v) for v in graph.input if v.name not in inits]
 
 
-def _write_job(
-    job_dir,
-    models,
-    specs,
-    device,
-    runs,
-    min_seconds,
-    warmup,
-    threads,
-    batch_size,
-    sequence_length,
-    inputs,
-    transport,
-    timeout,
-    task=None,
-    new_tokens: int = 32,
-) -> list[str]:
+def _write_job(job_dir, models, specs, runtime, settings: ProfileSettings, transport, task=None) -> list[str]:
     shutil.copy2(RUNNER, job_dir / "runner.py")
     files, names, input_names = ["runner.py", "job.json"], [], []
     for index, (model, model_specs) in enumerate(zip(models, specs)):
-        feed = _feed(
-            model, model_specs, batch_size, sequence_length, inputs, task, tuple(Path(m).parent for m in models)
-        )
+        feed = _feed(model, model_specs, settings, task, tuple(Path(m).parent for m in models))
         np.savez(job_dir / f"inputs_{index}.npz", **feed)
         input_names.append(f"inputs_{index}.npz")
         if transport.copies_models:
@@ -230,8 +123,8 @@ def _write_job(
         else:
             names.append(str(Path(model).resolve()))
     files += input_names + [n for n in names if not n.startswith("/")]
+    device = runtime.device
     ep = device.execution_provider
-    runtime = _runtime(device, transport)
     provider = {
         "name": runtime.provider,
         "options": dict(ep.options) if not runtime.stand_in else {},
@@ -240,30 +133,25 @@ def _write_job(
     job = {
         "models": names,
         "inputs": input_names,
-        "runs": runs,
-        "min_seconds": min_seconds,
-        "max_seconds": max(timeout - 60, min_seconds),
-        "warmup": warmup,
-        "threads": threads,
-        "profile_runs": min(3, runs),
+        "runs": settings.runs,
+        "min_seconds": settings.min_seconds,
+        "max_seconds": max(settings.timeout - 60, settings.min_seconds),
+        "warmup": settings.warmup,
+        "threads": settings.threads,
+        "profile_runs": min(3, settings.runs),
         "provider": provider,
         "session_config": device.session_config if not runtime.stand_in else {},
     }
     if task is not None and task.generates:
-        job["generation"] = {"new_tokens": new_tokens}
+        job["generation"] = {"new_tokens": settings.new_tokens}
     (job_dir / "job.json").write_text(json.dumps(job))
     return files
 
 
 def _feed(
-    model: Path,
-    specs: list[InputSpec],
-    batch_size: int,
-    sequence_length: int,
-    inputs: Path | None,
-    task=None,
-    companion_dirs: tuple = (),
+    model: Path, specs: list[InputSpec], settings: ProfileSettings, task=None, companion_dirs: tuple = ()
 ) -> dict:
+    batch_size, sequence_length, inputs = settings.batch_size, settings.sequence_length, settings.inputs
     if inputs is None and task is not None:
         from edgeq.errors import ModelError
         from edgeq.feeds import feed_for
@@ -286,7 +174,8 @@ def _feed(
         return {s.name: data[s.name] for s in specs}
 
 
-def _profile(model, raw, job_dir, runtime, transport, result, runs, warmup, batch_size, sequence_length) -> dict:
+def _profile(model, raw, job_dir, runtime, transport, result, settings: ProfileSettings) -> dict:
+    batch_size, sequence_length = settings.batch_size, settings.sequence_length
     values = np.array(raw["timings_ms"])
     trace = json.loads((job_dir / Path(raw["trace"]).name).read_text())
     ops, top_nodes = _op_times(trace)
@@ -298,9 +187,9 @@ def _profile(model, raw, job_dir, runtime, transport, result, runs, warmup, batc
         "mode": runtime.mode,
         "provider": runtime.provider,
         "runs": int(len(values)),
-        "requested_runs": runs,
+        "requested_runs": settings.runs,
         "seconds": round(float(values.sum()) / 1000, 3),
-        "warmup": warmup,
+        "warmup": settings.warmup,
         "batch_size": batch_size,
         "sequence_length": sequence_length,
         "latency_ms": {name: round(float(fn(values)), 4) for name, fn in PERCENTILES.items()},
@@ -364,4 +253,4 @@ def _op_times(trace: list[dict]) -> tuple[list[dict], list[dict]]:
     return ops, nodes
 
 
-__all__ = ["STANDARD", "TransportError", "compare", "profile_models"]
+__all__ = ["STANDARD", "ProfileSettings", "compare", "profile_models"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from edgeq.devices import DeviceProfile
 from edgeq.errors import ConstraintError
 from edgeq.recipe.schema import QuantizationConfig
+from edgeq.targets.profiles import DeviceProfile
 
 
 def check_against_device(q: QuantizationConfig, device: DeviceProfile, static_shapes: bool) -> None:

@@ -12,25 +12,20 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq.devices import DeviceProfile
 from edgeq.feeds import ShapeData, run_batch, shape_data
 from edgeq.progress import track
-from edgeq.validate.metrics import EXACT, HIGHER_IS_BETTER, judge
-from edgeq.validate.sessions import (
-    CPU_EP,
-    environment,
-    host_cpu,
-    make_session,
-    placement,
-    placement_from_trace,
-    runtime_for,
-)
+from edgeq.targets.host import environment
+from edgeq.targets.placement import placement, placement_from_trace
+from edgeq.targets.profiles import DeviceProfile
+from edgeq.targets.runtime import CPU_EP
+from edgeq.targets.target import Target
+from edgeq.tasks.judge import judge, worst_case
 
 
 def validate_models(
     models: dict[str, Path],
     reference: str,
-    device: DeviceProfile,
+    target: Target,
     samples: list,
     inputs,
     task,
@@ -39,19 +34,17 @@ def validate_models(
     thresholds: dict[str, dict[str, float]] | None = None,
     whole_batches_only: bool = False,
 ) -> list[dict]:
-    """One report.json validation entry per model validated on `device` (the reference included, as the
+    """One report.json validation entry per model validated on `target` (the reference included, as the
     baseline, when the device runs float models here). `task` turns `samples` into batches with `inputs` (its
     input maker) and outputs into metrics. `shapes` are (batch size, most tokens a text), each measured on its
     own; an entry's `metrics` are the worst case over them. `thresholds` maps a model name to its limits."""
     from edgeq.artifact import is_quantized
 
-    runtime = runtime_for(device)
+    device, runtime = target.profile, target.runtime
     float_rows = device.runs_float and not runtime.in_runner  # an emulated arm64 is slow: quantized models only
     rows = [n for n in models if float_rows or (n != reference and is_quantized(models[n]))]
     data = shape_data(task, samples, inputs, shapes or [(1, inputs.sequence_length)], whole_batches_only)
-    measured = [
-        _measure_shape(models, rows, reference, device, runtime, task, at, warmup, i == 0) for i, at in enumerate(data)
-    ]
+    measured = [_measure_shape(models, rows, reference, target, task, at, warmup, i == 0) for i, at in enumerate(data)]
     first = measured[0]
     env = first["runs"][rows[0]].get("environment") or {
         **environment(),
@@ -111,18 +104,19 @@ def validate_models(
                 in ("cosine_min", "cosine_mean", "max_abs_error", "kl_divergence_mean", "next_token_top1_agreement")
             }
         if device.coverage:
-            from edgeq.validate.coverage import coverage_estimate
+            from edgeq.targets.coverage import coverage_estimate
 
             entry["coverage"] = coverage_estimate(models[name], device.coverage)
         results.append(entry)
     return results
 
 
-def _measure_shape(models, rows, reference, device, runtime, task, data: ShapeData, warmup, first) -> dict:
+def _measure_shape(models, rows, reference, target: Target, task, data: ShapeData, warmup, first) -> dict:
     """Every model of `rows` on the batches of one shape: what the task compares, timings, placement."""
-    if runtime.in_runner:
+    runtime = target.runtime
+    if target.runs_in_stand_in:
         runs, truth = _run_in_device_runner(
-            {n: models[n] for n in rows}, models[reference], data, device, runtime, task, with_host=first
+            {n: models[n] for n in rows}, models[reference], data, target, task, with_host=first
         )
         comparable = False
     else:
@@ -131,8 +125,7 @@ def _measure_shape(models, rows, reference, device, runtime, task, data: ShapeDa
             {n: models[n] for n in rows},
             models[reference],
             data,
-            device,
-            runtime,
+            target,
             task,
             warmup,
             comparable,
@@ -175,33 +168,12 @@ def _followed(runs: dict, name: str) -> tuple[list, list] | None:
     return runs["__reference__"]["followed"], runs[name]["followed"]
 
 
-def worst_case(per_shape: list[dict], labels: list[str]) -> tuple[dict, dict[str, str]]:
-    """The worst value of every metric over shapes (the lowest where higher is better, else the highest; a
-    missing or non-finite value is worst of all), and the shape each came from."""
-    metrics, worst = {}, {}
-    for key in dict.fromkeys(k for m in per_shape for k in m):  # a metric some shapes lack counts where measured
-        values = [(m[key], label) for m, label in zip(per_shape, labels) if key in m]
-        if key == "sqnr_db" and all(v is EXACT for v, _ in values):
-            metrics[key], worst[key] = EXACT, labels[0]
-            continue
-        missing = [(v, label) for v, label in values if v is None]
-        if missing:
-            metrics[key], worst[key] = None, missing[0][1]
-            continue
-        pick = min if key in HIGHER_IS_BETTER else max
-        if not all(isinstance(v, (int, float)) for v, _ in values):  # counts and notes: the first shape's
-            metrics[key], worst[key] = values[0]
-            continue
-        metrics[key], worst[key] = pick(values, key=lambda item: item[0])
-    return metrics, worst
-
-
 def _run_here(
-    models, reference_path, data: ShapeData, device, runtime, task, warmup, comparable, reference, with_placement=True
+    models, reference_path, data: ShapeData, target: Target, task, warmup, comparable, reference, with_placement=True
 ):
     """Every model in this process, interleaved batch by batch; the reference's outputs from the host CPU."""
-    sessions = {name: make_session(path, device, spinning=False, runtime=runtime) for name, path in models.items()}
-    reference_session = sessions[reference] if comparable else make_session(reference_path, host_cpu(device))
+    sessions = {name: target.session(path, spinning=False) for name, path in models.items()}
+    reference_session = sessions[reference] if comparable else target.reference_session(reference_path)
     for (
         session
     ) in sessions.values():  # the recipe's warm-up on the first shape; a warm session needs one run of another
@@ -209,7 +181,7 @@ def _run_here(
             run_batch(session, data.batches[0])
     runs = {name: {"items": [], "timings": []} for name in models}
     truth = []
-    for batch in track(data.batches, f"validating on {device.id} {data.label}", total=len(data.batches)):
+    for batch in track(data.batches, f"validating on {target.id} {data.label}", total=len(data.batches)):
         produced = {}
         for name, session in sessions.items():
             start = time.perf_counter()
@@ -223,7 +195,7 @@ def _run_here(
             runs[name]["items"] += task.pair(reference_outputs, produced[name], batch)
         truth += task.summarize(reference_outputs, batch)
     for name, path in models.items() if with_placement else ():
-        runs[name]["placement"] = placement(path, runtime, data.batches[0])
+        runs[name]["placement"] = placement(path, target.runtime, data.batches[0])
     if with_placement and task.follow_up_samples:  # e.g. greedy continuations: on the first shape only
         for name, session in sessions.items():
             runs[name]["followed"] = follow_up(task, session, data)
@@ -244,27 +216,25 @@ def follow_up(task, session, data: ShapeData) -> list:
 
 
 def _run_in_device_runner(
-    models, reference_path, data: ShapeData, device, runtime, task, with_host: bool
+    models, reference_path, data: ShapeData, target: Target, task, with_host: bool
 ) -> tuple[dict, list]:
     """Every model through the device's runner (an arm64 stand-in): what the task compares, paired batch by batch with
     the FP32 reference run on this host's CPU; timings; placement; and (`with_host`) each model on this host's CPU
     beside it. Returns the runs and the reference's stored form."""
-    from edgeq.profile.run import default_transport, run_outputs
     from edgeq.progress import say
+    from edgeq.targets.outputs import run_outputs
 
     batches = data.batches
-    say(f"  running {len(models)} model(s) on {len(batches)} inputs in the {device.id} stand-in (slow: emulated)")
-    produced = dict(
-        zip(models, run_outputs(list(models.values()), [b.feed for b in batches], device, default_transport(device)))
-    )
-    reference = make_session(reference_path, host_cpu(device))
-    here = {name: make_session(path, host_cpu(device)) for name, path in models.items()} if with_host else {}
+    say(f"  running {len(models)} model(s) on {len(batches)} inputs in the {target.id} stand-in (slow: emulated)")
+    produced = dict(zip(models, run_outputs(list(models.values()), [b.feed for b in batches], target)))
+    reference = target.reference_session(reference_path)
+    here = {name: target.reference_session(path) for name, path in models.items()} if with_host else {}
     runs = {
         name: {
             "items": [],
             "timings": raw["timings_ms"],
             "environment": {**raw["environment"], "intra_op_spinning": True},
-            "placement": placement_from_trace(raw["trace"], models[name], runtime),
+            "placement": placement_from_trace(raw["trace"], models[name], target.runtime),
         }
         for name, raw in produced.items()
     }

@@ -1,16 +1,15 @@
-"""onnxruntime sessions for a device: its execution provider (built in, or a plugin EP library such as
-onnxruntime-qnn), or a declared CPU stand-in when the EP is not installed; and where the nodes ran."""
+"""Where a device's models run, resolved once: its execution provider (built in, or a plugin EP library such as
+onnxruntime-qnn), a declared CPU stand-in when the EP is not installed, the arm64 stand-in, or the real device
+over a transport (`remote`); and onnxruntime sessions on it."""
 
 from __future__ import annotations
 
-import json
-import tempfile
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeq.devices import DeviceProfile, ExecutionProvider, host_machine, mode_for
 from edgeq.errors import DeviceError
+from edgeq.targets.host import machine, mode_for
+from edgeq.targets.profiles import DeviceProfile, ExecutionProvider
 
 CPU_EP = "CPUExecutionProvider"
 _registered_plugins: set[str] = set()
@@ -22,7 +21,7 @@ class Runtime:
 
     device: DeviceProfile
     provider: str
-    mode: str  # on-host | emulated
+    mode: str  # on-host | emulated | remote
     note: str
 
     @property
@@ -35,13 +34,16 @@ class Runtime:
         return self.device.runs_in_arm64_stand_in and self.mode == "emulated"
 
 
-def runtime_for(device: DeviceProfile) -> Runtime:
-    """The device's EP when this onnxruntime has it; else its CPU stand-in (emulated); else a DeviceError."""
+def runtime_for(device: DeviceProfile, remote: bool = False) -> Runtime:
+    """`remote`: the device's own EP on the real device, reached over a transport. Else the device's EP when this
+    onnxruntime has it; else its CPU stand-in (emulated); else a DeviceError."""
     ep = device.execution_provider
+    if remote:
+        return Runtime(device, ep.name, "remote", "")
     if device.runs_in_arm64_stand_in and mode_for(device) != "on-host":
         cpu = f", emulating a {device.stand_in_cpu}" if device.stand_in_cpu else ""
         note = (
-            f"aarch64 onnxruntime in an arm64 stand-in (qemu-user on this {host_machine()} host{cpu}): the "
+            f"aarch64 onnxruntime in an arm64 stand-in (qemu-user on this {machine()} host{cpu}): the "
             f"numerics are aarch64's integer kernels; the latency is qemu's, not the device's. {device.emulation_note}"
         )
         return Runtime(device, ep.name, "emulated", note.strip())
@@ -161,47 +163,3 @@ def host_cpu(device: DeviceProfile) -> DeviceProfile:
             "runs_float": True,
         }
     )
-
-
-def environment() -> dict:
-    """This host, described as the device runner describes a device (threads left to the caller)."""
-    from edgeq.profile.runner import environment as describe
-
-    return describe({})
-
-
-def placement(model_path: Path, runtime: Runtime, batch) -> dict:
-    """Nodes per execution provider and the EP's partitions, from onnxruntime's profiler trace of one run.
-
-    On the CPU EP the trace names every node onnxruntime ran (after its own graph optimizations). An EP that
-    compiles partitions (QNN, NNAPI, ...) shows one fused node per partition, so its count is the model's nodes
-    less the nodes the trace saw on the CPU."""
-    with tempfile.TemporaryDirectory(prefix="edgeq-placement-") as tmp:
-        from edgeq.feeds import run_batch
-
-        session = make_session(model_path, runtime.device, profile_dir=Path(tmp), runtime=runtime)
-        run_batch(session, batch)
-        trace = json.loads(Path(session.end_profiling()).read_text())
-    return placement_from_trace(trace, model_path, runtime)
-
-
-def placement_from_trace(trace: list[dict], model_path: Path, runtime: Runtime) -> dict:
-    counts = nodes_per_provider(trace)
-    if runtime.provider == CPU_EP:
-        return {"nodes": counts, "partitions": None}
-    import onnx
-
-    total = len(onnx.load(str(model_path), load_external_data=False).graph.node)
-    on_cpu = counts.get(CPU_EP, 0)
-    nodes = {runtime.provider: max(total - on_cpu, 0), **({CPU_EP: on_cpu} if on_cpu else {})}
-    return {"nodes": nodes, "partitions": counts.get(runtime.provider, 0)}
-
-
-def nodes_per_provider(trace: list[dict]) -> dict[str, int]:
-    providers: dict[str, str] = {}
-    for event in trace:
-        args = event.get("args") or {}
-        if event.get("cat") == "Node" and "provider" in args:
-            node = event["name"].removesuffix("_kernel_time")
-            providers[node] = args["provider"]
-    return dict(Counter(providers.values()))

@@ -195,14 +195,14 @@ def _last_line(text: str) -> str:
 
 
 class QemuTransport:
-    """The runner inside a local arm64 stand-in (see edgeq.standin): a chroot whose aarch64 binaries run
+    """The runner inside a local arm64 stand-in (see edgeq.targets.standin): a chroot whose aarch64 binaries run
     through qemu-user-static. One work folder per run under the stand-in's /tmp, removed afterwards."""
 
     name = "qemu"
     copies_models = True
 
     def __init__(self, device_id: str, cpu: str | None = None):
-        from edgeq.standin import is_ready, rootfs
+        from edgeq.targets.standin import is_ready, rootfs
 
         if not is_ready(device_id):
             raise TransportError(
@@ -215,7 +215,7 @@ class QemuTransport:
         import shutil
         import tempfile
 
-        from edgeq.standin import run_in
+        from edgeq.targets.standin import run_in
 
         work = Path(tempfile.mkdtemp(prefix="edgeq-run-", dir=self.root / "tmp"))
         try:

@@ -15,6 +15,7 @@ from edgeq.data_source import Strict
 from edgeq.errors import DeviceError
 from edgeq.resources import bundled_dir
 from edgeq.rungs import ACTIVATION_TYPES, WEIGHT_TYPES
+from edgeq.targets.host import machine, mode_for
 
 
 class ExecutionProvider(Strict):
@@ -168,24 +169,8 @@ def host_cpu_device() -> str:
     the first CPU profile of this architecture when none does."""
     cpus = [d for d in list_devices() if d.device_class == "cpu" and d.stand_in is None]
     on_host = [d for d in cpus if mode_for(d) == "on-host"]
-    same_arch = [d for d in cpus if d.arch == host_machine()]
+    same_arch = [d for d in cpus if d.arch == machine()]
     return (on_host or same_arch or cpus)[0].id
-
-
-def mode_for(device: DeviceProfile) -> str:
-    """`on-host` when the device's own EP runs on a host of the device's architecture with the CPU features
-    the device relies on and none of those it lacks that change the kernels; `emulated` otherwise."""
-    from edgeq.profile.runner import cpu_info
-
-    flags = set(cpu_info()[1])
-    same_kernels = set(device.cpu_features) <= flags and not set(device.cpu_features_absent) & flags
-    return "on-host" if host_machine() == device.arch and same_kernels else "emulated"
-
-
-def host_machine() -> str:
-    from edgeq.profile.runner import machine  # the device runner holds the one copy of the host probes
-
-    return machine()
 
 
 def search_dirs() -> list[Path]:
