@@ -43,7 +43,7 @@ def test_snapdragon_htp_reaches_0998_with_every_node_on_the_htp(tmp_path_factory
     # 0.998 needs the device profile's HTP generation (v75): emulated as v68/v69 the same model gives 0.9976.
     report = build("minilm-snapdragon", tmp_path_factory, validation__samples=32)
     entry = next(v for v in report["validations"] if v["artifact"] == report["final_artifact"])
-    assert report["final_artifact"] == "mixed" and report["mixed_precision"]["kind"] == "activation types (QDQ NPU)"
+    assert report["final_artifact"] == "mixed" and report["mixed_precision"]["kind"] == "activation-types"
     assert next(a for a in report["artifacts"] if a["name"] == "mixed")["size_ratio"] <= 0.30
     assert entry["provider"] == "QNNExecutionProvider" and entry["mode"] == "emulated"
     assert entry["fallback_nodes"] == 0 and list(entry["placement"]) == ["QNNExecutionProvider"]

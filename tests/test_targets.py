@@ -69,7 +69,7 @@ def test_qnn_activation_types_per_block(tiny_bert, write_recipe, tmp_path, floor
     }
     report = api.build(write_recipe(recipe), output=tmp_path / "out").report
     mp = report["mixed_precision"]
-    assert report["final_artifact"] == "mixed" and mp["kind"] == "activation types (QDQ NPU)"
+    assert report["final_artifact"] == "mixed" and mp["kind"] == "activation-types"
     blocks = {i["name"] for i in mp["islands"]}
     assert {"/embeddings", "/encoder/layer.0/attention", "/encoder/layer.1/output"} <= blocks
     assert all(i["reason"] for i in mp["islands"])

@@ -262,7 +262,9 @@ def render_markdown(report: dict) -> str:
 
 
 def mixed_precision_markdown(mp: dict) -> list[str]:
-    if mp.get("kind") == "activation types (QDQ NPU)":
+    from edgeq.report_contract import MixedPrecision
+
+    if MixedPrecision.model_validate(mp).kind == "activation-types":
         return activation_types_markdown(mp)
     counts = ", ".join(f"{k} {v}" for k, v in mp["precision_counts"].items())
     lines = [

@@ -67,6 +67,19 @@ class Validation(Open):
     shapes: list[ShapeEntry] = Field(default_factory=list, description="Per deployment shape, in recipe order.")
 
 
+class MixedPrecision(Open):
+    """The mixed-precision section: which search ran, and what it chose."""
+
+    kind: Literal["weight-precisions", "activation-types"] = Field(
+        default="weight-precisions",
+        description="weight-precisions: a rung (int8, int4, fp16, fp32 ...) per weight island, chosen by measured "
+        "sensitivity under a budget (the section has no `kind` key then); activation-types: 8- or 16-bit "
+        "activations per block of a QDQ NPU's model.",
+    )
+    precision_counts: dict[str, int] = Field(description="Islands (or blocks) per precision.")
+    size_ratio: float = Field(ge=0, description="The chosen model's bytes over FP32's.")
+
+
 class Report(Open):
     """report.json at the top level."""
 
@@ -77,7 +90,7 @@ class Report(Open):
     validations: list[Validation] = Field(description="Every model validated on every target.")
     final: str = Field(description="The first target's final model, relative to the build folder (final/model.onnx).")
     passed: bool = Field(description="Every target's served model passed its thresholds.")
-    mixed_precision: dict | None = Field(
+    mixed_precision: MixedPrecision | None = Field(
         default=None, description="Present when the search ran: islands, scores, decisions with reasons, evaluations."
     )
     finals: dict | None = Field(default=None, description="Per target: the artifact it is served and its folder.")
@@ -110,7 +123,7 @@ def render() -> str:
         "listed.",
         "",
     ]
-    for model in (Report, Stage, Artifact, Validation, ShapeEntry):
+    for model in (Report, Stage, Artifact, Validation, ShapeEntry, MixedPrecision):
         sections += [
             f"## {model.__name__}",
             "",

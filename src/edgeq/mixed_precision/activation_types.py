@@ -39,6 +39,7 @@ from edgeq.progress import say
 from edgeq.rungs import BY_NAME, names
 
 LAYER = re.compile(r"^(layer|layers|h|block|blocks|encoder_layer|stages?)\.\d+$|^\w+\.\d+$")
+ACTIVATION_TYPES_KIND = "activation-types"  # the report section's kind (report_contract.MixedPrecision)
 RUNGS = names("activation")
 MODEL_LEVEL = "/model"  # top-level tensors (the attention mask's arithmetic, read by every layer): kept 16-bit
 MEANING = {rung: BY_NAME[rung].meaning for rung in RUNGS}
@@ -359,7 +360,7 @@ def choose_activation_types(job, quantization, feeds: list[dict], model16_path: 
     overrides = found["eight_bit_tensors"]
     counts = {rung: sum(i["precision"] == rung for i in found["islands"]) for rung in RUNGS}
     return {
-        "kind": "activation types (QDQ NPU)",
+        "kind": ACTIVATION_TYPES_KIND,
         "candidates": list(RUNGS),
         "shapes": [job.task.shape_label(*s) for s in job.shapes],
         "budget": job.config.budget.model_dump(),
