@@ -288,18 +288,7 @@ def matmul_int4(
         numpy_helper.from_array(scale.reshape(-1), f"{base}_scales"),
         numpy_helper.from_array(pack_nibbles(zero).reshape(-1), f"{base}_zero_points"),
     ]
-    matmul = helper.make_node(
-        "MatMulNBits",
-        [node.input[0], *(t.name for t in inits)],
-        list(node.output),
-        name=node.name,
-        domain=MS_DOMAIN,
-        K=rows,
-        N=cols,
-        bits=4,
-        block_size=INT4_BLOCK,
-        accuracy_level=accuracy_level,
-    )
+    matmul = _matmul_nbits(node, inits, list(node.output), rows, cols, 4, accuracy_level)
     size = sum(numpy_helper.to_array(t).nbytes for t in inits)
     method = (
         "GPTQ"
@@ -338,18 +327,7 @@ def matmul_int4_offset(node: onnx.NodeProto, weight: np.ndarray, accuracy_level:
         ),
     ]
     nodes = [
-        helper.make_node(
-            "MatMulNBits",
-            [node.input[0], *(t.name for t in inits[:3])],
-            [f"{base}_codes_out"],
-            name=node.name,
-            domain=MS_DOMAIN,
-            K=rows,
-            N=cols,
-            bits=4,
-            block_size=INT4_BLOCK,
-            accuracy_level=accuracy_level,
-        ),
+        _matmul_nbits(node, inits[:3], [f"{base}_codes_out"], rows, cols, 4, accuracy_level),
         helper.make_node("MatMul", [node.input[0], indicator], [sums], name=f"{node.name}_block_sums"),
         helper.make_node(
             "Transpose", [f"{base}_offsets"], [f"{base}_offsets_by_block"], name=f"{node.name}_offsets_by_block"
@@ -381,20 +359,28 @@ def matmul_int8_blocks(node: onnx.NodeProto, weight: np.ndarray, accuracy_level:
     codes = (np.clip(np.round(w / scale[..., None]), -127, 127) + 128).astype(np.uint8)
     base = f"{_base(node)}_q8b"
     inits = [numpy_helper.from_array(codes, f"{base}_B"), numpy_helper.from_array(scale.reshape(-1), f"{base}_scales")]
-    matmul = helper.make_node(
+    matmul = _matmul_nbits(node, inits, list(node.output), rows, cols, 8, accuracy_level)
+    size = sum(numpy_helper.to_array(t).nbytes for t in inits)
+    return Candidate([matmul], inits, size, {"bits": 8, "block_size": INT4_BLOCK, "method": "round to nearest"})
+
+
+def _matmul_nbits(
+    node: onnx.NodeProto, inits: list, outputs: list[str], rows: int, cols: int, bits: int, accuracy_level: int
+) -> onnx.NodeProto:
+    """onnxruntime's MatMulNBits in place of `node`: its input times the blocked weight whose codes, scales (and zero
+    points) are `inits`, in blocks of INT4_BLOCK along K."""
+    return helper.make_node(
         "MatMulNBits",
         [node.input[0], *(t.name for t in inits)],
-        list(node.output),
+        outputs,
         name=node.name,
         domain=MS_DOMAIN,
         K=rows,
         N=cols,
-        bits=8,
+        bits=bits,
         block_size=INT4_BLOCK,
         accuracy_level=accuracy_level,
     )
-    size = sum(numpy_helper.to_array(t).nbytes for t in inits)
-    return Candidate([matmul], inits, size, {"bits": 8, "block_size": INT4_BLOCK, "method": "round to nearest"})
 
 
 SHAREABLE = {"int4", "int4a", "int4g", "int4o", "int8b"}  # MatMulNBits forms a tied embedding can gather from

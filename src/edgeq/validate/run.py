@@ -51,64 +51,73 @@ def validate_models(
         "threads": device.threads,
         "intra_op_spinning": False,
     }
-    results = []
-    for name in rows:
-        per_shape = [_shape_entry(m, name, reference, task) for m in measured]
-        metrics, worst = worst_case([p["metrics"] for p in per_shape], [p["shape"] for p in per_shape])
-        limits = (thresholds or {}).get(name) or {}
-        failures = [
-            f"{failure} (at {worst.get(failure.split()[0], per_shape[0]['shape'])})"
-            for failure in judge(metrics, limits)
-        ]
-        compliance = _compliance(models[name], device) if name != reference else None
-        if compliance and compliance["violations"]:
-            failures.append(f"{len(compliance['violations'])} {device.device_class.upper()} rule violations")
-        where = first["runs"][name]["placement"]
-        entry = {
-            "artifact": name,
-            "device": device.id,
-            "provider": runtime.provider,
-            "mode": runtime.mode,
-            "placement": where["nodes"],
-            "partitions": where["partitions"],
-            "fallback_nodes": sum(n for ep, n in where["nodes"].items() if ep != runtime.provider),
-            "environment": env,
-            "samples": per_shape[0]["samples"],
-            "batch_size": shapes[0][0],
-            "metrics": metrics,
-            "worst_shape": worst,
-            "latency_ms": per_shape[0]["latency_ms"],
-            "latency_ratio_to_reference": per_shape[0]["latency_ratio_to_reference"],
-            "shapes": per_shape,
-            "reference": reference,
-            "thresholds": limits,
-            "passed": not failures,
-            "failures": failures,
-        }
-        if runtime.note:
-            entry["note"] = runtime.note
-        if runtime.mode != "on-host":
-            entry["latency_note"] = (
-                f"measured on {runtime.provider} {'in the stand-in' if runtime.in_runner else 'on this host'}, not on the device"
-            )
-        if compliance is not None:
-            entry["compliance"] = compliance
-        if runtime.in_runner:  # the same model on this host's CPU: how far apart the two platforms' kernels are
-            data = first["data"]
-            samples = [s for batch in data.batches for s in batch.samples]
-            apart = task.metrics(*first["runs"][name]["versus_host"], samples, data.inputs)
-            entry["versus_host_cpu"] = {
-                k: v
-                for k, v in apart.items()
-                if k
-                in ("cosine_min", "cosine_mean", "max_abs_error", "kl_divergence_mean", "next_token_top1_agreement")
-            }
-        if device.coverage:
-            from edgeq.targets.coverage import coverage_estimate
+    batch_size = (shapes or [(1, 0)])[0][0]
+    return [_entry(name, models[name], measured, reference, target, task, thresholds, env, batch_size) for name in rows]
 
-            entry["coverage"] = coverage_estimate(models[name], device.coverage)
-        results.append(entry)
-    return results
+
+VERSUS_HOST_METRICS = ("cosine_min", "cosine_mean", "max_abs_error", "kl_divergence_mean", "next_token_top1_agreement")
+
+
+def _entry(name, path, measured, reference, target: Target, task, thresholds, env, batch_size) -> dict:
+    """The validation entry of one model: its metrics (worst over shapes) judged, where it ran, and the notes."""
+    device, runtime, first = target.profile, target.runtime, measured[0]
+    per_shape = [_shape_entry(m, name, reference, task) for m in measured]
+    metrics, worst = worst_case([p["metrics"] for p in per_shape], [p["shape"] for p in per_shape])
+    limits = (thresholds or {}).get(name) or {}
+    compliance = _compliance(path, device) if name != reference else None
+    failures = _failures(judge(metrics, limits), worst, per_shape[0]["shape"], compliance, device)
+    where = first["runs"][name]["placement"]
+    entry = {
+        "artifact": name,
+        "device": device.id,
+        "provider": runtime.provider,
+        "mode": runtime.mode,
+        "placement": where["nodes"],
+        "partitions": where["partitions"],
+        "fallback_nodes": sum(n for ep, n in where["nodes"].items() if ep != runtime.provider),
+        "environment": env,
+        "samples": per_shape[0]["samples"],
+        "batch_size": batch_size,
+        "metrics": metrics,
+        "worst_shape": worst,
+        "latency_ms": per_shape[0]["latency_ms"],
+        "latency_ratio_to_reference": per_shape[0]["latency_ratio_to_reference"],
+        "shapes": per_shape,
+        "reference": reference,
+        "thresholds": limits,
+        "passed": not failures,
+        "failures": failures,
+        **_runtime_notes(runtime),
+    }
+    if compliance is not None:
+        entry["compliance"] = compliance
+    if runtime.in_runner:  # the same model on this host's CPU: how far apart the two platforms' kernels are
+        data = first["data"]
+        samples = [s for batch in data.batches for s in batch.samples]
+        apart = task.metrics(*first["runs"][name]["versus_host"], samples, data.inputs)
+        entry["versus_host_cpu"] = {k: v for k, v in apart.items() if k in VERSUS_HOST_METRICS}
+    if device.coverage:
+        from edgeq.targets.coverage import coverage_estimate
+
+        entry["coverage"] = coverage_estimate(path, device.coverage)
+    return entry
+
+
+def _failures(broken: list[str], worst: dict, first_shape: str, compliance: dict | None, device) -> list[str]:
+    """The thresholds broken, each with the shape it broke at, and a DPU's rule violations."""
+    failures = [f"{failure} (at {worst.get(failure.split()[0], first_shape)})" for failure in broken]
+    if compliance and compliance["violations"]:
+        failures.append(f"{len(compliance['violations'])} {device.device_class.upper()} rule violations")
+    return failures
+
+
+def _runtime_notes(runtime) -> dict:
+    """What the entry must say of where it ran: the runtime's note, and that the latency is not the device's."""
+    notes = {"note": runtime.note} if runtime.note else {}
+    if runtime.mode != "on-host":
+        where = "in the stand-in" if runtime.in_runner else "on this host"
+        notes["latency_note"] = f"measured on {runtime.provider} {where}, not on the device"
+    return notes
 
 
 def _measure_shape(models, rows, reference, target: Target, task, data: ShapeData, warmup, first) -> dict:
