@@ -50,6 +50,53 @@ def test_qnn_htp_runs_every_node_with_cpu_fallback_disabled(tiny_bert, write_rec
     assert quantize["scheme"] == "qnn" and quantize["mask_fill_softened"] >= 1
 
 
+def test_diverge_compares_every_quantized_tensor_of_the_htp_with_its_simulation(
+    tiny_bert, write_recipe, run_cli, tmp_path
+):
+    """`edgeq diverge` on the emulated HTP: one entry per quantized activation in graph order, the JSON contract, and
+    the departure test. The same model on this host's CPU EP is its own simulation: nothing departs there."""
+    import json
+
+    from edgeq.diverge import probes
+    from edgeq.report_contract import Divergence
+
+    pytest.importorskip("onnxruntime_qnn")
+    recipe = static_recipe(
+        tiny_bert, ["snapdragon-8-gen-3"], activation_type="uint16", weight_type="uint8", op_types=None
+    )
+    out = tmp_path / "out"
+    assert api.build(write_recipe(recipe), output=out).exit_code == 0
+    model, fp32 = out / "final" / "model.onnx", out / "fp32" / "model.onnx"
+    data = tmp_path / "data" / "validation.txt"
+    args = ["diverge", model, "--reference", fp32, "--data", data, "--samples", "2"]
+    htp = run_cli(*args, "--device", "snapdragon-8-gen-3", "--json", tmp_path / "htp.json")
+    assert htp.exit_code == 0, htp.output
+    report = json.loads((tmp_path / "htp.json").read_text())
+    Divergence.model_validate(report)
+    expected = [p.tensor for p in probes(onnx.load(str(model)))]
+    assert [t["name"] for t in report["tensors"]] == expected and len(expected) > 20
+    assert report["mode"] == "emulated" and report["provider"] == "QNNExecutionProvider"
+    assert all(t["sqnr_vs_fp32_db"] is not None for t in report["tensors"] if t["op"] in ("Softmax", "Gelu"))
+    shaped = [t for t in report["tensors"] if t["op"] in ("Reshape", "Transpose")]
+    assert shaped and all(t["local_sqnr_db"] is None for t in shaped)  # data movement: exact on the HTP too
+    measured = [t for t in report["tensors"] if t["local_sqnr_db"] is not None]
+    below = [t for t in measured if t["local_sqnr_db"] < report["threshold_db"]]
+    assert report["first_departure"] == (below[0] if below else None) and report["departures"] == len(below)
+    assert "against the CPU EP's simulation" in htp.output
+
+    everything = run_cli(*args, "--device", "snapdragon-8-gen-3", "--threshold-db", "1000", "--json", "-")
+    assert json.loads(everything.output)["first_departure"]["name"] == measured[0]["name"]
+
+    host = json.loads(run_cli(*args, "--json", "-").output)  # the CPU EP against itself: identical everywhere
+    assert host["mode"] == "on-host" and host["first_departure"] is None
+    assert all(t["sqnr_vs_simulation_db"] is None and t["local_sqnr_db"] is None for t in host["tensors"])
+
+    refused = run_cli("diverge", fp32, "--reference", fp32)
+    assert (
+        refused.exit_code != 0 and refused.stderr.startswith("Error: ") and "no quantized activations" in refused.stderr
+    )
+
+
 @pytest.mark.parametrize("floor, eight_bit", [(0.0, "all"), (1.0, "none")])
 def test_qnn_activation_types_per_block(tiny_bert, write_recipe, tmp_path, floor, eight_bit):
     """The search's two ends: a budget anything meets puts every block at 8 bits; one nothing meets keeps 16."""

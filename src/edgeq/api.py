@@ -252,6 +252,51 @@ def profile(
     return profile_models(paths, target, settings, task)
 
 
+def diverge(
+    model: str | Path,
+    reference: str | Path,
+    device: str | None = None,
+    data: DataSource | None = None,
+    samples: int = 4,
+    threshold_db: float | None = None,
+    task: str | None = None,
+    tokenizer: str | Path | None = None,
+) -> dict:
+    """Where MODEL (a QDQ model) on DEVICE departs from its simulation on this host's CPU EP, tensor by tensor,
+    against REFERENCE (its FP32 model): the JSON of `edgeq diverge`. Inputs: `samples` records of DATA, else the
+    task's example input; at the model's own fixed shape when it has one."""
+    from edgeq.artifact import check_loadable, load_onnx
+    from edgeq.diverge import DEFAULT_THRESHOLD_DB
+    from edgeq.diverge import diverge as run
+
+    model_path, reference_path = Path(model), Path(reference)
+    onnx_model = load_onnx(model_path, load_weights=False)
+    load_onnx(reference_path, load_weights=False)
+    for path in (model_path, reference_path):
+        check_loadable(path)
+    target = load_target(device)
+    folder = Path(tokenizer) if tokenizer else model_path.parent
+    chosen = _task_for(folder, task)
+    batch_size, sequence_length = _fixed_shape(onnx_model.graph) or (1, default_length(folder))
+    inputs = chosen.inputs(folder, sequence_length, _has_static_shapes(onnx_model))
+    if data is None:
+        feeds = [chosen.example_feed(inputs, batch_size)]
+    else:
+        items = chosen.read(data, samples, "--data", folder)
+        feeds = [b.feed for b in chosen.batches(items, inputs, batch_size, True)]
+    report = run(model_path, target, reference_path, feeds, threshold_db or DEFAULT_THRESHOLD_DB)
+    report["data"] = str(data.path) if data is not None else "the task's example input"
+    return report
+
+
+def _fixed_shape(graph) -> tuple[int, int] | None:
+    """(batch size, sequence length) of a model whose first input is fixed at two dimensions, else None."""
+    inits = {t.name for t in graph.initializer}
+    first = next((i for i in graph.input if i.name not in inits), None)
+    dims = [d.dim_value for d in first.type.tensor_type.shape.dim] if first is not None else []
+    return (dims[0], dims[1]) if len(dims) == 2 and all(d > 0 for d in dims) else None
+
+
 def plan(
     models: str | Path | list,
     device: str | None = None,
@@ -352,4 +397,16 @@ def _has_static_shapes(model) -> bool:
     return bool(dims) and all(d.dim_value > 0 for d in dims)
 
 
-__all__ = ["build", "device", "devices", "export", "inspect", "preflight", "profile", "quantize", "recipes", "validate"]
+__all__ = [
+    "build",
+    "device",
+    "devices",
+    "diverge",
+    "export",
+    "inspect",
+    "preflight",
+    "profile",
+    "quantize",
+    "recipes",
+    "validate",
+]

@@ -627,6 +627,74 @@ def generate(model_or_build, prompt, max_tokens, chat, engine, json_file) -> Non
         _write_json(result, json_file)
 
 
+# -------------------------------------------------------------------------------------------- diverge
+@cli.command()
+@click.argument("model")
+@click.option("--reference", required=True, help="The FP32 ONNX model MODEL was quantized from.")
+@click.option("--device", default=None, help="Device id. Default: this host's CPU profile.")
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    help="Inputs (.txt/.jsonl/.csv, or an image folder). Default: the task's example input.",
+)
+@click.option("--field", help="JSON key or CSV column of the texts.")
+@click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True, help="Use the first N samples.")
+@click.option(
+    "--threshold-db",
+    type=float,
+    help="An op departs when its own SQNR against the simulation (on the device's inputs) is below this. Default: 30 dB.",
+)
+@click.option("--task", type=TASK_CHOICES, help="Default: detected from the model folder's config.json.")
+@click.option("--tokenizer", type=click.Path(path_type=Path), help="Folder with tokenizer.json.")
+@click.option("--json", "json_file", help="Also write the report as JSON to this file ('-': stdout only).")
+def diverge(model, reference, device, data_path, field, samples, threshold_db, task, tokenizer, json_file) -> None:
+    """Where a QDQ MODEL on DEVICE departs from its simulation on this host's CPU EP: per quantized tensor, in
+    graph order, the SQNR of the device against the simulation and against REFERENCE; the first tensor below the
+    threshold is named with its op and block."""
+    from edgeq import api
+
+    data = _data_source(data_path, field, "--data") if data_path else None
+    result = api.diverge(model, reference, device, data, samples, threshold_db, task, tokenizer)
+    if json_file == "-":
+        _echo_json(result)
+        return
+    click.echo(divergence_text(result))
+    if json_file:
+        _write_json(result, json_file)
+
+
+def divergence_text(result: dict) -> str:
+    """The first departure (or none), and the tensors furthest from the simulation."""
+    tensors = result["tensors"]
+    lines = [
+        f"{result['device']} ({result['mode']}, {result['provider']}) against the CPU EP's simulation: "
+        f"{len(tensors)} quantized tensors, {result['samples']} input(s), threshold {result['threshold_db']:g} dB"
+    ]
+    first = result["first_departure"]
+    if first is None:
+        lines.append("No departure: every tensor is within the threshold of the simulation.")
+    else:
+        lines.append(
+            f"First departure: {first['name']} ({first['op']}, block {first['block']}, {first['type']}): its op alone "
+            f"{first['local_sqnr_db']} dB against the simulation; by there {first['sqnr_vs_simulation_db']} dB against "
+            f"the simulation and {first['sqnr_vs_fp32_db']} dB against FP32; {result['departures']} op(s) below the "
+            "threshold in all"
+        )
+    exact = sum(t["sqnr_vs_simulation_db"] is None for t in tensors)
+    ranked = sorted(
+        (t for t in tensors if t["sqnr_vs_simulation_db"] is not None), key=lambda t: t["sqnr_vs_simulation_db"]
+    )
+    lines.append(f"{exact} tensor(s) identical to the simulation; the furthest from it:")
+    for t in ranked[:8]:
+        lines.append(
+            f"  {t['sqnr_vs_simulation_db']:>8.2f} dB  {t['op']:<18} {t['type']:<7} {t['block']:<32} {t['name']}"
+        )
+    if result.get("note"):
+        lines.append(result["note"])
+    return "\n".join(lines)
+
+
 # -------------------------------------------------------------------------------------------- inspect
 @cli.command()
 @click.argument("model")

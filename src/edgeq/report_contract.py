@@ -97,24 +97,58 @@ class Report(Open):
     profiles: list[dict] | None = Field(default=None, description="Per target: the final model's profile.")
 
 
-def check(report: dict) -> None:
+class TensorDeparture(Open):
+    """One quantized tensor of `edgeq diverge`, in graph order. SQNR is 10·log10(signal power / noise power) over
+    every input; null means identical (no noise at all)."""
+
+    name: str = Field(description="The float tensor the QuantizeLinear quantizes (its name in the FP32 model).")
+    op: str = Field(description="The op type that produces it.")
+    block: str = Field(description="The block it belongs to, from the node's exported path (/encoder/layer.3/...).")
+    type: str = Field(description="The integer type the device holds it in (uint8, uint16, ...).")
+    sqnr_vs_simulation_db: float | None = Field(
+        description="The device's tensor against the CPU EP's simulation of the same QDQ model: what has departed "
+        "by here, this op's share and everything before it."
+    )
+    sqnr_vs_fp32_db: float | None = Field(
+        description="The device's tensor against the FP32 reference's (null where the FP32 model has no such tensor)."
+    )
+    local_sqnr_db: float | None = Field(
+        default=None,
+        description="This op's own share: its output on the device against the simulation of the op alone on the "
+        "device's own inputs (what came in already different is not counted again). The departure test reads this.",
+    )
+
+
+class Divergence(Open):
+    """The JSON of `edgeq diverge MODEL --device ID --reference FP32 --json F`."""
+
+    device: str = Field(description="The device profile's id.")
+    mode: Literal["on-host", "emulated", "remote"] = Field(description="Where the device's numbers came from.")
+    threshold_db: float = Field(description="A tensor departs when its local SQNR is below this.")
+    tensors: list[TensorDeparture] = Field(description="Every quantized activation, in graph order.")
+    first_departure: TensorDeparture | None = Field(
+        description="The first tensor (in graph order) whose local SQNR is below the threshold; null: none."
+    )
+
+
+def check(report: dict, contract: type[BaseModel] = None, label: str = "report.json") -> None:
     """Raise a StageError naming the first key that breaks the contract (an edgeq bug, never the user's input)."""
     from pydantic import ValidationError
 
     from edgeq.errors import StageError
 
     try:
-        Report.model_validate(report)
+        (contract or Report).model_validate(report)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         raise StageError(
-            f"report.json breaks its contract at '{key}': {err['msg']}", "This is a bug in edgeq; please report it"
+            f"{label} breaks its contract at '{key}': {err['msg']}", "This is a bug in edgeq; please report it"
         ) from None
 
 
 def render() -> str:
-    """docs/report.md: the contract's keys and what they mean."""
+    """docs/report.md: the contracts' keys and what they mean (report.json, and `edgeq diverge --json`)."""
     sections = [
         "# report.json reference",
         "",
@@ -123,7 +157,7 @@ def render() -> str:
         "listed.",
         "",
     ]
-    for model in (Report, Stage, Artifact, Validation, ShapeEntry, MixedPrecision):
+    for model in (Report, Stage, Artifact, Validation, ShapeEntry, MixedPrecision, Divergence, TensorDeparture):
         sections += [
             f"## {model.__name__}",
             "",

@@ -76,11 +76,11 @@ def activation_quantizers(model: onnx.ModelProto) -> list[QuantizedActivation]:
         source = producer[node.input[0]]
         if source.op_type == "DequantizeLinear":  # a convert: belongs with the tensor it converts
             continue
-        found.append(QuantizedActivation(node.input[0], index, island_of(_path_name(source, node, reading))))
+        found.append(QuantizedActivation(node.input[0], index, island_of(path_name(source, node, reading))))
     return found
 
 
-def _path_name(source: onnx.NodeProto, quantize: onnx.NodeProto, reading: dict) -> str:
+def path_name(source: onnx.NodeProto, quantize: onnx.NodeProto, reading: dict) -> str:
     """A name with the block's path for the tensor `quantize` quantizes: its producer's; else (fused nodes) the
     tensor's own; else (a node a pre-processing added, e.g. QNN's Reshape before a Gemm) that of the node reading
     it through its DequantizeLinear."""
