@@ -64,8 +64,15 @@ def test_diverge_compares_every_quantized_tensor_of_the_htp_with_its_simulation(
     recipe = static_recipe(
         tiny_bert, ["snapdragon-8-gen-3"], activation_type="uint16", weight_type="uint8", op_types=None
     )
+    recipe["validation"]["diverge"] = "always"  # the build runs it whatever the fidelity: its mechanics are tested
     out = tmp_path / "out"
-    assert api.build(write_recipe(recipe), output=out).exit_code == 0
+    built = api.build(write_recipe(recipe), output=out)
+    (entry,) = built.report["validations"]
+    assert entry["simulation"]["provider"] == "CPUExecutionProvider" and "departs" in entry["simulation"]
+    written = json.loads((out / entry["divergence"]["file"]).read_text())
+    assert len(entry["divergence"]["curve"]) == len(written["tensors"])
+    assert entry["divergence"]["first_departure"] == written["first_departure"]
+    assert "Where the device departs" in (out / "report.html").read_text()
     model, fp32 = out / "final" / "model.onnx", out / "fp32" / "model.onnx"
     data = tmp_path / "data" / "validation.txt"
     args = ["diverge", model, "--reference", fp32, "--data", data, "--samples", "2"]

@@ -525,7 +525,7 @@ def validate_stage(plan: Plan, models: dict[str, Path], reference: str, served: 
             else:
                 wanted = {n: p for n, p in models.items() if n in (reference, served[device.id])}
             samples = plan.validation_samples[: val.emulated_samples] if emulated else plan.validation_samples
-            results += validate_models(
+            found = validate_models(
                 wanted,
                 reference,
                 target,
@@ -537,9 +537,46 @@ def validate_stage(plan: Plan, models: dict[str, Path], reference: str, served: 
                 thresholds,
                 plan.recipe.fixed_batch,
             )
+            explain_departures(plan, target, found, wanted, reference, inputs)
+            results += found
     seconds, peak = time.perf_counter() - start, sampled.mb
     say(f"  validate: {seconds:.1f}s, peak RSS {peak or '?'} MB (measured now, never cached)")
     return StageResult("validate", None, None, seconds, False, {"validations": results, "peak_rss_mb": peak})
+
+
+DIVERGE_SAMPLES = 4  # inputs `edgeq diverge` reads when the build looks for where a device departs
+
+
+def explain_departures(plan: Plan, target: Target, entries: list[dict], models: dict, reference: str, inputs) -> None:
+    """Where a device's fidelity is below its simulation's by more than the margin (validate/run.py), find where:
+    `edgeq diverge` on the first validation samples, its JSON beside the report, its first departure and the
+    per-tensor curve in the validation entry (report.html draws it)."""
+    import json
+
+    from edgeq.atomic import write_text
+    from edgeq.diverge import diverge
+
+    batch_size, length = plan.recipe.validation_shapes[0]
+    when = plan.recipe.validation.diverge
+    for entry in entries:
+        beside = entry.get("simulation")
+        if beside is None or when == "never" or (when == "when-departing" and not beside.get("departs")):
+            continue
+        name = entry["artifact"]
+        samples = plan.validation_samples[:DIVERGE_SAMPLES]
+        feeds = [b.feed for b in plan.task.batches(samples, inputs.for_length(length), batch_size, True)]
+        why = "loses more than its simulation" if beside.get("departs") else "against its simulation (diverge: always)"
+        say(f"  {target.id} {why} on {name}: looking for where (edgeq diverge)")
+        found = diverge(models[name], target, models[reference], feeds)
+        file = plan.out_dir / f"divergence-{target.id}-{name}.json"
+        write_text(file, json.dumps(found, indent=2, allow_nan=False) + "\n")
+        entry["divergence"] = {
+            "file": file.name,
+            "threshold_db": found["threshold_db"],
+            "departures": found["departures"],
+            "first_departure": found["first_departure"],
+            "curve": [[t["local_sqnr_db"], t["sqnr_vs_simulation_db"]] for t in found["tensors"]],
+        }
 
 
 def profile_stage(plan: Plan, finals: dict[str, Path]) -> StageResult:

@@ -32,6 +32,7 @@ def render_html(report: dict) -> str:
         _shapes(report),
         _latency(report),
         _placement(report),
+        _divergences(report),
         _environment(report),
     ]
     title = f"edgeq report: {recipe['name']}"
@@ -329,6 +330,66 @@ def _environment(report: dict) -> str:
 
 
 # ------------------------------------------------------------------ plots
+def _divergences(report: dict) -> str:
+    """Per device whose fidelity fell below its simulation's: where (edgeq diverge), as a curve along the graph."""
+    found = [v for v in report["validations"] if v.get("divergence")]
+    parts = []
+    for entry in found:
+        d = entry["divergence"]
+        first = d["first_departure"]
+        said = (
+            f"first departure: <code>{escape(first['name'])}</code> ({escape(first['op'])}, block "
+            f"{escape(first['block'])}), its op alone {first['local_sqnr_db']} dB against the simulation"
+            if first
+            else "no op departs by itself beyond the threshold"
+        )
+        parts.append(
+            f"<h3>{escape(entry['device'])} · {escape(entry['artifact'])} "
+            f"<span class=mode>{escape(entry['mode'])}</span></h3><p>{_beside(entry['simulation'])}; {said}. {d['departures']} op(s) below "
+            f"{d['threshold_db']:g} dB. Per quantized tensor, in graph order: each op alone (dots) and everything up "
+            f"to it (line), device against simulation. Identical tensors are drawn at the top. Full table: "
+            f"<code>{escape(d['file'])}</code>.</p>{_curve(d['curve'], d['threshold_db'])}"
+        )
+    return f"<section id=divergence><h2>Where the device departs</h2>{''.join(parts)}</section>" if parts else ""
+
+
+def _beside(simulation: dict) -> str:
+    losses = f"fidelity loss {simulation.get('device_loss', 0):.3g} against {simulation.get('simulation_loss', 0):.3g}"
+    if simulation.get("departs"):
+        return f"The device lost more than the CPU EP's simulation of the same model ({losses})"
+    return f"The device kept within a tenth of the CPU EP's simulation of the same model ({losses})"
+
+
+def _curve(curve: list, threshold: float, width: int = 720, height: int = 300) -> str:
+    left, bottom, pad = 70, 40, 16
+    finite = [v for pair in curve for v in pair if v is not None] or [threshold]
+    top = max(finite) + 10  # where identical tensors (no noise at all) are drawn
+    y0, y1 = min(min(finite), threshold) - 5, top + 5
+    n = max(len(curve) - 1, 1)
+
+    def at(i, v):
+        y = top if v is None else v
+        return left + i / n * (width - left - pad), height - bottom - (y - y0) / (y1 - y0) * (height - bottom - pad)
+
+    parts = [_axes(width, height, left, bottom, pad, "quantized tensor, in graph order", "SQNR (dB)", (0, n), (y0, y1))]
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in (at(i, pair[1]) for i, pair in enumerate(curve)))
+    parts.append(f"<polyline points='{line}' fill='none' stroke='#a0aec0' stroke-width='1.5'/>")
+    tx, ty = at(0, threshold)
+    parts.append(
+        f"<line x1='{left}' y1='{ty:.1f}' x2='{width - pad}' y2='{ty:.1f}' stroke='#c53030' stroke-dasharray='4'/>"
+    )
+    for i, (local, _) in enumerate(curve):
+        if local is not None:
+            cx, cy = at(i, local)
+            colour = "#c53030" if local < threshold else "#2b6cb0"
+            parts.append(
+                f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='2.5' fill='{colour}'><title>{local} dB</title></circle>"
+            )
+    return (
+        f"<svg class=plot role=img width={width} height={height} viewBox='0 0 {width} {height}'>{''.join(parts)}</svg>"
+    )
+
+
 def _scatter(points, x_label: str, y_label: str, width: int = 720, height: int = 360) -> str:
     left, bottom, pad = 70, 40, 16
     xs, ys = [p[0] for p in points], [p[1] for p in points]

@@ -273,6 +273,13 @@ class ValidationConfig(Strict):
         description="Untimed runs per model before latency is measured (on the first shape; one on each other shape, the session being warm).",
     )
     thresholds: Thresholds = Field(default=Thresholds(), description="Pass/fail limits for the final model.")
+    diverge: Literal["when-departing", "always", "never"] = Field(
+        default="when-departing",
+        description="On a target that runs the model apart from its CPU EP simulation (the HTP's emulator), find "
+        "where their numbers part (`edgeq diverge`, on the first 4 samples; the JSON beside the report, the curve in "
+        "report.html): `when-departing`, when the device's fidelity loss is over the simulation's by more than a "
+        "tenth; `always`; `never`.",
+    )
 
 
 class MixedPrecisionBudget(Strict):

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 
 from edgeq.targets.profiles import DeviceProfile, load_device
-from edgeq.targets.runtime import Runtime, host_cpu, make_session, provider_available, runtime_for
+from edgeq.targets.runtime import CPU_EP, Runtime, host_cpu, make_session, provider_available, runtime_for
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,12 @@ class Target:
     @property
     def runs_float(self) -> bool:
         return self.profile.runs_float
+
+    @property
+    def differs_from_simulation(self) -> bool:
+        """Its models run here on another provider than the CPU EP, whose float QDQ arithmetic is the simulation a
+        quantizer calibrates against (the HTP's emulator): worth measuring the simulation beside it."""
+        return self.runtime.provider != CPU_EP and not self.runtime.in_runner
 
     @property
     def provider_here(self) -> bool:

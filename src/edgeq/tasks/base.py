@@ -100,6 +100,13 @@ class Task:
 
         return fidelity(reference, candidate)
 
+    def fidelity_loss(self, metrics: dict) -> float | None:
+        """One number from the metrics, 0 for the reference itself and larger the further a model is from it: what
+        a device's fidelity is weighed by against its simulation's (the build runs `edgeq diverge` when the device's
+        loss is over the simulation's by more than a tenth). Default: 1 - cosine_mean."""
+        value = metrics.get("cosine_mean")
+        return None if value is None else 1.0 - value
+
     def proxy_score(self, reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
         """One number, higher is better, for the mixed-precision proxy passes: the mean cosine per sample."""
         from edgeq.tasks.fidelity import sample_cosines

@@ -127,6 +127,11 @@ class TextGeneration(Task):
         Metric("perplexity", False),
         Metric("greedy_match_tokens", True),
     )
+
+    def fidelity_loss(self, metrics: dict) -> float | None:
+        """The mean KL divergence of the next-token distributions from FP32's."""
+        return metrics.get("kl_divergence_mean")
+
     compares = "next-token logits at every position"
     proxy_name = "score (minus KL, nats/token)"
 

@@ -55,6 +55,7 @@ def validate_models(
     return [_entry(name, models[name], measured, reference, target, task, thresholds, env, batch_size) for name in rows]
 
 
+DEPARTURE_MARGIN = 0.1  # a device departs when its fidelity loss is over the simulation's by more than a tenth
 VERSUS_HOST_METRICS = ("cosine_min", "cosine_mean", "max_abs_error", "kl_divergence_mean", "next_token_top1_agreement")
 
 
@@ -91,6 +92,8 @@ def _entry(name, path, measured, reference, target: Target, task, thresholds, en
     }
     if compliance is not None:
         entry["compliance"] = compliance
+    if "simulation" in first["runs"][name]:
+        entry["simulation"] = _simulation(task, first, name, per_shape[0]["metrics"])
     if runtime.in_runner:  # the same model on this host's CPU: how far apart the two platforms' kernels are
         data = first["data"]
         samples = [s for batch in data.batches for s in batch.samples]
@@ -101,6 +104,20 @@ def _entry(name, path, measured, reference, target: Target, task, thresholds, en
 
         entry["coverage"] = coverage_estimate(path, device.coverage)
     return entry
+
+
+def _simulation(task, first: dict, name: str, metrics: dict) -> dict:
+    """The same model on this host's CPU EP (the simulation the quantizer calibrated against) at the first shape,
+    beside the device's numbers: whether the device loses more than the simulation says, and by how much."""
+    data = first["data"]
+    samples = [s for batch in data.batches for s in batch.samples]
+    simulated = task.metrics(first["truth"], first["runs"][name]["simulation"], samples, data.inputs)
+    device_loss, simulation_loss = task.fidelity_loss(metrics), task.fidelity_loss(simulated)
+    section = {"provider": CPU_EP, "shape": data.label, "metrics": simulated}
+    if device_loss is not None and simulation_loss is not None:
+        section["device_loss"], section["simulation_loss"] = device_loss, simulation_loss
+        section["departs"] = device_loss > simulation_loss * (1 + DEPARTURE_MARGIN)
+    return section
 
 
 def _failures(broken: list[str], worst: dict, first_shape: str, compliance: dict | None, device) -> list[str]:
@@ -189,6 +206,11 @@ def _run_here(
         for _ in range(warmup if with_placement else min(warmup, 1)):
             run_batch(session, data.batches[0])
     runs = {name: {"items": [], "timings": []} for name in models}
+    simulations = {}  # the same quantized models on this host's CPU EP, beside the device's (the first shape)
+    if with_placement and target.differs_from_simulation:
+        simulations = {n: target.reference_session(p, spinning=False) for n, p in models.items() if n != reference}
+        for name in simulations:
+            runs[name]["simulation"] = []
     truth = []
     for batch in track(data.batches, f"validating on {target.id} {data.label}", total=len(data.batches)):
         produced = {}
@@ -202,6 +224,9 @@ def _run_here(
         )
         for name in sessions:  # reduced batch by batch: a language model's logits are never held for the data set
             runs[name]["items"] += task.pair(reference_outputs, produced[name], batch)
+        for name, session in simulations.items():
+            simulated = task.compared(run_batch(session, batch), batch)
+            runs[name]["simulation"] += task.pair(reference_outputs, simulated, batch)
         truth += task.summarize(reference_outputs, batch)
     for name, path in models.items() if with_placement else ():
         runs[name]["placement"] = placement(path, target.runtime, data.batches[0])
