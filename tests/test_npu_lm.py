@@ -1,0 +1,86 @@
+"""A language model for a phone's NPU on a tiny Llama (random weights: mechanics, not quality): the static-shape
+prefill and decode graphs against transformers, and both, quantized by the QNN rules, on the HTP backend with CPU
+fallback disabled."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tiny_models import make_decoder
+
+from edgeq.export.htp_decoder import KVShape, export_htp_decoder, kv_feed
+
+PREFILL, CACHE = 8, 16
+pytestmark = pytest.mark.fast  # ten seconds: tiny graphs on the HTP emulator
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory):
+    folder = make_decoder(tmp_path_factory.mktemp("tiny") / "llama", "llama")  # 4 query heads share 2 KV heads
+    config = json.loads((folder / "config.json").read_text())
+    dims = (
+        config["num_hidden_layers"],
+        config["num_key_value_heads"],
+        config["hidden_size"] // config["num_attention_heads"],
+    )
+    return folder, export_htp_decoder(folder, tmp_path_factory.mktemp("graphs"), PREFILL, CACHE, opset=21), dims
+
+
+def _run(path, feed, provider_session=None) -> dict:
+    import onnxruntime as ort
+
+    session = provider_session or ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+
+
+def test_prefill_and_decode_graphs_compute_what_transformers_does(graphs):
+    import torch
+    import transformers
+
+    folder, paths, (layers, kv_heads, head_dim) = graphs
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    ids, following = [5, 17, 42, 9, 33], 77
+    with torch.no_grad():
+        expected = model(torch.tensor([[*ids, following]])).logits[0].numpy()
+    prefill = _run(paths["prefill"], kv_feed(ids, KVShape(PREFILL, CACHE), layers, kv_heads, head_dim))
+    assert np.abs(prefill["logits"][0, : len(ids)] - expected[: len(ids)]).max() < 1e-4
+    cache = {}
+    for i in range(layers):
+        for kind in ("key", "value"):
+            cache[f"past_{kind}.{i}"] = np.zeros((1, kv_heads, CACHE, head_dim), np.float32)
+            cache[f"past_{kind}.{i}"][:, :, : len(ids)] = prefill[f"present_{kind}.{i}"][:, :, : len(ids)]
+    step = kv_feed([following], KVShape(1, CACHE), layers, kv_heads, head_dim, start=len(ids), cache=cache)
+    decoded = _run(paths["decode"], step)
+    assert np.abs(decoded["logits"][0, 0] - expected[-1]).max() < 1e-4
+    assert np.abs(decoded["logits"][0, 0] - prefill["logits"][0, len(ids) - 1]).max() > 1e-3  # a new token moved it
+
+
+def test_both_graphs_run_on_the_htp_backend_with_no_cpu_fallback(graphs, tmp_path):
+    pytest.importorskip("onnxruntime_qnn")
+    from edgeq.quantize.run import quantize_model
+    from edgeq.recipe.schema import QuantizationConfig
+    from edgeq.targets import load_target
+
+    _, paths, (layers, kv_heads, head_dim) = graphs
+    target = load_target("snapdragon-8-gen-3")
+    assert target.profile.session_config["session.disable_cpu_ep_fallback"] == "1"
+    config = QuantizationConfig(
+        mode="static", format="qdq", activation_type="uint16", weight_type="uint8", calibration={"data": {"path": "-"}}
+    )
+    rng = np.random.default_rng(0)
+    for name, tokens in (("prefill", PREFILL), ("decode", 1)):
+        shape = KVShape(tokens, CACHE)
+        feeds = [
+            kv_feed(list(rng.integers(3, 700, size=rng.integers(1, tokens + 1))), shape, layers, kv_heads, head_dim)
+            for _ in range(6)
+        ]
+        quantized = tmp_path / name / "model.onnx"
+        quantized.parent.mkdir()
+        quantize_model(paths[name], quantized, config, None, feeds, "qnn")
+        session = target.session(quantized)  # fails if any node would fall back to the CPU
+        assert session.get_providers()[0] == "QNNExecutionProvider"
+        on_htp = _run(quantized, feeds[0], session)
+        assert on_htp["logits"].shape == (1, tokens, 800) and np.isfinite(on_htp["logits"]).all()
+        assert on_htp["present_key.0"].shape == (1, kv_heads, tokens, head_dim)
