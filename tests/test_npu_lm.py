@@ -8,12 +8,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import base_recipe
 from tiny_models import make_decoder
 
 from edgeq.export.htp_decoder import KVShape, export_htp_decoder, kv_feed
 
 PREFILL, CACHE = 8, 16
-pytestmark = pytest.mark.fast  # ten seconds: tiny graphs on the HTP emulator
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,7 @@ def _run(path, feed, provider_session=None) -> dict:
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
 
 
+@pytest.mark.fast
 def test_prefill_and_decode_graphs_compute_what_transformers_does(graphs):
     import torch
     import transformers
@@ -57,6 +58,7 @@ def test_prefill_and_decode_graphs_compute_what_transformers_does(graphs):
     assert np.abs(decoded["logits"][0, 0] - prefill["logits"][0, len(ids) - 1]).max() > 1e-3  # a new token moved it
 
 
+@pytest.mark.fast  # ten seconds: tiny graphs on the HTP emulator
 def test_both_graphs_run_on_the_htp_backend_with_no_cpu_fallback(graphs, tmp_path):
     pytest.importorskip("onnxruntime_qnn")
     from edgeq.quantize.run import quantize_model
@@ -84,3 +86,45 @@ def test_both_graphs_run_on_the_htp_backend_with_no_cpu_fallback(graphs, tmp_pat
         on_htp = _run(quantized, feeds[0], session)
         assert on_htp["logits"].shape == (1, tokens, 800) and np.isfinite(on_htp["logits"]).all()
         assert on_htp["present_key.0"].shape == (1, kv_heads, tokens, head_dim)
+
+
+def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_recipe, tmp_path):
+    """export.decoder: static end to end: the pair exported, quantized with one set of encodings, validated on the
+    emulated HTP (the prefill's logits; greedy continuations through the decode graph) beside its simulation."""
+    pytest.importorskip("onnxruntime_qnn")
+    from edgeq import api
+
+    folder = graphs[0]
+    recipe = base_recipe(
+        str(folder),
+        model={"task": "text-generation"},
+        export={"decoder": "static", "batch_size": 1, "sequence_length": 16, "kv_cache_length": 32},
+        quantization={
+            "mode": "static",
+            "format": "qdq",
+            "activation_type": "uint16",
+            "weight_type": "uint8",
+            "op_types": None,
+            "calibration": {"data": {"path": "data/calibration.txt"}, "samples": 8},
+        },
+        validation={"samples": 8, "warmup": 0, "thresholds": {}},
+        targets=["snapdragon-8-gen-3"],
+    )
+    out = tmp_path / "out"
+    report = api.build(write_recipe(recipe), output=out).report
+    (entry,) = report["validations"]
+    assert entry["artifact"] == "w8a16" and entry["mode"] == "emulated" and entry["fallback_nodes"] == 0
+    assert entry["decode_graph"]["fallback_nodes"] == 0 and list(entry["decode_graph"]["placement"]) == [
+        "QNNExecutionProvider"
+    ]
+    metrics = entry["metrics"]
+    assert metrics["tokens"] > 8 and 0 <= metrics["next_token_top1_agreement"] <= 1
+    assert metrics["greedy_match_tokens"] is not None and metrics["perplexity"] > 1
+    assert entry["simulation"]["metrics"]["kl_divergence_mean"] is not None
+    quantize = next(s for s in report["stages"] if s["name"] == "quantize")
+    assert (
+        quantize["decode_graph"]["encodings_of_its_own"] == 0
+        and quantize["decode_graph"]["encodings_from_prefill"] > 50
+    )
+    assert {"model.onnx", "decode.onnx", "static_decoder.json"} <= {p.name for p in (out / "final").iterdir()}
+    assert not (out / "final" / "genai_config.json").exists()  # onnxruntime-genai cannot run a static pair

@@ -272,6 +272,7 @@ COMPANIONS = (
     "chat_template.jinja",
     "genai_config.json",
     "overrides.yaml",
+    "static_decoder.json",
 )
 
 

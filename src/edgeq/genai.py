@@ -37,8 +37,11 @@ GENAI_TYPES = frozenset(
 
 def unsupported(model_dir: Path) -> str | None:
     """Why onnxruntime-genai cannot run this decoder folder as it is, or None when it can."""
+    from edgeq.export.htp_decoder import static_decoder
     from edgeq.tasks import model_config
 
+    if static_decoder(model_dir) is not None:
+        return "a static prefill/decode pair for an NPU (the host keeps its KV cache; see README, language models on an NPU)"
     model_type = str(model_config(model_dir).get("model_type", ""))
     return None if model_type in GENAI_TYPES else f"onnxruntime-genai has no decoder type for model_type '{model_type}'"
 

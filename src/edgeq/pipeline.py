@@ -16,6 +16,7 @@ from pathlib import Path
 from edgeq.artifact import copy_companions, sha256_tree
 from edgeq.atomic import atomic_dir, remove_leftovers
 from edgeq.errors import OutputError, StageError
+from edgeq.export.htp_decoder import DECODE_FILE
 from edgeq.headroom import StagePeak, peak_rss_mb, trim_heap
 from edgeq.progress import say
 from edgeq.quantize import check_against_device, quantization_scheme, resolve_op_types
@@ -315,6 +316,7 @@ def export_and_check(
         exp.sequence_length,
         trust_remote_code,
         exp.decoder,
+        exp.kv_cache_length,
     )
     trim_heap()  # the export's graph is on disk now: the check's PyTorch model need not sit on top of it
     check = check_export(model_dir, model, task, check_samples, check_length, static, trust_remote_code)
@@ -365,6 +367,13 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
             power_of_two,
             folded=plan.legalizes,
         )
+        if (source.folder / DECODE_FILE).is_file():  # a static decoder pair: the decode graph takes the same encodings
+            from edgeq.quantize.static_pair import quantize_decode_graph
+
+            def again(fp32: Path, out: Path, step_feeds: list[dict]) -> None:
+                quantize_model(fp32, out, q, plan.op_types, step_feeds, plan.scheme, power_of_two)
+
+            done["decode_graph"] = quantize_decode_graph(source.folder, folder, again, feeds or [])
         copy_companions(source.folder, folder)
         return {
             **done,
@@ -642,6 +651,8 @@ def finalize(plan: Plan, served: dict[str, StageResult]) -> dict[str, Path]:
 def _write_final(plan: Plan, stage: StageResult, target: Path, devices: list[DeviceProfile]) -> None:
     with atomic_dir(target) as folder:
         shutil.copy2(stage.folder / MODEL_FILE, folder / MODEL_FILE)
+        if (stage.folder / DECODE_FILE).is_file():
+            shutil.copy2(stage.folder / DECODE_FILE, folder / DECODE_FILE)
         copy_companions(stage.folder, folder)
         if plan.task.generates:  # a language model: onnxruntime-genai runs the folder as it is
             from edgeq.genai import unsupported, write_genai_config

@@ -44,6 +44,12 @@ def check_export(
             for k, v in group.feed.items()
             if k in names
         }
+        if group.mask is not None and group.feed.get("attention_mask", group.mask).ndim != 2:
+            # a static decoder's additive [1, 1, N, L + N] mask is for the ONNX graph; PyTorch takes the tokens' mask
+            torch_inputs = {
+                "input_ids": torch_inputs["input_ids"],
+                "attention_mask": torch.from_numpy(group.mask.astype(np.int64)),
+            }
         with torch.no_grad():
             produced = torch_model(**torch_inputs)
         torch_outputs = {name: produced[name].numpy() for name in outputs if name in produced}

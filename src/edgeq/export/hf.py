@@ -24,10 +24,19 @@ def export_onnx(
     sequence_length: int | None = None,
     trust_remote_code: bool = False,
     decoder: str = "auto",
+    kv_cache_length: int | None = None,
 ) -> Path:
     """Write out_dir/model.onnx plus config.json and tokenizer files; return the model path. A Llama-family decoder
     at dynamic shapes is written as onnxruntime-genai's fused graph (`decoder` "auto" or "fused"), anything else
-    through optimum's traced export."""
+    through optimum's traced export; `decoder` "static" writes an NPU's prefill/decode pair (export/htp_decoder.py)."""
+    if decoder == "static":
+        from edgeq.artifact import copy_companions
+        from edgeq.export.htp_decoder import export_htp_decoder
+
+        check_static_decoder(model_dir, task)
+        model_path = export_htp_decoder(model_dir, out_dir, sequence_length, kv_cache_length, max(opset, 21))["prefill"]
+        copy_companions(model_dir, out_dir)
+        return model_path
     if uses_fused_decoder(model_dir, task, decoder, fixed=bool(batch_size or sequence_length)):
         from edgeq.artifact import copy_companions
         from edgeq.export.decoder import export_decoder
@@ -65,6 +74,18 @@ def export_onnx(
     if batch_size or sequence_length:
         fix_shapes(model_path, batch_size, sequence_length)
     return model_path
+
+
+def check_static_decoder(model_dir: Path, task: str) -> None:
+    """A ModelError when the static pair cannot be written (not a language model, or not of the Llama family)."""
+    from edgeq.export.decoder import unsupported
+
+    reason = "it is not a language model" if task != "text-generation-with-past" else unsupported(model_dir)
+    if reason:
+        raise ModelError(
+            f"export.decoder 'static' cannot be written for '{model_dir}': {reason}",
+            "The static pair is written for Llama, Mistral and Qwen2 language models",
+        )
 
 
 def uses_fused_decoder(model_dir: Path, task: str, decoder: str, fixed: bool) -> bool:

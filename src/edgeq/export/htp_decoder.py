@@ -33,19 +33,40 @@ class KVShape:
     cache: int
 
 
-def export_htp_decoder(model_dir: Path, out_dir: Path, prefill: int, cache: int, opset: int = 17) -> dict[str, Path]:
-    """Write prefill/model.onnx (`prefill` tokens) and decode/model.onnx (1 token), both beside a cache of `cache`
-    tokens, into out_dir; return their paths by name."""
+STATIC_DECODER = "static_decoder.json"  # beside a static pair: {"tokens", "cache", "decode"}
+DECODE_FILE = "decode.onnx"
+
+
+def export_htp_decoder(model_dir: Path, out_dir: Path, prefill: int, cache: int, opset: int = 21) -> dict[str, Path]:
+    """Write out_dir/model.onnx (the prefill: `prefill` tokens) and out_dir/decode.onnx (1 token), both beside a
+    cache of `cache` tokens, and static_decoder.json that says so; return their paths by name."""
+    import json
+
     config = _config(model_dir)
     weights = _Weights(Path(model_dir))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
-    for name, shape in (("prefill", KVShape(prefill, cache)), ("decode", KVShape(1, cache))):
+    for name, file, shape in (
+        ("prefill", "model.onnx", KVShape(prefill, cache)),
+        ("decode", DECODE_FILE, KVShape(1, cache)),
+    ):
         model = _StaticDecoder(config, weights, shape).build(opset)
-        path = Path(out_dir) / name / "model.onnx"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(model, str(path))
-        written[name] = path
+        onnx.save(model, str(out_dir / file))
+        written[name] = out_dir / file
+    (out_dir / STATIC_DECODER).write_text(json.dumps({"tokens": prefill, "cache": cache, "decode": DECODE_FILE}) + "\n")
     return written
+
+
+def static_decoder(folder: Path) -> KVShape | None:
+    """The prefill's shape of a static decoder pair in `folder` (None when the folder holds no such pair)."""
+    import json
+
+    path = Path(folder) / STATIC_DECODER
+    if not path.is_file():
+        return None
+    found = json.loads(path.read_text())
+    return KVShape(int(found["tokens"]), int(found["cache"]))
 
 
 class _StaticDecoder:

@@ -71,13 +71,30 @@ class ExportConfig(Strict):
     sequence_length: PositiveInt | None = Field(
         default=None, description="Fix the sequence dimension to this length (static shapes). Unset: dynamic."
     )
-    decoder: Literal["auto", "fused", "traced"] = Field(
+    decoder: Literal["auto", "fused", "traced", "static"] = Field(
         default="auto",
         description="How a language model's graph is written. `fused`: onnxruntime-genai's form "
         "(GroupQueryAttention with rotary embedding and KV cache inside, RMSNorm fused with the residual add, Q/K/V "
         "in one MatMul), ~11 nodes a layer, for Llama, Mistral and Qwen2 at dynamic shapes. `traced`: optimum's "
-        "export (every architecture it knows, fixed shapes too; ~250 nodes a layer). `auto`: fused where it can be.",
+        "export (every architecture it knows, fixed shapes too; ~250 nodes a layer). `auto`: fused where it can be. "
+        "`static`: an NPU's pair of fixed-shape graphs (Llama family), a prefill of `sequence_length` tokens "
+        "(model.onnx) and a one-token decode (decode.onnx), beside a KV cache of `kv_cache_length` tokens that the "
+        "host keeps; standard ops only (the HTP's).",
     )
+    kv_cache_length: PositiveInt | None = Field(
+        default=None,
+        description="`decoder: static`: the KV cache's fixed length L (the longest context a generation can reach).",
+    )
+
+    @model_validator(mode="after")
+    def _static_decoder_shapes(self):
+        if self.decoder == "static" and not (self.sequence_length and self.kv_cache_length):
+            raise ValueError("export.decoder: static needs export.sequence_length (its prefill) and kv_cache_length")
+        if self.decoder == "static" and self.batch_size not in (None, 1):
+            raise ValueError("export.decoder: static graphs take one sequence (export.batch_size: 1)")
+        if self.kv_cache_length is not None and self.decoder != "static":
+            raise ValueError("export.kv_cache_length is for export.decoder: static")
+        return self
 
 
 class OptimizeConfig(Strict):

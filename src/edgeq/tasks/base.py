@@ -126,7 +126,7 @@ class Task:
     follow_up_samples = 0  # how many samples a validation runs `follow_up` on (0: the task has none)
     generates = False  # profiled as generations (prompt, then token by token through a KV cache)
 
-    def follow_up(self, session, batch: Batch, inputs) -> list:
+    def follow_up(self, session, batch: Batch, inputs, sibling=None) -> list:
         """Further per-sample results that need the session itself (e.g. generated tokens)."""
         raise NotImplementedError
 

@@ -87,6 +87,43 @@ class DecoderInputs:
         return {"position_ids": positions.astype(np.int64), **cache}
 
 
+class StaticDecoderInputs:
+    """Texts as a static decoder pair's inputs (export.decoder: static): one text at a time, right-padded to the
+    prefill's N tokens, its positions, the additive mask, and an empty cache of L tokens. `encode` also returns the
+    real tokens' [1, N] mask (`token_mask`), which the graph does not take but the metrics read."""
+
+    def __init__(self, model_dir: Path):
+        from edgeq.export.htp_decoder import static_decoder
+        from edgeq.tasks.text_inputs import TextInputs
+
+        self.shape = static_decoder(model_dir)
+        self.tokenizer_dir, self.sequence_length, self.pad_to_length = Path(model_dir), self.shape.tokens, True
+        self.text = TextInputs(model_dir, self.shape.tokens, True)
+        self.cache = cache_shape(model_dir)
+
+    def for_length(self, sequence_length: int) -> StaticDecoderInputs:
+        return self  # the graph's shape is fixed: every text is cut or padded to its N tokens
+
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        if len(texts) != 1:
+            raise ModelError("a static decoder graph takes one text at a time", "Set validation.batch_size: 1")
+        feed = self.text.encode(texts)
+        count = int(feed["attention_mask"][0].sum())
+        return {**self.step([int(t) for t in feed["input_ids"][0, :count]]), "token_mask": feed["attention_mask"]}
+
+    def decode_batch(self) -> Batch:
+        """One decode step (a token at position 0, an empty cache) as a batch: what placement runs the decode graph on."""
+        from edgeq.export.htp_decoder import KVShape
+
+        feed = self.step([0], 0, None, KVShape(1, self.shape.cache))
+        return Batch(feed, np.ones((1, 1), np.int64), [Sample(text="")])
+
+    def step(self, ids: list[int], start: int = 0, cache: dict | None = None, shape=None) -> dict[str, np.ndarray]:
+        from edgeq.export.htp_decoder import kv_feed
+
+        return kv_feed(ids, shape or self.shape, *self.cache, start=start, cache=cache)
+
+
 def cache_shape(model_dir: Path) -> tuple[int, int, int]:
     """(layers, key/value heads, head size) from config.json, as the KV-cache inputs of the export use them."""
     config = config_of(model_dir, required=True, hint="A language model's folder needs its config.json")
@@ -153,7 +190,16 @@ class TextGeneration(Task):
         return samples
 
     def inputs(self, model_dir: Path, sequence_length: int, pad_to_length: bool):
+        from edgeq.export.htp_decoder import static_decoder
+
+        if static_decoder(model_dir) is not None:
+            return StaticDecoderInputs(model_dir)
         return DecoderInputs(model_dir, sequence_length, pad_to_length)
+
+    def encode(self, samples: list[Sample], inputs) -> Batch:
+        feed = inputs.encode([s.text for s in samples])
+        mask = feed.pop("token_mask", None)  # a static decoder's real tokens, apart from its graph's additive mask
+        return Batch(feed, mask if mask is not None else feed["attention_mask"], samples)
 
     def compared(self, outputs: dict[str, np.ndarray], batch: Batch) -> list[np.ndarray]:
         logits = np.asarray(first_output(outputs, "logits"), dtype=np.float32)
@@ -171,17 +217,17 @@ class TextGeneration(Task):
         """Higher is better: minus the mean KL(FP32 ‖ candidate) per token."""
         return -float(np.mean(np.concatenate([c.kl for c in candidate])))
 
-    def follow_up(self, session, batch: Batch, inputs) -> list[np.ndarray]:
-        """Greedy continuations of the first samples' prompts, decoded through the KV cache."""
-        return [
-            greedy(
-                session,
-                inputs,
-                batch.feed["input_ids"][i, : min(PROMPT_TOKENS, int(batch.mask[i].sum()))],
-                GREEDY_TOKENS,
-            )
+    def follow_up(self, session, batch: Batch, inputs, sibling=None) -> list[np.ndarray]:
+        """Greedy continuations of the first samples' prompts, decoded through the KV cache (a static pair: the
+        prompt through the prefill graph, each new token through the decode graph, `sibling(file)`'s session)."""
+        prompts = [
+            batch.feed["input_ids"][i, : min(PROMPT_TOKENS, int(batch.mask[i].sum()))]
             for i in range(len(batch.samples))
         ]
+        if isinstance(inputs, StaticDecoderInputs):
+            decode = sibling("decode.onnx")
+            return [greedy_static(session, decode, inputs, p, GREEDY_TOKENS) for p in prompts]
+        return [greedy(session, inputs, p, GREEDY_TOKENS) for p in prompts]
 
     follow_up_samples = GREEDY_SAMPLES
     generates = True
@@ -206,6 +252,9 @@ class TextGeneration(Task):
 
     def example_feed(self, inputs, batch_size: int) -> dict[str, np.ndarray]:
         """A prompt of exactly `sequence_length` tokens (drawn from the vocabulary) and an empty cache."""
+        if isinstance(inputs, StaticDecoderInputs):
+            rng = np.random.default_rng(0)
+            return inputs.step([int(t) for t in rng.integers(100, inputs.text.vocab_size, size=inputs.sequence_length)])
         ids = (
             np.random.default_rng(0)
             .integers(
@@ -309,6 +358,33 @@ def greedy(session, inputs: DecoderInputs, prompt: np.ndarray, steps: int, on_to
             break
         past = {n.replace("present", "past_key_values"): v for n, v in outputs.items() if n.startswith("present")}
         ids, mask = np.array([[token]], np.int64), np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
+    return np.array(produced)
+
+
+def greedy_static(prefill, decode, inputs: StaticDecoderInputs, prompt: np.ndarray, steps: int) -> np.ndarray:
+    """`steps` greedy tokens after `prompt` through a static pair: the prompt through the prefill graph, then one
+    token a step through the decode graph, the host keeping the cache (each step's new entries written into it)."""
+    from edgeq.export.htp_decoder import KVShape
+    from edgeq.feeds import feed_for
+
+    layers, kv_heads, head_dim = inputs.cache
+    length = inputs.shape.cache
+    cache = {
+        f"past_{kind}.{i}": np.zeros((1, kv_heads, length, head_dim), np.float32)
+        for i in range(layers)
+        for kind in ("key", "value")
+    }
+    ids, start, produced = [int(t) for t in prompt], 0, []
+    session, shape = prefill, inputs.shape
+    while len(produced) < steps and start + len(ids) <= length:
+        names = [o.name for o in session.get_outputs()]
+        feed = inputs.step(ids, start, cache, shape)
+        outputs = dict(zip(names, session.run(None, feed_for(session.get_inputs(), feed))))
+        for name in cache:
+            new = outputs[name.replace("past_", "present_")][:, :, : len(ids)]
+            cache[name][:, :, start : start + len(ids)] = new
+        produced.append(int(outputs["logits"][0, len(ids) - 1].argmax()))
+        start, ids, session, shape = start + len(ids), [produced[-1]], decode, KVShape(1, length)
     return np.array(produced)
 
 

@@ -92,6 +92,13 @@ def _entry(name, path, measured, reference, target: Target, task, thresholds, en
     }
     if compliance is not None:
         entry["compliance"] = compliance
+    if "decode_placement" in first["runs"][name]:
+        decode = first["runs"][name]["decode_placement"]
+        entry["decode_graph"] = {
+            "placement": decode["nodes"],
+            "partitions": decode["partitions"],
+            "fallback_nodes": sum(n for ep, n in decode["nodes"].items() if ep != runtime.provider),
+        }
     if "simulation" in first["runs"][name]:
         entry["simulation"] = _simulation(task, first, name, per_shape[0]["metrics"])
     if runtime.in_runner:  # the same model on this host's CPU: how far apart the two platforms' kernels are
@@ -230,22 +237,32 @@ def _run_here(
         truth += task.summarize(reference_outputs, batch)
     for name, path in models.items() if with_placement else ():
         runs[name]["placement"] = placement(path, target.runtime, data.batches[0])
+        if hasattr(data.inputs, "decode_batch") and (path.parent / "decode.onnx").is_file():  # a static pair
+            runs[name]["decode_placement"] = placement(
+                path.parent / "decode.onnx", target.runtime, data.inputs.decode_batch()
+            )
     if with_placement and task.follow_up_samples:  # e.g. greedy continuations: on the first shape only
         for name, session in sessions.items():
-            runs[name]["followed"] = follow_up(task, session, data)
+            sibling = lambda file, path=models[name]: target.session(path.parent / file, spinning=False)  # noqa: E731
+            runs[name]["followed"] = follow_up(task, session, data, sibling)
         runs["__reference__"] = {
-            "followed": runs[reference]["followed"] if comparable else follow_up(task, reference_session, data)
+            "followed": runs[reference]["followed"]
+            if comparable
+            else follow_up(
+                task, reference_session, data, lambda file: target.reference_session(reference_path.parent / file)
+            )
         }
     return runs, truth
 
 
-def follow_up(task, session, data: ShapeData) -> list:
-    """The task's follow-up results (e.g. greedy continuations) for its first `follow_up_samples` samples."""
+def follow_up(task, session, data: ShapeData, sibling=None) -> list:
+    """The task's follow-up results (e.g. greedy continuations) for its first `follow_up_samples` samples.
+    `sibling(file)` opens another graph of the model's folder on the same runtime (a static decoder's decode.onnx)."""
     found = []
     for batch in data.batches:
         if len(found) >= task.follow_up_samples:
             break
-        found += task.follow_up(session, batch, data.inputs)
+        found += task.follow_up(session, batch, data.inputs, sibling)
     return found[: task.follow_up_samples]
 
 

@@ -1,0 +1,57 @@
+"""A static decoder pair (export.decoder: static) quantized as one model: the prefill graph is calibrated, and the
+decode graph, which computes the same tensors one token at a time, takes the prefill's encodings tensor by tensor.
+So both graphs hold the same quantized weights and the same activation scales, as an NPU's pipeline loads them
+(one set of encodings for the prefill and the decode context)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgeq.export.htp_decoder import DECODE_FILE, KVShape, static_decoder
+
+ENCODING_SUFFIXES = ("_scale", "_zero_point")
+
+
+def quantize_decode_graph(source: Path, folder: Path, quantize, prefill_feeds: list[dict]) -> dict:
+    """Quantize source/decode.onnx into folder/decode.onnx with `quantize(fp32_path, out_path, feeds)` (the
+    prefill's own settings), then give it the quantized prefill's (folder/model.onnx) encodings; returns counts."""
+    shape = static_decoder(source)
+    feeds = [_first_token(feed, shape) for feed in prefill_feeds[:8]]
+    quantize(source / DECODE_FILE, folder / DECODE_FILE, feeds)
+    decode, prefill = onnx.load(str(folder / DECODE_FILE)), onnx.load(str(folder / "model.onnx"))
+    shared, own = share_encodings(decode, prefill)
+    onnx.save(decode, str(folder / DECODE_FILE))
+    return {"encodings_from_prefill": shared, "encodings_of_its_own": own}
+
+
+def share_encodings(decode: onnx.ModelProto, prefill: onnx.ModelProto) -> tuple[int, int]:
+    """Every scale and zero point of `decode` set to the prefill's of the same name; returns (shared, left)."""
+    theirs = {t.name: t for t in prefill.graph.initializer if t.name.endswith(ENCODING_SUFFIXES)}
+    shared = left = 0
+    for tensor in decode.graph.initializer:
+        if not tensor.name.endswith(ENCODING_SUFFIXES):
+            continue
+        other = theirs.get(tensor.name)
+        if other is None or list(other.dims) != list(tensor.dims) or other.data_type != tensor.data_type:
+            left += 1
+            continue
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(other), tensor.name))
+        shared += 1
+    return shared, left
+
+
+def _first_token(feed: dict, shape: KVShape) -> dict:
+    """A decode step from a prefill feed: its first token at position 0, an empty cache."""
+    cache = shape.cache
+    step = {
+        "input_ids": feed["input_ids"][:, :1],
+        "position_ids": np.zeros((1, 1), np.int32),
+        "attention_mask": np.concatenate(
+            [feed["attention_mask"][:, :, :1, :cache], feed["attention_mask"][:, :, :1, cache : cache + 1]], axis=3
+        ),
+    }
+    return {**step, **{k: v for k, v in feed.items() if k.startswith("past_")}}
