@@ -121,6 +121,10 @@ def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_r
     assert metrics["tokens"] > 8 and 0 <= metrics["next_token_top1_agreement"] <= 1
     assert metrics["greedy_match_tokens"] is not None and metrics["perplexity"] > 1
     assert entry["simulation"]["metrics"]["kl_divergence_mean"] is not None
+    roofline = entry["roofline"]  # bytes a token moves at the profile's bandwidth: labelled an estimate
+    assert roofline["estimate"] and roofline["memory_bandwidth_gbps"] == 76.8
+    assert roofline["tokens_per_s"] == pytest.approx(76.8e9 / roofline["bytes_per_token"], rel=1e-3)
+    assert roofline["kv_cache_bytes_per_token"] == 2 * 2 * 2 * 32 * 16 * 2  # layers, K and V, kv heads, L, D, u16
     quantize = next(s for s in report["stages"] if s["name"] == "quantize")
     assert (
         quantize["decode_graph"]["encodings_of_its_own"] == 0

@@ -547,10 +547,22 @@ def validate_stage(plan: Plan, models: dict[str, Path], reference: str, served: 
                 plan.recipe.fixed_batch,
             )
             explain_departures(plan, target, found, wanted, reference, inputs)
+            estimate_decode_speed(device, found, wanted)
             results += found
     seconds, peak = time.perf_counter() - start, sampled.mb
     say(f"  validate: {seconds:.1f}s, peak RSS {peak or '?'} MB (measured now, never cached)")
     return StageResult("validate", None, None, seconds, False, {"validations": results, "peak_rss_mb": peak})
+
+
+def estimate_decode_speed(device: DeviceProfile, entries: list[dict], models: dict) -> None:
+    """A static decoder pair on a device with a known memory bandwidth: its decode's roofline (an estimate)."""
+    from edgeq.export.htp_decoder import static_decoder
+    from edgeq.roofline import decode_roofline
+
+    for entry in entries:
+        folder = models[entry["artifact"]].parent
+        if device.memory_bandwidth_gbps and static_decoder(folder) is not None:
+            entry["roofline"] = decode_roofline(folder, device.memory_bandwidth_gbps)
 
 
 DIVERGE_SAMPLES = 4  # inputs `edgeq diverge` reads when the build looks for where a device departs

@@ -98,6 +98,12 @@ class DeviceProfile(Strict):
         "plan`. Unset: 55 MiB, a Python process with numpy and onnxruntime imported and one session's fixed cost "
         "(measured on x86-64 Linux).",
     )
+    memory_bandwidth_gbps: float | None = Field(
+        default=None,
+        gt=0,
+        description="Peak DRAM bandwidth of the device (GB/s), for the roofline estimate of a language model's decode "
+        "(bytes a token moves / bandwidth) where a device's latency cannot be measured here. Unset: no estimate.",
+    )
     kv_cache_dtype: Literal["float32", "float16"] = Field(
         default="float32",
         description="The type the device's runtime keeps a language model's KV cache in "
