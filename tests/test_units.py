@@ -311,7 +311,7 @@ FLOORS = [
     {"mixed_precision"},
     {"validate", "profile"},
     {"preflight", "plan", "build_cost", "starter", "genai", "generate", "summary", "report_html", "report"}
-    | {"stage_cache", "diverge"},  # services over the stages
+    | {"stage_cache", "diverge", "roofline"},  # services over the stages
     {"pipeline", "sweep"},
     {"api", "sweep_ray"},
     {"cli"},
