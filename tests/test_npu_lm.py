@@ -11,7 +11,8 @@ import pytest
 from conftest import base_recipe
 from tiny_models import make_decoder
 
-from edgeq.export.htp_decoder import KVShape, export_htp_decoder, kv_feed
+from edgeq.export.htp_decoder import export_htp_decoder
+from edgeq.static_decoder import KVShape, kv_feed
 
 PREFILL, CACHE = 8, 16
 

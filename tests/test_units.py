@@ -301,7 +301,7 @@ FLOORS = [
     # the ground: errors, files, logging, progress, the data readers, the graph and ONNX helpers, named values
     {"edgeq", "errors", "atomic", "resources", "buildlog", "progress", "headroom", "isolated", "mobile"}
     | {"data_source", "schema_errors", "rungs", "model_shape", "model_folder", "feeds", "graph", "artifact"}
-    | {"chat", "data", "demo_lm", "report_contract"},
+    | {"chat", "data", "demo_lm", "report_contract", "static_decoder"},
     {"tasks"},  # what a model does and how it is measured
     {"recipe"},  # what a user asks for
     {"targets"},  # the devices: profiles, host, runtimes, sessions, transports, the device runner

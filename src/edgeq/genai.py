@@ -37,7 +37,7 @@ GENAI_TYPES = frozenset(
 
 def unsupported(model_dir: Path) -> str | None:
     """Why onnxruntime-genai cannot run this decoder folder as it is, or None when it can."""
-    from edgeq.export.htp_decoder import static_decoder
+    from edgeq.static_decoder import static_decoder
     from edgeq.tasks import model_config
 
     if static_decoder(model_dir) is not None:

@@ -16,12 +16,12 @@ from pathlib import Path
 from edgeq.artifact import copy_companions, sha256_tree
 from edgeq.atomic import atomic_dir, remove_leftovers
 from edgeq.errors import OutputError, StageError
-from edgeq.export.htp_decoder import DECODE_FILE
 from edgeq.headroom import StagePeak, peak_rss_mb, trim_heap
 from edgeq.progress import say
 from edgeq.quantize import check_against_device, quantization_scheme, resolve_op_types
 from edgeq.recipe import Recipe, load_recipe
 from edgeq.stage_cache import MODEL_FILE, StageResult, cached_stage
+from edgeq.static_decoder import DECODE_FILE
 from edgeq.targets import HOST, DeviceProfile, Target, host_cpu_device, load_target
 
 EXPORT_CHECK_SAMPLES = 8
@@ -556,8 +556,8 @@ def validate_stage(plan: Plan, models: dict[str, Path], reference: str, served: 
 
 def estimate_decode_speed(device: DeviceProfile, entries: list[dict], models: dict) -> None:
     """A static decoder pair on a device with a known memory bandwidth: its decode's roofline (an estimate)."""
-    from edgeq.export.htp_decoder import static_decoder
     from edgeq.roofline import decode_roofline
+    from edgeq.static_decoder import static_decoder
 
     for entry in entries:
         folder = models[entry["artifact"]].parent

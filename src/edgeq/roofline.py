@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 from onnx import numpy_helper
 
-from edgeq.export.htp_decoder import DECODE_FILE, static_decoder
+from edgeq.static_decoder import DECODE_FILE, static_decoder
 
 
 def decode_roofline(folder: Path, bandwidth_gbps: float) -> dict:

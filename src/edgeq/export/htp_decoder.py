@@ -4,7 +4,7 @@ prefill graph (N tokens) and the decode graph (1 token).
 
 Only ops the HTP runs, at fixed shapes: no GroupQueryAttention, no contrib ops, no shape arithmetic. Inputs:
 `input_ids` [1, N] (int32), `position_ids` [1, N] (int32), `attention_mask` [1, 1, N, L + N] (additive, float:
-0 where a token may look, MASK_FILL where it may not: -100, not -inf, so one 16-bit scale resolves the scores
+0 where a token may look, edgeq.static_decoder.MASK_FILL where it may not: -100, not -inf, so one 16-bit scale resolves the scores
 beside it), and `past_key.<i>`/`past_value.<i>` [1, kv heads, L, head dim]. Outputs: `logits` [1, N, vocabulary]
 and the N new entries of the cache, `present_key.<i>`/`present_value.<i>` [1, kv heads, N, head dim]; the host
 writes them into its cache (a ring of L). Grouped-query attention is a reshape: the query heads that share a KV
@@ -13,7 +13,6 @@ head are stacked along the token axis and attend together; the mask is tiled to 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.export.decoder import _config, _Weights, rotary_tables
-
-MASK_FILL = -100.0  # an additive mask's "may not look": softmax weight e^-100 = 4e-44, and 16-bit scales survive it
-
-
-@dataclass(frozen=True)
-class KVShape:
-    """The static shape of one graph: `tokens` new tokens beside a cache of `cache` tokens."""
-
-    tokens: int
-    cache: int
-
-
-STATIC_DECODER = "static_decoder.json"  # beside a static pair: {"tokens", "cache", "decode"}
-DECODE_FILE = "decode.onnx"
+from edgeq.static_decoder import DECODE_FILE, STATIC_DECODER, KVShape
 
 
 def export_htp_decoder(model_dir: Path, out_dir: Path, prefill: int, cache: int, opset: int = 21) -> dict[str, Path]:
@@ -56,17 +42,6 @@ def export_htp_decoder(model_dir: Path, out_dir: Path, prefill: int, cache: int,
         written[name] = out_dir / file
     (out_dir / STATIC_DECODER).write_text(json.dumps({"tokens": prefill, "cache": cache, "decode": DECODE_FILE}) + "\n")
     return written
-
-
-def static_decoder(folder: Path) -> KVShape | None:
-    """The prefill's shape of a static decoder pair in `folder` (None when the folder holds no such pair)."""
-    import json
-
-    path = Path(folder) / STATIC_DECODER
-    if not path.is_file():
-        return None
-    found = json.loads(path.read_text())
-    return KVShape(int(found["tokens"]), int(found["cache"]))
 
 
 class _StaticDecoder:
@@ -247,29 +222,3 @@ class _StaticDecoder:
         model.opset_import.extend([helper.make_opsetid("", opset)])
         model.producer_name, model.ir_version = "edgeq", 9
         return model
-
-
-def kv_feed(
-    ids: list[int], shape: KVShape, layers: int, kv_heads: int, head_dim: int, start: int = 0, cache=None
-) -> dict:
-    """The inputs of one step: `ids` (at most shape.tokens, right-padded) at positions start.., attending to the
-    first `start` entries of `cache` (a dict of past_key.i/past_value.i arrays; None: an empty cache) and causally
-    to each other."""
-    n, total = shape.tokens, shape.cache + shape.tokens
-    count = len(ids)
-    feed = {
-        "input_ids": np.array([list(ids) + [0] * (n - count)], np.int32),
-        "position_ids": np.array([[min(start + t, start + max(count - 1, 0)) for t in range(n)]], np.int32),
-    }
-    mask = np.full((1, 1, n, total), MASK_FILL, np.float32)
-    for t in range(n):
-        mask[0, 0, t, :start] = 0.0  # the cache's filled entries
-        mask[0, 0, t, shape.cache : shape.cache + min(t, count - 1) + 1] = 0.0  # itself and the new tokens before it
-    feed["attention_mask"] = mask
-    for i in range(layers):
-        for kind in ("key", "value"):
-            name = f"past_{kind}.{i}"
-            feed[name] = (
-                cache[name] if cache is not None else np.zeros((1, kv_heads, shape.cache, head_dim), np.float32)
-            )
-    return feed

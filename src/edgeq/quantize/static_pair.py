@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgeq.export.htp_decoder import DECODE_FILE, KVShape, static_decoder
+from edgeq.static_decoder import DECODE_FILE, KVShape, static_decoder
 
 ENCODING_SUFFIXES = ("_scale", "_zero_point")
 

@@ -93,7 +93,7 @@ class StaticDecoderInputs:
     real tokens' [1, N] mask (`token_mask`), which the graph does not take but the metrics read."""
 
     def __init__(self, model_dir: Path):
-        from edgeq.export.htp_decoder import static_decoder
+        from edgeq.static_decoder import static_decoder
         from edgeq.tasks.text_inputs import TextInputs
 
         self.shape = static_decoder(model_dir)
@@ -113,13 +113,13 @@ class StaticDecoderInputs:
 
     def decode_batch(self) -> Batch:
         """One decode step (a token at position 0, an empty cache) as a batch: what placement runs the decode graph on."""
-        from edgeq.export.htp_decoder import KVShape
+        from edgeq.static_decoder import KVShape
 
         feed = self.step([0], 0, None, KVShape(1, self.shape.cache))
         return Batch(feed, np.ones((1, 1), np.int64), [Sample(text="")])
 
     def step(self, ids: list[int], start: int = 0, cache: dict | None = None, shape=None) -> dict[str, np.ndarray]:
-        from edgeq.export.htp_decoder import kv_feed
+        from edgeq.static_decoder import kv_feed
 
         return kv_feed(ids, shape or self.shape, *self.cache, start=start, cache=cache)
 
@@ -190,7 +190,7 @@ class TextGeneration(Task):
         return samples
 
     def inputs(self, model_dir: Path, sequence_length: int, pad_to_length: bool):
-        from edgeq.export.htp_decoder import static_decoder
+        from edgeq.static_decoder import static_decoder
 
         if static_decoder(model_dir) is not None:
             return StaticDecoderInputs(model_dir)
@@ -364,8 +364,8 @@ def greedy(session, inputs: DecoderInputs, prompt: np.ndarray, steps: int, on_to
 def greedy_static(prefill, decode, inputs: StaticDecoderInputs, prompt: np.ndarray, steps: int) -> np.ndarray:
     """`steps` greedy tokens after `prompt` through a static pair: the prompt through the prefill graph, then one
     token a step through the decode graph, the host keeping the cache (each step's new entries written into it)."""
-    from edgeq.export.htp_decoder import KVShape
     from edgeq.feeds import feed_for
+    from edgeq.static_decoder import KVShape
 
     layers, kv_heads, head_dim = inputs.cache
     length = inputs.shape.cache
