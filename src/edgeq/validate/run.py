@@ -259,7 +259,9 @@ def follow_up(task, session, data: ShapeData, sibling=None) -> list:
     """The task's follow-up results (e.g. greedy continuations) for its first `follow_up_samples` samples.
     `sibling(file)` opens another graph of the model's folder on the same runtime (a static decoder's decode.onnx)."""
     found = []
-    for batch in data.batches:
+    sizes = np.cumsum([len(b.samples) for b in data.batches])
+    batches = int(np.searchsorted(sizes, task.follow_up_samples) + 1)  # the batches that hold the samples followed
+    for batch in track(data.batches[:batches], f"follow-ups on {data.label}", total=min(batches, len(sizes))):
         if len(found) >= task.follow_up_samples:
             break
         found += task.follow_up(session, batch, data.inputs, sibling)
