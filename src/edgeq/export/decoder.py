@@ -108,15 +108,20 @@ class _Weights:
         return self.files[name].get_tensor(name).float().numpy()
 
 
+def read_dimensions(graph, config: dict) -> None:
+    """A Llama-family config's sizes onto a graph writer: heads, kv_heads, hidden, head_dim, layers, eps."""
+    graph.heads = int(config["num_attention_heads"])
+    graph.kv_heads = int(config.get("num_key_value_heads") or graph.heads)
+    graph.hidden = int(config["hidden_size"])
+    graph.head_dim = int(config.get("head_dim") or graph.hidden // graph.heads)
+    graph.layers = int(config["num_hidden_layers"])
+    graph.eps = float(config.get("rms_norm_eps", 1e-6))
+
+
 class _DecoderGraph:
     def __init__(self, config: dict, weights: _Weights):
         self.config, self.weights = config, weights
-        self.heads = int(config["num_attention_heads"])
-        self.kv_heads = int(config.get("num_key_value_heads") or self.heads)
-        self.hidden = int(config["hidden_size"])
-        self.head_dim = int(config.get("head_dim") or self.hidden // self.heads)
-        self.layers = int(config["num_hidden_layers"])
-        self.eps = float(config.get("rms_norm_eps", 1e-6))
+        read_dimensions(self, config)
         self.nodes: list[onnx.NodeProto] = []
         # initializers go straight into the model's own graph: make_graph and make_model would copy every weight
         # twice more (SmolLM2's export peaked at 3.7 GB that way)

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeq.export.decoder import _config, _Weights, rotary_tables
+from edgeq.export.decoder import _config, _Weights, read_dimensions, rotary_tables
 from edgeq.static_decoder import DECODE_FILE, STATIC_DECODER, KVShape
 
 
@@ -47,13 +47,8 @@ def export_htp_decoder(model_dir: Path, out_dir: Path, prefill: int, cache: int,
 class _StaticDecoder:
     def __init__(self, config: dict, weights: _Weights, shape: KVShape):
         self.config, self.weights, self.shape = config, weights, shape
-        self.heads = int(config["num_attention_heads"])
-        self.kv_heads = int(config.get("num_key_value_heads") or self.heads)
+        read_dimensions(self, config)
         self.groups = self.heads // self.kv_heads
-        self.hidden = int(config["hidden_size"])
-        self.head_dim = int(config.get("head_dim") or self.hidden // self.heads)
-        self.layers = int(config["num_hidden_layers"])
-        self.eps = float(config.get("rms_norm_eps", 1e-6))
         self.nodes: list[onnx.NodeProto] = []
         self.model = onnx.ModelProto()
         self.constants: set[str] = set()
