@@ -239,3 +239,13 @@ def test_a_broken_device_profile_is_named_as_one(run_cli, tmp_path, monkeypatch)
 
 def test_usage_error_exits_2(run_cli):
     assert run_cli("build").exit_code == 2
+
+
+def test_a_float_residual_stream_needs_the_static_decoder_pair(run_cli, write_recipe):
+    recipe = static_recipe("data/calibration.txt")
+    recipe["quantization"]["residual_stream"] = "float"
+    path = write_recipe(recipe)
+    result = run_cli("build", path)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"Error: recipe '{path}'") and "residual_stream: float needs export.decoder: static" in line

@@ -82,11 +82,65 @@ def test_both_graphs_run_on_the_htp_backend_with_no_cpu_fallback(graphs, tmp_pat
         quantized = tmp_path / name / "model.onnx"
         quantized.parent.mkdir()
         quantize_model(paths[name], quantized, config, None, feeds, "qnn")
+        assert _matmul_weight_scales(quantized) == {"per-channel"}  # onnxruntime's QNN config alone gives per-tensor
         session = target.session(quantized)  # fails if any node would fall back to the CPU
         assert session.get_providers()[0] == "QNNExecutionProvider"
         on_htp = _run(quantized, feeds[0], session)
         assert on_htp["logits"].shape == (1, tokens, 800) and np.isfinite(on_htp["logits"]).all()
         assert on_htp["present_key.0"].shape == (1, kv_heads, tokens, head_dim)
+
+
+@pytest.mark.fast
+def test_a_float_residual_stream_stays_out_of_qdq_and_runs_on_the_htp(graphs, tmp_path):
+    """quantization.residual_stream: float: the residual Adds and RMSNorms get no Q/DQ, and the HTP takes the mixed
+    graph (its FP16 beside the quantized matmuls) with CPU fallback disabled."""
+    pytest.importorskip("onnxruntime_qnn")
+    import onnx
+
+    from edgeq.quantize.run import quantize_model
+    from edgeq.recipe.schema import QuantizationConfig
+    from edgeq.targets import load_target
+
+    _, paths, (layers, kv_heads, head_dim) = graphs
+    config = QuantizationConfig(
+        mode="static",
+        format="qdq",
+        activation_type="uint16",
+        weight_type="uint8",
+        residual_stream="float",
+        calibration={"data": {"path": "-"}},
+    )
+    rng = np.random.default_rng(1)
+    shape = KVShape(PREFILL, CACHE)
+    feeds = [kv_feed(list(rng.integers(3, 700, size=PREFILL)), shape, layers, kv_heads, head_dim) for _ in range(4)]
+    quantized = tmp_path / "model.onnx"
+    done = quantize_model(paths["prefill"], quantized, config, None, feeds, "qnn")
+    assert done["residual_stream_float"]["nodes"] == 4 * layers + 1  # two Adds and two norms a layer, the final norm
+    model = onnx.load(str(quantized))
+    residual_adds = [n for n in model.graph.node if n.name.endswith("_residual")]
+    assert len(residual_adds) == 2 * layers
+    for node in residual_adds:
+        consumers = [n.op_type for n in model.graph.node if node.output[0] in n.input]
+        assert "QuantizeLinear" not in consumers
+    session = load_target("snapdragon-8-gen-3").session(quantized)  # fails if any node would fall back to the CPU
+    logits = _run(quantized, feeds[0], session)["logits"]
+    simulated = _run(quantized, feeds[0])["logits"]
+    assert np.isfinite(logits).all() and np.corrcoef(logits.ravel(), simulated.ravel())[0, 1] > 0.99
+
+
+def _matmul_weight_scales(path) -> set[str]:
+    """'per-channel' or 'per-tensor' for each MatMul whose B is a dequantized initializer."""
+    import onnx
+
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    kinds = set()
+    for node in model.graph.node:
+        weight = made_by.get(node.input[1]) if node.op_type == "MatMul" else None
+        if weight is not None and weight.op_type == "DequantizeLinear" and weight.input[0] in inits:
+            kinds.add("per-channel" if len(inits[weight.input[1]].dims) == 1 else "per-tensor")
+    return kinds
 
 
 def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_recipe, tmp_path):

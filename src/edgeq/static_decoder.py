@@ -12,6 +12,15 @@ import numpy as np
 MASK_FILL = -100.0  # an additive mask's "may not look": softmax weight e^-100 = 4e-44, and 16-bit scales survive it
 STATIC_DECODER = "static_decoder.json"  # beside a static pair: {"tokens", "cache", "decode"}
 DECODE_FILE = "decode.onnx"
+# The nodes of the residual stream in the graphs edgeq.export.htp_decoder writes: each layer's two residual Adds, the
+# RMSNorms that read the stream, and the final norm (quantization.residual_stream: float keeps them out of QDQ).
+RESIDUAL_STREAM_NODES = (
+    "*/attention_residual",
+    "*/mlp_residual",
+    "*/input_layernorm",
+    "*/post_attention_layernorm",
+    "/model/norm",
+)
 
 
 @dataclass(frozen=True)

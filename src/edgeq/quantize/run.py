@@ -6,6 +6,7 @@ import contextlib
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from edgeq.buildlog import quiet_libraries
@@ -14,6 +15,10 @@ from edgeq.quantize.calibration import FeedReader, input_specs
 from edgeq.quantize.index_paths import index_path_nodes
 from edgeq.recipe.schema import QuantizationConfig
 
+# Tables (Gather data) smaller than this keep the activation type (16 bits with uint16) under `table_type: weight`:
+# a position table's bytes are negligible, and 8 bits on a rotary cos/sin table turn every query and key by up to
+# half a step of 1/127 (SmolLM2, measured: see README's NPU section).
+SMALL_TABLE_ENTRIES = 1 << 20
 QUANT_TYPES = {"int8": "QInt8", "uint8": "QUInt8", "int16": "QInt16", "uint16": "QUInt16"}
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
@@ -43,6 +48,8 @@ def quantize_model(
     with tempfile.TemporaryDirectory(prefix="edgeq-quant-") as tmp, contextlib.chdir(tmp):
         prepared = Path(tmp) / "prepared.onnx"
         done = {"scheme": scheme if q.mode == "static" else "onnxruntime"}
+        if q.mode == "static" and q.residual_stream == "float":
+            q, done["residual_stream_float"] = _float_residual_stream(fp32_path, q)
         if q.mode == "static" and q.attention_mask_fill is not None:
             fp32_path, done["mask_fill_softened"] = _soften_mask(fp32_path, Path(tmp), q.attention_mask_fill)
         if q.mode == "int4":
@@ -74,6 +81,26 @@ def quantize_model(
             if power_of_two:
                 done["power_of_two"] = _power_of_two(out_path, prepared, calibration_feeds or [])
     return done
+
+
+def _float_residual_stream(fp32_path: Path, q: QuantizationConfig) -> tuple[QuantizationConfig, dict]:
+    """The config with the residual stream's nodes kept float, and what the report says of it."""
+    from edgeq.errors import RecipeError
+    from edgeq.static_decoder import RESIDUAL_STREAM_NODES
+
+    kept = excluded_nodes(onnx.load(str(fp32_path), load_external_data=False), list(RESIDUAL_STREAM_NODES))
+    if not kept:
+        raise RecipeError(
+            f"quantization.residual_stream: float: {fp32_path} has no residual-stream node "
+            f"({', '.join(RESIDUAL_STREAM_NODES)})",
+            "it applies to the graphs export.decoder: static writes",
+        )
+    reason = (
+        "a language model's residual stream carries a few channels far larger than the rest, which one 16-bit "
+        "scale per tensor cannot resolve beside them; the HTP (v73+) runs these ops in FP16"
+    )
+    widened = q.model_copy(update={"nodes_to_exclude": [*q.nodes_to_exclude, *kept]})
+    return widened, {"nodes": len(kept), "reason": reason}
 
 
 def _store_excluded_int8(out_path: Path, names: list[str]) -> int:
@@ -131,8 +158,15 @@ def _quantize_qnn(fp32_path, out_path, tmp, q, op_types, feeds, activation_overr
     reader = FeedReader(input_specs(model), feeds)
     weight_type = getattr(QuantType, QUANT_TYPES[q.weight_type])
     overrides = (
-        {name: [{"quant_type": weight_type}] for name in _embedding_tables(model)} if q.table_type == "weight" else {}
+        {name: [{"quant_type": weight_type}] for name in _embedding_tables(model, SMALL_TABLE_ENTRIES)}
+        if q.table_type == "weight"
+        else {}
     )
+    if q.per_channel:
+        overrides |= {
+            name: [{"quant_type": weight_type, "symmetric": q.symmetric_weights, "axis": 1}]
+            for name in _matmul_weights(model)
+        }
     overrides |= {
         name: [{"quant_type": getattr(QuantType, QUANT_TYPES[kind])}]
         for name, kind in (activation_overrides or {}).items()
@@ -154,10 +188,21 @@ def _quantize_qnn(fp32_path, out_path, tmp, q, op_types, feeds, activation_overr
     quantize(str(source), str(out_path), config)
 
 
-def _embedding_tables(model: onnx.ModelProto) -> list[str]:
-    """The 2-D initializers that Gather nodes look rows up in."""
+def _matmul_weights(model: onnx.ModelProto) -> list[str]:
+    """The 2-D initializers MatMul nodes multiply by (input B: one scale per output column). onnxruntime's QNN
+    config keeps a MatMul's weight per-tensor ("QNN does not support per-channel MatMul"); the HTP (v68 to v75
+    emulators, onnxruntime-qnn 2.x) takes a per-column weight on MatMul, and a per-tensor 8-bit weight costs a
+    language model most of its fidelity (SmolLM2 w8a16: perplexity +33% on the CPU simulation)."""
     shapes = {t.name: len(t.dims) for t in model.graph.initializer}
-    return sorted({n.input[0] for n in model.graph.node if n.op_type == "Gather" and shapes.get(n.input[0]) == 2})
+    return sorted({n.input[1] for n in model.graph.node if n.op_type == "MatMul" and shapes.get(n.input[1]) == 2})
+
+
+def _embedding_tables(model: onnx.ModelProto, at_least: int = 0) -> list[str]:
+    """The 2-D initializers that Gather nodes look rows up in, of at least `at_least` entries."""
+    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer if len(t.dims) == 2}
+    return sorted(
+        {n.input[0] for n in model.graph.node if n.op_type == "Gather" and sizes.get(n.input[0], -1) >= at_least}
+    )
 
 
 def _quantize_int4(fp32_path: Path, out_path: Path, q: QuantizationConfig, op_types: list[str] | None) -> None:
