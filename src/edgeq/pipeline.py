@@ -533,7 +533,8 @@ def validate_stage(plan: Plan, models: dict[str, Path], reference: str, served: 
                 wanted = {n: p for n, p in models.items() if n not in own_artifacts}
             else:
                 wanted = {n: p for n, p in models.items() if n in (reference, served[device.id])}
-            samples = plan.validation_samples[: val.emulated_samples] if emulated else plan.validation_samples
+            slow = target.on_an_emulator
+            samples = plan.validation_samples[: val.emulated_samples] if slow else plan.validation_samples
             found = validate_models(
                 wanted,
                 reference,

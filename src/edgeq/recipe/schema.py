@@ -290,9 +290,11 @@ class ValidationConfig(Strict):
     )
     emulated_samples: PositiveInt | None = Field(
         default=None,
-        description="On a target whose runner is emulated (an arm64 stand-in under qemu), validate "
-        "only the first N of the samples, and only the model the target is served: qemu runs a 135M language "
-        "model's 128-token pass in about 40 s. The report states how many were used. Default: all samples.",
+        description="On a target emulated slowly (an arm64 stand-in under qemu, the HTP's emulator), validate "
+        "only the first N of the samples (and a language model's greedy continuations on at most those), and, in "
+        "the stand-in, only the model the target is served: qemu runs a 135M language model's 128-token pass in "
+        "about 40 s, the HTP emulator its 64-token prefill in 20-45 s. The report states how many were used. "
+        "Default: all samples.",
     )
     warmup: int = Field(
         default=3,

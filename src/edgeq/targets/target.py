@@ -56,6 +56,12 @@ class Target:
         return self.runtime.in_runner
 
     @property
+    def on_an_emulator(self) -> bool:
+        """Its models run on an emulator of the device's own processor (the arm64 stand-in under qemu, the HTP's
+        emulator), not on a CPU stand-in computing the same thing: slow, so `validation.emulated_samples` bounds it."""
+        return self.runs_in_stand_in or (self.runtime.mode == "emulated" and self.differs_from_simulation)
+
+    @property
     def runs_float(self) -> bool:
         return self.profile.runs_float
 
