@@ -162,7 +162,7 @@ def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_r
             "op_types": None,
             "calibration": {"data": {"path": "data/calibration.txt"}, "samples": 8},
         },
-        validation={"samples": 8, "warmup": 0, "thresholds": {}},
+        validation={"samples": 8, "warmup": 0, "thresholds": {}, "emulated_samples": 6, "emulated_follow_ups": 2},
         targets=["snapdragon-8-gen-3"],
     )
     out = tmp_path / "out"
@@ -175,6 +175,7 @@ def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_r
     metrics = entry["metrics"]
     assert metrics["tokens"] > 8 and 0 <= metrics["next_token_top1_agreement"] <= 1
     assert metrics["greedy_match_tokens"] is not None and metrics["perplexity"] > 1
+    assert entry["samples"] == 6 and metrics["greedy_prompts"] == 2  # the emulator's bounds, stated
     assert entry["simulation"]["metrics"]["kl_divergence_mean"] is not None
     roofline = entry["roofline"]  # bytes a token moves at the profile's bandwidth: labelled an estimate
     assert roofline["estimate"] and roofline["memory_bandwidth_gbps"] == 76.8

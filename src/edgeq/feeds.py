@@ -42,6 +42,7 @@ class ShapeData:
     sequence_length: int
     inputs: object  # the task's input maker at this length (TextInputs or ImageInputs)
     batches: list
+    follow_ups: int | None = None  # at most this many samples get the task's follow-ups (None: the task's count)
 
 
 def shape_data(

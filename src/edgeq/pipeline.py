@@ -546,6 +546,7 @@ def validate_stage(plan: Plan, models: dict[str, Path], reference: str, served: 
                 val.warmup,
                 thresholds,
                 plan.recipe.fixed_batch,
+                val.emulated_follow_ups if slow else None,
             )
             explain_departures(plan, target, found, wanted, reference, inputs)
             estimate_decode_speed(device, found, wanted)

@@ -296,6 +296,12 @@ class ValidationConfig(Strict):
         "about 40 s, the HTP emulator its 64-token prefill in 20-45 s. The report states how many were used. "
         "Default: all samples.",
     )
+    emulated_follow_ups: PositiveInt | None = Field(
+        default=None,
+        description="On a target emulated slowly: a language model's greedy continuations (16 tokens each) on at "
+        "most the first N samples; the HTP emulator takes about 13 s a SmolLM2 decode step, so the task's 16 "
+        "continuations take an hour there. Default: the task's 16.",
+    )
     warmup: int = Field(
         default=3,
         ge=0,

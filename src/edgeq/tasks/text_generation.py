@@ -248,6 +248,7 @@ class TextGeneration(Task):
                 float(np.mean([common_prefix(r, c) for r, c in zip(ref_runs, cand_runs)])), 3
             )
             metrics["greedy_tokens"] = GREEDY_TOKENS
+            metrics["greedy_prompts"] = len(cand_runs)
         return metrics
 
     def example_feed(self, inputs, batch_size: int) -> dict[str, np.ndarray]:

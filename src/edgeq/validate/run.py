@@ -33,17 +33,21 @@ def validate_models(
     warmup: int = 3,
     thresholds: dict[str, dict[str, float]] | None = None,
     whole_batches_only: bool = False,
+    follow_ups: int | None = None,
 ) -> list[dict]:
     """One report.json validation entry per model validated on `target` (the reference included, as the
     baseline, when the device runs float models here). `task` turns `samples` into batches with `inputs` (its
     input maker) and outputs into metrics. `shapes` are (batch size, most tokens a text), each measured on its
-    own; an entry's `metrics` are the worst case over them. `thresholds` maps a model name to its limits."""
+    own; an entry's `metrics` are the worst case over them. `thresholds` maps a model name to its limits;
+    `follow_ups` bounds how many samples get the task's follow-ups (a language model's greedy continuations)."""
     from edgeq.artifact import is_quantized
 
     device, runtime = target.profile, target.runtime
     float_rows = device.runs_float and not runtime.in_runner  # an emulated arm64 is slow: quantized models only
     rows = [n for n in models if float_rows or (n != reference and is_quantized(models[n]))]
     data = shape_data(task, samples, inputs, shapes or [(1, inputs.sequence_length)], whole_batches_only)
+    for at in data:
+        at.follow_ups = follow_ups
     measured = [_measure_shape(models, rows, reference, target, task, at, warmup, i == 0) for i, at in enumerate(data)]
     first = measured[0]
     env = first["runs"][rows[0]].get("environment") or {
@@ -258,14 +262,14 @@ def _run_here(
 def follow_up(task, session, data: ShapeData, sibling=None) -> list:
     """The task's follow-up results (e.g. greedy continuations) for its first `follow_up_samples` samples.
     `sibling(file)` opens another graph of the model's folder on the same runtime (a static decoder's decode.onnx)."""
-    found = []
+    found, wanted = [], min(task.follow_up_samples, data.follow_ups or task.follow_up_samples)
     sizes = np.cumsum([len(b.samples) for b in data.batches])
-    batches = int(np.searchsorted(sizes, task.follow_up_samples) + 1)  # the batches that hold the samples followed
+    batches = int(np.searchsorted(sizes, wanted) + 1)  # the batches that hold the samples followed
     for batch in track(data.batches[:batches], f"follow-ups on {data.label}", total=min(batches, len(sizes))):
-        if len(found) >= task.follow_up_samples:
+        if len(found) >= wanted:
             break
         found += task.follow_up(session, batch, data.inputs, sibling)
-    return found[: task.follow_up_samples]
+    return found[:wanted]
 
 
 def _run_in_device_runner(
