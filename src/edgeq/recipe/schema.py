@@ -191,7 +191,8 @@ class QuantizationConfig(Strict):
     table_type: Literal["weight", "activation"] = Field(
         default="weight",
         description="Static QNN only: the integer type of embedding tables (Gather data): "
-        "`weight` (the weight type: 8 bits, a quarter of FP32's bytes, with a type convert after the lookup) or "
+        "`weight` (the weight type: 8 bits, a quarter of FP32's bytes, with a type convert after the lookup; "
+        "tables under 2^20 entries, such as position and rotary tables, keep the activation type) or "
         "`activation` (onnxruntime's QNN default: the table takes the activation type, 16 bits with uint16).",
     )
     residual_stream: Literal["quantized", "float"] = Field(
