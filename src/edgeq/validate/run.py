@@ -247,16 +247,27 @@ def _run_here(
             )
     if with_placement and task.follow_up_samples:  # e.g. greedy continuations: on the first shape only
         for name, session in sessions.items():
-            sibling = lambda file, path=models[name]: target.session(path.parent / file, spinning=False)  # noqa: E731
+            sibling = _opened_once(lambda file, path=models[name]: target.session(path.parent / file, spinning=False))
             runs[name]["followed"] = follow_up(task, session, data, sibling)
         runs["__reference__"] = {
             "followed": runs[reference]["followed"]
             if comparable
             else follow_up(
-                task, reference_session, data, lambda file: target.reference_session(reference_path.parent / file)
+                task,
+                reference_session,
+                data,
+                _opened_once(lambda file: target.reference_session(reference_path.parent / file)),
             )
         }
     return runs, truth
+
+
+def _opened_once(open_session):
+    """`open_session(file)` remembered per file: a static decoder's decode graph is compiled once for all the
+    follow-ups (on the HTP emulator a compile of SmolLM2's decode graph takes about 15 s), not once a prompt."""
+    import functools
+
+    return functools.cache(open_session)
 
 
 def follow_up(task, session, data: ShapeData, sibling=None) -> list:
