@@ -164,7 +164,7 @@ def _quantize_qnn(fp32_path, out_path, tmp, q, op_types, feeds, activation_overr
     )
     if q.per_channel:
         overrides |= {
-            name: [{"quant_type": weight_type, "symmetric": q.symmetric_weights, "axis": 1}]
+            name: [{"quant_type": weight_type, "symmetric": True, "axis": 1}]  # the HTP refuses asymmetric per-axis
             for name in _matmul_weights(model)
         }
     overrides |= {
@@ -192,7 +192,8 @@ def _matmul_weights(model: onnx.ModelProto) -> list[str]:
     """The 2-D initializers MatMul nodes multiply by (input B: one scale per output column). onnxruntime's QNN
     config keeps a MatMul's weight per-tensor ("QNN does not support per-channel MatMul"); the HTP (v68 to v75
     emulators, onnxruntime-qnn 2.x) takes a per-column weight on MatMul, and a per-tensor 8-bit weight costs a
-    language model most of its fidelity (SmolLM2 w8a16: perplexity +33% on the CPU simulation)."""
+    language model most of its fidelity (SmolLM2 w8a16: perplexity +33% on the CPU simulation). Per column, the
+    HTP takes symmetric weights only (an asymmetric one fails the session), whatever `symmetric_weights` says."""
     shapes = {t.name: len(t.dims) for t in model.graph.initializer}
     return sorted({n.input[1] for n in model.graph.node if n.op_type == "MatMul" and shapes.get(n.input[1]) == 2})
 
