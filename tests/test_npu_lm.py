@@ -148,6 +148,9 @@ def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_r
     """export.decoder: static end to end: the pair exported, quantized with one set of encodings, validated on the
     emulated HTP (the prefill's logits; greedy continuations through the decode graph) beside its simulation."""
     pytest.importorskip("onnxruntime_qnn")
+    import onnx
+    from onnx import numpy_helper
+
     from edgeq import api
 
     folder = graphs[0]
@@ -187,5 +190,14 @@ def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_r
         quantize["decode_graph"]["encodings_of_its_own"] == 0
         and quantize["decode_graph"]["encodings_from_prefill"] > 50
     )
+    # the cache inputs read what the graphs wrote: calibrated on an empty cache, their own scale would be ~1e-9
+    assert quantize["decode_graph"]["cache_inputs_encoded_as_written"] == 2 * 2  # layers, K and V
+    for graph in ("model.onnx", "decode.onnx"):
+        scales = {
+            t.name: t for t in onnx.load(str(out / "final" / graph)).graph.initializer if t.name.endswith("_scale")
+        }
+        for name in ("key.0", "value.1"):
+            past, present = scales[f"past_{name}_scale"], scales[f"present_{name}_scale"]
+            assert numpy_helper.to_array(past) == numpy_helper.to_array(present) > 1e-6
     assert {"model.onnx", "decode.onnx", "static_decoder.json"} <= {p.name for p in (out / "final").iterdir()}
     assert not (out / "final" / "genai_config.json").exists()  # onnxruntime-genai cannot run a static pair

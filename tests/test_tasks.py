@@ -250,3 +250,23 @@ def test_validate_command_on_question_answering(run_cli, tmp_path):
     assert result.exit_code == 0, result.output
     entry = json.loads(result.stdout)
     assert {"span_exact_match", "span_f1", "answer_f1", "answer_f1_reference"} <= set(entry["metrics"])
+
+
+@pytest.mark.fast
+def test_greedy_prompts_of_chat_texts_differ():
+    """Chat texts open with one shared system turn: a greedy continuation's prompt is the text's first half, so two
+    texts that share their first 20 tokens still get different prompts (a short text is its own prompt)."""
+    from edgeq.tasks.base import Batch, Sample
+    from edgeq.tasks.text_generation import PROMPT_TOKENS, greedy_prompts
+
+    shared = list(range(100, 120))
+    ids = np.zeros((3, 64), np.int64)
+    ids[0, :60] = shared + list(range(500, 540))
+    ids[1, :60] = shared + list(range(700, 740))
+    ids[2, :9] = range(9)
+    mask = (ids > 0) | (np.arange(64) == 0)
+    mask[2, :9] = True
+    batch = Batch({"input_ids": ids}, mask.astype(np.int64), [Sample(text=str(i)) for i in range(3)])
+    first, second, short = greedy_prompts(batch)
+    assert len(first) == len(second) == 30 > PROMPT_TOKENS and len(short) == 9
+    assert not np.array_equal(first, second) and np.array_equal(first[:20], second[:20])

@@ -22,10 +22,35 @@ def quantize_decode_graph(source: Path, folder: Path, quantize, prefill_feeds: l
     shape = static_decoder(source)
     feeds = [_first_token(feed, shape) for feed in prefill_feeds[:8]]
     quantize(source / DECODE_FILE, folder / DECODE_FILE, feeds)
-    decode, prefill = onnx.load(str(folder / DECODE_FILE)), onnx.load(str(folder / "model.onnx"))
+    prefill = onnx.load(str(folder / "model.onnx"))
+    cache_inputs = cache_takes_written_encodings(prefill)
+    onnx.save(prefill, str(folder / "model.onnx"))
+    decode = onnx.load(str(folder / DECODE_FILE))
     shared, own = share_encodings(decode, prefill)
     onnx.save(decode, str(folder / DECODE_FILE))
-    return {"encodings_from_prefill": shared, "encodings_of_its_own": own}
+    return {
+        "encodings_from_prefill": shared,
+        "encodings_of_its_own": own,
+        "cache_inputs_encoded_as_written": cache_inputs,
+    }
+
+
+def cache_takes_written_encodings(model: onnx.ModelProto) -> int:
+    """Every cache input (past_key.i, past_value.i) given the scale and zero point of the entries written into it
+    (present_key.i, present_value.i); returns how many. Calibration runs the prefill on an empty cache, so a cache
+    input's own range is zero (a scale of 1e-9 that would crush every cached key to nothing in the decode graph);
+    what the host feeds back is exactly what the graphs wrote."""
+    encodings = {t.name: t for t in model.graph.initializer if t.name.endswith(ENCODING_SUFFIXES)}
+    changed = 0
+    for name in list(encodings):
+        if not name.startswith("past_"):
+            continue
+        written = encodings.get(name.replace("past_", "present_", 1))
+        if written is None:
+            continue
+        encodings[name].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(written), name))
+        changed += name.endswith("_scale")
+    return changed
 
 
 def share_encodings(decode: onnx.ModelProto, prefill: onnx.ModelProto) -> tuple[int, int]:

@@ -220,10 +220,7 @@ class TextGeneration(Task):
     def follow_up(self, session, batch: Batch, inputs, sibling=None) -> list[np.ndarray]:
         """Greedy continuations of the first samples' prompts, decoded through the KV cache (a static pair: the
         prompt through the prefill graph, each new token through the decode graph, `sibling(file)`'s session)."""
-        prompts = [
-            batch.feed["input_ids"][i, : min(PROMPT_TOKENS, int(batch.mask[i].sum()))]
-            for i in range(len(batch.samples))
-        ]
+        prompts = greedy_prompts(batch)
         if isinstance(inputs, StaticDecoderInputs):
             decode = sibling("decode.onnx")
             return [greedy_static(session, decode, inputs, p, GREEDY_TOKENS) for p in prompts]
@@ -265,6 +262,14 @@ class TextGeneration(Task):
         )
         mask = np.ones_like(ids)
         return {"input_ids": ids, "attention_mask": mask, **inputs.step_inputs(ids, mask, None)}
+
+
+def greedy_prompts(batch: Batch) -> list[np.ndarray]:
+    """Each text's prompt for a greedy continuation: its first half, at least PROMPT_TOKENS tokens (all of a shorter
+    text). Chat-formatted texts open with the same system turn, so their first PROMPT_TOKENS tokens alone would be
+    one prompt repeated."""
+    lengths = [int(batch.mask[i].sum()) for i in range(len(batch.samples))]
+    return [batch.feed["input_ids"][i, : min(n, max(PROMPT_TOKENS, n // 2))] for i, n in enumerate(lengths)]
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
