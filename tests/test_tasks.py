@@ -254,10 +254,10 @@ def test_validate_command_on_question_answering(run_cli, tmp_path):
 
 @pytest.mark.fast
 def test_greedy_prompts_of_chat_texts_differ():
-    """Chat texts open with one shared system turn: a greedy continuation's prompt is the text's first half, so two
-    texts that share their first 20 tokens still get different prompts (a short text is its own prompt)."""
+    """Chat texts open with one shared system turn: a greedy continuation's prompt is the text but its last 16
+    tokens, so two texts that share their first 20 tokens still get different prompts (a short one is its own)."""
     from edgeq.tasks.base import Batch, Sample
-    from edgeq.tasks.text_generation import PROMPT_TOKENS, greedy_prompts
+    from edgeq.tasks.text_generation import GREEDY_TOKENS, PROMPT_TOKENS, greedy_prompts
 
     shared = list(range(100, 120))
     ids = np.zeros((3, 64), np.int64)
@@ -268,5 +268,5 @@ def test_greedy_prompts_of_chat_texts_differ():
     mask[2, :9] = True
     batch = Batch({"input_ids": ids}, mask.astype(np.int64), [Sample(text=str(i)) for i in range(3)])
     first, second, short = greedy_prompts(batch)
-    assert len(first) == len(second) == 30 > PROMPT_TOKENS and len(short) == 9
+    assert len(first) == len(second) == 60 - GREEDY_TOKENS > PROMPT_TOKENS and len(short) == 9
     assert not np.array_equal(first, second) and np.array_equal(first[:20], second[:20])

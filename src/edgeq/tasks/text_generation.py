@@ -265,11 +265,11 @@ class TextGeneration(Task):
 
 
 def greedy_prompts(batch: Batch) -> list[np.ndarray]:
-    """Each text's prompt for a greedy continuation: its first half, at least PROMPT_TOKENS tokens (all of a shorter
-    text). Chat-formatted texts open with the same system turn, so their first PROMPT_TOKENS tokens alone would be
-    one prompt repeated."""
+    """Each text's prompt for a greedy continuation: the text but its last GREEDY_TOKENS tokens, at least
+    PROMPT_TOKENS (all of a shorter text). Chat-formatted texts open with the same system turn (SmolLM2's is about
+    30 tokens), so a prompt of their first tokens would be one prompt repeated."""
     lengths = [int(batch.mask[i].sum()) for i in range(len(batch.samples))]
-    return [batch.feed["input_ids"][i, : min(n, max(PROMPT_TOKENS, n // 2))] for i, n in enumerate(lengths)]
+    return [batch.feed["input_ids"][i, : min(n, max(PROMPT_TOKENS, n - GREEDY_TOKENS))] for i, n in enumerate(lengths)]
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
