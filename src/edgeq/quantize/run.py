@@ -6,7 +6,6 @@ import contextlib
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from edgeq.buildlog import quiet_libraries
@@ -15,10 +14,10 @@ from edgeq.quantize.calibration import FeedReader, input_specs
 from edgeq.quantize.index_paths import index_path_nodes
 from edgeq.recipe.schema import QuantizationConfig
 
-# Tables (Gather data) smaller than this keep the activation type (16 bits with uint16) under `table_type: weight`:
-# a position table's bytes are negligible, and 8 bits on a rotary cos/sin table turn every query and key by up to
-# half a step of 1/127 (SmolLM2, measured: see README's NPU section).
-SMALL_TABLE_ENTRIES = 1 << 20
+# Under `table_type: weight` only the token embedding tables (the Gathers of this input) take the weight type; the
+# position, token-type and rotary tables keep the activation type (16 bits with uint16): their bytes are negligible,
+# and 8 bits on a rotary cos/sin table turn every query and key by up to half a step of 1/127 (see README's NPU part).
+TOKEN_IDS = "input_ids"
 QUANT_TYPES = {"int8": "QInt8", "uint8": "QUInt8", "int16": "QInt16", "uint16": "QUInt16"}
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
@@ -158,9 +157,7 @@ def _quantize_qnn(fp32_path, out_path, tmp, q, op_types, feeds, activation_overr
     reader = FeedReader(input_specs(model), feeds)
     weight_type = getattr(QuantType, QUANT_TYPES[q.weight_type])
     overrides = (
-        {name: [{"quant_type": weight_type}] for name in _embedding_tables(model, SMALL_TABLE_ENTRIES)}
-        if q.table_type == "weight"
-        else {}
+        {name: [{"quant_type": weight_type}] for name in _token_tables(model)} if q.table_type == "weight" else {}
     )
     if q.per_channel:
         overrides |= {
@@ -198,11 +195,16 @@ def _matmul_weights(model: onnx.ModelProto) -> list[str]:
     return sorted({n.input[1] for n in model.graph.node if n.op_type == "MatMul" and shapes.get(n.input[1]) == 2})
 
 
-def _embedding_tables(model: onnx.ModelProto, at_least: int = 0) -> list[str]:
-    """The 2-D initializers that Gather nodes look rows up in, of at least `at_least` entries."""
-    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer if len(t.dims) == 2}
+def _token_tables(model: onnx.ModelProto) -> list[str]:
+    """The 2-D initializers that Gather nodes look the model's input_ids up in: the token embedding tables (not
+    the position, token-type or rotary tables, which other indices read)."""
+    shapes = {t.name: len(t.dims) for t in model.graph.initializer}
     return sorted(
-        {n.input[0] for n in model.graph.node if n.op_type == "Gather" and sizes.get(n.input[0], -1) >= at_least}
+        {
+            n.input[0]
+            for n in model.graph.node
+            if n.op_type == "Gather" and shapes.get(n.input[0]) == 2 and n.input[1] == TOKEN_IDS
+        }
     )
 
 

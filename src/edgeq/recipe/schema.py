@@ -192,7 +192,8 @@ class QuantizationConfig(Strict):
         default="weight",
         description="Static QNN only: the integer type of embedding tables (Gather data): "
         "`weight` (the weight type: 8 bits, a quarter of FP32's bytes, with a type convert after the lookup; "
-        "tables under 2^20 entries, such as position and rotary tables, keep the activation type) or "
+        "only the token tables, the Gathers of `input_ids`: position, token-type and rotary tables keep the activation "
+        "type) or "
         "`activation` (onnxruntime's QNN default: the table takes the activation type, 16 bits with uint16).",
     )
     residual_stream: Literal["quantized", "float"] = Field(
