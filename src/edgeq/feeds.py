@@ -46,16 +46,28 @@ class ShapeData:
 
 
 def shape_data(
-    task, samples: list, inputs, shapes: list[tuple[int, int]], whole_batches_only: bool = False
+    task,
+    samples: list,
+    inputs,
+    shapes: list[tuple[int, int]],
+    whole_batches_only: bool = False,
+    follow_ups: int | None = None,
 ) -> list[ShapeData]:
     """The samples as batches at every (batch size, most tokens) shape; a model with a fixed batch size takes
-    whole batches only."""
+    whole batches only; `follow_ups` bounds the samples that get the task's follow-ups."""
     found = []
     for batch_size, sequence_length in shapes:
         at_length = inputs.for_length(sequence_length)
         batches = task.batches(samples, at_length, batch_size, whole_batches_only or inputs.pad_to_length)
         found.append(
-            ShapeData(task.shape_label(batch_size, sequence_length), batch_size, sequence_length, at_length, batches)
+            ShapeData(
+                task.shape_label(batch_size, sequence_length),
+                batch_size,
+                sequence_length,
+                at_length,
+                batches,
+                follow_ups,
+            )
         )
     return found
 

@@ -45,9 +45,7 @@ def validate_models(
     device, runtime = target.profile, target.runtime
     float_rows = device.runs_float and not runtime.in_runner  # an emulated arm64 is slow: quantized models only
     rows = [n for n in models if float_rows or (n != reference and is_quantized(models[n]))]
-    data = shape_data(task, samples, inputs, shapes or [(1, inputs.sequence_length)], whole_batches_only)
-    for at in data:
-        at.follow_ups = follow_ups
+    data = shape_data(task, samples, inputs, shapes or [(1, inputs.sequence_length)], whole_batches_only, follow_ups)
     measured = [_measure_shape(models, rows, reference, target, task, at, warmup, i == 0) for i, at in enumerate(data)]
     first = measured[0]
     env = first["runs"][rows[0]].get("environment") or {
