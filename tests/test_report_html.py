@@ -4,6 +4,8 @@ its plots; a screenshot is kept in test-artifacts/."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from browser import CHROMIUM, Browser
 from conftest import ROOT
@@ -61,3 +63,43 @@ def test_the_browser_check_catches_errors_and_requests(tmp_path, browser):
     seen = browser.open(page.as_uri())
     assert any(e.get("args", [{}])[0].get("value") == "boom" for e in seen["console_errors"])
     assert len(seen["requests"]) == 3
+
+
+def test_compare_page_of_three_builds_in_the_browser(tiny_bert, write_recipe, tmp_path, browser, run_cli):
+    """`edgeq compare` of three builds (dynamic, static, mixed precision), each validated on this host and on the
+    other x86 profile (emulated): Pareto plots and table, no console error, no request."""
+    from conftest import base_recipe, host_device
+
+    other = "x86-avx2" if host_device() != "x86-avx2" else "x86-avx512-vnni"
+    targets = [host_device(), other]
+    recipes = {
+        "dynamic": base_recipe(str(tiny_bert), targets=targets),
+        "static": base_recipe(
+            str(tiny_bert),
+            targets=targets,
+            quantization={"mode": "static", "calibration": {"data": {"path": "data/calibration.txt"}, "samples": 16}},
+        ),
+        "mixed": {**mixed_recipe(tiny_bert, budget={"min_cosine_mean": 0.999}), "targets": targets},
+    }
+    builds = []
+    for name, recipe in recipes.items():
+        api.build(write_recipe(recipe, f"{name}.yaml"), output=tmp_path / name)
+        builds.append(tmp_path / name)
+    page = tmp_path / "compare.html"
+    assert run_cli("compare", *builds, "--output", page).exit_code == 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "compare-pareto.png"
+    seen = browser.open(
+        page.as_uri(),
+        screenshot=shot,
+        expression="[document.querySelectorAll('svg.plot').length, document.querySelectorAll('svg.plot g.point').length,"
+        " document.querySelectorAll('svg.plot polyline.front').length,"
+        " document.querySelectorAll('svg.plot g.point[data-mode=emulated]').length,"
+        " document.querySelectorAll('table tr').length]",
+    )
+    assert seen["console_errors"] == [] and seen["exceptions"] == []
+    assert seen["requests"] == [page.as_uri()]
+    plots, marks, fronts, emulated, rows = seen["value"]
+    assert plots >= 4 and marks >= plots * 6 and fronts >= plots and emulated >= plots * 3
+    assert rows - 1 == sum(len(json.loads((b / "report.json").read_text())["validations"]) for b in builds)
+    assert shot.stat().st_size > 10_000

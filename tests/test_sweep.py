@@ -137,6 +137,11 @@ def test_sweep_on_a_loopback_cluster_survives_a_killed_worker(cluster, tiny_bert
     assert sum(stage["cached"] for stage in exports) >= 1  # the shared cache served the export to another cell
     html = (out / "sweep.html").read_text()
     assert html.count("report</a>") == 4
+    # the Pareto plots: every validated artifact of the 4 finished cells (fp32 and int8 each), both targets' fronts
+    assert html.count("<svg class=plot") >= 4 and html.count("<polyline class=front") >= 4
+    assert html.count("<g class=point") == html.count("<svg class=plot") * 8 and "<script" not in html
+    passed = [r for r in json.loads((out / "sweep.json").read_text())["cells"] if r["status"] == "passed"]
+    assert all(r["mode"] and r["p50_ms"] > 0 and r["build_peak_rss_mb"] > 0 for r in passed)
 
     again = subprocess.run(
         [EDGEQ, "sweep", sweep_file, "--address", address, "-o", out, "--json"], env=env, capture_output=True, text=True

@@ -311,8 +311,8 @@ FLOORS = [
     {"mixed_precision"},
     {"validate", "profile"},
     {"preflight", "plan", "build_cost", "starter", "genai", "generate", "summary", "report_html", "report"}
-    | {"stage_cache", "diverge", "roofline"},  # services over the stages
-    {"pipeline", "sweep"},
+    | {"stage_cache", "diverge", "roofline", "manifest", "pareto"},  # services over the stages
+    {"pipeline", "sweep", "verify"},
     {"api", "sweep_ray"},
     {"cli"},
 ]

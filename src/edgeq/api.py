@@ -72,12 +72,37 @@ def rerender_report(build_dir: str | Path) -> list[Path]:
     return [folder / "report.md", folder / "report.html"]
 
 
-def compare_builds(first: str | Path, second: str | Path) -> dict:
-    """Two builds side by side: per target device, each build's final artifact, verdict, fidelity, size, latency."""
+def compare_builds(*builds: str | Path) -> dict:
+    """Builds side by side: per target device, each build's final artifact, verdict, fidelity, size, latency; and
+    `points`, every validated artifact of every build (what the Pareto plots draw)."""
+    from edgeq.pareto import build_points
     from edgeq.summary import summary_rows
 
-    reports = [_read_report(Path(b)) for b in (first, second)]
-    return {"builds": [str(first), str(second)], "rows": [summary_rows(r) for r in reports]}
+    if not builds:
+        raise OutputError("no build folder given", "Give one or more build folders")
+    reports = [_read_report(Path(b)) for b in builds]
+    return {
+        "builds": [str(b) for b in builds],
+        "rows": [summary_rows(r) for r in reports],
+        "points": [p for b, r in zip(builds, reports) for p in build_points(r, str(b), Path(b).name)],
+    }
+
+
+def write_comparison_html(comparison: dict, output: str | Path) -> Path:
+    """The Pareto page of a comparison (edgeq.pareto): fidelity against size and against p50, per target."""
+    from edgeq.atomic import write_text
+    from edgeq.pareto import pareto_html
+
+    path = Path(output)
+    write_text(path, pareto_html("edgeq compare", comparison["points"], comparison["builds"]))
+    return path
+
+
+def verify(build_dir: str | Path, rebuild: bool = False, allow_new_versions: bool = False) -> dict:
+    """Whether a build still holds on this machine now (edgeq.verify): `holds`, and every `changes` entry."""
+    from edgeq.verify import verify_build
+
+    return verify_build(build_dir, rebuild, allow_new_versions)
 
 
 def _read_report(folder: Path) -> dict:

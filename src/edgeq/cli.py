@@ -183,19 +183,67 @@ def report(build_dir: str) -> None:
 
 
 @cli.command()
-@click.argument("first")
-@click.argument("second")
+@click.argument("builds", nargs=-1, required=True)
+@click.option("--output", help="Also write the Pareto plots (fidelity against size and p50, per target) to this .html.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
-def compare(first: str, second: str, as_json: bool) -> None:
-    """Two build folders side by side: per target, artifact, verdict, fidelity, size and latency."""
+def compare(builds: tuple[str, ...], output: str | None, as_json: bool) -> None:
+    """Build folders side by side: per target, artifact, verdict, fidelity, size and latency; with --output, the
+    Pareto plots of every validated artifact of every build."""
     from edgeq import api
     from edgeq.summary import print_comparison
 
-    found = api.compare_builds(first, second)
+    found = api.compare_builds(*builds)
+    if output:
+        api.write_comparison_html(found, output)
     if as_json:
         _echo_json(found)
     else:
-        print_comparison(first, second, found["rows"])
+        print_comparison(list(builds), found["rows"])
+        if output:
+            print(f"plots: {output}")
+
+
+@cli.command()
+@click.argument("build_dir")
+@click.option("--rebuild", is_flag=True, help="Also rebuild into a scratch folder (no cache) and compare the bytes.")
+@click.option(
+    "--allow-new-versions",
+    is_flag=True,
+    help="Say changed edgeq/tool versions but judge only hashes, metrics and thresholds (a dependency bump's CI job).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the verification as JSON.")
+def verify(build_dir: str, rebuild: bool, allow_new_versions: bool, as_json: bool) -> None:
+    """Does BUILD_DIR still hold? Versions and hashes against its manifest.json, its final artifacts validated again
+    on their targets (metrics within the recipe's verify.tolerance, thresholds still met). Exit 0: nothing moved;
+    1: one Error line naming what moved."""
+    from edgeq import api
+    from edgeq.errors import EdgeqError
+    from edgeq.verify import moved_line
+
+    result = api.verify(build_dir, rebuild, allow_new_versions)
+    if as_json:
+        _echo_json(result)
+    else:
+        click.echo(verification_text(result))
+    if not result["holds"]:
+        raise EdgeqError(moved_line(result))
+
+
+def verification_text(result: dict) -> str:
+    lines = [*result["notes"]]
+    for v in result["validations"]:
+        lines.append(f"validated {v['artifact']} on {v['device']} ({v['mode']}): {'pass' if v['passed'] else 'FAIL'}")
+    for c in result["changes"]:
+        mark = "moved" if c["moves"] else "said "
+        lines.append(f"  {mark} {c['kind']:<11} {c['what']}: {c['recorded']} → {c['now']}")
+    if result["rebuild"]:
+        r = result["rebuild"]
+        lines.append(
+            f"rebuild: identical {', '.join(r['identical']) or 'none'}; differing {', '.join(r['differing']) or 'none'}"
+        )
+    if result["holds"]:
+        lines.append(f"{result['build']} holds: nothing moved beyond tolerance")
+    return "\n".join(lines)
 
 
 @cli.command()

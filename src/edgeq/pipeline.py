@@ -198,6 +198,7 @@ def run_build(plan: Plan, force: bool = False) -> BuildResult:
 
 
 def _run_stages(plan: Plan, force: bool) -> BuildResult:
+    from edgeq.manifest import manifest_of, write_manifest
     from edgeq.report import build_report, write_report
 
     started = time.perf_counter()
@@ -247,6 +248,7 @@ def _run_stages(plan: Plan, force: bool) -> BuildResult:
         served={d: s.folder.name for d, s in served.items()},
     )
     write_report(plan.out_dir, plan.recipe, report)
+    write_manifest(plan.out_dir, manifest_of(plan, report))
     return BuildResult(report=report, out_dir=plan.out_dir, exit_code=0 if report["passed"] else 3)
 
 

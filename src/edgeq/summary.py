@@ -78,13 +78,13 @@ def print_summary(report: dict, out_dir, console=None) -> None:
     print(f"report: {out_dir / 'report.html'}  (also report.md, report.json)")  # one unwrapped line: a path to click
 
 
-def print_comparison(first: str, second: str, rows: list[list[dict]], console=None) -> None:
+def print_comparison(builds: list[str], rows: list[list[dict]], console=None) -> None:
     from rich.table import Table
 
     console = console or table_console()
     table = Table(title="edgeq compare", title_justify="left")
     table.add_column("target")
-    for name in (first, second):
+    for name in builds:
         table.add_column(name)
     devices = list(dict.fromkeys(r["device"] for build in rows for r in build))
     for device in devices:

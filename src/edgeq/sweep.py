@@ -221,6 +221,11 @@ def _row(cell: Cell, code: int, stderr: str, built: Path, final_build: Path, sec
         row["size_ratio"] = next(
             (a["size_ratio"] for a in report["artifacts"] if a["name"] == report["final_artifact"]), None
         )
+        profile = next((p for p in report.get("profiles") or [] if final and p["device"] == final["device"]), None)
+        row["mode"] = final["mode"] if final else None
+        row["p50_ms"] = (final.get("latency_ms") or {}).get("p50") if final else None
+        row["peak_rss_mb"] = profile.get("peak_rss_mb") if profile else None  # the final model's, as profiled
+        row["build_peak_rss_mb"] = report.get("peak_rss_mb")
     if status == "error":
         lines = [
             line for line in stderr.strip().splitlines() if line.startswith("Error:")
@@ -239,6 +244,9 @@ def write_results(out_dir: Path, rows: list[dict], ray_info: dict) -> dict:
 
 
 def sweep_html(out_dir: Path, rows: list[dict], ray_info: dict) -> str:
+    """The Pareto page of every finished cell (edgeq.pareto), then the cells with a link to each report."""
+    from edgeq.pareto import pareto_html, sweep_points
+
     body = []
     for row in rows:
         report = Path(row["build_dir"]) / "report.html"
@@ -248,20 +256,21 @@ def sweep_html(out_dir: Path, rows: list[dict], ray_info: dict) -> str:
         size_text = "" if row["size_ratio"] is None else f"{row['size_ratio']:.1%}"
         body.append(
             f"<tr><td>{escape(Path(row['recipe']).name)}</td><td>{escape(row['target'])}</td>"
-            f"<td>{escape(json.dumps(row['overrides']))}</td><td class={row['status']}>{row['status']}</td>"
+            f"<td>{escape(json.dumps(row['overrides']))}</td><td class={'pass' if row['status'] == 'passed' else 'fail'}>{row['status']}</td>"
             f"<td>{cosine_text}</td><td>{size_text}</td><td>{row['seconds']}</td>"
             f"<td>{escape(str(row['node']))}</td><td>{link}</td></tr>"
         )
-    return (
-        "<!doctype html><html lang=en><head><meta charset=utf-8><title>edgeq sweep</title><style>"
-        "body{font-family:system-ui,sans-serif;margin:24px}td,th{border:1px solid #ddd;padding:3px 8px}"
-        "table{border-collapse:collapse}.passed{color:#276749}.failed,.error{color:#c53030}</style></head><body>"
-        f"<h1>edgeq sweep</h1><p>{len(rows)} cells on Ray at {escape(str(ray_info.get('address')))}, "
-        f"{ray_info.get('nodes')} node(s).</p><table><tr><th>recipe</th><th>target</th><th>overrides</th>"
-        "<th>status</th><th>cosine mean</th><th>size</th><th>seconds</th><th>node</th><th>build</th></tr>"
-        + "".join(body)
-        + "</table></body></html>\n"
+    cells = (
+        "<h2>Cells</h2><table><tr><th>recipe</th><th>target</th><th>overrides</th><th>status</th><th>cosine mean</th>"
+        "<th>size</th><th>seconds</th><th>node</th><th>build</th></tr>" + "".join(body) + "</table>"
     )
+    page = pareto_html(
+        "edgeq sweep",
+        sweep_points(rows),
+        [r["build_dir"] for r in rows],
+        f"{len(rows)} cells on Ray at {escape(str(ray_info.get('address')))}, {ray_info.get('nodes')} node(s). ",
+    )
+    return page.replace("</body></html>", cells + "</body></html>", 1)
 
 
 def print_table(rows: list[dict]) -> None:

@@ -439,6 +439,29 @@ class ProfileConfig(Strict):
     )
 
 
+class VerifyConfig(Strict):
+    tolerance: float | dict[str, float] = Field(
+        default={},
+        description="How far a validation metric may move before `edgeq verify` says it moved: a number for every "
+        "metric, or metric -> amount (e.g. {cosine_mean: 0.0005, perplexity: 0.5}). Absolute, in the metric's own "
+        "units. A metric not named moves when it changes by more than 0.1% of its recorded value (at least 0.001).",
+    )
+
+    @field_validator("tolerance")
+    @classmethod
+    def _known_non_negative(cls, tolerance):
+        amounts = tolerance.values() if isinstance(tolerance, dict) else [tolerance]
+        if any(a < 0 for a in amounts):
+            raise ValueError("a tolerance is an amount a metric may move: 0 or more")
+        if isinstance(tolerance, dict):
+            unknown = sorted(set(tolerance) - {m.name for m in METRICS})
+            if unknown:
+                raise ValueError(
+                    f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(sorted(m.name for m in METRICS))}"
+                )
+        return tolerance
+
+
 class Recipe(Strict):
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
@@ -457,6 +480,9 @@ class Recipe(Strict):
         default=None,
         description="Profile the final model on each target (locally, or over SSH when the device "
         "profile names the real device). Absent: no profiling stage.",
+    )
+    verify: VerifyConfig = Field(
+        default=VerifyConfig(), description="What `edgeq verify` lets move when it re-checks this build."
     )
     targets: list[str] = Field(
         min_length=1,
