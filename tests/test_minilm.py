@@ -68,3 +68,14 @@ def test_default_recipe_mixed_precision_holds_at_every_shape(default_build):
     assert long_texts and long_texts[0]["tokens_mean"] > 20  # padded batches with long texts among them
     assert all(i["reason"] for i in mp["islands"])
     assert (out / "final" / "model.onnx").read_bytes() == (out / "mixed" / "model.onnx").read_bytes()
+
+
+def test_default_build_verifies_on_an_unchanged_machine(default_build, run_cli):
+    """`edgeq verify` on the real default build: versions, hashes, and the final model validated again (273 texts,
+    both shapes) with every metric where the build recorded it."""
+    _, out = default_build
+    result = run_cli("verify", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["holds"] and found["validations"][0]["mode"] == "on-host"
+    assert not [c for c in found["changes"] if c["kind"] == "metric"]  # the same numbers, not merely close ones

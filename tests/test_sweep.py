@@ -142,6 +142,7 @@ def test_sweep_on_a_loopback_cluster_survives_a_killed_worker(cluster, tiny_bert
     assert html.count("<g class=point") == html.count("<svg class=plot") * 8 and "<script" not in html
     passed = [r for r in json.loads((out / "sweep.json").read_text())["cells"] if r["status"] == "passed"]
     assert all(r["mode"] and r["p50_ms"] > 0 and r["build_peak_rss_mb"] > 0 for r in passed)
+    _sweep_page_in_the_browser(out / "sweep.html")
 
     again = subprocess.run(
         [EDGEQ, "sweep", sweep_file, "--address", address, "-o", out, "--json"], env=env, capture_output=True, text=True
@@ -150,6 +151,30 @@ def test_sweep_on_a_loopback_cluster_survives_a_killed_worker(cluster, tiny_bert
     rerun = json.loads((out / "sweep.json").read_text())["cells"]
     assert sum(bool(r.get("skipped")) for r in rerun) == 4  # finished cells are not built again; errors are retried
     assert {r["status"] for r in rerun if not r.get("skipped")} == {"error"}
+
+
+def _sweep_page_in_the_browser(page: Path) -> None:
+    """sweep.html in Chromium: no console error, no request but the page, the plots and their points drawn; the
+    screenshot is kept in test-artifacts/."""
+    from browser import CHROMIUM, Browser
+    from conftest import ROOT
+
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (make test installs it as root)")
+    browser = Browser()
+    try:
+        (ROOT / "test-artifacts").mkdir(exist_ok=True)
+        seen = browser.open(
+            page.as_uri(),
+            screenshot=ROOT / "test-artifacts" / "sweep-pareto.png",
+            expression="[document.querySelectorAll('svg.plot').length, "
+            "document.querySelectorAll('svg.plot g.point').length]",
+        )
+    finally:
+        browser.close()
+    assert seen["console_errors"] == [] and seen["exceptions"] == [] and seen["requests"] == [page.as_uri()]
+    plots, points = seen["value"]
+    assert plots >= 4 and points == plots * 8
 
 
 def test_devices_are_resources_and_bad_sweeps_are_one_line(run_cli, tmp_path):

@@ -2,7 +2,7 @@
 say later whether the build still holds (docs/verify.md; contract in DESIGN.md).
 
     {"edgeq": {"version", "source_hash"}, "tools": {name: version}, "recipe_file", "recipe_hash",
-     "devices": {id: hash}, "inputs": {"model", "data": {path: hash}}, "environment": {...},
+     "devices": {id: hash}, "inputs": {"model", "model_source", "data": {path: hash}}, "environment": {...},
      "artifacts": [{"name", "path", "sha256", "files": {file: sha256}, "metrics": {device: {...}},
                     "modes": {device: mode}, "passed": {device: bool}}]}
 
@@ -101,7 +101,8 @@ def build_manifest(
         "recipe_hash": sha256_file(recipe_path),
         "devices": {device: sha256_file(path) for device, path in devices.items()},
         "inputs": {
-            "model": {"source": model_source, "sha256": model_hash},
+            "model": model_hash,
+            "model_source": model_source,
             "data": {_relative(path, recipe_path.parent): _hash(path) for path in data},
         },
         "environment": environment(),
@@ -118,6 +119,8 @@ def manifest_of(plan, report: dict) -> dict:
     data = [recipe.validation.data.path]
     if recipe.quantization.calibration is not None:
         data.append(recipe.quantization.calibration.data.path)
+    if recipe.mixed_precision is not None and recipe.mixed_precision.overrides is not None:
+        data.append(Path(recipe.mixed_precision.overrides))  # a pinned choice of precisions is an input too
     return build_manifest(
         plan.out_dir,
         plan.recipe_path,

@@ -103,9 +103,9 @@ def input_changes(manifest: dict, plan) -> list[dict]:
         now = sha256_file(files[device]) if device in files else None
         if now != digest:
             changes.append(_change("hash", f"device profile {device}", digest[:12], now and now[:12]))
-    model = manifest["inputs"]["model"]
-    if plan.model_hash != model["sha256"]:
-        changes.append(_change("hash", f"model {model['source']}", model["sha256"][:12], plan.model_hash[:12]))
+    model, source = manifest["inputs"]["model"], manifest["inputs"]["model_source"]
+    if plan.model_hash != model:
+        changes.append(_change("hash", f"model {source}", model[:12], plan.model_hash[:12]))
     base = recipe_file.parent
     for path, digest in manifest["inputs"]["data"].items():
         found = base / path
