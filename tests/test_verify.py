@@ -13,7 +13,7 @@ from conftest import base_recipe
 from onnx import numpy_helper
 
 from edgeq import api
-from edgeq.pareto import build_points, pareto_front, plotted_metrics
+from edgeq.pareto import build_points, pareto_front, plotted_metrics, scale_for
 
 MANIFEST_KEYS = {"edgeq", "tools", "recipe_file", "recipe_hash", "devices", "inputs", "environment", "artifacts"}
 
@@ -161,3 +161,17 @@ def test_the_pareto_front_and_the_compare_page(tiny_build, run_cli, tmp_path):
     assert drawn[:2] == ["cosine_mean", "cosine_min"]
     assert html.count("<svg class=plot") == 2 * len(drawn)  # each metric against size and against p50
     assert html.count("<g class=point") == 2 * len(drawn) * 6 and "class=front" in html and "<script" not in html
+
+
+@pytest.mark.fast
+def test_the_axes_spread_what_matters():
+    """A fidelity near 1 on "nines" (0.99 and 0.999 as far apart as 0.9 and 0.99), a latency spanning an emulator's
+    seconds and a CPU's milliseconds on a log scale, anything else linear."""
+    nines = scale_for([0.9, 0.99, 0.999, 1.0], "cosine_mean")
+    gaps = [nines.to(b) - nines.to(a) for a, b in ((0.9, 0.99), (0.99, 0.999))]
+    assert gaps[0] == pytest.approx(gaps[1]) and nines.to(1.0) <= 1 and nines.to(0.9) >= 0
+    assert [text for _, text in nines.ticks] == ["0.9", "0.99", "0.999", "0.9999", "0.99999"]
+    times = scale_for([2.0, 20.0, 2000.0], None)
+    assert times.to(20.0) - times.to(2.0) == pytest.approx(times.to(2000.0) - times.to(200.0))
+    kl = scale_for([0.01, 0.5, 0.02], "kl_divergence_mean")  # lower is better: linear, as measured
+    assert kl.to(0.5) - kl.to(0.01) == pytest.approx((0.5 - 0.01) / (0.5 - 0.02) * (kl.to(0.5) - kl.to(0.02)))

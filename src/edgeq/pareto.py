@@ -6,17 +6,21 @@ below. Same rules as report.html: one self-contained page, inline SVG, no script
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
-from edgeq.report_html import CSS, PALETTE, _axes, _span
+from edgeq.report_html import CSS, PALETTE, _span
 from edgeq.tasks import METRICS
 from edgeq.tasks.metrics import headline_order, higher_is_better
 
 HEADLINE = headline_order(METRICS)
 HIGHER = higher_is_better(METRICS)
 MAX_METRICS = 3  # headline metrics drawn, most telling first
-MARKERS = ("circle", "square", "triangle", "diamond", "cross", "star")
+NINES_CAP = 5  # a fidelity of 1 - 1e-5 or better sits at the top of a "nines" axis
+MARKERS = ("circle", "square", "triangle", "diamond", "cross", "star", "down", "hexagon")
 
 
 def build_points(report: dict, build: str, label: str | None = None) -> list[dict]:
@@ -104,7 +108,55 @@ def legend(colours: dict, markers: dict) -> str:
 
 
 def _marker_symbol(marker: str) -> str:
-    return {"circle": "●", "square": "■", "triangle": "▲", "diamond": "◆", "cross": "✚", "star": "★"}[marker]
+    symbols = {"circle": "●", "square": "■", "triangle": "▲", "diamond": "◆", "cross": "✚", "star": "★", "down": "▼"}
+    return symbols.get(marker, "⬢")
+
+
+@dataclass
+class Scale:
+    """An axis: `to(value)` in 0..1 of the plot, and its ticks (value, text). Linear; logarithmic for a latency that
+    spans an emulator's seconds and a CPU's milliseconds; "nines" (1 - v on a log scale) for a fidelity bounded by 1,
+    where 0.99, 0.999 and 0.9999 are the differences that matter."""
+
+    to: Callable[[float], float]
+    ticks: list[tuple[float, str]]
+
+
+def linear_scale(values: list[float]) -> Scale:
+    low, high = _span(values)
+    ticks = [low + (high - low) * k / 4 for k in range(5)]
+    return Scale(lambda v: (v - low) / (high - low), [(t, f"{t:.3g}") for t in ticks])
+
+
+def log_scale(values: list[float]) -> Scale:
+    low, high = math.log10(min(values)) - 0.05, math.log10(max(values)) + 0.05
+    ticks = [10.0**e for e in range(math.floor(low), math.ceil(high) + 1) if low <= e <= high]
+    return Scale(lambda v: (math.log10(max(v, 1e-9)) - low) / (high - low), [(t, f"{t:g}") for t in ticks])
+
+
+def nines_scale(values: list[float]) -> Scale:
+    """For v in [0, 1], higher better: the position is -log10(1 - v), capped at NINES_CAP (a perfect 1 sits there)."""
+
+    def nines(v: float) -> float:
+        return min(-math.log10(max(1.0 - v, 10.0**-NINES_CAP)), NINES_CAP)
+
+    low, high = min(map(nines, values)), max(map(nines, values))
+    low, high = max(low - 0.15, 0.0), high + 0.15
+    steps = [float(k) for k in range(math.ceil(low), math.floor(high) + 1)]
+    if len(steps) < 3:  # within one or two nines: ticks at quarters of the span
+        steps = [low + (high - low) * k / 4 for k in range(5)]
+    ticks = [(1 - 10.0**-n, f"{1 - 10.0**-n:.{max(1, math.ceil(n) + (0 if n == int(n) else 1))}f}") for n in steps]
+    return Scale(lambda v: (nines(v) - low) / (high - low), ticks)
+
+
+def scale_for(values: list[float], metric: str | None) -> Scale:
+    """Nines for a fidelity in [0, 1] that is better higher, logarithmic for times spanning more than a decade,
+    linear otherwise."""
+    if metric is not None and metric in HIGHER and all(0 <= v <= 1 for v in values) and min(values) < 1:
+        return nines_scale(values)
+    if metric is None and min(values) > 0 and max(values) / min(values) > 10:
+        return log_scale(values)
+    return linear_scale(values)
 
 
 def scatter_with_fronts(points, x_key, metric, x_label, colours, markers, width=760, height=380) -> str:
@@ -112,16 +164,16 @@ def scatter_with_fronts(points, x_key, metric, x_label, colours, markers, width=
     if not usable:
         return "<p class=note>No point has both figures.</p>"
     left, bottom, pad = 70, 40, 16
-    x0, x1 = _span([p[x_key] for p in usable])
-    y0, y1 = _span([p["metrics"][metric] for p in usable])
+    xs = scale_for([p[x_key] for p in usable], None)
+    ys = scale_for([p["metrics"][metric] for p in usable], metric)
 
     def at(p):
         return (
-            left + (p[x_key] - x0) / (x1 - x0) * (width - left - pad),
-            height - bottom - (p["metrics"][metric] - y0) / (y1 - y0) * (height - bottom - pad),
+            left + xs.to(p[x_key]) * (width - left - pad),
+            height - bottom - ys.to(p["metrics"][metric]) * (height - bottom - pad),
         )
 
-    parts = [_axes(width, height, left, bottom, pad, x_label, metric.replace("_", " "), (x0, x1), (y0, y1))]
+    parts = [_frame(width, height, left, bottom, pad, x_label, metric.replace("_", " "), xs, ys)]
     placed: list[tuple[float, float]] = []  # labels already written: the next one near them moves down a line
     for target, colour in colours.items():
         front = pareto_front([p for p in usable if p["target"] == target], x_key, metric)
@@ -147,8 +199,32 @@ def scatter_with_fronts(points, x_key, metric, x_label, colours, markers, width=
     )
 
 
+def _frame(width, height, left, bottom, pad, x_label, y_label, xs: Scale, ys: Scale) -> str:
+    """Axes, labels and grid ticks at each scale's own tick values."""
+    parts = [
+        f"<line x1='{left}' y1='{height - bottom}' x2='{width - pad}' y2='{height - bottom}' stroke='#718096'/>",
+        f"<line x1='{left}' y1='{pad}' x2='{left}' y2='{height - bottom}' stroke='#718096'/>",
+        f"<text x='{(left + width) / 2:.0f}' y='{height - 6}' text-anchor='middle'>{escape(x_label)}</text>",
+        f"<text x='14' y='{(height - bottom) / 2:.0f}' transform='rotate(-90 14 {(height - bottom) / 2:.0f})' "
+        f"text-anchor='middle'>{escape(y_label)}</text>",
+    ]
+    for value, text in xs.ticks:
+        px = left + xs.to(value) * (width - left - pad)
+        parts.append(
+            f"<line x1='{px:.1f}' y1='{pad}' x2='{px:.1f}' y2='{height - bottom}' stroke='#edf2f7'/>"
+            f"<text x='{px:.1f}' y='{height - bottom + 14}' text-anchor='middle'>{escape(text)}</text>"
+        )
+    for value, text in ys.ticks:
+        py = height - bottom - ys.to(value) * (height - bottom - pad)
+        parts.append(
+            f"<line x1='{left}' y1='{py:.1f}' x2='{width - pad}' y2='{py:.1f}' stroke='#edf2f7'/>"
+            f"<text x='{left - 4}' y='{py + 4:.1f}' text-anchor='end'>{escape(text)}</text>"
+        )
+    return "".join(parts)
+
+
 def _short_label(point: dict) -> str:
-    label = point["label"]
+    label = point.get("setting") or point["label"]
     return label if len(label) <= 28 else "…" + label[-27:]
 
 
@@ -162,6 +238,8 @@ def _mark(x: float, y: float, marker: str, colour: str, point: dict, metric: str
         "diamond": f"<polygon points='{x:.1f},{y - 6:.1f} {x + 6:.1f},{y:.1f} {x:.1f},{y + 6:.1f} {x - 6:.1f},{y:.1f}' {style}/>",
         "cross": f"<path d='M{x - 5:.1f},{y:.1f}H{x + 5:.1f}M{x:.1f},{y - 5:.1f}V{y + 5:.1f}' {style} stroke-width='3'/>",
         "star": f"<polygon points='{_star(x, y)}' {style}/>",
+        "down": f"<polygon points='{x:.1f},{y + 6:.1f} {x - 5.5:.1f},{y - 4:.1f} {x + 5.5:.1f},{y - 4:.1f}' {style}/>",
+        "hexagon": f"<polygon points='{_star(x, y, 6, 5.5, 5.5)}' {style}/>",
     }
     ring = (
         f"<circle cx='{x:.1f}' cy='{y:.1f}' r='9' fill='none' stroke='{colour}' stroke-dasharray='2 2'/>"
@@ -171,13 +249,11 @@ def _mark(x: float, y: float, marker: str, colour: str, point: dict, metric: str
     return f"<g class=point data-mode='{escape(point['mode'])}'>{ring}{shapes[marker]}<title>{escape(_tooltip(point, metric))}</title></g>"
 
 
-def _star(x: float, y: float) -> str:
-    import math
-
+def _star(x: float, y: float, points: int = 5, outer: float = 6.5, inner: float = 2.8) -> str:
     corners = []
-    for k in range(10):
-        radius = 6.5 if k % 2 == 0 else 2.8
-        angle = -math.pi / 2 + k * math.pi / 5
+    for k in range(2 * points):
+        radius = outer if k % 2 == 0 else inner
+        angle = -math.pi / 2 + k * math.pi / points
         corners.append(f"{x + radius * math.cos(angle):.1f},{y + radius * math.sin(angle):.1f}")
     return " ".join(corners)
 
@@ -239,5 +315,8 @@ def sweep_points(rows: list[dict]) -> list[dict]:
             continue
         setting = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in row["overrides"].items())
         label = Path(row["recipe"]).stem + (f" [{setting}]" if setting else "")
-        points += build_points(json.loads(report.read_text()), row["build_dir"], label)
+        found = build_points(json.loads(report.read_text()), row["build_dir"], label)
+        for point in found:
+            point["setting"] = ", ".join(str(v) for v in row["overrides"].values())  # what differs between cells
+        points += found
     return points
