@@ -129,6 +129,71 @@ def test_a_float_residual_stream_stays_out_of_qdq_and_runs_on_the_htp(graphs, tm
     assert np.isfinite(logits).all() and np.corrcoef(logits.ravel(), simulated.ravel())[0, 1] > 0.99
 
 
+def test_an_8_bit_kv_cache_on_the_htp(graphs, tmp_path):
+    """quantization.kv_cache: int8 on a static pair: the cache inputs and outputs take 8-bit encodings (the rest 16),
+    the decode graph runs on the HTP with CPU fallback disabled, and the roofline counts a byte a cached entry."""
+    pytest.importorskip("onnxruntime_qnn")
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeq.quantize.run import quantize_model
+    from edgeq.recipe.schema import QuantizationConfig
+    from edgeq.roofline import _cache_bytes
+    from edgeq.targets import load_target
+
+    _, paths, (layers, kv_heads, head_dim) = graphs
+    rng = np.random.default_rng(3)
+    shape = KVShape(1, CACHE)
+    feeds = [kv_feed(list(rng.integers(3, 700, size=1)), shape, layers, kv_heads, head_dim) for _ in range(4)]
+    cache_bytes = {}
+    for kv in ("fp32", "int8"):
+        config = QuantizationConfig(
+            mode="static",
+            format="qdq",
+            activation_type="uint16",
+            weight_type="uint8",
+            kv_cache=kv,
+            calibration={"data": {"path": "-"}},
+        )
+        quantized = tmp_path / kv / "decode.onnx"
+        quantized.parent.mkdir()
+        done = quantize_model(paths["decode"], quantized, config, None, feeds, "qnn")
+        model = onnx.load(str(quantized))
+        zero_points = {t.name: numpy_helper.to_array(t).dtype for t in model.graph.initializer}
+        widths = {
+            n.input[0]: zero_points[n.input[2]]
+            for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0].startswith(("past_", "present_"))
+        }
+        cache_bytes[kv] = _cache_bytes(model, CACHE)
+        if kv == "int8":
+            assert done["kv_cache_int8"]["tensors"] == 4 * layers
+            assert len(widths) == 4 * layers and set(widths.values()) == {np.dtype("uint8")}
+            assert np.dtype("uint16") in {
+                zero_points[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"
+            }
+            session = load_target("snapdragon-8-gen-3").session(quantized)  # fails if a node would fall back
+            assert np.isfinite(_run(quantized, feeds[0], session)["logits"]).all()
+        else:
+            assert "kv_cache_int8" not in done and set(widths.values()) == {np.dtype("uint16")}
+    assert cache_bytes["int8"] * 2 == cache_bytes["fp32"] == 2 * layers * kv_heads * CACHE * head_dim * 2
+
+
+def test_an_8_bit_kv_cache_needs_the_htp_and_static_mode(graphs, write_recipe, run_cli):
+    recipe = base_recipe(
+        str(graphs[0]),
+        model={"task": "text-generation"},
+        export={"decoder": "static", "batch_size": 1, "sequence_length": 16, "kv_cache_length": 32},
+        quantization={
+            "mode": "static",
+            "kv_cache": "int8",
+            "calibration": {"data": {"path": "data/calibration.txt"}, "samples": 8},
+        },
+    )  # the host's CPU target: onnxruntime's scheme, not the HTP's
+    result = run_cli("build", write_recipe(recipe))
+    assert result.exit_code == 1 and "kv_cache: int8 on a static decoder pair is the HTP's" in result.stderr
+
+
 def _matmul_weight_scales(path) -> set[str]:
     """'per-channel' or 'per-tensor' for each MatMul whose B is a dequantized initializer."""
     import onnx

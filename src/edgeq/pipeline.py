@@ -85,7 +85,7 @@ def plan_build(recipe_path: str | Path, output: str | Path | None = None, target
     check_metric_names(recipe, task)
     recipe.fit_to_model(model_positions(model_dir))
     check_context(recipe, model_dir)
-    check_kv_cache(recipe, task, model_dir)
+    check_kv_cache(recipe, task, model_dir, quantization_scheme(quantized_for))
     cost = None
     if (
         task.modality == "text"
@@ -161,17 +161,27 @@ def check_context(recipe: Recipe, model_dir: Path) -> None:
             )
 
 
-def check_kv_cache(recipe: Recipe, task, model_dir: Path) -> None:
-    """An INT8 KV cache is a language model's, in the fused decoder graph (GroupQueryAttention holds the cache)."""
+def check_kv_cache(recipe: Recipe, task, model_dir: Path, scheme: str) -> None:
+    """An INT8 KV cache is a language model's: in the fused decoder graph (GroupQueryAttention holds the cache), or,
+    for the HTP, in a static decoder pair's QDQ (its cache inputs and outputs take 8-bit encodings)."""
     from edgeq.errors import RecipeError
     from edgeq.export.hf import uses_fused_decoder
 
-    if recipe.quantization.kv_cache != "int8":
+    q = recipe.quantization
+    if q.kv_cache != "int8":
         return
     if not task.generates:
         raise RecipeError(
             f"quantization.kv_cache: int8 is for language models, and this is a {task.name} model", "Remove kv_cache"
         )
+    if recipe.export.decoder == "static":
+        if q.mode != "static" or scheme != "qnn":
+            raise RecipeError(
+                "quantization.kv_cache: int8 on a static decoder pair is the HTP's: its cache inputs and outputs take "
+                "8-bit QDQ encodings",
+                "Use quantization.mode: static with a Qualcomm HTP target, or kv_cache: fp32",
+            )
+        return
     fixed = recipe.static_shapes or recipe.fixed_batch
     if not uses_fused_decoder(model_dir, task.export_task, recipe.export.decoder, fixed):
         raise RecipeError(
@@ -225,7 +235,8 @@ def _run_stages(plan: Plan, force: bool) -> BuildResult:
     if plan.recipe.runs_mixed_precision:
         chosen = mixed_precision_stage(plan, source, force, quantized)
         stages.append(chosen)
-    if plan.recipe.quantization.kv_cache == "int8":  # validated beside the model before it: the report says its cost
+    if plan.recipe.quantization.kv_cache == "int8" and plan.recipe.export.decoder != "static":  # the fused graph's:
+        # validated beside the model before it, so the report says its cost (a static pair's is in its QDQ)
         chosen = kv_cache_stage(plan, stages[0], chosen, force)
         stages.append(chosen)
     own = {}  # device id -> the stage of the artifact it takes instead of the recipe's

@@ -56,6 +56,9 @@ def quantize_model(
             return {**done, "scheme": "onnxruntime MatMulNBits (round to nearest)", "block_size": q.block_size}
         if q.mode == "static" and scheme == "qnn":
             _quantize_qnn(fp32_path, out_path, Path(tmp), q, op_types, calibration_feeds or [], activation_overrides)
+            if q.kv_cache == "int8":
+                cache = cache_tensors(onnx.load(str(fp32_path), load_external_data=False))
+                done["kv_cache_int8"] = {"tensors": len(cache), "type": "uint8 (QDQ encodings, one scale a tensor)"}
             return done
         prepare(fp32_path, prepared, optimize=not folded)
         kept = index_path_nodes(onnx.load(str(prepared), load_external_data=False)) if q.mode == "static" else []
@@ -168,6 +171,8 @@ def _quantize_qnn(fp32_path, out_path, tmp, q, op_types, feeds, activation_overr
         name: [{"quant_type": getattr(QuantType, QUANT_TYPES[kind])}]
         for name, kind in (activation_overrides or {}).items()
     }
+    if q.kv_cache == "int8":  # the recipe's choice wins over a block's activation type
+        overrides |= {name: [{"quant_type": QuantType.QUInt8}] for name in cache_tensors(model)}
     config = get_qnn_qdq_config(
         str(source),
         reader,
@@ -183,6 +188,15 @@ def _quantize_qnn(fp32_path, out_path, tmp, q, op_types, feeds, activation_overr
         init_overrides=overrides or None,
     )
     quantize(str(source), str(out_path), config)
+
+
+def cache_tensors(model: onnx.ModelProto) -> list[str]:
+    """A static decoder graph's KV cache as the host holds it: its inputs (past_key.i, past_value.i) and the entries
+    it writes (present_key.i, present_value.i). Under `kv_cache: int8` they take 8-bit encodings, so the cache the
+    host keeps and feeds back is a byte an entry (the decode step reads all of it for every token)."""
+    return [i.name for i in model.graph.input if i.name.startswith("past_")] + [
+        o.name for o in model.graph.output if o.name.startswith("present_")
+    ]
 
 
 def _matmul_weights(model: onnx.ModelProto) -> list[str]:

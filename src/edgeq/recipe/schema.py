@@ -147,7 +147,10 @@ class QuantizationConfig(Strict):
         description="A language model's KV cache. `int8`: onnxruntime's GroupQueryAttention stores the "
         "cached keys and values as INT8 (symmetric, a static scale per channel of a head, calibrated on the calibration "
         "texts), a quarter of FP32's bytes; the build validates the model before and after, so the report states what "
-        "the INT8 cache costs in KL and top-1. Needs the fused decoder graph (Llama, Mistral, Qwen2) and `calibration`.",
+        "the INT8 cache costs in KL and top-1. Needs the fused decoder graph (Llama, Mistral, Qwen2) and `calibration`. "
+        "On a static decoder pair for the HTP (`export.decoder: static`, mode static): the cache's inputs and outputs "
+        "(past_*, present_*) take 8-bit QDQ encodings instead of the activations' 16 bits, half the bytes a decode "
+        "step reads from the cache (the roofline counts them).",
     )
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
         default=4,
