@@ -102,6 +102,8 @@ def test_build_with_model_and_device_keeps_the_recipe_it_used(run_cli, tmp_path)
     assert used["targets"] == ["pixel-8"] and used["quantization"]["mode"] == "static"
     assert used["export"]["batch_size"] == 1  # the device rules: NNAPI compiles fixed shapes
     assert (tmp_path / "build" / "report.html").is_file() and "recipe used:" in result.output
+    verified = run_cli("verify", tmp_path / "build")  # the manifest names the recipe kept, not the scratch one
+    assert verified.exit_code == 0, verified.output + verified.stderr
 
 
 def test_report_and_compare_read_build_folders(run_cli, tmp_path):

@@ -47,6 +47,7 @@ def build_model(
     import tempfile
 
     from edgeq.atomic import write_text
+    from edgeq.manifest import moved_recipe
     from edgeq.pipeline import plan_build, run_build
 
     text = init_recipe(model, device, data)
@@ -56,6 +57,7 @@ def build_model(
         plan = plan_build(path, output)
         result = run_build(plan, force=force)
     write_text(result.out_dir / "recipe.yaml", text)
+    moved_recipe(result.out_dir, result.out_dir / "recipe.yaml")
     return result
 
 

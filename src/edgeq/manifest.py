@@ -133,10 +133,20 @@ def manifest_of(plan, report: dict) -> dict:
 
 
 def _relative(path: Path, base: Path) -> str:
-    """A data file's path as the recipe's folder sees it: the same key on any checkout of the same repository."""
+    """A data file's key: its path as the recipe's folder sees it when it lies inside it (the same key on any
+    checkout of the same repository), else its absolute path (edgeq's own samples, a file given with --data)."""
     import os
 
-    return os.path.relpath(Path(path).resolve(), base.resolve())
+    path, base = Path(path).resolve(), base.resolve()
+    return os.path.relpath(path, base) if path.is_relative_to(base) else str(path)
+
+
+def moved_recipe(out_dir: Path, recipe_file: Path) -> None:
+    """The manifest of a build whose recipe was written to a scratch file (`edgeq build --model`) names the copy
+    kept in the build folder instead (the same bytes)."""
+    manifest = json.loads((out_dir / MANIFEST_FILE).read_text())
+    manifest["recipe_file"] = str(recipe_file)
+    write_manifest(out_dir, manifest)
 
 
 def _hash(path: Path) -> str:
