@@ -179,6 +179,50 @@ def test_an_8_bit_kv_cache_on_the_htp(graphs, tmp_path):
     assert cache_bytes["int8"] * 2 == cache_bytes["fp32"] == 2 * layers * kv_heads * CACHE * head_dim * 2
 
 
+def test_gptq_rounding_lowers_the_output_error_on_the_same_grid(graphs, tmp_path):
+    """weight_rounding: gptq keeps every scale and zero point of round to nearest's model, changes codes, lowers the
+    MatMuls' output error on the calibration tokens, and the HTP takes the model (random weights: mechanics)."""
+    pytest.importorskip("onnxruntime_qnn")
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeq.quantize.run import quantize_model
+    from edgeq.recipe.schema import QuantizationConfig
+    from edgeq.targets import load_target
+
+    _, paths, (layers, kv_heads, head_dim) = graphs
+    rng = np.random.default_rng(4)
+    shape = KVShape(PREFILL, CACHE)
+    feeds = [kv_feed(list(rng.integers(3, 700, size=PREFILL)), shape, layers, kv_heads, head_dim) for _ in range(8)]
+    models, done = {}, {}
+    for rounding in ("nearest", "gptq"):
+        config = QuantizationConfig(
+            mode="static",
+            format="qdq",
+            activation_type="uint16",
+            weight_type="uint8",
+            weight_rounding=rounding,
+            calibration={"data": {"path": "-"}},
+        )
+        path = tmp_path / rounding / "model.onnx"
+        path.parent.mkdir()
+        done[rounding] = quantize_model(paths["prefill"], path, config, None, feeds, "qnn")
+        models[rounding] = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    rounded = done["gptq"]["weight_rounding"]
+    assert rounded["matmuls"] == 7 * layers + 1 and rounded["calibration_tokens"] == 8 * PREFILL  # and the LM head
+    assert 0 < rounded["output_error_vs_nearest"] < 0.9
+    encodings = [n for n in models["nearest"] if n.endswith(("_scale", "_zero_point"))]
+    assert all(np.array_equal(models["nearest"][n], models["gptq"][n]) for n in encodings)
+    changed = [
+        n
+        for n in models["nearest"]
+        if n.endswith("_quantized") and not np.array_equal(models["nearest"][n], models["gptq"][n])
+    ]
+    assert len(changed) >= 7 * layers
+    session = load_target("snapdragon-8-gen-3").session(tmp_path / "gptq" / "model.onnx")
+    assert np.isfinite(_run(tmp_path / "gptq" / "model.onnx", feeds[0], session)["logits"]).all()
+
+
 def test_an_8_bit_kv_cache_needs_the_htp_and_static_mode(graphs, write_recipe, run_cli):
     recipe = base_recipe(
         str(graphs[0]),
@@ -228,6 +272,7 @@ def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_r
             "format": "qdq",
             "activation_type": "uint16",
             "weight_type": "uint8",
+            "weight_rounding": "gptq",
             "op_types": None,
             "calibration": {"data": {"path": "data/calibration.txt"}, "samples": 8},
         },
@@ -264,5 +309,15 @@ def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_r
         for name in ("key.0", "value.1"):
             past, present = scales[f"past_{name}_scale"], scales[f"present_{name}_scale"]
             assert numpy_helper.to_array(past) == numpy_helper.to_array(present) > 1e-6
+    assert quantize["weight_rounding"]["matmuls"] > 0 and "weight_rounding" not in quantize["decode_graph"]
+    codes = [
+        {
+            t.name: numpy_helper.to_array(t)
+            for t in onnx.load(str(out / "final" / g)).graph.initializer
+            if t.name.endswith("_quantized")
+        }
+        for g in ("model.onnx", "decode.onnx")
+    ]
+    assert codes[0].keys() == codes[1].keys() and all(np.array_equal(codes[0][n], codes[1][n]) for n in codes[0])
     assert {"model.onnx", "decode.onnx", "static_decoder.json"} <= {p.name for p in (out / "final").iterdir()}
     assert not (out / "final" / "genai_config.json").exists()  # onnxruntime-genai cannot run a static pair

@@ -383,8 +383,9 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
         if (source.folder / DECODE_FILE).is_file():  # a static decoder pair: the decode graph takes the same encodings
             from edgeq.quantize.static_pair import quantize_decode_graph
 
-            def again(fp32: Path, out: Path, step_feeds: list[dict]) -> None:
-                quantize_model(fp32, out, q, plan.op_types, step_feeds, plan.scheme, power_of_two)
+            def again(fp32: Path, out: Path, step_feeds: list[dict]) -> None:  # its codes are the prefill's
+                nearest = q.model_copy(update={"weight_rounding": "nearest"})
+                quantize_model(fp32, out, nearest, plan.op_types, step_feeds, plan.scheme, power_of_two)
 
             done["decode_graph"] = quantize_decode_graph(source.folder, folder, again, feeds or [])
         copy_companions(source.folder, folder)

@@ -136,6 +136,48 @@ def int4_gptq(weight: np.ndarray, rows: np.ndarray, block: int = INT4_BLOCK, dam
     return codes, scales, zeros
 
 
+def column_gptq(
+    weight: np.ndarray,
+    hessian: np.ndarray,
+    scale: np.ndarray,
+    zero: np.ndarray,
+    levels: tuple[int, int],
+    damp: float = 0.01,
+    batch: int = 128,
+) -> np.ndarray:
+    """GPTQ on a fixed grid: a MatMul weight [K, N] with one scale and zero point per output column (as the quantizer
+    chose them), its codes chosen input dimension by input dimension, each rounding error pushed onto the dimensions
+    not yet rounded through the inverse of the input's Hessian (H = E[xxᵀ] over calibration tokens), so that the
+    layer's output error, not the weight error, is what is minimised. `levels`: the integer type's (low, high).
+    Returns the codes [K, N] in the zero point's dtype."""
+    k, n = weight.shape
+    w = weight.astype(np.float64).copy()
+    h = hessian.astype(np.float64).copy()
+    dead = np.diag(h) == 0  # an input channel that is always zero: its weights do not matter
+    h[dead, dead] = 1.0
+    w[dead] = 0.0
+    h += np.eye(k) * damp * np.mean(np.diag(h))
+    inverse = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H⁻¹, as GPTQ uses it
+    s, z = scale.astype(np.float64), zero.astype(np.float64)
+    codes = np.zeros((k, n), zero.dtype)
+    for start in range(0, k, batch):  # GPTQ's lazy batches: errors pushed within the batch, then onto the rest
+        end = min(start + batch, k)
+        group, errors = w[start:end].copy(), np.zeros((end - start, n))
+        for i in range(end - start):
+            q = np.clip(np.round(group[i] / s) + z, *levels)
+            codes[start + i] = q
+            errors[i] = (group[i] - (q - z) * s) / inverse[start + i, start + i]
+            group[i + 1 :] -= np.outer(inverse[start + i, start + i + 1 : end], errors[i])
+        w[end:] -= inverse[start:end, end:].T @ errors
+    return codes
+
+
+def output_error(weight: np.ndarray, codes: np.ndarray, scale: np.ndarray, zero: np.ndarray, hessian: np.ndarray):
+    """E‖x(W - Ŵ)‖² for inputs with second moment `hessian`: trace(ΔWᵀ H ΔW)."""
+    delta = (codes.astype(np.float64) - zero.astype(np.float64)) * scale.astype(np.float64) - weight
+    return float(np.sum(delta * (hessian @ delta)))
+
+
 def pack_nibbles(values: np.ndarray) -> np.ndarray:
     """Two 4-bit values a byte along the last axis, the first in the low nibble (MatMulNBits' layout)."""
     if values.shape[-1] % 2:

@@ -59,7 +59,7 @@ def quantize_model(
             if q.kv_cache == "int8":
                 cache = cache_tensors(onnx.load(str(fp32_path), load_external_data=False))
                 done["kv_cache_int8"] = {"tensors": len(cache), "type": "uint8 (QDQ encodings, one scale a tensor)"}
-            return done
+            return _rounded(done, q, fp32_path, out_path, calibration_feeds)
         prepare(fp32_path, prepared, optimize=not folded)
         kept = index_path_nodes(onnx.load(str(prepared), load_external_data=False)) if q.mode == "static" else []
         if kept:
@@ -82,7 +82,17 @@ def quantize_model(
                 done["excluded_weights_int8"] = _store_excluded_int8(out_path, common["nodes_to_exclude"])
             if power_of_two:
                 done["power_of_two"] = _power_of_two(out_path, prepared, calibration_feeds or [])
+            return _rounded(done, q, prepared, out_path, calibration_feeds)
     return done
+
+
+def _rounded(done: dict, q: QuantizationConfig, fp32_path: Path, out_path: Path, feeds: list[dict] | None) -> dict:
+    """`weight_rounding: gptq`: the MatMul weights re-rounded on the quantizer's final scales."""
+    if q.weight_rounding != "gptq":
+        return done
+    from edgeq.quantize.gptq_rounding import round_matmul_weights
+
+    return {**done, "weight_rounding": round_matmul_weights(fp32_path, out_path, feeds or [])}
 
 
 def _float_residual_stream(fp32_path: Path, q: QuantizationConfig) -> tuple[QuantizationConfig, dict]:

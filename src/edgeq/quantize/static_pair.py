@@ -54,18 +54,22 @@ def cache_takes_written_encodings(model: onnx.ModelProto) -> int:
 
 
 def share_encodings(decode: onnx.ModelProto, prefill: onnx.ModelProto) -> tuple[int, int]:
-    """Every scale and zero point of `decode` set to the prefill's of the same name; returns (shared, left)."""
-    theirs = {t.name: t for t in prefill.graph.initializer if t.name.endswith(ENCODING_SUFFIXES)}
+    """Every scale and zero point of `decode` set to the prefill's of the same name, and every quantized weight
+    (a DequantizeLinear's initializer input) to the prefill's codes (GPTQ rounds them on the prefill's tokens);
+    returns (shared, left) counts of encodings."""
+    weights = {n.input[0] for n in decode.graph.node if n.op_type == "DequantizeLinear"}
+    theirs = {t.name: t for t in prefill.graph.initializer if t.name.endswith(ENCODING_SUFFIXES) or t.name in weights}
     shared = left = 0
     for tensor in decode.graph.initializer:
-        if not tensor.name.endswith(ENCODING_SUFFIXES):
+        encoding = tensor.name.endswith(ENCODING_SUFFIXES)
+        if not encoding and tensor.name not in weights:
             continue
         other = theirs.get(tensor.name)
         if other is None or list(other.dims) != list(tensor.dims) or other.data_type != tensor.data_type:
-            left += 1
+            left += encoding
             continue
         tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(other), tensor.name))
-        shared += 1
+        shared += encoding
     return shared, left
 
 

@@ -199,6 +199,15 @@ class QuantizationConfig(Strict):
         "type) or "
         "`activation` (onnxruntime's QNN default: the table takes the activation type, 16 bits with uint16).",
     )
+    weight_rounding: Literal["nearest", "gptq"] = Field(
+        default="nearest",
+        description="mode static (QDQ): how MatMul weights are rounded to the quantizer's grid. `nearest`: each "
+        "weight to its closest code (onnxruntime's). `gptq`: GPTQ keeps the quantizer's scales and chooses each "
+        "code so that the layer's output on the calibration tokens moves least (each rounding error pushed onto "
+        "the weights not yet rounded, through the input's Hessian): same bytes, same graph, less error; the report "
+        "gives the output error against round to nearest's. About 3 min for a 135M language model on 2 cores. "
+        "A static decoder pair's decode graph takes the prefill's codes.",
+    )
     residual_stream: Literal["quantized", "float"] = Field(
         default="quantized",
         description="Static QDQ of an `export.decoder: static` pair: `float` keeps the residual stream (each layer's "
@@ -236,6 +245,8 @@ class QuantizationConfig(Strict):
             )
         if self.activation_type in ("uint16", "int16") and self.format == "qoperator":
             raise ValueError("16-bit activations need format: qdq")
+        if self.weight_rounding == "gptq" and (self.mode != "static" or self.calibration is None):
+            raise ValueError("weight_rounding: gptq is for mode: static with a `calibration` section (its Hessians)")
         if self.kv_cache == "int8" and self.calibration is None:
             raise ValueError("kv_cache: int8 needs a `calibration` section (texts to measure the cache's ranges)")
         return self
