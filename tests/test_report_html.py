@@ -93,13 +93,15 @@ def test_compare_page_of_three_builds_in_the_browser(tiny_bert, write_recipe, tm
         page.as_uri(),
         screenshot=shot,
         expression="[document.querySelectorAll('svg.plot').length, document.querySelectorAll('svg.plot g.point').length,"
-        " document.querySelectorAll('svg.plot polyline.front').length,"
+        " document.querySelectorAll('svg.plot text.front-label').length,"
         " document.querySelectorAll('svg.plot g.point[data-mode=emulated]').length,"
         " document.querySelectorAll('table tr').length]",
     )
     assert seen["console_errors"] == [] and seen["exceptions"] == []
     assert seen["requests"] == [page.as_uri()]
-    plots, marks, fronts, emulated, rows = seen["value"]
-    assert plots >= 4 and marks >= plots * 6 and fronts >= plots and emulated >= plots * 3
+    plots, marks, front_labels, emulated, rows = seen["value"]
+    # each target's front is labelled in every plot (a front of one point, the smallest being the most faithful,
+    # draws no line: how many lines there are depends on the timings)
+    assert plots >= 4 and marks >= plots * 6 and front_labels >= plots * 2 and emulated >= plots * 3
     assert rows - 1 == sum(len(json.loads((b / "report.json").read_text())["validations"]) for b in builds)
     assert shot.stat().st_size > 10_000
