@@ -29,6 +29,28 @@ def graphs(tmp_path_factory):
     return folder, export_htp_decoder(folder, tmp_path_factory.mktemp("graphs"), PREFILL, CACHE, opset=21), dims
 
 
+def _w8a16(**settings):
+    """The HTP's w8a16 QDQ config (calibration data comes as feeds), with `settings` on top."""
+    from edgeq.recipe.schema import QuantizationConfig
+
+    return QuantizationConfig(
+        mode="static",
+        format="qdq",
+        activation_type="uint16",
+        weight_type="uint8",
+        calibration={"data": {"path": "-"}},
+        **settings,
+    )
+
+
+def _prompts(graphs, seed: int, tokens: int, count: int) -> list[dict]:
+    """`count` feeds of `tokens` random token ids each, on an empty cache."""
+    _, _, (layers, kv_heads, head_dim) = graphs
+    rng = np.random.default_rng(seed)
+    shape = KVShape(tokens, CACHE)
+    return [kv_feed(list(rng.integers(3, 700, size=tokens)), shape, layers, kv_heads, head_dim) for _ in range(count)]
+
+
 def _run(path, feed, provider_session=None) -> dict:
     import onnxruntime as ort
 
@@ -63,15 +85,12 @@ def test_prefill_and_decode_graphs_compute_what_transformers_does(graphs):
 def test_both_graphs_run_on_the_htp_backend_with_no_cpu_fallback(graphs, tmp_path):
     pytest.importorskip("onnxruntime_qnn")
     from edgeq.quantize.run import quantize_model
-    from edgeq.recipe.schema import QuantizationConfig
     from edgeq.targets import load_target
 
     _, paths, (layers, kv_heads, head_dim) = graphs
     target = load_target("snapdragon-8-gen-3")
     assert target.profile.session_config["session.disable_cpu_ep_fallback"] == "1"
-    config = QuantizationConfig(
-        mode="static", format="qdq", activation_type="uint16", weight_type="uint8", calibration={"data": {"path": "-"}}
-    )
+    config = _w8a16()
     rng = np.random.default_rng(0)
     for name, tokens in (("prefill", PREFILL), ("decode", 1)):
         shape = KVShape(tokens, CACHE)
@@ -98,22 +117,12 @@ def test_a_float_residual_stream_stays_out_of_qdq_and_runs_on_the_htp(graphs, tm
     import onnx
 
     from edgeq.quantize.run import quantize_model
-    from edgeq.recipe.schema import QuantizationConfig
     from edgeq.targets import load_target
 
-    _, paths, (layers, kv_heads, head_dim) = graphs
-    config = QuantizationConfig(
-        mode="static",
-        format="qdq",
-        activation_type="uint16",
-        weight_type="uint8",
-        residual_stream="float",
-        symmetric_weights=False,  # per column the HTP takes symmetric weights only: the MatMuls' stay symmetric
-        calibration={"data": {"path": "-"}},
-    )
-    rng = np.random.default_rng(1)
-    shape = KVShape(PREFILL, CACHE)
-    feeds = [kv_feed(list(rng.integers(3, 700, size=PREFILL)), shape, layers, kv_heads, head_dim) for _ in range(4)]
+    _, paths, (layers, _, _) = graphs
+    # per column the HTP takes symmetric weights only: the MatMuls' stay symmetric
+    config = _w8a16(residual_stream="float", symmetric_weights=False)
+    feeds = _prompts(graphs, 1, PREFILL, 4)
     quantized = tmp_path / "model.onnx"
     done = quantize_model(paths["prefill"], quantized, config, None, feeds, "qnn")
     assert done["residual_stream_float"]["nodes"] == 4 * layers + 1  # two Adds and two norms a layer, the final norm
@@ -137,27 +146,16 @@ def test_an_8_bit_kv_cache_on_the_htp(graphs, tmp_path):
     from onnx import numpy_helper
 
     from edgeq.quantize.run import quantize_model
-    from edgeq.recipe.schema import QuantizationConfig
     from edgeq.roofline import _cache_bytes
     from edgeq.targets import load_target
 
     _, paths, (layers, kv_heads, head_dim) = graphs
-    rng = np.random.default_rng(3)
-    shape = KVShape(1, CACHE)
-    feeds = [kv_feed(list(rng.integers(3, 700, size=1)), shape, layers, kv_heads, head_dim) for _ in range(4)]
+    feeds = _prompts(graphs, 3, 1, 4)
     cache_bytes = {}
     for kv in ("fp32", "int8"):
-        config = QuantizationConfig(
-            mode="static",
-            format="qdq",
-            activation_type="uint16",
-            weight_type="uint8",
-            kv_cache=kv,
-            calibration={"data": {"path": "-"}},
-        )
         quantized = tmp_path / kv / "decode.onnx"
         quantized.parent.mkdir()
-        done = quantize_model(paths["decode"], quantized, config, None, feeds, "qnn")
+        done = quantize_model(paths["decode"], quantized, _w8a16(kv_cache=kv), None, feeds, "qnn")
         model = onnx.load(str(quantized))
         zero_points = {t.name: numpy_helper.to_array(t).dtype for t in model.graph.initializer}
         widths = {
@@ -187,26 +185,15 @@ def test_gptq_rounding_lowers_the_output_error_on_the_same_grid(graphs, tmp_path
     from onnx import numpy_helper
 
     from edgeq.quantize.run import quantize_model
-    from edgeq.recipe.schema import QuantizationConfig
     from edgeq.targets import load_target
 
-    _, paths, (layers, kv_heads, head_dim) = graphs
-    rng = np.random.default_rng(4)
-    shape = KVShape(PREFILL, CACHE)
-    feeds = [kv_feed(list(rng.integers(3, 700, size=PREFILL)), shape, layers, kv_heads, head_dim) for _ in range(8)]
+    _, paths, (layers, _, _) = graphs
+    feeds = _prompts(graphs, 4, PREFILL, 8)
     models, done = {}, {}
     for rounding in ("nearest", "gptq"):
-        config = QuantizationConfig(
-            mode="static",
-            format="qdq",
-            activation_type="uint16",
-            weight_type="uint8",
-            weight_rounding=rounding,
-            calibration={"data": {"path": "-"}},
-        )
         path = tmp_path / rounding / "model.onnx"
         path.parent.mkdir()
-        done[rounding] = quantize_model(paths["prefill"], path, config, None, feeds, "qnn")
+        done[rounding] = quantize_model(paths["prefill"], path, _w8a16(weight_rounding=rounding), None, feeds, "qnn")
         models[rounding] = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
     rounded = done["gptq"]["weight_rounding"]
     assert rounded["matmuls"] == 7 * layers + 1 and rounded["calibration_tokens"] == 8 * PREFILL  # and the LM head

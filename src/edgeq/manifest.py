@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import platform
-from importlib import metadata
 from pathlib import Path
 
 from edgeq import __version__
 from edgeq.artifact import sha256_file
 from edgeq.atomic import write_text
-from edgeq.stage_cache import edgeq_source_hash
+from edgeq.stage_cache import edgeq_source_hash, installed_versions
 
 MANIFEST_FILE = "manifest.json"
 TOOLS = (
@@ -37,13 +36,7 @@ TOOLS = (
 
 def tool_versions() -> dict[str, str | None]:
     """The installed version of every tool a build's bytes or numbers depend on (None: not installed)."""
-    found = {}
-    for tool in TOOLS:
-        try:
-            found[tool] = metadata.version(tool)
-        except metadata.PackageNotFoundError:
-            found[tool] = None
-    return found
+    return installed_versions(TOOLS)
 
 
 ISA_FLAGS = (
@@ -103,7 +96,7 @@ def build_manifest(
         "inputs": {
             "model": model_hash,
             "model_source": model_source,
-            "data": {_relative(path, recipe_path.parent): _hash(path) for path in data},
+            "data": {_relative(path, recipe_path.parent): data_hash(path) for path in data},
         },
         "environment": environment(),
         "artifacts": artifact_entries(out_dir, report),
@@ -149,7 +142,7 @@ def moved_recipe(out_dir: Path, recipe_file: Path) -> None:
     write_manifest(out_dir, manifest)
 
 
-def _hash(path: Path) -> str:
+def data_hash(path: Path) -> str:
     from edgeq.artifact import sha256_tree
 
     return sha256_tree(path) if Path(path).is_dir() else sha256_file(path)
@@ -167,11 +160,12 @@ def artifact_entries(out_dir: Path, report: dict) -> list[dict]:
 
 def _entry(out_dir: Path, name: str, path: str, report: dict, validated_as: str) -> dict:
     validations = [v for v in report["validations"] if v["artifact"] == validated_as]
+    files = folder_files((out_dir / path).parent)
     return {
         "name": name,
         "path": path,
-        "sha256": sha256_file(out_dir / path),
-        "files": folder_files((out_dir / path).parent),
+        "sha256": files[Path(path).name],
+        "files": files,
         "metrics": {v["device"]: _numbers(v["metrics"]) for v in validations},
         "modes": {v["device"]: v["mode"] for v in validations},
         "passed": {v["device"]: v["passed"] for v in validations},

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
-from edgeq.report_html import CSS, PALETTE, _span
+from edgeq.report_html import CSS, PALETTE, _span, axis_lines
 from edgeq.tasks import METRICS
 from edgeq.tasks.metrics import headline_order, higher_is_better
 
@@ -201,13 +201,7 @@ def scatter_with_fronts(points, x_key, metric, x_label, colours, markers, width=
 
 def _frame(width, height, left, bottom, pad, x_label, y_label, xs: Scale, ys: Scale) -> str:
     """Axes, labels and grid ticks at each scale's own tick values."""
-    parts = [
-        f"<line x1='{left}' y1='{height - bottom}' x2='{width - pad}' y2='{height - bottom}' stroke='#718096'/>",
-        f"<line x1='{left}' y1='{pad}' x2='{left}' y2='{height - bottom}' stroke='#718096'/>",
-        f"<text x='{(left + width) / 2:.0f}' y='{height - 6}' text-anchor='middle'>{escape(x_label)}</text>",
-        f"<text x='14' y='{(height - bottom) / 2:.0f}' transform='rotate(-90 14 {(height - bottom) / 2:.0f})' "
-        f"text-anchor='middle'>{escape(y_label)}</text>",
-    ]
+    parts = axis_lines(width, height, left, bottom, pad, x_label, y_label)
     for value, text in xs.ticks:
         px = left + xs.to(value) * (width - left - pad)
         parts.append(

@@ -475,14 +475,19 @@ def _ranges(rows, width: int = 720) -> str:
     )
 
 
-def _axes(width, height, left, bottom, pad, x_label, y_label, xs, ys, percent_x=False) -> str:
-    parts = [
+def axis_lines(width, height, left, bottom, pad, x_label, y_label) -> list[str]:
+    """A plot's two axes and their labels (its ticks are the caller's)."""
+    return [
         f"<line x1='{left}' y1='{height - bottom}' x2='{width - pad}' y2='{height - bottom}' stroke='#718096'/>",
         f"<line x1='{left}' y1='{pad}' x2='{left}' y2='{height - bottom}' stroke='#718096'/>",
         f"<text x='{(left + width) / 2:.0f}' y='{height - 6}' text-anchor='middle'>{escape(x_label)}</text>",
         f"<text x='14' y='{(height - bottom) / 2:.0f}' transform='rotate(-90 14 {(height - bottom) / 2:.0f})' "
         f"text-anchor='middle'>{escape(y_label)}</text>",
     ]
+
+
+def _axes(width, height, left, bottom, pad, x_label, y_label, xs, ys, percent_x=False) -> str:
+    parts = axis_lines(width, height, left, bottom, pad, x_label, y_label)
     decimals = max(2, 2 - math.floor(math.log10(max(ys[1] - ys[0], 1e-12))))  # enough digits to tell ticks apart
     for k in range(5):
         xv = xs[0] + (xs[1] - xs[0]) * k / 4

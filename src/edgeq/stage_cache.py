@@ -114,8 +114,13 @@ def read_stage_record(folder: Path, key: str) -> dict | None:
 
 
 def tool_versions() -> dict[str, str | None]:
-    versions = {"edgeq-source": edgeq_source_hash()}
-    for tool in TOOLS:
+    return {"edgeq-source": edgeq_source_hash(), **installed_versions(TOOLS)}
+
+
+def installed_versions(tools) -> dict[str, str | None]:
+    """Each package's installed version (None: not installed)."""
+    versions = {}
+    for tool in tools:
         try:
             versions[tool] = metadata.version(tool)
         except metadata.PackageNotFoundError:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgeq import __version__
 from edgeq.artifact import sha256_file
-from edgeq.manifest import _hash, environment, folder_files, read_manifest, tool_versions
+from edgeq.manifest import data_hash, environment, folder_files, read_manifest, tool_versions
 from edgeq.progress import say
 from edgeq.stage_cache import edgeq_source_hash
 
@@ -109,7 +109,7 @@ def input_changes(manifest: dict, plan) -> list[dict]:
     base = recipe_file.parent
     for path, digest in manifest["inputs"]["data"].items():
         found = base / path
-        now = _hash(found) if found.exists() else None
+        now = data_hash(found) if found.exists() else None
         if now != digest:
             changes.append(_change("hash", f"data {path}", digest[:12], now and now[:12]))
     return changes
