@@ -148,3 +148,39 @@ def test_promotions_with_no_run_time_scale_are_run_at_the_first_shape_only(plant
     at = {s["shape"]: s["metrics"] for s in final["shapes"]}
     assert at[first]["cosine_mean"] == pytest.approx(at[batched]["cosine_mean"], abs=1e-6)
     assert at[first]["cosine_min"] == pytest.approx(at[batched]["cosine_min"], abs=1e-6)
+    # FP32's and the all-static model's passes at the batched shape stop once their first batch matches bit for bit
+    assert any(f"stopped after their first batch, which gave the {first} outputs" in n for n in mp["notes"])
+    # only the chosen configuration is timed: no other's time decides anything
+    timed = [e["configuration"] for e in mp["evaluations"] if "latency_ratio" in e["metrics"]]
+    assert timed == [mp["chosen_configuration"]]
+    assert set(mp["evaluations"][-1]["metrics"]["shapes"][batched]) >= {"latency_ratio", "slowdown", "cosine_mean"}
+
+
+@pytest.mark.fast
+def test_concurrent_and_reused_passes_give_the_serial_outputs(planted_bert, write_recipe, tmp_path):
+    """The runner's shortcuts change no output: batches of one text run two at a time on one session give what one
+    at a time gives; a batched shape is taken from the first only when its first batch matches bit for bit, and a
+    dynamic-INT8 model (its scale taken from the padded batch) is run through."""
+    from edgeq.mixed_precision.evaluate import Runner, identical
+    from edgeq.pipeline import plan_build
+
+    recipe = mixed_recipe(planted_bert, candidates=["int8", "fp32"])
+    recipe["validation"]["shapes"] = [{"batch_size": 1}, {"batch_size": 4}]
+    out, path = tmp_path / "out", write_recipe(recipe)
+    api.build(path, output=out)
+    plan = plan_build(path, output=out)
+    inputs = plan.task.inputs(out / "fp32", 32, False)
+    shapes = [(1, 32), (4, 32)]
+
+    def runner(workers: int) -> Runner:
+        made = Runner(plan.task, plan.validation_samples[:24], inputs, plan.targets[0], shapes)
+        made.workers = workers
+        return made
+
+    fp32, dynamic = (onnx.load(str(out / name / "model.onnx")) for name in ("fp32", "int8"))
+    serial, concurrent = runner(1), runner(2)
+    reference = serial.outputs(fp32)
+    assert identical(reference, concurrent.outputs(fp32))
+    assert serial.reused_batched == concurrent.reused_batched == 1  # FP32 at b4: its first batch matched
+    assert identical(serial.outputs(dynamic, reference), concurrent.outputs(dynamic, reference))
+    assert serial.reused_batched == 1  # the dynamic model's b4 pass ran every batch

@@ -282,9 +282,10 @@ def mixed_precision_markdown(mp: dict) -> list[str]:
         m = e["metrics"]
         shown = ", ".join(f"{name.replace('_', ' ')} {m[name]:.4g}" for name in judged if name in m)
         size = f", size {sizes[e['configuration']]:.1%}" if e["configuration"] in sizes else ""
+        timed = f", latency ratio {m['latency_ratio']:.2f}" if m.get("latency_ratio") is not None else ""
         lines.append(
-            f"- configuration {e['configuration']}: {shown}{size}, latency ratio "
-            f"{m.get('latency_ratio', float('nan')):.2f} → {'meets' if e['passed'] else 'misses'} the budget"
+            f"- configuration {e['configuration']}: {shown}{size}{timed} → "
+            f"{'meets' if e['passed'] else 'misses'} the budget"
         )
     rows = [
         [

@@ -12,7 +12,8 @@
    use (bytes of the size ceiling, milliseconds of the latency ceiling), cumulated; configurations over a ceiling
    are dropped.
 4. Bisection of that list with the real metrics on the validation texts at every shape (the budget holds on the
-   worst shape): the first and last configuration, then ⌈log₂K⌉ more.
+   worst shape): the first and last configuration, then ⌈log₂K⌉ more. Only the chosen one is then timed (against
+   FP32 and the all-lowest model, interleaved): no other's time decides anything.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import onnx
 
 from edgeq.mixed_precision.assemble import assemble
-from edgeq.mixed_precision.evaluate import Runner
+from edgeq.mixed_precision.evaluate import FullEvaluator, Runner, with_worst_case
 from edgeq.mixed_precision.islands import LADDER, Island, batch_invariant, island_outputs
 from edgeq.progress import say, track
 
@@ -126,11 +127,12 @@ def search(
     ladder: list[str],
     budget: Budget,
     proxy: Runner,
-    full: Callable[[onnx.ModelProto], dict],
+    full: FullEvaluator,
     measure_top: int | None = None,
 ) -> SearchResult:
-    """`proxy` runs models on the proxy texts; `full(model)` gives validation metrics at every shape; only the
-    `measure_top` islands with the lowest output SQNR get promotion passes (all when None)."""
+    """`proxy` runs models on the proxy texts; `full(model)` gives validation metrics at every shape, and
+    `full.latency(model)` the chosen one's time; only the `measure_top` islands with the lowest output SQNR get
+    promotion passes (all when None)."""
     started = time.perf_counter()
     lowest = {i.name: _rungs(i, ladder)[0] for i in islands}
     scores, passes = proxy_scores(fp32, islands, ladder, lowest, proxy, measure_top)
@@ -180,7 +182,11 @@ def search(
             f"no configuration meets the fidelity budget; kept configuration {chosen}, the evaluated one that "
             "misses its floors by the least"
         ]
+    batch_note += _reuse_note(proxy, full)
     chosen_eval = next(e for e in evaluations if e["configuration"] == chosen)
+    chosen_eval["metrics"] = timed(
+        chosen_eval["metrics"], full.latency(assemble(fp32, islands, configurations[chosen]["assignment"]))
+    )
     latency_notes = _latency_checks(budget, chosen_eval["metrics"])
     below = [e for e in evaluations if e["configuration"] < chosen and not e["passed"]]
     status = {
@@ -451,6 +457,22 @@ def bisect(count: int, passes: Callable[[int], bool]) -> tuple[int, list[str]]:
         else:
             low = middle
     return high, []
+
+
+def _reuse_note(*runners: Runner) -> list[str]:
+    reused = sum(r.reused_batched for r in runners)
+    if not reused:
+        return []
+    return [
+        f"{reused} pass(es) at {', '.join(runners[0].batched_like_first)} stopped after their first batch, which gave "
+        f"the {runners[0].labels[0]} outputs bit for bit (FP32, or a model with no run-time activation scale, "
+        "computes each text of a padded batch as it does alone): the rest are those outputs"
+    ]
+
+
+def timed(metrics: dict, latency: dict[str, dict[str, float]]) -> dict:
+    """An evaluation's metrics with the latency ratios measured per shape added, and the worst case again."""
+    return with_worst_case({label: {**m, **latency.get(label, {})} for label, m in metrics["shapes"].items()})
 
 
 def _latency_checks(budget: Budget, metrics: dict) -> list[str]:
