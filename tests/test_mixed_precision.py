@@ -32,7 +32,7 @@ def mixed_recipe(model_dir, **mixed) -> dict:
 
 @pytest.mark.fast
 def test_planted_sensitive_layer_is_the_one_kept_in_higher_precision(planted_bert, write_recipe, tmp_path):
-    recipe = mixed_recipe(planted_bert, budget={"min_cosine_mean": 0.99995})
+    recipe = mixed_recipe(planted_bert, budget={"min_cosine_mean": 0.99995, "max_slowdown": 3.0})
     report = api.build(write_recipe(recipe), output=tmp_path / "out").report
     mp = report["mixed_precision"]
     islands = {i["name"]: i for i in mp["islands"]}
@@ -45,6 +45,10 @@ def test_planted_sensitive_layer_is_the_one_kept_in_higher_precision(planted_ber
     assert all(i["reason"] for i in mp["islands"])
     assert islands[PLANTED_ISLAND]["reason"].startswith("kept ") and "rank 1 of" in islands[PLANTED_ISLAND]["reason"]
     assert mp["budget_met"] is True
+    # only the chosen configuration is timed, against what the ceilings name: no other's time decides anything
+    timed = [e["configuration"] for e in mp["evaluations"] if "slowdown" in e["metrics"]]
+    assert timed == [mp["chosen_configuration"]]
+    assert not any("latency_ratio" in e["metrics"] for e in mp["evaluations"])  # no max_latency_ratio set
     k = len(mp["configurations"])
     assert mp["full_evaluations"] <= math.ceil(math.log2(k)) + 2
     assert mp["proxy_passes"] >= len(islands)
@@ -150,10 +154,8 @@ def test_promotions_with_no_run_time_scale_are_run_at_the_first_shape_only(plant
     assert at[first]["cosine_min"] == pytest.approx(at[batched]["cosine_min"], abs=1e-6)
     # FP32's and the all-static model's passes at the batched shape stop once their first batch matches bit for bit
     assert any(f"stopped after their first batch, which gave the {first} outputs" in n for n in mp["notes"])
-    # only the chosen configuration is timed: no other's time decides anything
-    timed = [e["configuration"] for e in mp["evaluations"] if "latency_ratio" in e["metrics"]]
-    assert timed == [mp["chosen_configuration"]]
-    assert set(mp["evaluations"][-1]["metrics"]["shapes"][batched]) >= {"latency_ratio", "slowdown", "cosine_mean"}
+    # a budget with no latency ceiling times nothing (the validation stage measures the ratio to FP32)
+    assert not any("slowdown" in e["metrics"] or "latency_ratio" in e["metrics"] for e in mp["evaluations"])
 
 
 @pytest.mark.fast

@@ -282,7 +282,11 @@ def mixed_precision_markdown(mp: dict) -> list[str]:
         m = e["metrics"]
         shown = ", ".join(f"{name.replace('_', ' ')} {m[name]:.4g}" for name in judged if name in m)
         size = f", size {sizes[e['configuration']]:.1%}" if e["configuration"] in sizes else ""
-        timed = f", latency ratio {m['latency_ratio']:.2f}" if m.get("latency_ratio") is not None else ""
+        timed = "".join(
+            f", {label} {m[key]:.2f}"
+            for key, label in (("latency_ratio", "latency ratio"), ("slowdown", "slowdown"))
+            if m.get(key) is not None
+        )
         lines.append(
             f"- configuration {e['configuration']}: {shown}{size}{timed} → "
             f"{'meets' if e['passed'] else 'misses'} the budget"

@@ -295,17 +295,17 @@ class FullEvaluator(Runner):
             paired += self.task.pair(produced, self.task.compared(run_batch(candidate, batch), batch), batch)
         return reference, paired
 
-    def latency(self, model: onnx.ModelProto) -> dict[str, dict[str, float]]:
-        """Per shape, the model's p50 time as a ratio to FP32's (`latency_ratio`) and to the baseline's
-        (`slowdown`), the three timed in turn batch by batch."""
-        sessions = {**self.fixed, "candidate": self.session(model)}
+    def latency(self, model: onnx.ModelProto, against: list[str]) -> dict[str, dict[str, float]]:
+        """Per shape, the model's p50 time as a ratio to the baseline's (`slowdown`) and to FP32's
+        (`latency_ratio`), as `against` asks ("baseline", "fp32"), the models timed in turn batch by batch."""
+        if not against:
+            return {}
+        sessions = {"candidate": self.session(model), **{name: self.fixed[name] for name in against}}
+        named = {"baseline": "slowdown", "fp32": "latency_ratio"}
         found = {}
         for label, data in self.data.items():
             timings = self._interleaved(sessions, data.batches)
-            found[label] = {
-                "latency_ratio": paired_ratio(timings["candidate"], timings["fp32"]),
-                "slowdown": paired_ratio(timings["candidate"], timings["baseline"]),
-            }
+            found[label] = {named[name]: paired_ratio(timings["candidate"], timings[name]) for name in against}
         return found
 
 

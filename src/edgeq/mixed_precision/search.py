@@ -12,8 +12,9 @@
    use (bytes of the size ceiling, milliseconds of the latency ceiling), cumulated; configurations over a ceiling
    are dropped.
 4. Bisection of that list with the real metrics on the validation texts at every shape (the budget holds on the
-   worst shape): the first and last configuration, then ⌈log₂K⌉ more. Only the chosen one is then timed (against
-   FP32 and the all-lowest model, interleaved): no other's time decides anything.
+   worst shape): the first and last configuration, then ⌈log₂K⌉ more. Only the chosen one is then timed, against
+   what the budget's latency ceilings name (the all-lowest model, FP32), interleaved: no other's time decides
+   anything, and the validation stage measures its ratio to FP32 on the same texts and shapes.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ class Budget:
             self.ceilings[key] = min(self.ceilings.get(key, float("inf")), factor * measured)
             said.append(f"ceiling {key} = {factor} x the all-lowest model's {measured:.6g} = {self.ceilings[key]:.6g}")
         return said
+
+    def timed_against(self) -> list[str]:
+        """What the chosen model is timed beside, for the latency ceilings set: the all-lowest model ("baseline")
+        for max_slowdown, FP32 for max_latency_ratio. None set: it is not timed here (the validation stage measures
+        its ratio to FP32 on the same texts and shapes)."""
+        return [
+            name for name, ceiling in (("baseline", self.max_slowdown), ("fp32", self.max_latency_ratio)) if ceiling
+        ]
 
     def limits(self) -> list[tuple[str, float, int]]:
         """(metric, limit, +1 for a floor or -1 for a ceiling) of every fidelity limit set."""
@@ -185,7 +194,8 @@ def search(
     batch_note += _reuse_note(proxy, full)
     chosen_eval = next(e for e in evaluations if e["configuration"] == chosen)
     chosen_eval["metrics"] = timed(
-        chosen_eval["metrics"], full.latency(assemble(fp32, islands, configurations[chosen]["assignment"]))
+        chosen_eval["metrics"],
+        full.latency(assemble(fp32, islands, configurations[chosen]["assignment"]), budget.timed_against()),
     )
     latency_notes = _latency_checks(budget, chosen_eval["metrics"])
     below = [e for e in evaluations if e["configuration"] < chosen and not e["passed"]]
