@@ -107,6 +107,28 @@ def test_gptq_lowers_the_output_error_on_correlated_inputs():
     assert output_error(*int4_gptq(weight, rows)) < 0.8 * output_error(*int4_blocks(weight))
 
 
+def test_block_gptq_in_the_htp_form_beats_round_to_nearest_on_held_out_inputs():
+    """The HTP's 4-bit block form (symmetric codes in [-8, 7], one scale per 32 input rows and column): GPTQ's codes
+    give a lower output error than round to nearest on inputs it never saw, and every code dequantizes within its
+    block's range."""
+    from edgeq.quantize.numerics import block_gptq
+
+    rng = np.random.default_rng(2)
+    weight = rng.normal(size=(96, 24))
+    mixing = rng.normal(size=(96, 96)) * 0.3 + np.eye(96)
+    rows, held_out = (rng.normal(size=(n, 96)) @ mixing for n in (512, 256))
+    codes, scales = block_gptq(weight, rows.T @ rows / len(rows))
+    assert codes.dtype == np.int8 and codes.min() >= -8 and codes.max() <= 7 and scales.shape == (3, 24)
+    nearest_scales = np.abs(weight.reshape(3, 32, 24)).max(axis=1) / 7
+    nearest = np.clip(np.round(weight.reshape(3, 32, 24) / nearest_scales[:, None]), -8, 7)
+
+    def error(dequantized) -> float:
+        return float(((held_out @ dequantized.reshape(96, 24) - held_out @ weight) ** 2).mean())
+
+    gptq = codes.reshape(3, 32, 24) * scales[:, None]
+    assert error(gptq) < 0.8 * error(nearest * nearest_scales[:, None])
+
+
 @pytest.mark.parametrize("arch", DECODERS)
 def test_planner_counts_the_parameters_pytorch_has(arch, tmp_path):
     import transformers

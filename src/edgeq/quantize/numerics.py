@@ -114,10 +114,7 @@ def int4_gptq(weight: np.ndarray, rows: np.ndarray, block: int = INT4_BLOCK, dam
     x = rows.astype(np.float64)
     h = np.zeros((blocks * block, blocks * block))
     h[:k, :k] = x.T @ x / max(len(x), 1)
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    h += np.eye(len(h)) * damp * np.mean(np.diag(h))
-    inverse = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H⁻¹, as GPTQ uses it
+    inverse, _ = _inverse_hessian_factor(h, damp)
     codes = np.zeros((n, blocks, block), np.uint8)
     scales, zeros = np.zeros((n, blocks), np.float32), np.zeros((n, blocks), np.uint8)
     for g in range(blocks):  # GPTQ's lazy batches: errors pushed within the block, then onto the rest at once
@@ -152,12 +149,8 @@ def column_gptq(
     Returns the codes [K, N] in the zero point's dtype."""
     k, n = weight.shape
     w = weight.astype(np.float64).copy()
-    h = hessian.astype(np.float64).copy()
-    dead = np.diag(h) == 0  # an input channel that is always zero: its weights do not matter
-    h[dead, dead] = 1.0
+    inverse, dead = _inverse_hessian_factor(hessian, damp)
     w[dead] = 0.0
-    h += np.eye(k) * damp * np.mean(np.diag(h))
-    inverse = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H⁻¹, as GPTQ uses it
     s, z = scale.astype(np.float64), zero.astype(np.float64)
     codes = np.zeros((k, n), zero.dtype)
     for start in range(0, k, batch):  # GPTQ's lazy batches: errors pushed within the batch, then onto the rest
@@ -170,6 +163,48 @@ def column_gptq(
             group[i + 1 :] -= np.outer(inverse[start + i, start + i + 1 : end], errors[i])
         w[end:] -= inverse[start:end, end:].T @ errors
     return codes
+
+
+def block_gptq(
+    weight: np.ndarray,
+    hessian: np.ndarray,
+    block: int = INT4_BLOCK,
+    levels: tuple[int, int] = (-8, 7),
+    damp: float = 0.01,
+) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ into the HTP's 4-bit block form: a MatMul weight [K, N], symmetric codes in `levels`, one scale per
+    block of `block` input rows and output column (DequantizeLinear's blocked form, axis 0), each block's scale
+    taken from the weights as GPTQ has updated them when the block starts. Returns (codes [K, N] int8, scales
+    [ceil(K / block), N] float32)."""
+    k, n = weight.shape
+    w = weight.astype(np.float64).copy()
+    inverse, dead = _inverse_hessian_factor(hessian, damp)
+    w[dead] = 0.0
+    codes = np.zeros((k, n), np.int8)
+    scales = np.zeros((-(-k // block), n), np.float32)
+    for g, start in enumerate(range(0, k, block)):
+        end = min(start + block, k)
+        group, errors = w[start:end].copy(), np.zeros((end - start, n))
+        scale = np.abs(group).max(axis=0) / levels[1]
+        scale[scale == 0] = 1.0
+        scales[g] = scale
+        for i in range(end - start):
+            q = np.clip(np.round(group[i] / scale), *levels)
+            codes[start + i] = q
+            errors[i] = (group[i] - q * scale) / inverse[start + i, start + i]
+            group[i + 1 :] -= np.outer(inverse[start + i, start + i + 1 : end], errors[i])
+        w[end:] -= inverse[start:end, end:].T @ errors
+    return codes, scales
+
+
+def _inverse_hessian_factor(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ's upper Cholesky factor of the damped H⁻¹, and the input channels that are always zero (their weights
+    do not matter)."""
+    h = hessian.astype(np.float64).copy()
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    h += np.eye(len(h)) * damp * np.mean(np.diag(h))
+    return np.linalg.cholesky(np.linalg.inv(h)).T, dead
 
 
 def output_error(weight: np.ndarray, codes: np.ndarray, scale: np.ndarray, zero: np.ndarray, hessian: np.ndarray):
