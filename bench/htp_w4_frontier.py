@@ -55,7 +55,7 @@ def stages(recipe: Path, out: Path):
     return plan, source, quantize_stage(plan, source, False), calibration_feeds(plan, source)
 
 
-def four_bit_variant(quantized: Path, out: Path, chosen: dict, gptq: bool, hessians: dict) -> float:
+def four_bit_variant(quantized: Path, out: Path, chosen: list, gptq: bool, hessians: dict) -> float:
     """Copy the QDQ folder to `out` with the chosen MatMuls' weights dequantized from 4-bit block codes; return
     the summed output error over the summed output energy of the chosen layers."""
     import onnx
@@ -68,7 +68,7 @@ def four_bit_variant(quantized: Path, out: Path, chosen: dict, gptq: bool, hessi
     dequantizers = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
     nodes = {n.name: n for n in model.graph.node}
     error = energy = 0.0
-    for job, weight in chosen.items():
+    for job, weight in chosen:
         hessian = hessians[job.activation]
         if gptq:
             codes, scales = block_gptq(weight, hessian)
@@ -114,18 +114,18 @@ def main() -> None:
     data = {"validation": plan.recipe.validation.data.path, "held-out": args.heldout}
     results = {}
     for name, group, gptq in VARIANTS:
-        chosen = {
-            j: numpy_helper.to_array(weights[j.weight]).astype(np.float64)
+        chosen = [
+            (j, numpy_helper.to_array(weights[j.weight]).astype(np.float64))
             for j in jobs
             if group and any(role in j.node for role in GROUPS[group])
-        }
+        ]
         folder, row = quantized.folder, {}
         if chosen:
             folder = args.out / name.replace(" ", "-").replace("+", "")
             shutil.rmtree(folder, ignore_errors=True)
             row["relative_output_error"] = four_bit_variant(quantized.folder, folder, chosen, gptq, hessians)
         shapes = [numpy_helper.to_array(weights[j.weight]).shape for j in jobs]
-        four = {j.weight for j in chosen}
+        four = {j.weight for j, _ in chosen}
         stored = sum(
             k * n / 2 + k // 32 * n * 4 if j.weight in four else k * n + 4 * n for j, (k, n) in zip(jobs, shapes)
         )
