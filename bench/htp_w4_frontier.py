@@ -61,7 +61,7 @@ def four_bit_variant(quantized: Path, out: Path, chosen: list, gptq: bool, hessi
     import onnx
     from onnx import numpy_helper
 
-    from edgeq.quantize.numerics import block_gptq
+    from edgeq.quantize.numerics import INT4_BLOCK, block_gptq
 
     shutil.copytree(quantized, out)
     model = onnx.load(str(quantized / "model.onnx"))
@@ -73,9 +73,10 @@ def four_bit_variant(quantized: Path, out: Path, chosen: list, gptq: bool, hessi
         if gptq:
             codes, scales = block_gptq(weight, hessian)
         else:
-            scales = np.abs(weight.reshape(-1, 32, weight.shape[1])).max(axis=1) / 7
-            codes = np.clip(np.round(weight.reshape(-1, 32, weight.shape[1]) / scales[:, None]), -8, 7)
-        dequantized = (codes.reshape(-1, 32, weight.shape[1]) * scales[:, None]).reshape(weight.shape)
+            blocks = weight.reshape(-1, INT4_BLOCK, weight.shape[1])
+            scales = np.abs(blocks).max(axis=1) / 7
+            codes = np.clip(np.round(blocks / scales[:, None]), -8, 7)
+        dequantized = (codes.reshape(-1, INT4_BLOCK, weight.shape[1]) * scales[:, None]).reshape(weight.shape)
         delta = dequantized - weight
         error += float(np.sum(delta * (hessian @ delta)))
         energy += float(np.sum(weight * (hessian @ weight)))
@@ -102,6 +103,7 @@ def main() -> None:
     from onnx import numpy_helper
 
     from edgeq.quantize.gptq_rounding import input_hessians, matmul_roundings
+    from edgeq.quantize.numerics import INT4_BLOCK
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "smollm2-snapdragon.yaml")
@@ -114,6 +116,8 @@ def main() -> None:
     weights = {t.name: t for t in fp32.graph.initializer}
     hessians, _ = input_hessians(fp32, sorted({j.activation for j in jobs}), feeds)
     data = {"validation": plan.recipe.validation.data.path, "held-out": args.heldout}
+    shapes = [numpy_helper.to_array(weights[j.weight]).shape for j in jobs]
+    fp16_bytes = sum(2 * k * n for k, n in shapes)
     results = {}
     for name, group, gptq in VARIANTS:
         chosen = [
@@ -126,12 +130,12 @@ def main() -> None:
             folder = args.out / name.replace(" ", "-").replace("+", "")
             shutil.rmtree(folder, ignore_errors=True)
             row["relative_output_error"] = four_bit_variant(quantized.folder, folder, chosen, gptq, hessians)
-        shapes = [numpy_helper.to_array(weights[j.weight]).shape for j in jobs]
         four = {j.weight for j, _ in chosen}
         stored = sum(
-            k * n / 2 + k // 32 * n * 4 if j.weight in four else k * n + 4 * n for j, (k, n) in zip(jobs, shapes)
+            k * n / 2 + k // INT4_BLOCK * n * 4 if j.weight in four else k * n + 4 * n
+            for j, (k, n) in zip(jobs, shapes)
         )
-        row["matmul_bytes_vs_fp16"] = round(stored / sum(2 * k * n for k, n in shapes), 4)
+        row["matmul_bytes_vs_fp16"] = round(stored / fp16_bytes, 4)
         for label, path in data.items():
             row[label] = validate(folder / "model.onnx", source.folder / "model.onnx", Path(path))
         results[name] = row

@@ -273,16 +273,16 @@ class FullEvaluator(Runner):
 
     def __call__(self, model: onnx.ModelProto) -> dict:
         """Fidelity at every shape, the worst case on top, and the shape each worst value came from."""
-        candidate = self.session(model) if self.reference is None else None
-        items = None if self.reference is None else self.outputs(model, self.reference)
-        per_shape = {}
-        for label, data in self.data.items():
-            if items is None:
-                reference, paired = self.beside_fp32(candidate, data.batches)
-            else:
-                reference, paired = self.reference[label], items[label]
-            samples = [s for batch in data.batches for s in batch.samples]
-            per_shape[label] = self.task.metrics(reference, paired, samples, data.inputs)
+        if self.reference is None:
+            candidate = self.session(model)
+            pairs = {label: self.beside_fp32(candidate, data.batches) for label, data in self.data.items()}
+        else:
+            items = self.outputs(model, self.reference)
+            pairs = {label: (self.reference[label], items[label]) for label in self.data}
+        per_shape = {
+            label: self.task.metrics(*pairs[label], [s for b in data.batches for s in b.samples], data.inputs)
+            for label, data in self.data.items()
+        }
         return with_worst_case(per_shape)
 
     def beside_fp32(self, candidate, batches: list) -> tuple[list, list]:
