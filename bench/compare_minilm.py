@@ -257,6 +257,14 @@ def main() -> None:
         help=f"Only the anchors whose name contains one of these words (of: {'; '.join(ANCHORS)}); "
         "FP32 and edgeq's models always run. A shorter run to repeat a comparison.",
     )
+    parser.add_argument(
+        "--also",
+        nargs="+",
+        default=[],
+        metavar="LABEL=BUILD",
+        help="Other edgeq build folders of the same model (e.g. a recipe variant): each one's final model joins the "
+        "run as `edgeq final (LABEL)`.",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
@@ -285,6 +293,11 @@ def main() -> None:
         for name, folder in (("edgeq uniform int8", "int8"), ("edgeq final", "final")):
             if (build / folder / "model.onnx").is_file():
                 models[name] = build / folder / "model.onnx"
+        for label, other in (item.partition("=")[::2] for item in args.also):
+            final = Path(other).resolve() / "final" / "model.onnx"
+            if not final.is_file():
+                sys.exit(f"Error: --also {label}={other}: no {final}; give LABEL=BUILD_FOLDER of a finished build")
+            models[f"edgeq final ({label})"] = final
         print(f"measuring {len(models)} models on {len(heldout)} held-out texts", file=sys.stderr)
         single = measure(models, single_feeds, device, args.rounds)
         batched = measure(models, batched_feeds, device, 2 * args.rounds)

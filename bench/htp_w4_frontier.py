@@ -61,7 +61,7 @@ def four_bit_variant(quantized: Path, out: Path, chosen: list, gptq: bool, hessi
     import onnx
     from onnx import numpy_helper
 
-    from edgeq.quantize.numerics import INT4_BLOCK, block_gptq
+    from edgeq.quantize.numerics import block_gptq, block_nearest, dequantize_blocks
 
     shutil.copytree(quantized, out)
     model = onnx.load(str(quantized / "model.onnx"))
@@ -70,13 +70,8 @@ def four_bit_variant(quantized: Path, out: Path, chosen: list, gptq: bool, hessi
     error = energy = 0.0
     for job, weight in chosen:
         hessian = hessians[job.activation]
-        if gptq:
-            codes, scales = block_gptq(weight, hessian)
-        else:
-            blocks = weight.reshape(-1, INT4_BLOCK, weight.shape[1])
-            scales = np.abs(blocks).max(axis=1) / 7
-            codes = np.clip(np.round(blocks / scales[:, None]), -8, 7)
-        dequantized = (codes.reshape(-1, INT4_BLOCK, weight.shape[1]) * scales[:, None]).reshape(weight.shape)
+        codes, scales = block_gptq(weight, hessian) if gptq else block_nearest(weight)
+        dequantized = dequantize_blocks(codes, scales)
         delta = dequantized - weight
         error += float(np.sum(delta * (hessian @ delta)))
         energy += float(np.sum(weight * (hessian @ weight)))

@@ -260,6 +260,7 @@ def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_r
             "activation_type": "uint16",
             "weight_type": "uint8",
             "weight_rounding": "gptq",
+            "four_bit_weights": ["*/mlp/up_proj/MatMul"],
             "op_types": None,
             "calibration": {"data": {"path": "data/calibration.txt"}, "samples": 8},
         },
@@ -306,5 +307,64 @@ def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_r
         for g in ("model.onnx", "decode.onnx")
     ]
     assert codes[0].keys() == codes[1].keys() and all(np.array_equal(codes[0][n], codes[1][n]) for n in codes[0])
+    four_bit = [
+        n for n in codes[1] if codes[1][n].dtype.name == "int4"
+    ]  # the decode graph's 4-bit codes: the prefill's
+    assert len(four_bit) == len(quantize["four_bit_weights"]["matmuls"]) == 2  # up_proj, in each layer
+    assert "**4-bit weights**: 2 MatMuls (named by the recipe" in (out / "report.md").read_text()
     assert {"model.onnx", "decode.onnx", "static_decoder.json"} <= {p.name for p in (out / "final").iterdir()}
     assert not (out / "final" / "genai_config.json").exists()  # onnxruntime-genai cannot run a static pair
+
+
+@pytest.mark.fast  # tiny graphs on the HTP emulator
+def test_four_bit_block_weights_run_on_the_htp_and_gptq_lowers_their_error(graphs, tmp_path):
+    """quantization.four_bit_weights: the named MatMuls take int4 codes in DequantizeLinear's blocked form (axis 0,
+    32 input rows a scale, no zero point), the others keep 8 bits; GPTQ's codes move the layers' output less than
+    round to nearest's; the HTP takes the model with CPU fallback disabled; the roofline counts half a byte a
+    weight (random weights: mechanics)."""
+    pytest.importorskip("onnxruntime_qnn")
+    import onnx
+
+    from edgeq.errors import RecipeError
+    from edgeq.quantize.numerics import INT4_BLOCK
+    from edgeq.quantize.run import quantize_model
+    from edgeq.roofline import _weight_bytes_per_token
+    from edgeq.targets import load_target
+
+    _, paths, (layers, _, _) = graphs
+    feeds = _prompts(graphs, 5, PREFILL, 8)
+    done, models = {}, {}
+    for rounding in ("nearest", "gptq"):
+        path = tmp_path / rounding / "model.onnx"
+        path.parent.mkdir()
+        config = _w8a16(weight_rounding=rounding, four_bit_weights=["*/mlp/gate_proj/MatMul", "*/mlp/up_proj/MatMul"])
+        done[rounding] = quantize_model(paths["prefill"], path, config, None, feeds, "qnn")
+        models[rounding] = onnx.load(str(path))
+    four = done["gptq"]["four_bit_weights"]
+    assert len(four["matmuls"]) == 2 * layers and four["block_size"] == INT4_BLOCK
+    assert 0 < four["relative_output_error"] < done["nearest"]["four_bit_weights"]["relative_output_error"]
+    assert done["gptq"]["weight_rounding"]["matmuls"] == 5 * layers + 1  # GPTQ's 8-bit pass: the other MatMuls
+    model = models["gptq"]
+    inits = {t.name: t for t in model.graph.initializer}
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    blocked = {}
+    for node in (n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in made_by):
+        dq = made_by[node.input[1]]
+        if dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+            blocked[node.name] = inits[dq.input[0]].data_type == onnx.TensorProto.INT4
+            if blocked[node.name]:
+                k, n = inits[dq.input[0]].dims
+                assert len(dq.input) == 2 and list(inits[dq.input[1]].dims) == [-(-k // INT4_BLOCK), n]
+    assert sorted(name for name, four_bit in blocked.items() if four_bit) == sorted(four["matmuls"])
+    assert sum(not b for b in blocked.values()) == 5 * layers + 1
+    eight = tmp_path / "eight.onnx"
+    quantize_model(paths["prefill"], eight, _w8a16(), None, feeds, "qnn")
+    assert _weight_bytes_per_token(model) < _weight_bytes_per_token(onnx.load(str(eight)))
+    session = load_target("snapdragon-8-gen-3").session(tmp_path / "gptq" / "model.onnx")  # fails on a fallback
+    on_htp = _run(tmp_path / "gptq" / "model.onnx", feeds[0], session)["logits"]
+    simulated = _run(tmp_path / "gptq" / "model.onnx", feeds[0])["logits"]
+    assert np.isfinite(on_htp).all() and np.corrcoef(on_htp.ravel(), simulated.ravel())[0, 1] > 0.95
+    with pytest.raises(RecipeError, match="match no quantized MatMul"):
+        quantize_model(
+            paths["prefill"], tmp_path / "none.onnx", _w8a16(four_bit_weights=["*/nothing"]), None, feeds, "qnn"
+        )

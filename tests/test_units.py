@@ -421,3 +421,23 @@ def test_a_report_that_breaks_the_contract_is_named_as_edgeqs_bug():
     report |= {"passed": True, "validations": [{"artifact": "int8", "mode": "on the moon"}]}
     with pytest.raises(StageError, match=r"report.json breaks its contract at 'validations.0.device'"):
         check(report)
+
+
+def test_an_island_kept_at_the_lowest_rung_is_not_said_to_meet_a_budget_nobody_met():
+    from edgeq.mixed_precision import reason
+    from edgeq.mixed_precision.candidates import Candidate
+    from edgeq.mixed_precision.islands import Island
+    from edgeq.mixed_precision.search import SearchResult
+
+    island = Island("layer.0.dense", "n0", "matmul", "w0", 16, {r: Candidate([], [], 16) for r in ("sint8", "fp32")})
+    score = {"output_sqnr_db": 30.0, "gain": {"fp32": 0.001}, "gain_by_shape": {}}
+
+    def kept(fidelity_met: bool) -> str:
+        result = SearchResult(
+            {"layer.0.dense": "sint8"}, 0, [], [], {island.name: score}, 1, 1, fidelity_met, {"fidelity": fidelity_met}
+        )
+        return reason(island, "sint8", score, result, ["sint8", "fp32"])
+
+    assert "already meets the budget" in kept(True)
+    missed = kept(False)
+    assert "already meets" not in missed and "was not met" in missed

@@ -190,6 +190,7 @@ def render_markdown(report: dict) -> str:
         "",
         *_served_markdown(report),
         *_legalization_markdown(report),
+        *_weight_rounding_markdown(report),
         "## Validations",
         "",
         "Every figure was measured by this build; `mode` says where: `on-host` (the device's own execution "
@@ -346,6 +347,25 @@ def _served_markdown(report: dict) -> list[str]:
         return []
     rows = [[device, f["artifact"], f"`{f['path']}`"] for device, f in finals.items()]
     return ["## One artifact per target", "", table(["device", "artifact", "path"], rows), ""]
+
+
+def _weight_rounding_markdown(report: dict) -> list[str]:
+    """Which MatMul weights went to 4 bits and why, and how GPTQ rounded the rest (the quantize stage's words)."""
+    quantize = next((s for s in report["stages"] if s["name"] == "quantize"), {})
+    lines = []
+    if four := quantize.get("four_bit_weights"):
+        lines.append(
+            f"- **4-bit weights**: {len(four['matmuls'])} MatMuls ({four['reason']}): {four['codes']}, a scale per "
+            f"{four['block_size']} input rows and column, {four['method']}; their summed output error on "
+            f"{four['calibration_tokens']} calibration tokens is {four['relative_output_error']:.4f} of their "
+            f"output energy. `{'`, `'.join(four['matmuls'][:4])}`{' …' if len(four['matmuls']) > 4 else ''}"
+        )
+    if (rounded := quantize.get("weight_rounding")) and rounded.get("matmuls"):
+        lines.append(
+            f"- **GPTQ rounding**: {rounded['matmuls']} MatMuls at their quantizer's scales; output error "
+            f"{rounded['output_error_vs_nearest']}× round to nearest's on {rounded['calibration_tokens']} tokens"
+        )
+    return ["## Weights", "", *lines, ""] if lines else []
 
 
 def _legalization_markdown(report: dict) -> list[str]:

@@ -30,6 +30,9 @@ def decode_roofline(folder: Path, bandwidth_gbps: float) -> dict:
     }
 
 
+PACKED_4BIT = (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
+
+
 def _weight_bytes_per_token(model: onnx.ModelProto) -> float:
     """Bytes of every stored weight, but of a lookup table (a Gather's) only the row a token reads."""
     tables = {n.input[0] for n in model.graph.node if n.op_type == "Gather"}
@@ -43,7 +46,8 @@ def _weight_bytes_per_token(model: onnx.ModelProto) -> float:
         read_by_gather = tensor.name in tables or any(
             r.op_type == "DequantizeLinear" and r.output[0] in tables for r in readers.get(tensor.name, [])
         )
-        total += array.nbytes / array.shape[0] if read_by_gather and array.ndim == 2 else array.nbytes
+        stored = array.size / 2 if tensor.data_type in PACKED_4BIT else array.nbytes  # two 4-bit codes a byte
+        total += stored / array.shape[0] if read_by_gather and array.ndim == 2 else stored
     return total
 
 

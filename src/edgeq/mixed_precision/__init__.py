@@ -222,9 +222,15 @@ def reason(
         )
     if choice == lowest:
         best = max(score["gain"].values(), default=0.0)
-        if result.chosen_index == 0:
+        fidelity_met = result.budget_status.get("fidelity", True)
+        if result.chosen_index == 0 and fidelity_met:
             return f"kept {choice}: the all-{choice} model already meets the budget ({measured}{rank})"
-        if not result.budget_status.get("fidelity", True):
+        if result.chosen_index == 0:
+            return (
+                f"kept {choice}: {measured}the fidelity budget was not met, and no evaluated configuration came "
+                f"closer to it than the all-{choice} model ({rank})"
+            )
+        if not fidelity_met:
             return (
                 f"kept {choice}: {measured}promoting it alone would raise the proxy {proxy_name} by {best:+.5f} "
                 f"({rank}); the fidelity budget was not met, and the bytes the size ceiling left went to islands "

@@ -64,7 +64,8 @@ def round_matmul_weights(fp32_path: Path, qdq_path: Path, feeds: list[dict]) -> 
 
 
 def matmul_roundings(fp32: onnx.ModelProto, model: onnx.ModelProto) -> list[Rounding]:
-    """Every QDQ MatMul whose B is a dequantized 2-D initializer, paired by node name with its FP32 MatMul."""
+    """Every QDQ MatMul whose B is a dequantized 2-D initializer with a zero point (so not a 4-bit block weight),
+    paired by node name with its FP32 MatMul."""
     dequantized = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
     initializers = {t.name: t for t in model.graph.initializer}
     float_matmuls = {n.name: n for n in fp32.graph.node if n.op_type == "MatMul"}

@@ -197,6 +197,26 @@ def block_gptq(
     return codes, scales
 
 
+def block_nearest(
+    weight: np.ndarray, block: int = INT4_BLOCK, levels: tuple[int, int] = (-8, 7)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Round to nearest into the same 4-bit block form as block_gptq: (codes [K, N] int8, scales [ceil(K / block),
+    N] float32), each scale the block's largest magnitude over `levels[1]`."""
+    k, n = weight.shape
+    padded = np.zeros((-(-k // block) * block, n))
+    padded[:k] = weight
+    scales = np.abs(padded.reshape(-1, block, n)).max(axis=1) / levels[1]
+    scales[scales == 0] = 1.0
+    codes = np.clip(np.round(weight / np.repeat(scales, block, axis=0)[:k]), *levels)
+    return codes.astype(np.int8), scales.astype(np.float32)
+
+
+def dequantize_blocks(codes: np.ndarray, scales: np.ndarray, block: int = INT4_BLOCK) -> np.ndarray:
+    """What DequantizeLinear's blocked form (axis 0, no zero point) computes from block_gptq's or block_nearest's
+    codes and scales."""
+    return codes * np.repeat(scales.astype(np.float64), block, axis=0)[: len(codes)]
+
+
 def _inverse_hessian_factor(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
     """GPTQ's upper Cholesky factor of the damped H⁻¹, and the input channels that are always zero (their weights
     do not matter)."""

@@ -87,8 +87,18 @@ def quantize_model(
 
 
 def _rounded(done: dict, q: QuantizationConfig, fp32_path: Path, out_path: Path, feeds: list[dict] | None) -> dict:
-    """`weight_rounding: gptq`: the MatMul weights re-rounded on the quantizer's final scales."""
-    if q.weight_rounding != "gptq":
+    """`four_bit_weights`: the named MatMuls to 4-bit blocks; then `weight_rounding: gptq`: the other MatMul weights
+    re-rounded on the quantizer's final scales (a 4-bit weight's DequantizeLinear has no zero point, so GPTQ's
+    8-bit pass leaves it alone)."""
+    gptq = q.weight_rounding == "gptq"
+    if q.four_bit_weights:
+        from edgeq.quantize.four_bit import four_bit_weights
+
+        done = {
+            **done,
+            "four_bit_weights": four_bit_weights(fp32_path, out_path, q.four_bit_weights, feeds or [], gptq),
+        }
+    if not gptq:
         return done
     from edgeq.quantize.gptq_rounding import round_matmul_weights
 

@@ -1,0 +1,85 @@
+"""quantization.four_bit_weights: chosen MatMul weights of a static QDQ model at 4 bits, in DequantizeLinear's
+blocked form (opset 21): signed codes in [-8, 7], no zero point, one float scale per 32 input rows and output
+column. onnxruntime-qnn's HTP backend takes that DequantizeLinear → MatMul beside 16-bit activations (measured on
+the emulator with CPU fallback disabled), and the CPU EP simulates it exactly. The codes come from GPTQ on the
+calibration tokens (`weight_rounding: gptq`) or round to nearest; the rest of the model keeps its 8-bit weights."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgeq.errors import RecipeError
+from edgeq.progress import track
+from edgeq.quantize.gptq_rounding import input_hessians, matmul_roundings
+from edgeq.quantize.numerics import INT4_BLOCK, block_gptq, block_nearest, dequantize_blocks
+
+BLOCKED_OPSET = 21  # DequantizeLinear's block_size attribute and the INT4 type
+
+
+def four_bit_weights(fp32_path: Path, qdq_path: Path, patterns: list[str], feeds: list[dict], gptq: bool) -> dict:
+    """Rewrite qdq_path's MatMuls whose node name matches one of `patterns` (shell-style) to 4-bit block weights.
+    Hessians of each MatMul's input come from the FP32 model (fp32_path, whose node names the QDQ model keeps) on
+    the calibration feeds: GPTQ's, and the output error the report gives. Returns what the report says."""
+    model = onnx.load(str(qdq_path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < BLOCKED_OPSET:
+        raise RecipeError(
+            f"quantization.four_bit_weights: the model is opset {opset}; 4-bit block weights need opset "
+            f"{BLOCKED_OPSET} (DequantizeLinear's block_size)",
+            f"set export.opset: {BLOCKED_OPSET}",
+        )
+    fp32 = onnx.load(str(fp32_path))
+    jobs = [j for j in matmul_roundings(fp32, model) if any(fnmatch.fnmatchcase(j.node, p) for p in patterns)]
+    if not jobs:
+        raise RecipeError(
+            f"quantization.four_bit_weights: {patterns} match no quantized MatMul with a weight",
+            "give MatMul node names or shell-style patterns such as `*/mlp/gate_proj/MatMul`",
+        )
+    hessians, tokens = input_hessians(fp32, sorted({j.activation for j in jobs}), feeds)
+    weights = {t.name: t for t in fp32.graph.initializer}
+    tensors = {t.name: t for t in model.graph.initializer}
+    dequantizers = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    matmuls = {n.name: n for n in model.graph.node}
+    error = energy = 0.0
+    for job in track(jobs, "4-bit block weights", total=len(jobs)):
+        weight = numpy_helper.to_array(weights[job.weight]).astype(np.float64)
+        hessian = hessians[job.activation]
+        codes, scales = block_gptq(weight, hessian) if gptq else block_nearest(weight)
+        delta = dequantize_blocks(codes, scales) - weight
+        error += float(np.sum(delta * (hessian @ delta)))
+        energy += float(np.sum(weight * (hessian @ weight)))
+        tensors[job.codes].CopyFrom(helper.make_tensor(job.codes, onnx.TensorProto.INT4, codes.shape, codes.ravel()))
+        tensors[job.scale].CopyFrom(numpy_helper.from_array(scales, job.scale))
+        _to_blocked(dequantizers[matmuls[job.node].input[1]])
+    _drop_unused(model)
+    del fp32, weights
+    onnx.save(model, str(qdq_path))
+    return {
+        "matmuls": [j.node for j in jobs],
+        "codes": "int4, symmetric [-8, 7], no zero point",
+        "block_size": INT4_BLOCK,
+        "method": "GPTQ (damping 0.01), a scale per block from the weights as updated" if gptq else "round to nearest",
+        "calibration_tokens": tokens,
+        "relative_output_error": round(error / energy, 6) if energy else None,
+        "reason": "named by the recipe (quantization.four_bit_weights)",
+    }
+
+
+def _to_blocked(dequantize: onnx.NodeProto) -> None:
+    """A per-column DequantizeLinear of a [K, N] weight made the blocked form: axis 0, block_size, no zero point."""
+    del dequantize.input[2:]
+    del dequantize.attribute[:]
+    dequantize.attribute.extend([helper.make_attribute("axis", 0), helper.make_attribute("block_size", INT4_BLOCK)])
+
+
+def _drop_unused(model: onnx.ModelProto) -> None:
+    """Initializers no node reads any more (the 4-bit weights' old zero points)."""
+    read = {name for node in model.graph.node for name in node.input}
+    kept = [t for t in model.graph.initializer if t.name in read]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
