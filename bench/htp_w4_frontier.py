@@ -1,7 +1,8 @@
 """Where 4-bit weights leave a language model on the HTP: the w8a16 QDQ model of a static-decoder recipe, with chosen
 groups of MatMul weights at 4 bits in the HTP's block form (symmetric codes in [-8, 7], one scale per 32 input rows
 and output column), codes by GPTQ (Hessians of each MatMul's input from the FP32 model on the recipe's calibration
-texts) or by round to nearest. Each variant is scored on the CPU EP against FP32 by `edgeq validate` (next-token
+texts; `gptq clip`: each block's scale chosen for least Hessian-weighted rounding error) or by round to
+nearest. Each variant is scored on the CPU EP against FP32 by `edgeq validate` (next-token
 top-1, KL, perplexity, greedy continuations) on the recipe's validation texts and on held-out chat texts.
 
     python bench/htp_w4_frontier.py [--recipe recipes/smollm2-snapdragon.yaml] [--out /tmp/htp-w4]
@@ -31,7 +32,13 @@ GROUPS = {
     "mlp": ("gate_proj", "up_proj", "down_proj"),
     "all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
 }
-VARIANTS = [("w8", None, True), *((f"w4 {g} gptq", g, True) for g in GROUPS), ("w4 mlp nearest", "mlp", False)]
+ROUNDINGS = ("gptq", "gptq clip", "nearest")  # `gptq clip`: each block's scale by least weighted rounding error
+VARIANTS = [
+    ("w8", None, None),
+    *((f"w4 {g} gptq", g, "gptq") for g in GROUPS),
+    ("w4 mlp nearest", "mlp", "nearest"),
+    *((f"w4 {g} gptq clip", g, "gptq clip") for g in ("gate+up", "all")),
+]
 METRICS = ("next_token_top1_agreement", "kl_divergence_mean", "perplexity", "greedy_match_tokens")
 
 
@@ -55,7 +62,7 @@ def stages(recipe: Path, out: Path):
     return plan, source, quantize_stage(plan, source, False), calibration_feeds(plan, source)
 
 
-def four_bit_variant(quantized: Path, out: Path, chosen: list, gptq: bool, hessians: dict) -> float:
+def four_bit_variant(quantized: Path, out: Path, chosen: list, rounding: str, hessians: dict) -> float:
     """Copy the QDQ folder to `out` with the chosen MatMuls' weights dequantized from 4-bit block codes; return
     the summed output error over the summed output energy of the chosen layers."""
     import onnx
@@ -70,7 +77,10 @@ def four_bit_variant(quantized: Path, out: Path, chosen: list, gptq: bool, hessi
     error = energy = 0.0
     for job, weight in chosen:
         hessian = hessians[job.activation]
-        codes, scales = block_gptq(weight, hessian) if gptq else block_nearest(weight)
+        if rounding == "nearest":
+            codes, scales = block_nearest(weight)
+        else:
+            codes, scales = block_gptq(weight, hessian, clip=rounding == "gptq clip")
         dequantized = dequantize_blocks(codes, scales)
         delta = dequantized - weight
         error += float(np.sum(delta * (hessian @ delta)))
@@ -104,6 +114,7 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "smollm2-snapdragon.yaml")
     parser.add_argument("--heldout", type=Path, default=ROOT / "bench" / "data" / "lm-chat-heldout.jsonl")
     parser.add_argument("--out", type=Path, default=Path("/tmp/htp-w4"))
+    parser.add_argument("--only", nargs="+", metavar="NAME", help=f"Only these variants (of: {[v[0] for v in VARIANTS]}).")
     args = parser.parse_args()
     plan, source, quantized, feeds = stages(args.recipe, args.out)
     fp32 = onnx.load(str(source.folder / "model.onnx"))
@@ -114,7 +125,7 @@ def main() -> None:
     shapes = [numpy_helper.to_array(weights[j.weight]).shape for j in jobs]
     fp16_bytes = sum(2 * k * n for k, n in shapes)
     results = {}
-    for name, group, gptq in VARIANTS:
+    for name, group, rounding in [v for v in VARIANTS if not args.only or v[0] in args.only]:
         chosen = [
             (j, numpy_helper.to_array(weights[j.weight]).astype(np.float64))
             for j in jobs
@@ -124,7 +135,7 @@ def main() -> None:
         if chosen:
             folder = args.out / name.replace(" ", "-").replace("+", "")
             shutil.rmtree(folder, ignore_errors=True)
-            row["relative_output_error"] = four_bit_variant(quantized.folder, folder, chosen, gptq, hessians)
+            row["relative_output_error"] = four_bit_variant(quantized.folder, folder, chosen, rounding, hessians)
         four = {j.weight for j, _ in chosen}
         stored = sum(
             k * n / 2 + k // INT4_BLOCK * n * 4 if j.weight in four else k * n + 4 * n
@@ -135,7 +146,7 @@ def main() -> None:
             row[label] = validate(folder / "model.onnx", source.folder / "model.onnx", Path(path))
         results[name] = row
         print(name, json.dumps(row), flush=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))  # --only: just the variants run
 
 
 if __name__ == "__main__":

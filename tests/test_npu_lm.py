@@ -270,7 +270,7 @@ def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_r
     out = tmp_path / "out"
     report = api.build(write_recipe(recipe), output=out).report
     (entry,) = report["validations"]
-    assert entry["artifact"] == "w8a16" and entry["mode"] == "emulated" and entry["fallback_nodes"] == 0
+    assert entry["artifact"] == "w4w8a16" and entry["mode"] == "emulated" and entry["fallback_nodes"] == 0
     assert entry["decode_graph"]["fallback_nodes"] == 0 and list(entry["decode_graph"]["placement"]) == [
         "QNNExecutionProvider"
     ]

@@ -364,6 +364,8 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
 
     q = plan.recipe.quantization
     name = "w8a16" if q.mode == "static" and q.resolved_activation_type.endswith("16") else "int8"
+    if q.four_bit_weights:  # some MatMuls at 4 bits, the rest at 8
+        name = "w4w8a16" if name == "w8a16" else "w4w8a8"
     name = "int4" if q.mode == "int4" else name
     calib_samples = plan.calibration_samples if q.mode == "static" else None
     power_of_two = any(d.is_dpu for d in plan.devices)

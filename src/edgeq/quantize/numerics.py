@@ -171,11 +171,13 @@ def block_gptq(
     block: int = INT4_BLOCK,
     levels: tuple[int, int] = (-8, 7),
     damp: float = 0.01,
+    clip: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """GPTQ into the HTP's 4-bit block form: a MatMul weight [K, N], symmetric codes in `levels`, one scale per
     block of `block` input rows and output column (DequantizeLinear's blocked form, axis 0), each block's scale
-    taken from the weights as GPTQ has updated them when the block starts. Returns (codes [K, N] int8, scales
-    [ceil(K / block), N] float32)."""
+    taken from the weights as GPTQ has updated them when the block starts (`clip`: the block's largest magnitude
+    times the factor in CLIP_FACTORS whose rounding error, weighted by the Hessian's diagonal, is least).
+    Returns (codes [K, N] int8, scales [ceil(K / block), N] float32)."""
     k, n = weight.shape
     w = weight.astype(np.float64).copy()
     inverse, dead = _inverse_hessian_factor(hessian, damp)
@@ -186,6 +188,8 @@ def block_gptq(
         end = min(start + block, k)
         group, errors = w[start:end].copy(), np.zeros((end - start, n))
         scale = np.abs(group).max(axis=0) / levels[1]
+        if clip:
+            scale = _least_error_scale(group, scale, np.diag(hessian)[start:end], levels)
         scale[scale == 0] = 1.0
         scales[g] = scale
         for i in range(end - start):
@@ -215,6 +219,19 @@ def dequantize_blocks(codes: np.ndarray, scales: np.ndarray, block: int = INT4_B
     """What DequantizeLinear's blocked form (axis 0, no zero point) computes from block_gptq's or block_nearest's
     codes and scales."""
     return codes * np.repeat(scales.astype(np.float64), block, axis=0)[: len(codes)]
+
+
+CLIP_FACTORS = np.linspace(1.0, 0.7, 7)
+
+
+def _least_error_scale(group: np.ndarray, scale: np.ndarray, importance: np.ndarray, levels) -> np.ndarray:
+    """Per column, the scale among `scale` × CLIP_FACTORS whose round-to-nearest error Σ_i h_ii (w_i − ŵ_i)² over
+    the block's rows is least: clipping the largest weight a little buys finer steps for the rest."""
+    trials = scale[None, :] * CLIP_FACTORS[:, None]  # [factors, N]
+    safe = np.where(trials == 0, 1.0, trials)
+    rounded = np.clip(np.round(group[None] / safe[:, None]), *levels) * safe[:, None]
+    errors = np.einsum("fkn,k->fn", (group[None] - rounded) ** 2, importance)
+    return trials[np.argmin(errors, axis=0), np.arange(group.shape[1])]
 
 
 def _inverse_hessian_factor(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
