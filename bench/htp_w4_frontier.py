@@ -37,7 +37,7 @@ VARIANTS = [
     ("w8", None, None),
     *((f"w4 {g} gptq", g, "gptq") for g in GROUPS),
     ("w4 mlp nearest", "mlp", "nearest"),
-    *((f"w4 {g} gptq clip", g, "gptq clip") for g in ("gate+up", "all")),
+    *((f"w4 {g} gptq clip", g, "gptq clip") for g in GROUPS),
 ]
 METRICS = ("next_token_top1_agreement", "kl_divergence_mean", "perplexity", "greedy_match_tokens")
 
@@ -114,7 +114,9 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "smollm2-snapdragon.yaml")
     parser.add_argument("--heldout", type=Path, default=ROOT / "bench" / "data" / "lm-chat-heldout.jsonl")
     parser.add_argument("--out", type=Path, default=Path("/tmp/htp-w4"))
-    parser.add_argument("--only", nargs="+", metavar="NAME", help=f"Only these variants (of: {[v[0] for v in VARIANTS]}).")
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME", help=f"Only these variants (of: {[v[0] for v in VARIANTS]})."
+    )
     args = parser.parse_args()
     plan, source, quantized, feeds = stages(args.recipe, args.out)
     fp32 = onnx.load(str(source.folder / "model.onnx"))

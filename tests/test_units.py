@@ -441,3 +441,16 @@ def test_an_island_kept_at_the_lowest_rung_is_not_said_to_meet_a_budget_nobody_m
     assert "already meets the budget" in kept(True)
     missed = kept(False)
     assert "already meets" not in missed and "was not met" in missed
+
+
+def test_four_bit_weights_are_for_static_qdq_only():
+    from pydantic import ValidationError
+
+    from edgeq.recipe.schema import QuantizationConfig
+
+    with pytest.raises(ValidationError, match="four_bit_weights is for mode: static with format: qdq"):
+        QuantizationConfig(mode="dynamic", four_bit_weights=["*/mlp/up_proj/MatMul"])
+    calibration = {"data": {"path": "-"}}
+    with pytest.raises(ValidationError, match="four_bit_weights is for mode: static with format: qdq"):
+        QuantizationConfig(mode="static", format="qoperator", four_bit_weights=["x"], calibration=calibration)
+    assert QuantizationConfig(mode="static", four_bit_weights=["x"], calibration=calibration).four_bit_weights == ["x"]
