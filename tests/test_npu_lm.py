@@ -360,6 +360,7 @@ def test_four_bit_block_weights_run_on_the_htp_and_gptq_lowers_their_error(graph
     eight = tmp_path / "eight.onnx"
     quantize_model(paths["prefill"], eight, _w8a16(), None, feeds, "qnn")
     assert _weight_bytes_per_token(model) < _weight_bytes_per_token(onnx.load(str(eight)))
+    assert (tmp_path / "gptq" / "model.onnx").stat().st_size < eight.stat().st_size  # codes packed two a byte
     session = load_target("snapdragon-8-gen-3").session(tmp_path / "gptq" / "model.onnx")  # fails on a fallback
     on_htp = _run(tmp_path / "gptq" / "model.onnx", feeds[0], session)["logits"]
     simulated = _run(tmp_path / "gptq" / "model.onnx", feeds[0])["logits"]

@@ -55,7 +55,7 @@ def four_bit_weights(fp32_path: Path, qdq_path: Path, patterns: list[str], feeds
         delta = dequantize_blocks(codes, scales) - weight
         error += float(np.sum(delta * (hessian @ delta)))
         energy += float(np.sum(weight * (hessian @ weight)))
-        tensors[job.codes].CopyFrom(helper.make_tensor(job.codes, onnx.TensorProto.INT4, codes.shape, codes.ravel()))
+        tensors[job.codes].CopyFrom(int4_tensor(job.codes, codes))
         tensors[job.scale].CopyFrom(numpy_helper.from_array(scales, job.scale))
         _to_blocked(dequantizers[matmuls[job.node].input[1]])
     _drop_unused(model)
@@ -72,6 +72,16 @@ def four_bit_weights(fp32_path: Path, qdq_path: Path, patterns: list[str], feeds
         "relative_output_error": round(error / energy, 6) if energy else None,
         "reason": "named by the recipe (quantization.four_bit_weights)",
     }
+
+
+def int4_tensor(name: str, codes: np.ndarray) -> onnx.TensorProto:
+    """An INT4 initializer stored as ONNX packs it: two codes a byte in raw_data, the first in the low nibble (an
+    unpacked list would be kept as one int32 per pair, more bytes than the 8-bit codes it replaces)."""
+    nibbles = (codes.ravel().astype(np.int8) & 0x0F).astype(np.uint8)
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    packed = nibbles[0::2] | (nibbles[1::2] << 4)
+    return helper.make_tensor(name, onnx.TensorProto.INT4, codes.shape, packed.tobytes(), raw=True)
 
 
 def _to_blocked(dequantize: onnx.NodeProto) -> None:

@@ -68,7 +68,7 @@ def share_encodings(decode: onnx.ModelProto, prefill: onnx.ModelProto) -> tuple[
         if other is None or list(other.dims) != list(tensor.dims) or other.data_type != tensor.data_type:
             left += encoding
             continue
-        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(other), tensor.name))
+        tensor.CopyFrom(other)  # the same name: the prefill's tensor as stored (4-bit codes stay packed)
         shared += encoding
     return shared, left
 
