@@ -9,6 +9,7 @@ KL from 0.066 to 0.043, README) or round to nearest; the rest of the model keeps
 from __future__ import annotations
 
 import fnmatch
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,13 @@ def four_bit_weights(fp32_path: Path, qdq_path: Path, patterns: list[str], feeds
         raise RecipeError(
             f"quantization.four_bit_weights: {patterns} match no quantized MatMul with a weight",
             "give MatMul node names or shell-style patterns such as `*/mlp/gate_proj/MatMul`",
+        )
+    readers = Counter(name for node in model.graph.node for name in node.input)
+    if shared := [j.node for j in jobs if readers[j.codes] > 1 or readers[j.scale] > 1]:
+        raise RecipeError(
+            f"quantization.four_bit_weights: {shared[0]}'s quantized weight is read by another node too (a tied "
+            "table?), which would change with it",
+            "leave that MatMul out of the patterns",
         )
     hessians, tokens = input_hessians(fp32, sorted({j.activation for j in jobs}), feeds)
     weights = {t.name: t for t in fp32.graph.initializer}
