@@ -482,3 +482,15 @@ def test_an_int4_build_keeps_library_logging_in_its_log_file(write_recipe, tmp_p
     log = (out / "build.log").read_text()
     assert "onnxruntime.quantization.matmul_nbits_quantizer [INFO]" in log and "▶ quantize → int4/" in log
     assert json.loads((out / "report.json").read_text())["log_file"] == "build.log"
+
+
+def test_validate_bounds_a_language_model_s_greedy_continuations(run_cli, tmp_path):
+    """`edgeq validate --follow-ups N`: greedy continuations on at most N samples, and the entry says how many."""
+    from edgeq.recipe.schema import QuantizationConfig
+
+    fp32 = api.export(str(make_decoder(tmp_path / "llama", "llama")), tmp_path / "fp32")
+    quantized = api.quantize(fp32, tmp_path / "int4", QuantizationConfig(mode="int4"))
+    command = ["validate", quantized, "--reference", fp32, "--data", DATA / "calibration.txt", "--samples", "4"]
+    result = run_cli(*command, "--task", "text-generation", "--follow-ups", "1", "--json")
+    assert result.exit_code in (0, 3), result.output
+    assert json.loads(result.stdout)["metrics"]["greedy_prompts"] == 1

@@ -200,8 +200,10 @@ def validate(
     batch_size: int = 1,
     thresholds: Thresholds | None = None,
     tokenizer: str | Path | None = None,
+    follow_ups: int | None = None,
 ) -> dict:
-    """Compare MODEL against REFERENCE on DEVICE over the samples of DATA; the validation entry of MODEL."""
+    """Compare MODEL against REFERENCE on DEVICE over the samples of DATA; the validation entry of MODEL.
+    `follow_ups` bounds how many samples get the task's follow-ups (a language model's greedy continuations)."""
     from edgeq.artifact import check_loadable, load_onnx
     from edgeq.validate import validate_models
 
@@ -237,6 +239,7 @@ def validate(
         chosen,
         [(batch_size, sequence_length)],
         thresholds={"candidate": limits},
+        follow_ups=follow_ups,
     )
     return results[-1]
 

@@ -399,6 +399,12 @@ def quantize(
 @click.option("--min-cosine-mean", type=float, default=0.99, show_default=True)
 @click.option("--min-cosine-min", type=float)
 @click.option("--tokenizer", type=click.Path(path_type=Path), help="Folder with tokenizer.json.")
+@click.option(
+    "--follow-ups",
+    type=click.IntRange(min=1),
+    help="A language model: greedy continuations on at most N samples (on the HTP emulator each takes minutes). "
+    "Default: the task's 16.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the validation entry as JSON.")
 def validate(
     model,
@@ -416,6 +422,7 @@ def validate(
     min_cosine_mean,
     min_cosine_min,
     tokenizer,
+    follow_ups,
     as_json,
 ) -> None:
     """Compare MODEL with REFERENCE on DEVICE; exit 3 when below the thresholds."""
@@ -426,7 +433,9 @@ def validate(
     data = _data_source(
         data_path, field, "--data", label_field=label_field, question_field=question_field, context_field=context_field
     )
-    result = api.validate(model, reference, data, device, task, samples, sequence_length, batch_size, limits, tokenizer)
+    result = api.validate(
+        model, reference, data, device, task, samples, sequence_length, batch_size, limits, tokenizer, follow_ups
+    )
     if as_json:
         _echo_json(result)
     else:
