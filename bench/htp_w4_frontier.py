@@ -32,7 +32,6 @@ GROUPS = {
     "mlp": ("gate_proj", "up_proj", "down_proj"),
     "all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
 }
-ROUNDINGS = ("gptq", "gptq clip", "nearest")  # `gptq clip`: each block's scale by least weighted rounding error
 VARIANTS = [
     ("w8", None, None),
     *((f"w4 {g} gptq", g, "gptq") for g in GROUPS),
@@ -68,7 +67,8 @@ def four_bit_variant(quantized: Path, out: Path, chosen: list, rounding: str, he
     import onnx
     from onnx import numpy_helper
 
-    from edgeq.quantize.numerics import block_gptq, block_nearest, dequantize_blocks
+    from edgeq.quantize.four_bit import four_bit_codes
+    from edgeq.quantize.numerics import dequantize_blocks, output_energy
 
     shutil.copytree(quantized, out)
     model = onnx.load(str(quantized / "model.onnx"))
@@ -77,14 +77,9 @@ def four_bit_variant(quantized: Path, out: Path, chosen: list, rounding: str, he
     error = energy = 0.0
     for job, weight in chosen:
         hessian = hessians[job.activation]
-        if rounding == "nearest":
-            codes, scales = block_nearest(weight)
-        else:
-            codes, scales = block_gptq(weight, hessian, clip=rounding == "gptq clip")
-        dequantized = dequantize_blocks(codes, scales)
-        delta = dequantized - weight
-        error += float(np.sum(delta * (hessian @ delta)))
-        energy += float(np.sum(weight * (hessian @ weight)))
+        dequantized = dequantize_blocks(*four_bit_codes(weight, hessian, rounding))
+        error += output_energy(dequantized - weight, hessian)
+        energy += output_energy(weight, hessian)
         node = nodes[job.node]
         model.graph.node.remove(dequantizers[node.input[1]])
         node.input[1] = f"{job.weight}_4bit"

@@ -51,6 +51,20 @@ def _prompts(graphs, seed: int, tokens: int, count: int) -> list[dict]:
     return [kv_feed(list(rng.integers(3, 700, size=tokens)), shape, layers, kv_heads, head_dim) for _ in range(count)]
 
 
+def _by_rounding(graphs, feeds: list[dict], tmp_path, **settings) -> tuple[dict, dict]:
+    """The prefill graph quantized w8a16 (with `settings`) by round to nearest and by GPTQ, into tmp_path/<rounding>/:
+    what each quantization did, and each model's path, by rounding."""
+    from edgeq.quantize.run import quantize_model
+
+    done, paths = {}, {}
+    for rounding in ("nearest", "gptq"):
+        paths[rounding] = tmp_path / rounding / "model.onnx"
+        paths[rounding].parent.mkdir()
+        config = _w8a16(weight_rounding=rounding, **settings)
+        done[rounding] = quantize_model(graphs[1]["prefill"], paths[rounding], config, None, feeds, "qnn")
+    return done, paths
+
+
 def _run(path, feed, provider_session=None) -> dict:
     import onnxruntime as ort
 
@@ -184,17 +198,14 @@ def test_gptq_rounding_lowers_the_output_error_on_the_same_grid(graphs, tmp_path
     import onnx
     from onnx import numpy_helper
 
-    from edgeq.quantize.run import quantize_model
     from edgeq.targets import load_target
 
-    _, paths, (layers, _, _) = graphs
+    _, _, (layers, _, _) = graphs
     feeds = _prompts(graphs, 4, PREFILL, 8)
-    models, done = {}, {}
-    for rounding in ("nearest", "gptq"):
-        path = tmp_path / rounding / "model.onnx"
-        path.parent.mkdir()
-        done[rounding] = quantize_model(paths["prefill"], path, _w8a16(weight_rounding=rounding), None, feeds, "qnn")
-        models[rounding] = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    done, paths = _by_rounding(graphs, feeds, tmp_path)
+    models = {
+        r: {t.name: numpy_helper.to_array(t) for t in onnx.load(str(p)).graph.initializer} for r, p in paths.items()
+    }
     rounded = done["gptq"]["weight_rounding"]
     assert rounded["matmuls"] == 7 * layers + 1 and rounded["calibration_tokens"] == 8 * PREFILL  # and the LM head
     assert 0 < rounded["output_error_vs_nearest"] < 0.9
@@ -333,18 +344,12 @@ def test_four_bit_block_weights_run_on_the_htp_and_gptq_lowers_their_error(graph
 
     _, paths, (layers, _, _) = graphs
     feeds = _prompts(graphs, 5, PREFILL, 8)
-    done, models = {}, {}
-    for rounding in ("nearest", "gptq"):
-        path = tmp_path / rounding / "model.onnx"
-        path.parent.mkdir()
-        config = _w8a16(weight_rounding=rounding, four_bit_weights=["*/mlp/gate_proj/MatMul", "*/mlp/up_proj/MatMul"])
-        done[rounding] = quantize_model(paths["prefill"], path, config, None, feeds, "qnn")
-        models[rounding] = onnx.load(str(path))
+    done, _ = _by_rounding(graphs, feeds, tmp_path, four_bit_weights=["*/mlp/gate_proj/MatMul", "*/mlp/up_proj/MatMul"])
     four = done["gptq"]["four_bit_weights"]
     assert len(four["matmuls"]) == 2 * layers and four["block_size"] == INT4_BLOCK
     assert 0 < four["relative_output_error"] < done["nearest"]["four_bit_weights"]["relative_output_error"]
     assert done["gptq"]["weight_rounding"]["matmuls"] == 5 * layers + 1  # GPTQ's 8-bit pass: the other MatMuls
-    model = models["gptq"]
+    model = onnx.load(str(tmp_path / "gptq" / "model.onnx"))
     inits = {t.name: t for t in model.graph.initializer}
     made_by = {o: n for n in model.graph.node for o in n.output}
     blocked = {}

@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 from edgeq.errors import RecipeError
 from edgeq.progress import track
 from edgeq.quantize.gptq_rounding import input_hessians, matmul_roundings
-from edgeq.quantize.numerics import INT4_BLOCK, block_gptq, block_nearest, dequantize_blocks
+from edgeq.quantize.numerics import INT4_BLOCK, block_gptq, block_nearest, dequantize_blocks, output_energy
 
 BLOCKED_OPSET = 21  # DequantizeLinear's block_size attribute and the INT4 type
 
@@ -59,10 +59,9 @@ def four_bit_weights(fp32_path: Path, qdq_path: Path, patterns: list[str], feeds
     for job in track(jobs, "4-bit block weights", total=len(jobs)):
         weight = numpy_helper.to_array(weights[job.weight]).astype(np.float64)
         hessian = hessians[job.activation]
-        codes, scales = block_gptq(weight, hessian, clip=True) if gptq else block_nearest(weight)
-        delta = dequantize_blocks(codes, scales) - weight
-        error += float(np.sum(delta * (hessian @ delta)))
-        energy += float(np.sum(weight * (hessian @ weight)))
+        codes, scales = four_bit_codes(weight, hessian, "gptq clip" if gptq else "nearest")
+        error += output_energy(dequantize_blocks(codes, scales) - weight, hessian)
+        energy += output_energy(weight, hessian)
         tensors[job.codes].CopyFrom(int4_tensor(job.codes, codes))
         tensors[job.scale].CopyFrom(numpy_helper.from_array(scales, job.scale))
         _to_blocked(dequantizers[matmuls[job.node].input[1]])
@@ -80,6 +79,14 @@ def four_bit_weights(fp32_path: Path, qdq_path: Path, patterns: list[str], feeds
         "relative_output_error": round(error / energy, 6) if energy else None,
         "reason": "named by the recipe (quantization.four_bit_weights)",
     }
+
+
+def four_bit_codes(weight: np.ndarray, hessian: np.ndarray, rounding: str) -> tuple[np.ndarray, np.ndarray]:
+    """A [K, N] weight's 4-bit block codes and scales by `rounding`: `nearest`, `gptq`, or `gptq clip` (GPTQ with
+    each block's scale clipped for least Hessian-weighted rounding error, what a build uses)."""
+    if rounding == "nearest":
+        return block_nearest(weight)
+    return block_gptq(weight, hessian, clip=rounding == "gptq clip")
 
 
 def int4_tensor(name: str, codes: np.ndarray) -> onnx.TensorProto:

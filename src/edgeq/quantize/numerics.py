@@ -245,9 +245,16 @@ def _inverse_hessian_factor(hessian: np.ndarray, damp: float) -> tuple[np.ndarra
 
 
 def output_error(weight: np.ndarray, codes: np.ndarray, scale: np.ndarray, zero: np.ndarray, hessian: np.ndarray):
-    """E‖x(W - Ŵ)‖² for inputs with second moment `hessian`: trace(ΔWᵀ H ΔW)."""
-    delta = (codes.astype(np.float64) - zero.astype(np.float64)) * scale.astype(np.float64) - weight
-    return float(np.sum(delta * (hessian @ delta)))
+    """E‖x(W - Ŵ)‖² for inputs with second moment `hessian`, of per-column (or per-tensor) codes."""
+    return output_energy(
+        (codes.astype(np.float64) - zero.astype(np.float64)) * scale.astype(np.float64) - weight, hessian
+    )
+
+
+def output_energy(matrix: np.ndarray, hessian: np.ndarray) -> float:
+    """E‖xM‖² for inputs with second moment `hessian`: trace(Mᵀ H M). Of a weight: its output's energy; of a
+    weight's rounding error ΔW: the output error."""
+    return float(np.sum(matrix * (hessian @ matrix)))
 
 
 def pack_nibbles(values: np.ndarray) -> np.ndarray:
