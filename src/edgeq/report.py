@@ -357,7 +357,7 @@ def _weight_rounding_markdown(report: dict) -> list[str]:
         lines.append(
             f"- **4-bit weights**: {len(four['matmuls'])} MatMuls ({four['reason']}): {four['codes']}, a scale per "
             f"{four['block_size']} input rows and column, {four['method']}; their summed output error on "
-            f"{four['calibration_tokens']} calibration tokens is {four['relative_output_error']:.4f} of their "
+            f"{four['calibration_tokens']} calibration tokens is {_fmt(four['relative_output_error'], '.4f')} of their "
             f"output energy. `{'`, `'.join(four['matmuls'][:4])}`{' …' if len(four['matmuls']) > 4 else ''}"
         )
     if (rounded := quantize.get("weight_rounding")) and rounded.get("matmuls"):

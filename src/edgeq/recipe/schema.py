@@ -215,7 +215,7 @@ class QuantizationConfig(Strict):
         "[-8, 7], one float scale per 32 input rows and output column, about 0.56 of the 8-bit bytes. The HTP "
         "takes the form beside 16-bit activations. Codes by GPTQ with `weight_rounding: gptq`, else round to "
         "nearest; the report gives the chosen MatMuls' output error on the calibration tokens. Which projections "
-        "bear 4 bits is measured in the README (SmolLM2: gate and up projections +7% perplexity).",
+        "bear 4 bits is measured in the README (SmolLM2, gate and up projections at 4 bits: held-out perplexity +1.2%, top-1 0.92).",
     )
     residual_stream: Literal["quantized", "float"] = Field(
         default="quantized",
