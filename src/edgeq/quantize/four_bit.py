@@ -34,21 +34,21 @@ def four_bit_weights(fp32_path: Path, qdq_path: Path, patterns: list[str], feeds
         raise RecipeError(
             f"quantization.four_bit_weights: the model is opset {opset}; 4-bit block weights need opset "
             f"{BLOCKED_OPSET} (DequantizeLinear's block_size)",
-            f"set export.opset: {BLOCKED_OPSET}",
+            f"Set export.opset: {BLOCKED_OPSET}",
         )
     fp32 = onnx.load(str(fp32_path))
     jobs = [j for j in matmul_roundings(fp32, model) if any(fnmatch.fnmatchcase(j.node, p) for p in patterns)]
     if not jobs:
         raise RecipeError(
             f"quantization.four_bit_weights: {patterns} match no quantized MatMul with a weight",
-            "give MatMul node names or shell-style patterns such as `*/mlp/gate_proj/MatMul`",
+            "Give MatMul node names or shell-style patterns such as `*/mlp/gate_proj/MatMul`",
         )
     readers = Counter(name for node in model.graph.node for name in node.input)
     if shared := [j.node for j in jobs if readers[j.codes] > 1 or readers[j.scale] > 1]:
         raise RecipeError(
             f"quantization.four_bit_weights: {shared[0]}'s quantized weight is read by another node too (a tied "
             "table?), which would change with it",
-            "leave that MatMul out of the patterns",
+            "Leave that MatMul out of the patterns",
         )
     hessians, tokens = input_hessians(fp32, sorted({j.activation for j in jobs}), feeds)
     weights = {t.name: t for t in fp32.graph.initializer}
