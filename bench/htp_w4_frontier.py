@@ -112,7 +112,17 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="+", metavar="NAME", help=f"Only these variants (of: {[v[0] for v in VARIANTS]})."
     )
+    parser.add_argument(
+        "--budget",
+        nargs="+",
+        type=float,
+        metavar="F",
+        help="Instead of the fixed groups: build the recipe with quantization.four_bit_budget F (edgeq's search "
+        "chooses the 4-bit MatMuls, codes by the recipe's rounding) and score that.",
+    )
     args = parser.parse_args()
+    if args.budget:
+        return searched(args)
     plan, source, quantized, feeds = stages(args.recipe, args.out)
     fp32 = onnx.load(str(source.folder / "model.onnx"))
     jobs = matmul_roundings(fp32, onnx.load(str(quantized.folder / "model.onnx")))
@@ -144,6 +154,35 @@ def main() -> None:
         results[name] = row
         print(name, json.dumps(row), flush=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))  # --only: just the variants run
+
+
+def searched(args) -> None:
+    """quantization.four_bit_budget at each budget: the QDQ stage edgeq builds, scored like the fixed groups."""
+    import yaml
+
+    recipe = yaml.safe_load(args.recipe.read_text())
+    for section in (recipe["quantization"]["calibration"], recipe["validation"]):  # the variants live in --out
+        section["data"]["path"] = str((args.recipe.parent / section["data"]["path"]).resolve())
+    results = {}
+    for fraction in args.budget:
+        quantization = {k: v for k, v in recipe["quantization"].items() if k != "four_bit_weights"}
+        variant = {**recipe, "quantization": {**quantization, "four_bit_budget": fraction}}
+        path = args.out / f"budget-{fraction}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(variant, sort_keys=False))
+        plan, source, quantized, _ = stages(path, args.out)
+        four = quantized.details["four_bit_weights"]
+        roles = {}
+        for name in four["matmuls"]:
+            role = name.removesuffix("/MatMul").rsplit("/", 1)[-1]
+            roles[role] = roles.get(role, 0) + 1
+        row = {"matmul_bytes_vs_fp16": four["search"]["bytes_vs_fp16"], "four_bit_by_projection": roles}
+        data = {"validation": plan.recipe.validation.data.path, "held-out": args.heldout}
+        for label, data_path in data.items():
+            row[label] = validate(quantized.folder / "model.onnx", source.folder / "model.onnx", Path(data_path))
+        results[f"budget {fraction}"] = row
+        print(f"budget {fraction}", json.dumps(row), flush=True)
+    (args.out / "budget-results.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -374,3 +374,81 @@ def test_four_bit_block_weights_run_on_the_htp_and_gptq_lowers_their_error(graph
         quantize_model(
             paths["prefill"], tmp_path / "none.onnx", _w8a16(four_bit_weights=["*/nothing"]), None, feeds, "qnn"
         )
+
+
+@pytest.mark.fast
+def test_a_four_bit_budget_chooses_the_matmuls_by_measured_sensitivity(tmp_path):
+    """quantization.four_bit_budget: each MatMul's loss (the task's proxy, KL) with its weight alone at 4 bits is
+    measured; the search takes the least loss per byte saved first until the weights fit. On a tiny Llama whose
+    layer-1 value projection is planted sensitive to 4-bit rounding (huge weights on an always-zero input
+    channel), that MatMul measures the largest loss and stays at 8 bits; the chosen ones are the first in the
+    order; the written model's MatMul weights fit the budget; a recorded loss is the KL of the codes written; a
+    budget below every MatMul at 4 bits is an error (random weights: mechanics)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeq.errors import RecipeError
+    from edgeq.pipeline import proxy_loss
+    from edgeq.quantize.four_bit import stored_bytes
+    from edgeq.quantize.four_bit_budget import Budget
+    from edgeq.quantize.numerics import dequantize_blocks
+    from edgeq.quantize.run import quantize_model
+    from edgeq.tasks import get_task
+    from edgeq.tasks.base import Batch, Sample
+
+    folder = make_decoder(tmp_path / "planted", "llama", planted=True)
+    config = json.loads((folder / "config.json").read_text())
+    dims = (config["num_hidden_layers"], config["num_key_value_heads"], 16)
+    prefill = export_htp_decoder(folder, tmp_path / "graphs", PREFILL, CACHE, opset=21)["prefill"]
+    feeds = _prompts((folder, None, dims), 7, PREFILL, 6)
+    task = get_task("text-generation")
+    batches = [Batch(f, np.ones((1, PREFILL), np.int64), [Sample(text="")]) for f in feeds[:4]]
+    budget = Budget(0.4, [b.feed for b in batches], lambda r, c: proxy_loss(task, batches, r, c), "KL")
+    out = tmp_path / "w4" / "model.onnx"
+    out.parent.mkdir()
+    config = _w8a16(four_bit_budget=0.4, four_bit_search_samples=4)
+    four = quantize_model(prefill, out, config, None, feeds, "qnn", four_bit_budget=budget)["four_bit_weights"]
+    search = four["search"]
+    by_name = {c["matmul"]: c for c in search["candidates"]}
+    planted = "/model/layers.1/self_attn/v_proj/MatMul"
+    others = [c["loss"] for name, c in by_name.items() if name != planted]
+    assert by_name[planted]["loss"] > 3 * max(others) and not by_name[planted]["four_bit"]
+    assert min(others) > 0
+    chosen = sorted(c["rank"] for c in by_name.values() if c["four_bit"])
+    assert chosen == list(range(len(chosen))) and 0 < len(chosen) < len(by_name)
+    assert sorted(four["matmuls"]) == sorted(n for n, c in by_name.items() if c["four_bit"])
+
+    fp32, model = onnx.load(str(prefill)), onnx.load(str(out))
+    inits = {t.name: t for t in model.graph.initializer}
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    stored = fp16 = 0.0
+    for node in (n for n in model.graph.node if n.op_type == "MatMul" and n.name in by_name):
+        dq = made_by[node.input[1]]
+        stored += sum(stored_bytes(inits[name]) for name in dq.input)
+        fp16 += 2 * np.prod(inits[dq.input[0]].dims)
+    assert stored / fp16 <= 0.4 and abs(stored / fp16 - search["bytes_vs_fp16"]) < 0.01
+    assert search["eight_bit_bytes_vs_fp16"] > 0.45  # 8-bit per column: about half of FP16
+
+    name = four["matmuls"][0]  # the loss recorded for it is the KL of the codes written, measured anew
+    dq = made_by[next(n for n in model.graph.node if n.name == name).input[1]]
+    written = dequantize_blocks(numpy_helper.to_array(inits[dq.input[0]]), numpy_helper.to_array(inits[dq.input[1]]))
+    float_matmul = next(n for n in fp32.graph.node if n.name == name)
+    swapped = onnx.load(str(prefill))
+    table = next(t for t in swapped.graph.initializer if t.name == float_matmul.input[1])
+    table.CopyFrom(numpy_helper.from_array(written.astype(np.float32), table.name))
+    swapped_path = tmp_path / "swapped.onnx"
+    onnx.save(swapped, str(swapped_path))
+    reference = [_run(prefill, f) for f in budget.feeds]
+    measured = proxy_loss(task, batches, reference, [_run(swapped_path, f) for f in budget.feeds])
+    assert measured == pytest.approx(by_name[name]["loss"], rel=1e-3, abs=1e-7)
+
+    with pytest.raises(RecipeError, match="below what these weights can take"):
+        quantize_model(
+            prefill,
+            tmp_path / "low.onnx",
+            _w8a16(four_bit_budget=0.2),
+            None,
+            feeds,
+            "qnn",
+            four_bit_budget=Budget(0.2, budget.feeds, budget.loss),
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from edgeq.artifact import copy_companions, sha256_tree
@@ -364,14 +365,15 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
 
     q = plan.recipe.quantization
     name = "w8a16" if q.mode == "static" and q.resolved_activation_type.endswith("16") else "int8"
-    if q.four_bit_weights:  # some MatMuls at 4 bits, the rest at 8
+    if q.four_bit_weights or q.four_bit_budget:  # some MatMuls at 4 bits, the rest at 8
         name = "w4w8a16" if name == "w8a16" else "w4w8a8"
     name = "int4" if q.mode == "int4" else name
     calib_samples = plan.calibration_samples if q.mode == "static" else None
     power_of_two = any(d.is_dpu for d in plan.devices)
 
     def produce(folder: Path) -> dict:
-        feeds = calibration_feeds(plan, source) if calib_samples is not None else None
+        batches = calibration_batches(plan, source) if calib_samples is not None else None
+        feeds = [b.feed for b in batches] if batches is not None else None
         done = quantize_model(
             source.folder / MODEL_FILE,
             folder / MODEL_FILE,
@@ -381,12 +383,15 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
             plan.scheme,
             power_of_two,
             folded=plan.legalizes,
+            four_bit_budget=four_bit_budget(plan, batches) if q.four_bit_budget else None,
         )
+        four_bit = done.get("four_bit_weights", {}).get("matmuls") or []
         if (source.folder / DECODE_FILE).is_file():  # a static decoder pair: the decode graph takes the same encodings
             from edgeq.quantize.static_pair import quantize_decode_graph
 
             def again(fp32: Path, out: Path, step_feeds: list[dict]) -> None:  # its codes are the prefill's
-                nearest = q.model_copy(update={"weight_rounding": "nearest"})
+                update = {"weight_rounding": "nearest", "four_bit_weights": four_bit, "four_bit_budget": None}
+                nearest = q.model_copy(update=update)
                 quantize_model(fp32, out, nearest, plan.op_types, step_feeds, plan.scheme, power_of_two)
 
             done["decode_graph"] = quantize_decode_graph(source.folder, folder, again, feeds or [])
@@ -417,12 +422,46 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
 
 def calibration_feeds(plan: Plan, source: StageResult) -> list[dict]:
     """The calibration samples as model inputs, one dict a batch, at the calibration's sequence length."""
+    return [b.feed for b in calibration_batches(plan, source)]
+
+
+def calibration_batches(plan: Plan, source: StageResult) -> list:
+    """The calibration samples as the task's batches (model inputs, and what the task compares), at the
+    calibration's sequence length."""
     from edgeq.quantize.calibration import pads_to_length
 
     q = plan.recipe.quantization
     seq = plan.recipe.sequence_length_for(q.calibration)
     inputs = plan.task.inputs(source.folder, seq, pads_to_length(q.calibration.method, plan.recipe.static_shapes))
-    return [b.feed for b in plan.task.batches(plan.calibration_samples, inputs, q.calibration.batch_size, True)]
+    return list(plan.task.batches(plan.calibration_samples, inputs, q.calibration.batch_size, True))
+
+
+def four_bit_budget(plan: Plan, batches: list):
+    """quantization.four_bit_budget's search: the first `four_bit_search_samples` calibration samples, and the
+    task's proxy loss against FP32 on them (a language model's KL per token)."""
+    from edgeq.quantize.four_bit_budget import Budget
+
+    q = plan.recipe.quantization
+    taken, count = [], 0
+    for batch in batches:
+        if count >= q.four_bit_search_samples:
+            break
+        taken.append(batch)
+        count += len(batch.samples)
+    loss = partial(proxy_loss, plan.task, taken)
+    return Budget(q.four_bit_budget, [b.feed for b in taken], loss, plan.task.proxy_loss_name)
+
+
+def proxy_loss(task, batches: list, reference: list[dict], candidate: list[dict]) -> float:
+    """How far the candidate's outputs (one dict a batch) are from the reference's by the task's proxy score
+    (0: the same)."""
+    kept, same, paired = [], [], []
+    for batch, ref, cand in zip(batches, reference, candidate):
+        compared = task.compared(ref, batch)
+        kept += compared
+        same += task.pair(compared, compared, batch)
+        paired += task.pair(compared, task.compared(cand, batch), batch)
+    return task.proxy_score(kept, same) - task.proxy_score(kept, paired)
 
 
 def mixed_precision_stage(plan: Plan, source: StageResult, force: bool, quantized: StageResult) -> StageResult:

@@ -365,7 +365,30 @@ def _weight_rounding_markdown(report: dict) -> list[str]:
             f"- **GPTQ rounding**: {rounded['matmuls']} MatMuls at their quantizer's scales; output error "
             f"{rounded['output_error_vs_nearest']}× round to nearest's on {rounded['calibration_tokens']} tokens"
         )
+    if lines and (search := four.get("search") if four else None):
+        lines += ["", *_four_bit_search_markdown(search)]
     return ["## Weights", "", *lines, ""] if lines else []
+
+
+def _four_bit_search_markdown(search: dict) -> list[str]:
+    """quantization.four_bit_budget's measurements: every candidate in the order the search took them."""
+    rows = [
+        [
+            c["rank"] + 1,
+            f"`{c['matmul']}`",
+            _fmt(c["loss"], ".5f"),
+            f"{c['bytes_saved'] / 1e6:.2f}",
+            "4-bit" if c["four_bit"] else "8-bit",
+        ]
+        for c in sorted(search["candidates"], key=lambda c: c["rank"])
+    ]
+    return [
+        f"Budget {search['budget']} of the MatMuls' FP16 bytes (8-bit weights take {search['eight_bit_bytes_vs_fp16']}; "
+        f"chosen: {search['bytes_vs_fp16']}). Each MatMul's {search['loss']} with its weight alone at 4 bits, on "
+        f"{search['samples']} calibration samples, in order of least loss per byte saved:",
+        "",
+        table(["rank", "MatMul", search["loss"], "MB saved", "weights"], rows),
+    ]
 
 
 def _legalization_markdown(report: dict) -> list[str]:

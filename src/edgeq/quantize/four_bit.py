@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import fnmatch
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -21,18 +23,25 @@ from edgeq.progress import track
 from edgeq.quantize.gptq_rounding import input_hessians, matmul_roundings
 from edgeq.quantize.numerics import INT4_BLOCK, block_gptq, block_nearest, dequantize_blocks, output_energy
 
+if TYPE_CHECKING:
+    from edgeq.quantize.four_bit_budget import Budget
+
 BLOCKED_OPSET = 21  # DequantizeLinear's block_size attribute and the INT4 type
 
 
-def four_bit_weights(fp32_path: Path, qdq_path: Path, patterns: list[str], feeds: list[dict], gptq: bool) -> dict:
-    """Rewrite qdq_path's MatMuls whose node name matches one of `patterns` (shell-style) to 4-bit block weights.
+def four_bit_weights(
+    fp32_path: Path, qdq_path: Path, patterns: list[str], feeds: list[dict], gptq: bool, budget: Budget | None = None
+) -> dict:
+    """Rewrite qdq_path's MatMuls whose node name matches one of `patterns` (shell-style) to 4-bit block weights;
+    with a `budget`, every quantized MatMul is a candidate and the search (four_bit_budget) chooses which.
     Hessians of each MatMul's input come from the FP32 model (fp32_path, whose node names the QDQ model keeps) on
     the calibration feeds: GPTQ's, and the output error the report gives. Returns what the report says."""
     model = onnx.load(str(qdq_path))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    key = "four_bit_budget" if budget else "four_bit_weights"
     if opset < BLOCKED_OPSET:
         raise RecipeError(
-            f"quantization.four_bit_weights: the model is opset {opset}; 4-bit block weights need opset "
+            f"quantization.{key}: the model is opset {opset}; 4-bit block weights need opset "
             f"{BLOCKED_OPSET} (DequantizeLinear's block_size)",
             f"Set export.opset: {BLOCKED_OPSET}",
         )
@@ -40,35 +49,49 @@ def four_bit_weights(fp32_path: Path, qdq_path: Path, patterns: list[str], feeds
     jobs = [j for j in matmul_roundings(fp32, model) if any(fnmatch.fnmatchcase(j.node, p) for p in patterns)]
     if not jobs:
         raise RecipeError(
-            f"quantization.four_bit_weights: {patterns} match no quantized MatMul with a weight",
+            f"quantization.{key}: {patterns} match no quantized MatMul with a weight",
             "Give MatMul node names or shell-style patterns such as `*/mlp/gate_proj/MatMul`",
         )
-    readers = Counter(name for node in model.graph.node for name in node.input)
-    if shared := [j.node for j in jobs if readers[j.codes] > 1 or readers[j.scale] > 1]:
+    shared = _shared(model, fp32, jobs)
+    if shared and not budget:
         raise RecipeError(
             f"quantization.four_bit_weights: {shared[0]}'s quantized weight is read by another node too (a tied "
             "table?), which would change with it",
             "Leave that MatMul out of the patterns",
         )
+    jobs = [j for j in jobs if j.node not in shared]
+    tensors = {t.name: t for t in model.graph.initializer}
+    sizes = {j.node: WeightBytes.of(j, tensors) for j in jobs}
+    if budget:
+        budget.check_reachable(sizes)
     hessians, tokens = input_hessians(fp32, sorted({j.activation for j in jobs}), feeds)
     weights = {t.name: t for t in fp32.graph.initializer}
-    tensors = {t.name: t for t in model.graph.initializer}
-    dequantizers = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
-    matmuls = {n.name: n for n in model.graph.node}
-    error = energy = 0.0
+    rounding = "gptq clip" if gptq else "nearest"
+    codes = {}
     for job in track(jobs, "4-bit block weights", total=len(jobs)):
         weight = numpy_helper.to_array(weights[job.weight]).astype(np.float64)
-        hessian = hessians[job.activation]
-        codes, scales = four_bit_codes(weight, hessian, "gptq clip" if gptq else "nearest")
-        error += output_energy(dequantize_blocks(codes, scales) - weight, hessian)
-        energy += output_energy(weight, hessian)
-        tensors[job.codes].CopyFrom(int4_tensor(job.codes, codes))
+        codes[job.node] = four_bit_codes(weight, hessians[job.activation], rounding)
+    search = None
+    if budget:
+        from edgeq.quantize.four_bit_budget import choose_four_bit
+
+        chosen, search = choose_four_bit(fp32, jobs, codes, sizes, budget)
+        jobs = [j for j in jobs if j.node in chosen]
+    error = energy = 0.0
+    dequantizers = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    matmuls = {n.name: n for n in model.graph.node}
+    for job in jobs:
+        weight = numpy_helper.to_array(weights[job.weight]).astype(np.float64)
+        block_codes, scales = codes[job.node]
+        error += output_energy(dequantize_blocks(block_codes, scales) - weight, hessians[job.activation])
+        energy += output_energy(weight, hessians[job.activation])
+        tensors[job.codes].CopyFrom(int4_tensor(job.codes, block_codes))
         tensors[job.scale].CopyFrom(numpy_helper.from_array(scales, job.scale))
         _to_blocked(dequantizers[matmuls[job.node].input[1]])
     _drop_unused(model)
     del fp32, weights
     onnx.save(model, str(qdq_path))
-    return {
+    done = {
         "matmuls": [j.node for j in jobs],
         "codes": "int4, symmetric [-8, 7], no zero point",
         "block_size": INT4_BLOCK,
@@ -79,6 +102,41 @@ def four_bit_weights(fp32_path: Path, qdq_path: Path, patterns: list[str], feeds
         "relative_output_error": round(error / energy, 6) if energy else None,
         "reason": "named by the recipe (quantization.four_bit_weights)",
     }
+    if search:
+        done["reason"] = search.pop("reason")
+        done["search"] = search
+    return done
+
+
+def _shared(model: onnx.ModelProto, fp32: onnx.ModelProto, jobs: list) -> list[str]:
+    """The MatMuls whose quantized codes or scale, or FP32 weight, another node reads too (a tied table)."""
+    readers = Counter(name for node in model.graph.node for name in node.input)
+    float_readers = Counter(name for node in fp32.graph.node for name in node.input)
+    return [j.node for j in jobs if readers[j.codes] > 1 or readers[j.scale] > 1 or float_readers[j.weight] > 1]
+
+
+@dataclass(frozen=True)
+class WeightBytes:
+    """A MatMul weight's stored bytes at 8 bits (as the quantizer wrote it), in 4-bit blocks, and at FP16."""
+
+    eight: float
+    four: float
+    fp16: float
+
+    @classmethod
+    def of(cls, job, tensors: dict) -> WeightBytes:
+        rows, columns = tensors[job.codes].dims
+        eight = sum(stored_bytes(tensors[name]) for name in (job.codes, job.scale, job.zero))
+        blocks = -(-rows // INT4_BLOCK)
+        return cls(eight, rows * columns / 2 + blocks * columns * 4, 2.0 * rows * columns)
+
+
+def stored_bytes(tensor: onnx.TensorProto) -> float:
+    """An initializer's bytes as ONNX stores its type (4-bit types two a byte)."""
+    count = int(np.prod(tensor.dims)) if tensor.dims else 1
+    if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        return count / 2
+    return count * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 def four_bit_codes(weight: np.ndarray, hessian: np.ndarray, rounding: str) -> tuple[np.ndarray, np.ndarray]:

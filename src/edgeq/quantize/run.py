@@ -11,6 +11,7 @@ import onnx
 from edgeq.buildlog import quiet_libraries
 from edgeq.feeds import feed_for
 from edgeq.quantize.calibration import FeedReader, input_specs
+from edgeq.quantize.four_bit_budget import Budget
 from edgeq.quantize.index_paths import index_path_nodes
 from edgeq.recipe.schema import QuantizationConfig
 
@@ -32,12 +33,14 @@ def quantize_model(
     power_of_two: bool = False,
     activation_overrides: dict[str, str] | None = None,
     folded: bool = False,
+    four_bit_budget: Budget | None = None,
 ) -> dict:
     """Write the quantized model to out_path; return what was done beyond the config (for the report).
 
     Static mode needs calibration feeds (model inputs, one dict a batch); `scheme` "qnn" applies onnxruntime's
     QNN rules, and then `activation_overrides` (tensor → integer type) sets single tensors' activation types (the
-    quantizer adds the type converts their neighbours need)."""
+    quantizer adds the type converts their neighbours need). `four_bit_budget`: the search of
+    `quantization.four_bit_budget`, with the loss its sensitivities are measured by."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quiet_libraries()  # onnxruntime's quantizer warns on the root logger (into build.log during a build)
@@ -59,7 +62,7 @@ def quantize_model(
             if q.kv_cache == "int8":
                 cache = cache_tensors(onnx.load(str(fp32_path), load_external_data=False))
                 done["kv_cache_int8"] = {"tensors": len(cache), "type": "uint8 (QDQ encodings, one scale a tensor)"}
-            return _rounded(done, q, fp32_path, out_path, calibration_feeds)
+            return _rounded(done, q, fp32_path, out_path, calibration_feeds, four_bit_budget)
         prepare(fp32_path, prepared, optimize=not folded)
         kept = index_path_nodes(onnx.load(str(prepared), load_external_data=False)) if q.mode == "static" else []
         if kept:
@@ -82,22 +85,27 @@ def quantize_model(
                 done["excluded_weights_int8"] = _store_excluded_int8(out_path, common["nodes_to_exclude"])
             if power_of_two:
                 done["power_of_two"] = _power_of_two(out_path, prepared, calibration_feeds or [])
-            return _rounded(done, q, prepared, out_path, calibration_feeds)
+            return _rounded(done, q, prepared, out_path, calibration_feeds, four_bit_budget)
     return done
 
 
-def _rounded(done: dict, q: QuantizationConfig, fp32_path: Path, out_path: Path, feeds: list[dict] | None) -> dict:
-    """`four_bit_weights`: the named MatMuls to 4-bit blocks; then `weight_rounding: gptq`: the other MatMul weights
-    re-rounded on the quantizer's final scales (a 4-bit weight's DequantizeLinear has no zero point, so GPTQ's
-    8-bit pass leaves it alone)."""
+def _rounded(
+    done: dict, q: QuantizationConfig, fp32_path: Path, out_path: Path, feeds: list[dict] | None, budget=None
+) -> dict:
+    """`four_bit_weights` (or the MatMuls `four_bit_budget`'s search chooses) to 4-bit blocks; then `weight_rounding:
+    gptq`: the other MatMul weights re-rounded on the quantizer's final scales (a 4-bit weight's DequantizeLinear
+    has no zero point, so GPTQ's 8-bit pass leaves it alone)."""
     gptq = q.weight_rounding == "gptq"
-    if q.four_bit_weights:
+    if q.four_bit_weights or q.four_bit_budget:
         from edgeq.quantize.four_bit import four_bit_weights
 
-        done = {
-            **done,
-            "four_bit_weights": four_bit_weights(fp32_path, out_path, q.four_bit_weights, feeds or [], gptq),
-        }
+        if q.four_bit_budget and budget is None:
+            raise ValueError("quantization.four_bit_budget needs the search's loss (quantize_model's four_bit_budget)")
+        patterns = q.four_bit_weights or ["*"]
+        found = four_bit_weights(
+            fp32_path, out_path, patterns, feeds or [], gptq, budget if q.four_bit_budget else None
+        )
+        done = {**done, "four_bit_weights": found}
     if not gptq:
         return done
     from edgeq.quantize.gptq_rounding import round_matmul_weights

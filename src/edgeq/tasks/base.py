@@ -107,6 +107,8 @@ class Task:
         value = metrics.get("cosine_mean")
         return None if value is None else 1.0 - value
 
+    proxy_loss_name = "1 - mean cosine vs FP32"  # what the proxy score's fall from FP32's own is, in the report
+
     def proxy_score(self, reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
         """One number, higher is better, for the mixed-precision proxy passes: the mean cosine per sample."""
         from edgeq.tasks.fidelity import sample_cosines

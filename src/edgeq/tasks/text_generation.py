@@ -213,6 +213,8 @@ class TextGeneration(Task):
     def summarize(self, reference: list[np.ndarray], batch: Batch) -> list[TopTokens]:
         return [top_tokens(r) for r in reference]
 
+    proxy_loss_name = "KL per token vs FP32"
+
     def proxy_score(self, reference: list, candidate: list[TokenComparison]) -> float:
         """Higher is better: minus the mean KL(FP32 ‖ candidate) per token."""
         return -float(np.mean(np.concatenate([c.kl for c in candidate])))
