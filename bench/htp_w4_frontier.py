@@ -120,6 +120,12 @@ def main() -> None:
         help="Instead of the fixed groups: build the recipe with quantization.four_bit_budget F (edgeq's search "
         "chooses the 4-bit MatMuls, codes by the recipe's rounding) and score that.",
     )
+    parser.add_argument(
+        "--scales",
+        choices=("float", "uint8"),
+        default="float",
+        help="With --budget: quantization.four_bit_scales (uint8: the HTP's low-power block form).",
+    )
     args = parser.parse_args()
     if args.budget:
         return searched(args)
@@ -166,8 +172,9 @@ def searched(args) -> None:
     results = {}
     for fraction in args.budget:
         quantization = {k: v for k, v in recipe["quantization"].items() if k != "four_bit_weights"}
-        variant = {**recipe, "quantization": {**quantization, "four_bit_budget": fraction}}
-        path = args.out / f"budget-{fraction}.yaml"
+        quantization = {**quantization, "four_bit_budget": fraction, "four_bit_scales": args.scales}
+        variant = {**recipe, "quantization": quantization}
+        path = args.out / f"budget-{fraction}-{args.scales}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(variant, sort_keys=False))
         plan, source, quantized, _ = stages(path, args.out)
@@ -180,9 +187,9 @@ def searched(args) -> None:
         data = {"validation": plan.recipe.validation.data.path, "held-out": args.heldout}
         for label, data_path in data.items():
             row[label] = validate(quantized.folder / "model.onnx", source.folder / "model.onnx", Path(data_path))
-        results[f"budget {fraction}"] = row
-        print(f"budget {fraction}", json.dumps(row), flush=True)
-    (args.out / "budget-results.json").write_text(json.dumps(results, indent=1))
+        results[f"budget {fraction} {args.scales}"] = row
+        print(f"budget {fraction} {args.scales}", json.dumps(row), flush=True)
+    (args.out / f"budget-results-{args.scales}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -452,3 +452,49 @@ def test_a_four_bit_budget_chooses_the_matmuls_by_measured_sensitivity(tmp_path)
             "qnn",
             four_bit_budget=Budget(0.2, budget.feeds, budget.loss),
         )
+
+
+@pytest.mark.fast
+def test_uint8_block_scales_take_the_htps_low_power_form(graphs, tmp_path):
+    """quantization.four_bit_scales: uint8: each 4-bit weight's block scales are uint8 multiples of a float step a
+    column, dequantized by a per-column DequantizeLinear that feeds the blocked one (with an INT4 zero point):
+    onnxruntime-qnn fuses that into the HTP's MatMul (session with CPU fallback disabled); its bytes are what the
+    budget counts (1.5 a block, 5 a column: fewer than float's 4 a block once a column holds 3 blocks or more);
+    the layers' output error stays close to float scales' (random weights: mechanics)."""
+    pytest.importorskip("onnxruntime_qnn")
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeq.quantize.four_bit import stored_bytes
+    from edgeq.quantize.numerics import dequantize_blocks
+    from edgeq.targets import load_target
+
+    feeds = _prompts(graphs, 5, PREFILL, 8)
+    patterns = ["*/mlp/gate_proj/MatMul", "*/mlp/up_proj/MatMul"]
+    done, paths = {}, {}
+    for form in ("float", "uint8"):
+        (tmp_path / form).mkdir()
+        done[form], paths[form] = _by_rounding(
+            graphs, feeds, tmp_path / form, four_bit_weights=patterns, four_bit_scales=form
+        )
+    four = {form: done[form]["gptq"]["four_bit_weights"] for form in done}
+    assert four["uint8"]["relative_output_error"] < 1.2 * four["float"]["relative_output_error"]
+    path = paths["uint8"]["gptq"]
+    model = onnx.load(str(path))
+    tensors = {t.name: t for t in model.graph.initializer}
+    inits = {name: numpy_helper.to_array(t) for name, t in tensors.items()}
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    for name in four["uint8"]["matmuls"]:
+        weight_dq = made_by[next(n for n in model.graph.node if n.name == name).input[1]]
+        scale_dq = made_by[weight_dq.input[1]]
+        levels, step = inits[scale_dq.input[0]], inits[scale_dq.input[1]]
+        assert levels.dtype == np.uint8 and step.shape == (levels.shape[1],) and not inits[weight_dq.input[2]].any()
+        block_scales = levels * step  # what the scale's DequantizeLinear makes, the blocked one's scale
+        assert np.abs(dequantize_blocks(inits[weight_dq.input[0]], block_scales)).max() > 0
+        stored = sum(stored_bytes(tensors[n]) for n in [*weight_dq.input[::2], *scale_dq.input])
+        (k, n), blocks = inits[weight_dq.input[0]].shape, levels.shape[0]
+        assert stored == k * n / 2 + blocks * n * 1.5 + n * 5  # what the budget counts (1.5 B a block, 5 a column)
+    session = load_target("snapdragon-8-gen-3").session(path)  # fails on a fallback
+    on_htp = _run(path, feeds[0], session)["logits"]
+    simulated = _run(path, feeds[0])["logits"]
+    assert np.isfinite(on_htp).all() and np.corrcoef(on_htp.ravel(), simulated.ravel())[0, 1] > 0.95

@@ -21,7 +21,14 @@ from onnx import helper, numpy_helper
 from edgeq.errors import RecipeError
 from edgeq.progress import track
 from edgeq.quantize.gptq_rounding import input_hessians, matmul_roundings
-from edgeq.quantize.numerics import INT4_BLOCK, block_gptq, block_nearest, dequantize_blocks, output_energy
+from edgeq.quantize.numerics import (
+    INT4_BLOCK,
+    block_gptq,
+    block_nearest,
+    block_scale_grid,
+    dequantize_blocks,
+    output_energy,
+)
 
 if TYPE_CHECKING:
     from edgeq.quantize.four_bit_budget import Budget
@@ -30,10 +37,18 @@ BLOCKED_OPSET = 21  # DequantizeLinear's block_size attribute and the INT4 type
 
 
 def four_bit_weights(
-    fp32_path: Path, qdq_path: Path, patterns: list[str], feeds: list[dict], gptq: bool, budget: Budget | None = None
+    fp32_path: Path,
+    qdq_path: Path,
+    patterns: list[str],
+    feeds: list[dict],
+    gptq: bool,
+    budget: Budget | None = None,
+    scales: str = "float",
 ) -> dict:
     """Rewrite qdq_path's MatMuls whose node name matches one of `patterns` (shell-style) to 4-bit block weights;
     with a `budget`, every quantized MatMul is a candidate and the search (four_bit_budget) chooses which.
+    `scales`: `float` (a float32 scale a block) or `uint8` (the HTP's low-power form: uint8 multiples of a float
+    step a column).
     Hessians of each MatMul's input come from the FP32 model (fp32_path, whose node names the QDQ model keeps) on
     the calibration feeds: GPTQ's, and the output error the report gives. Returns what the report says."""
     model = onnx.load(str(qdq_path))
@@ -61,16 +76,17 @@ def four_bit_weights(
         )
     jobs = [j for j in jobs if j.node not in shared]
     tensors = {t.name: t for t in model.graph.initializer}
-    sizes = {j.node: WeightBytes.of(j, tensors) for j in jobs}
+    sizes = {j.node: WeightBytes.of(j, tensors, scales) for j in jobs}
     if budget:
         budget.check_reachable(sizes)
     hessians, tokens = input_hessians(fp32, sorted({j.activation for j in jobs}), feeds)
     weights = {t.name: t for t in fp32.graph.initializer}
     rounding = "gptq clip" if gptq else "nearest"
-    codes = {}
+    codes, steps = {}, {}
     for job in track(jobs, "4-bit block weights", total=len(jobs)):
         weight = numpy_helper.to_array(weights[job.weight]).astype(np.float64)
-        codes[job.node] = four_bit_codes(weight, hessians[job.activation], rounding)
+        steps[job.node] = block_scale_grid(weight) if scales == "uint8" else None
+        codes[job.node] = four_bit_codes(weight, hessians[job.activation], rounding, steps[job.node])
     search = None
     if budget:
         from edgeq.quantize.four_bit_budget import choose_four_bit
@@ -82,12 +98,16 @@ def four_bit_weights(
     matmuls = {n.name: n for n in model.graph.node}
     for job in jobs:
         weight = numpy_helper.to_array(weights[job.weight]).astype(np.float64)
-        block_codes, scales = codes[job.node]
-        error += output_energy(dequantize_blocks(block_codes, scales) - weight, hessians[job.activation])
+        block_codes, block_scales = codes[job.node]
+        error += output_energy(dequantize_blocks(block_codes, block_scales) - weight, hessians[job.activation])
         energy += output_energy(weight, hessians[job.activation])
         tensors[job.codes].CopyFrom(int4_tensor(job.codes, block_codes))
-        tensors[job.scale].CopyFrom(numpy_helper.from_array(scales, job.scale))
-        _to_blocked(dequantizers[matmuls[job.node].input[1]])
+        dequantize = dequantizers[matmuls[job.node].input[1]]
+        if scales == "uint8":
+            model.graph.initializer.extend(_low_power_scales(model, dequantize, job, block_scales, steps[job.node]))
+        else:
+            tensors[job.scale].CopyFrom(numpy_helper.from_array(block_scales, job.scale))
+            _to_blocked(dequantize)
     _drop_unused(model)
     del fp32, weights
     onnx.save(model, str(qdq_path))
@@ -95,6 +115,9 @@ def four_bit_weights(
         "matmuls": [j.node for j in jobs],
         "codes": "int4, symmetric [-8, 7], no zero point",
         "block_size": INT4_BLOCK,
+        "scales": "uint8 multiples of a float32 step a column (the HTP's low-power block form, LPBQ)"
+        if scales == "uint8"
+        else "float32, one a block",
         "method": "GPTQ (damping 0.01), each block's scale clipped for least Hessian-weighted rounding error"
         if gptq
         else "round to nearest",
@@ -124,11 +147,16 @@ class WeightBytes:
     fp16: float
 
     @classmethod
-    def of(cls, job, tensors: dict) -> WeightBytes:
+    def of(cls, job, tensors: dict, scales: str = "float") -> WeightBytes:
         rows, columns = tensors[job.codes].dims
         eight = sum(stored_bytes(tensors[name]) for name in (job.codes, job.scale, job.zero))
         blocks = -(-rows // INT4_BLOCK)
-        return cls(eight, rows * columns / 2 + blocks * columns * 4, 2.0 * rows * columns)
+        # uint8: a byte a block scale and half a byte its zero point (the form wants one), a float step and a
+        # zero point a column; float: four bytes a block scale
+        per_block = 1.5 if scales == "uint8" else 4
+        per_column = 5 if scales == "uint8" else 0
+        four = rows * columns / 2 + blocks * columns * per_block + columns * per_column
+        return cls(eight, four, 2.0 * rows * columns)
 
 
 def stored_bytes(tensor: onnx.TensorProto) -> float:
@@ -139,12 +167,43 @@ def stored_bytes(tensor: onnx.TensorProto) -> float:
     return count * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
-def four_bit_codes(weight: np.ndarray, hessian: np.ndarray, rounding: str) -> tuple[np.ndarray, np.ndarray]:
+def four_bit_codes(
+    weight: np.ndarray, hessian: np.ndarray, rounding: str, steps: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """A [K, N] weight's 4-bit block codes and scales by `rounding`: `nearest`, `gptq`, or `gptq clip` (GPTQ with
-    each block's scale clipped for least Hessian-weighted rounding error, what a build uses)."""
+    each block's scale clipped for least Hessian-weighted rounding error, what a build uses); `steps`: the block
+    scales on that per-column grid (block_scale_grid)."""
     if rounding == "nearest":
-        return block_nearest(weight)
-    return block_gptq(weight, hessian, clip=rounding == "gptq clip")
+        return block_nearest(weight, steps=steps)
+    return block_gptq(weight, hessian, clip=rounding == "gptq clip", steps=steps)
+
+
+def _low_power_scales(
+    model: onnx.ModelProto, dequantize: onnx.NodeProto, job, block_scales: np.ndarray, step: np.ndarray
+) -> list[onnx.TensorProto]:
+    """A weight's DequantizeLinear made the HTP's low-power block form (onnxruntime-qnn's LPBQ MatMul fusion):
+    blocked on axis 0 with an INT4 zero point of zeros, its scale the output of a per-column DequantizeLinear of
+    uint8 block scales (that node put before it). Returns the new initializers; job.scale becomes the step."""
+    blocks, columns = block_scales.shape
+    levels = np.round(block_scales / step).astype(np.uint8)
+    names = {"levels": f"{job.scale}_blocks", "zero": f"{job.scale}_blocks_zero_point"}
+    scale_output = f"{job.scale}_blocks_dequantized"
+    node = helper.make_node(
+        "DequantizeLinear", [names["levels"], job.scale, names["zero"]], [scale_output], axis=1, name=scale_output
+    )
+    model.graph.node.insert(list(model.graph.node).index(dequantize), node)
+    zero_codes = np.zeros((blocks, columns), np.int8)
+    del dequantize.input[1:]
+    dequantize.input.extend([scale_output, f"{job.codes}_block_zero_point"])
+    del dequantize.attribute[:]
+    dequantize.attribute.extend([helper.make_attribute("axis", 0), helper.make_attribute("block_size", INT4_BLOCK)])
+    tensors = {t.name: t for t in model.graph.initializer}
+    tensors[job.scale].CopyFrom(numpy_helper.from_array(step, job.scale))
+    return [
+        numpy_helper.from_array(levels, names["levels"]),
+        numpy_helper.from_array(np.zeros(columns, np.uint8), names["zero"]),
+        int4_tensor(f"{job.codes}_block_zero_point", zero_codes),
+    ]
 
 
 def int4_tensor(name: str, codes: np.ndarray) -> onnx.TensorProto:

@@ -64,7 +64,7 @@ def round_matmul_weights(fp32_path: Path, qdq_path: Path, feeds: list[dict]) -> 
 
 
 def matmul_roundings(fp32: onnx.ModelProto, model: onnx.ModelProto) -> list[Rounding]:
-    """Every QDQ MatMul whose B is a dequantized 2-D initializer with a zero point (so not a 4-bit block weight),
+    """Every QDQ MatMul whose B is a dequantized 2-D initializer with a zero point, not in blocks (not 4-bit),
     paired by node name with its FP32 MatMul."""
     dequantized = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
     initializers = {t.name: t for t in model.graph.initializer}
@@ -75,6 +75,8 @@ def matmul_roundings(fp32: onnx.ModelProto, model: onnx.ModelProto) -> list[Roun
         dq = dequantized.get(node.input[1]) if node.op_type == "MatMul" else None
         twin = float_matmuls.get(node.name)
         if dq is None or twin is None or twin.input[1] not in float_weights or len(dq.input) < 3:
+            continue
+        if any(a.name == "block_size" for a in dq.attribute):  # a 4-bit block weight (its zero point: LPBQ's)
             continue
         codes = initializers.get(dq.input[0])
         if codes is None or len(codes.dims) != 2:

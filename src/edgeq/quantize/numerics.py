@@ -172,11 +172,13 @@ def block_gptq(
     levels: tuple[int, int] = (-8, 7),
     damp: float = 0.01,
     clip: bool = False,
+    steps: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """GPTQ into the HTP's 4-bit block form: a MatMul weight [K, N], symmetric codes in `levels`, one scale per
     block of `block` input rows and output column (DequantizeLinear's blocked form, axis 0), each block's scale
     taken from the weights as GPTQ has updated them when the block starts (`clip`: the block's largest magnitude
-    times the factor in CLIP_FACTORS whose rounding error, weighted by the Hessian's diagonal, is least).
+    times the factor in CLIP_FACTORS whose rounding error, weighted by the Hessian's diagonal, is least). `steps`
+    ([N]): each block's scale is then an integer multiple of its column's step (block_scale_grid), in 1..255.
     Returns (codes [K, N] int8, scales [ceil(K / block), N] float32)."""
     k, n = weight.shape
     w = weight.astype(np.float64).copy()
@@ -190,7 +192,7 @@ def block_gptq(
         scale = np.abs(group).max(axis=0) / levels[1]
         if clip:
             scale = _least_error_scale(group, scale, np.diag(hessian)[start:end], levels)
-        scale[scale == 0] = 1.0
+        scale = on_scale_grid(scale, steps)
         scales[g] = scale
         for i in range(end - start):
             q = np.clip(np.round(group[i] / scale), *levels)
@@ -202,17 +204,36 @@ def block_gptq(
 
 
 def block_nearest(
-    weight: np.ndarray, block: int = INT4_BLOCK, levels: tuple[int, int] = (-8, 7)
+    weight: np.ndarray, block: int = INT4_BLOCK, levels: tuple[int, int] = (-8, 7), steps: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Round to nearest into the same 4-bit block form as block_gptq: (codes [K, N] int8, scales [ceil(K / block),
-    N] float32), each scale the block's largest magnitude over `levels[1]`."""
+    N] float32), each scale the block's largest magnitude over `levels[1]` (on the `steps` grid, if given)."""
+    scales = on_scale_grid(_block_maxima(weight, block) / levels[1], steps)
+    k = len(weight)
+    codes = np.clip(np.round(weight / np.repeat(scales, block, axis=0)[:k]), *levels)
+    return codes.astype(np.int8), scales.astype(np.float32)
+
+
+def block_scale_grid(weight: np.ndarray, block: int = INT4_BLOCK, levels: tuple[int, int] = (-8, 7)) -> np.ndarray:
+    """The per-column step of the HTP's low-power block form (LPBQ): block scales stored as uint8 multiples of one
+    float step a column, the largest block's scale (round to nearest's) at 255 steps."""
+    steps = _block_maxima(weight, block).max(axis=0) / levels[1] / BLOCK_SCALE_LEVELS
+    return np.where(steps == 0, 1.0, steps).astype(np.float32)
+
+
+def on_scale_grid(scale: np.ndarray, steps: np.ndarray | None) -> np.ndarray:
+    """Block scales (one a column) as used: zero ones made 1; with `steps`, the nearest multiple in 1..255."""
+    if steps is None:
+        return np.where(scale == 0, 1.0, scale)
+    return np.clip(np.round(scale / steps), 1, BLOCK_SCALE_LEVELS) * steps.astype(np.float64)
+
+
+def _block_maxima(weight: np.ndarray, block: int) -> np.ndarray:
+    """Each block's largest magnitude, [ceil(K / block), N]."""
     k, n = weight.shape
     padded = np.zeros((-(-k // block) * block, n))
     padded[:k] = weight
-    scales = np.abs(padded.reshape(-1, block, n)).max(axis=1) / levels[1]
-    scales[scales == 0] = 1.0
-    codes = np.clip(np.round(weight / np.repeat(scales, block, axis=0)[:k]), *levels)
-    return codes.astype(np.int8), scales.astype(np.float32)
+    return np.abs(padded.reshape(-1, block, n)).max(axis=1)
 
 
 def dequantize_blocks(codes: np.ndarray, scales: np.ndarray, block: int = INT4_BLOCK) -> np.ndarray:
@@ -222,6 +243,7 @@ def dequantize_blocks(codes: np.ndarray, scales: np.ndarray, block: int = INT4_B
 
 
 CLIP_FACTORS = np.linspace(1.0, 0.7, 7)
+BLOCK_SCALE_LEVELS = 255  # uint8 block scales
 
 
 def _least_error_scale(group: np.ndarray, scale: np.ndarray, importance: np.ndarray, levels) -> np.ndarray:

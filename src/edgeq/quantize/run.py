@@ -102,9 +102,8 @@ def _rounded(
         if q.four_bit_budget and budget is None:
             raise ValueError("quantization.four_bit_budget needs the search's loss (quantize_model's four_bit_budget)")
         patterns = q.four_bit_weights or ["*"]
-        found = four_bit_weights(
-            fp32_path, out_path, patterns, feeds or [], gptq, budget if q.four_bit_budget else None
-        )
+        search = budget if q.four_bit_budget else None
+        found = four_bit_weights(fp32_path, out_path, patterns, feeds or [], gptq, search, q.four_bit_scales)
         done = {**done, "four_bit_weights": found}
     if not gptq:
         return done

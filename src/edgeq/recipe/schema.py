@@ -228,6 +228,12 @@ class QuantizationConfig(Strict):
         "to 4 bits in order of least loss per byte saved until the weights fit. The report lists every MatMul's "
         "measured loss and which were chosen. A budget below what every MatMul at 4 bits reaches is an error.",
     )
+    four_bit_scales: Literal["float", "uint8"] = Field(
+        default="float",
+        description="How 4-bit blocks store their scales: `float` (a float32 a block of 32: 0.125 bytes a weight) or "
+        "`uint8` (the HTP's low-power block form, LPBQ: each block's scale a uint8 multiple of a float step a "
+        "column, 0.047 bytes a weight with its zero points; onnxruntime-qnn fuses it into the HTP's MatMul).",
+    )
     four_bit_search_samples: int = Field(
         default=8,
         ge=1,
