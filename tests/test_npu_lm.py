@@ -499,6 +499,7 @@ def test_uint8_block_scales_take_the_htps_low_power_form(graphs, tmp_path):
         scale_dq = made_by[weight_dq.input[1]]
         levels, step = inits[scale_dq.input[0]], inits[scale_dq.input[1]]
         assert levels.dtype == np.uint8 and step.shape == (levels.shape[1],) and not inits[weight_dq.input[2]].any()
+        assert 1 <= levels.min() and levels.max() <= 16  # the HTP's block scales are 4-bit
         block_scales = levels * step  # what the scale's DequantizeLinear makes, the blocked one's scale
         assert np.abs(dequantize_blocks(inits[weight_dq.input[0]], block_scales)).max() > 0
         stored = sum(stored_bytes(tensors[n]) for n in [*weight_dq.input[::2], *scale_dq.input])
@@ -508,3 +509,40 @@ def test_uint8_block_scales_take_the_htps_low_power_form(graphs, tmp_path):
     on_htp = _run(path, feeds[0], session)["logits"]
     simulated = _run(path, feeds[0])["logits"]
     assert np.isfinite(on_htp).all() and np.corrcoef(on_htp.ravel(), simulated.ravel())[0, 1] > 0.95
+
+
+@pytest.mark.fast
+def test_low_power_blocks_compute_on_the_htp_as_on_the_cpu(tmp_path):
+    """One MatMul [576 x 64] whose columns mix small and large blocks (so block scales span 1..16 steps), quantized
+    with 4-bit uint8-scale blocks by edgeq's writer: the emulated HTP's output is the CPU EP's to 4 output steps.
+    (Block scales above 16 steps made the HTP compute garbage while the CPU EP was right: top-1 0.018 on SmolLM2.)"""
+    pytest.importorskip("onnxruntime_qnn")
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeq.quantize.run import quantize_model
+    from edgeq.targets import load_target
+
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((576, 64)) * 0.02
+    weight[rng.random(576) < 0.05] *= 12  # a few large input rows: blocks of very different ranges
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="/proj/MatMul")],
+        "one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 576])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 64])],
+        [numpy_helper.from_array(weight.astype(np.float32), "w")],
+    )
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(fp32))
+    feeds = [{"x": rng.standard_normal((1, 16, 576)).astype(np.float32)} for _ in range(4)]
+    out = tmp_path / "w4.onnx"
+    quantize_model(fp32, out, _w8a16(four_bit_weights=["*"], four_bit_scales="uint8"), None, feeds, "qnn")
+    model = onnx.load(str(out))
+    levels = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("_blocks"))
+    assert levels.max() == 16 and levels.min() < 8
+    session = load_target("snapdragon-8-gen-3").session(out)  # fails on a fallback
+    step = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "y_scale")
+    for feed in feeds:
+        on_htp, simulated = session.run(None, feed)[0], _run(out, feed)["y"]
+        assert np.abs(on_htp - simulated).max() <= 4.01 * step  # the HTP accumulates its own way: 1 to 3 steps

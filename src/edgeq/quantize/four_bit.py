@@ -115,7 +115,7 @@ def four_bit_weights(
         "matmuls": [j.node for j in jobs],
         "codes": "int4, symmetric [-8, 7], no zero point",
         "block_size": INT4_BLOCK,
-        "scales": "uint8 multiples of a float32 step a column (the HTP's low-power block form, LPBQ)"
+        "scales": "1 to 16 times a float32 step a column, stored as uint8 (the HTP's low-power block form, LPBQ)"
         if scales == "uint8"
         else "float32, one a block",
         "method": "GPTQ (damping 0.01), each block's scale clipped for least Hessian-weighted rounding error"

@@ -178,7 +178,7 @@ def block_gptq(
     block of `block` input rows and output column (DequantizeLinear's blocked form, axis 0), each block's scale
     taken from the weights as GPTQ has updated them when the block starts (`clip`: the block's largest magnitude
     times the factor in CLIP_FACTORS whose rounding error, weighted by the Hessian's diagonal, is least). `steps`
-    ([N]): each block's scale is then an integer multiple of its column's step (block_scale_grid), in 1..255.
+    ([N]): each block's scale is then an integer multiple of its column's step (block_scale_grid), in 1..BLOCK_SCALE_LEVELS (16).
     Returns (codes [K, N] int8, scales [ceil(K / block), N] float32)."""
     k, n = weight.shape
     w = weight.astype(np.float64).copy()
@@ -215,14 +215,15 @@ def block_nearest(
 
 
 def block_scale_grid(weight: np.ndarray, block: int = INT4_BLOCK, levels: tuple[int, int] = (-8, 7)) -> np.ndarray:
-    """The per-column step of the HTP's low-power block form (LPBQ): block scales stored as uint8 multiples of one
-    float step a column, the largest block's scale (round to nearest's) at 255 steps."""
+    """The per-column step of the HTP's low-power block form (LPBQ): block scales stored as multiples of one float
+    step a column, the largest block's scale (round to nearest's) at BLOCK_SCALE_LEVELS steps."""
     steps = _block_maxima(weight, block).max(axis=0) / levels[1] / BLOCK_SCALE_LEVELS
     return np.where(steps == 0, 1.0, steps).astype(np.float32)
 
 
 def on_scale_grid(scale: np.ndarray, steps: np.ndarray | None) -> np.ndarray:
-    """Block scales (one a column) as used: zero ones made 1; with `steps`, the nearest multiple in 1..255."""
+    """Block scales (one a column) as used: zero ones made 1; with `steps`, the nearest multiple in
+    1..BLOCK_SCALE_LEVELS."""
     if steps is None:
         return np.where(scale == 0, 1.0, scale)
     return np.clip(np.round(scale / steps), 1, BLOCK_SCALE_LEVELS) * steps.astype(np.float64)
@@ -243,7 +244,10 @@ def dequantize_blocks(codes: np.ndarray, scales: np.ndarray, block: int = INT4_B
 
 
 CLIP_FACTORS = np.linspace(1.0, 0.7, 7)
-BLOCK_SCALE_LEVELS = 255  # uint8 block scales
+# The HTP's low-power block form takes block scales of 1..16 steps (4-bit, stored as uint8): onnxruntime-qnn 2.7's
+# emulator computes a MatMul exactly with block scales up to 16 and wrongly from 17 (measured on one MatMul; SmolLM2
+# with scales up to 255 gave top-1 0.018 on the emulated HTP, 0.90 in the CPU EP's simulation).
+BLOCK_SCALE_LEVELS = 16
 
 
 def _least_error_scale(group: np.ndarray, scale: np.ndarray, importance: np.ndarray, levels) -> np.ndarray:

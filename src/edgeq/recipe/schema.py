@@ -231,8 +231,9 @@ class QuantizationConfig(Strict):
     four_bit_scales: Literal["float", "uint8"] = Field(
         default="float",
         description="How 4-bit blocks store their scales: `float` (a float32 a block of 32: 0.125 bytes a weight) or "
-        "`uint8` (the HTP's low-power block form, LPBQ: each block's scale a uint8 multiple of a float step a "
-        "column, 0.047 bytes a weight with its zero points; onnxruntime-qnn fuses it into the HTP's MatMul).",
+        "`uint8` (the HTP's low-power block form, LPBQ: each block's scale 1 to 16 times a float step a column, "
+        "stored as uint8, 0.047 bytes a weight with its zero points; onnxruntime-qnn fuses it into the HTP's "
+        "MatMul, whose block scales are 4-bit: above 16 the emulator computes wrongly, measured).",
     )
     four_bit_search_samples: int = Field(
         default=8,
