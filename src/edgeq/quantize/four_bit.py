@@ -82,28 +82,32 @@ def four_bit_weights(
     hessians, tokens = input_hessians(fp32, sorted({j.activation for j in jobs}), feeds)
     weights = {t.name: t for t in fp32.graph.initializer}
     rounding = "gptq clip" if gptq else "nearest"
-    codes, steps = {}, {}
+    codes, steps, errors = {}, {}, {}
     for job in track(jobs, "4-bit block weights", total=len(jobs)):
         weight = numpy_helper.to_array(weights[job.weight]).astype(np.float64)
+        hessian = hessians[job.activation]
         steps[job.node] = block_scale_grid(weight) if scales == "uint8" else None
-        codes[job.node] = four_bit_codes(weight, hessians[job.activation], rounding, steps[job.node])
+        codes[job.node] = four_bit_codes(weight, hessian, rounding, steps[job.node])
+        errors[job.node] = (
+            output_energy(dequantize_blocks(*codes[job.node]) - weight, hessian),
+            output_energy(weight, hessian),
+        )
     search = None
     if budget:
         from edgeq.quantize.four_bit_budget import choose_four_bit
 
         chosen, search = choose_four_bit(fp32, jobs, codes, sizes, budget)
         jobs = [j for j in jobs if j.node in chosen]
-    error = energy = 0.0
+    error = sum(errors[j.node][0] for j in jobs)
+    energy = sum(errors[j.node][1] for j in jobs)
     dequantizers = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
     matmuls = {n.name: n for n in model.graph.node}
     for job in jobs:
-        weight = numpy_helper.to_array(weights[job.weight]).astype(np.float64)
         block_codes, block_scales = codes[job.node]
-        error += output_energy(dequantize_blocks(block_codes, block_scales) - weight, hessians[job.activation])
-        energy += output_energy(weight, hessians[job.activation])
         tensors[job.codes].CopyFrom(int4_tensor(job.codes, block_codes))
         dequantize = dequantizers[matmuls[job.node].input[1]]
         if scales == "uint8":
+            tensors[job.scale].CopyFrom(numpy_helper.from_array(steps[job.node], job.scale))
             model.graph.initializer.extend(_low_power_scales(model, dequantize, job, block_scales, steps[job.node]))
         else:
             tensors[job.scale].CopyFrom(numpy_helper.from_array(block_scales, job.scale))
@@ -183,7 +187,8 @@ def _low_power_scales(
 ) -> list[onnx.TensorProto]:
     """A weight's DequantizeLinear made the HTP's low-power block form (onnxruntime-qnn's LPBQ MatMul fusion):
     blocked on axis 0 with an INT4 zero point of zeros, its scale the output of a per-column DequantizeLinear of
-    uint8 block scales (that node put before it). Returns the new initializers; job.scale becomes the step."""
+    uint8 block scales (that node put before it), whose scale is job.scale (the caller's step). Returns the new
+    initializers."""
     blocks, columns = block_scales.shape
     levels = np.round(block_scales / step).astype(np.uint8)
     names = {"levels": f"{job.scale}_blocks", "zero": f"{job.scale}_blocks_zero_point"}
@@ -197,8 +202,6 @@ def _low_power_scales(
     dequantize.input.extend([scale_output, f"{job.codes}_block_zero_point"])
     del dequantize.attribute[:]
     dequantize.attribute.extend([helper.make_attribute("axis", 0), helper.make_attribute("block_size", INT4_BLOCK)])
-    tensors = {t.name: t for t in model.graph.initializer}
-    tensors[job.scale].CopyFrom(numpy_helper.from_array(step, job.scale))
     return [
         numpy_helper.from_array(levels, names["levels"]),
         numpy_helper.from_array(np.zeros(columns, np.uint8), names["zero"]),
