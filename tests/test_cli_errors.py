@@ -251,15 +251,15 @@ def test_a_float_residual_stream_needs_the_static_decoder_pair(run_cli, write_re
     assert line.startswith(f"Error: recipe '{path}'") and "residual_stream: float needs export.decoder: static" in line
 
 
-def test_mixed_precision_on_a_static_decoder_pair_is_refused(run_cli, write_recipe):
-    """The activation-type search writes the prefill graph only; on a pair it would leave the decode graph out."""
+def test_mixed_precision_on_a_static_decoder_pair_takes_activation_types_only(run_cli, write_recipe):
+    """A pair's search chooses activation types for both graphs alike; weight rungs are the 4-bit budget's."""
     recipe = static_recipe("data/calibration.txt")
     recipe["model"]["task"] = "text-generation"
     recipe["export"] = {"decoder": "static", "batch_size": 1, "sequence_length": 16, "kv_cache_length": 32}
     recipe["quantization"].update(activation_type="uint16", format="qdq")
-    recipe["mixed_precision"] = {"enabled": True, "candidates": ["a8w8", "a16w8"]}
+    recipe["mixed_precision"] = {"enabled": True, "candidates": ["int4", "fp32"]}
     path = write_recipe(recipe)
     result = run_cli("build", path)
     assert result.exit_code == 1 and "Traceback" not in result.output
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"Error: recipe '{path}'") and "mixed_precision on an export.decoder: static pair" in line
+    assert line.startswith(f"Error: recipe '{path}'") and "static pair takes candidates [a8w8, a16w8]" in line

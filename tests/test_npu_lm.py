@@ -334,6 +334,70 @@ def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_r
     assert not (out / "final" / "genai_config.json").exists()  # onnxruntime-genai cannot run a static pair
 
 
+def test_activation_types_per_block_on_a_static_pair(graphs, write_recipe, tmp_path):
+    """mixed_precision [a8w8, a16w8] on a static pair: a budget anything meets puts every block at 8-bit activations,
+    in the prefill graph and in the decode graph alike (one set of encodings); the weights stay the quantize stage's
+    (GPTQ's codes); both graphs run on the emulated HTP with no fallback (random weights: mechanics)."""
+    pytest.importorskip("onnxruntime_qnn")
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeq import api
+
+    recipe = base_recipe(
+        str(graphs[0]),
+        model={"task": "text-generation"},
+        export={"decoder": "static", "batch_size": 1, "sequence_length": 16, "kv_cache_length": 32},
+        quantization={
+            "mode": "static",
+            "format": "qdq",
+            "activation_type": "uint16",
+            "weight_type": "uint8",
+            "weight_rounding": "gptq",
+            "residual_stream": "float",
+            "op_types": None,
+            "calibration": {"data": {"path": "data/calibration.txt"}, "samples": 8},
+        },
+        mixed_precision={
+            "candidates": ["a8w8", "a16w8"],
+            "proxy_samples": 4,
+            "budget": {"min_cosine_mean": None, "floors": {"next_token_top1_agreement": 0.0}},
+        },
+        validation={"samples": 6, "warmup": 0, "thresholds": {}, "emulated_samples": 4, "emulated_follow_ups": 1},
+        targets=["snapdragon-8-gen-3"],
+    )
+    out = tmp_path / "out"
+    report = api.build(write_recipe(recipe), output=out).report
+    mp = report["mixed_precision"]
+    assert report["final_artifact"] == "mixed" and mp["kind"] == "activation-types" and mp["budget_met"]
+    blocks = {i["name"] for i in mp["islands"] if i["precision"] == "a8w8"}
+    assert {"/model/layers.0/self_attn", "/model/layers.1/mlp"} <= blocks
+    assert mp["decode_graph"]["encodings_of_its_own"] == 0 and mp["decode_graph"]["encodings_from_prefill"] > 50
+
+    def eight_bit(graph: str) -> set[str]:
+        model = onnx.load(str(out / "mixed" / graph))
+        zero_points = {t.name: t.data_type for t in model.graph.initializer}
+        return {
+            n.input[0]
+            for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and zero_points.get(n.input[2]) == onnx.TensorProto.UINT8
+        }
+
+    prefill, decode = eight_bit("model.onnx"), eight_bit("decode.onnx")
+    assert len(prefill) > 20 and decode == prefill  # the decode graph's 8-bit tensors: the prefill's
+
+    def codes(folder: str) -> dict:
+        model = onnx.load(str(out / folder / "model.onnx"))
+        return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("_quantized")}
+
+    kept, searched = codes("w8a16"), codes("mixed")
+    weights = [n for n in kept if kept[n].dtype != np.int32]
+    assert weights and all(np.array_equal(kept[n], searched[n]) for n in weights)  # GPTQ's codes, not re-rounded
+    entry = next(v for v in report["validations"] if v["artifact"] == "mixed")
+    assert entry["mode"] == "emulated" and entry["fallback_nodes"] == 0
+    assert entry["decode_graph"]["fallback_nodes"] == 0 and entry["metrics"]["greedy_match_tokens"] is not None
+
+
 @pytest.mark.fast  # tiny graphs on the HTP emulator
 def test_four_bit_block_weights_run_on_the_htp_and_gptq_lowers_their_error(graphs, tmp_path):
     """quantization.four_bit_weights: the named MatMuls take int4 codes in DequantizeLinear's blocked form (axis 0,

@@ -389,11 +389,7 @@ def quantize_stage(plan: Plan, source: StageResult, force: bool) -> StageResult:
         if (source.folder / DECODE_FILE).is_file():  # a static decoder pair: the decode graph takes the same encodings
             from edgeq.quantize.static_pair import quantize_decode_graph
 
-            def again(fp32: Path, out: Path, step_feeds: list[dict]) -> None:  # its codes are the prefill's
-                update = {"weight_rounding": "nearest", "four_bit_weights": four_bit, "four_bit_budget": None}
-                nearest = q.model_copy(update=update)
-                quantize_model(fp32, out, nearest, plan.op_types, step_feeds, plan.scheme, power_of_two)
-
+            again = same_weights_quantizer(plan, four_bit)  # the decode graph's codes: the prefill's
             done["decode_graph"] = quantize_decode_graph(source.folder, folder, again, feeds or [])
         copy_companions(source.folder, folder)
         return {
@@ -464,6 +460,28 @@ def proxy_loss(task, batches: list, reference: list[dict], candidate: list[dict]
     return task.proxy_score(kept, same) - task.proxy_score(kept, paired)
 
 
+def same_weights_quantizer(plan: Plan, four_bit: list[str], weights_from: Path | None = None):
+    """`quantize(fp32, out, feeds, overrides=None, activation_type=None)`: quantize_model as the recipe says, but for
+    the weights: the MatMuls `four_bit` at 4 bits, rounded to nearest and then, with `weights_from`, replaced by
+    that model's codes (the quantize stage's: GPTQ and the 4-bit search run once). `overrides` set single tensors'
+    activation types, `activation_type` every tensor's. What a static pair's decode graph and the activation-type
+    search's models are quantized by."""
+    from edgeq.quantize import quantize_model
+    from edgeq.quantize.static_pair import share_weights
+
+    update = {"weight_rounding": "nearest", "four_bit_weights": four_bit, "four_bit_budget": None}
+    same = plan.recipe.quantization.model_copy(update=update)
+    power_of_two = any(d.is_dpu for d in plan.devices)
+
+    def quantize(fp32: Path, out: Path, feeds: list[dict], overrides: dict | None = None, activation_type=None):
+        settings = same.model_copy(update={"activation_type": activation_type}) if activation_type else same
+        quantize_model(fp32, out, settings, plan.op_types, feeds, plan.scheme, power_of_two, overrides)
+        if weights_from is not None:
+            share_weights(out, weights_from)
+
+    return quantize
+
+
 def mixed_precision_stage(plan: Plan, source: StageResult, force: bool, quantized: StageResult) -> StageResult:
     from edgeq.artifact import sha256_file as file_hash
     from edgeq.mixed_precision import MixedPrecisionJob, choose_precisions
@@ -491,7 +509,18 @@ def mixed_precision_stage(plan: Plan, source: StageResult, force: bool, quantize
             q.accuracy_level,
         )
         if set(mp.candidates) <= set(RUNGS):  # activation types of a QDQ NPU's model
-            section = choose_activation_types(job, q, calibration_feeds(plan, source), quantized.folder / MODEL_FILE)
+            model16 = quantized.folder / MODEL_FILE
+            four_bit = quantized.details.get("four_bit_weights", {}).get("matmuls") or []
+            quantize = same_weights_quantizer(plan, four_bit, weights_from=model16)
+            feeds = calibration_feeds(plan, source)
+            section, overrides = choose_activation_types(job, quantize, feeds, model16)
+            if (source.folder / DECODE_FILE).is_file():  # a static pair: the decode graph takes the same types
+                from edgeq.quantize.static_pair import quantize_decode_graph
+
+                def again(fp32: Path, out: Path, step_feeds: list[dict]) -> None:
+                    quantize(fp32, out, step_feeds, overrides)
+
+                section["decode_graph"] = quantize_decode_graph(source.folder, folder, again, feeds)
         else:
             section = choose_precisions(job)
         copy_companions(source.folder, folder)

@@ -42,6 +42,7 @@ LAYER = re.compile(r"^(layer|layers|h|block|blocks|encoder_layer|stages?)\.\d+$|
 ACTIVATION_TYPES_KIND = "activation-types"  # the report section's kind (report_contract.MixedPrecision)
 RUNGS = names("activation")
 MODEL_LEVEL = "/model"  # top-level tensors (the attention mask's arithmetic, read by every layer): kept 16-bit
+HOST_HELD = "(graph inputs and the KV cache)"  # read from a quantized graph input or written into the KV cache: kept
 MEANING = {rung: BY_NAME[rung].meaning for rung in RUNGS}
 
 
@@ -66,9 +67,20 @@ class QuantizedActivation:
 
 
 def activation_quantizers(model: onnx.ModelProto) -> list[QuantizedActivation]:
-    """Every QuantizeLinear of an activation (not a weight), with the island of the node producing it."""
+    """Every QuantizeLinear of an activation (not a weight), with the island of the node producing it (HOST_HELD
+    for a tensor computed from a quantized graph input or written into a KV cache)."""
+    from edgeq.quantize.run import cache_tensors
+
     weights = {t.name for t in model.graph.initializer}
     producer, reading = producers(model), readers(model)
+    graph_inputs = {i.name for i in model.graph.input}
+    from_inputs = {  # a graph input as its readers see it: the DequantizeLinear after its QuantizeLinear
+        dequantize.output[0]
+        for quantize in model.graph.node
+        if quantize.op_type == "QuantizeLinear" and quantize.input[0] in graph_inputs
+        for dequantize in reading[quantize.output[0]]
+    }
+    held = _held_by_host(model, producer, set(cache_tensors(model)))
     found = []
     for index, node in enumerate(model.graph.node):
         if node.op_type != "QuantizeLinear" or node.input[0] in weights or node.input[0] not in producer:
@@ -76,8 +88,30 @@ def activation_quantizers(model: onnx.ModelProto) -> list[QuantizedActivation]:
         source = producer[node.input[0]]
         if source.op_type == "DequantizeLinear":  # a convert: belongs with the tensor it converts
             continue
-        found.append(QuantizedActivation(node.input[0], index, island_of(path_name(source, node, reading))))
+        kept = node.input[0] in held or bool(set(source.input) & from_inputs)
+        island = HOST_HELD if kept else island_of(path_name(source, node, reading))
+        found.append(QuantizedActivation(node.input[0], index, island))
     return found
+
+
+PASS_THROUGH = {"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"}  # a tensor's type unchanged
+
+
+def _held_by_host(model: onnx.ModelProto, producer: dict, outputs: set[str]) -> set[str]:
+    """The activation tensors that reach the graph outputs `outputs` (a KV cache's entries) unchanged in type: each
+    output's own tensor, back through its Q/DQ pairs and through ops that pass a tensor on (an Identity naming it)."""
+    held = set()
+    for name in outputs:
+        while name in producer:
+            node = producer[name]
+            if node.op_type == "DequantizeLinear" and node.input[0] in producer:
+                name = producer[node.input[0]].input[0]  # the tensor its QuantizeLinear quantizes
+                held.add(name)
+            elif node.op_type in PASS_THROUGH:
+                name = node.input[0]
+            else:
+                break
+    return held
 
 
 def path_name(source: onnx.NodeProto, quantize: onnx.NodeProto, reading: dict) -> str:
@@ -182,9 +216,9 @@ def search_activation_types(job: ActivationSearch) -> dict:
     quantizers = activation_quantizers(job.model16)
     islands: dict[str, set[str]] = defaultdict(set)
     for q in quantizers:
-        if q.island != MODEL_LEVEL:
+        if q.island not in (MODEL_LEVEL, HOST_HELD):
             islands[q.island].add(q.tensor)
-    fixed = sorted(q.tensor for q in quantizers if q.island == MODEL_LEVEL)
+    fixed = {kept: sorted(q.tensor for q in quantizers if q.island == kept) for kept in (MODEL_LEVEL, HOST_HELD)}
     params8 = _params(job.model8)
     base = job.proxy(job.model16)
     say(f"  {len(islands)} blocks: sensitivity of each at 8-bit activations on the proxy texts")
@@ -230,7 +264,7 @@ def search_activation_types(job: ActivationSearch) -> dict:
             }
             for name in islands
         ]
-        + _model_level(fixed),
+        + _kept_sixteen_bit(fixed),
         "order": order,
         "eight_bit_islands": sorted(eight),
         "eight_bit_tensors": sorted(set().union(*(islands[n] for n in eight)) if eight else set()),
@@ -243,23 +277,32 @@ def search_activation_types(job: ActivationSearch) -> dict:
     }
 
 
-def _model_level(tensors: list[str]) -> list[dict]:
-    """The top-level tensors stay 16-bit, unsearched: the attention mask's arithmetic, added to every layer's scores.
-    At 8 bits onnxruntime's QNN rules (one type per op) put those scores through 8 bits too, which the sensitivity
-    pass (parameters swapped per tensor) cannot see."""
-    if not tensors:
-        return []
+KEPT_REASONS = {
+    # At 8 bits onnxruntime's QNN rules (one type per op) put those scores through 8 bits too, which the sensitivity
+    # pass (parameters swapped per tensor) cannot see.
+    MODEL_LEVEL: "16-bit activations, not searched: the attention mask's arithmetic, added to every layer's scores; "
+    "at 8 bits the QNN rules (one type per op) put all those scores through 8 bits (MiniLM: cosine 0.9984 against "
+    "0.9992, measured), and an HTP v68/v69 refuses the graph",
+    HOST_HELD: "the type the host holds them in, not searched: computed from a graph input (a KV cache, an additive "
+    "mask) or written into the KV cache the host feeds back (the cache written must be the cache read); at another "
+    "type a graph input's convert would be a QuantizeLinear of a graph input, which the HTP's execution provider "
+    "does not take (measured on the emulated HTP: the node falls back to the CPU)",
+}
+
+
+def _kept_sixteen_bit(fixed: dict[str, list[str]]) -> list[dict]:
+    """The tensors that stay 16-bit, unsearched, by why (KEPT_REASONS)."""
     return [
         {
-            "name": MODEL_LEVEL,
+            "name": name,
             "tensors": len(tensors),
             "proxy_loss_at_8_bit": None,
             "rank": None,
             "precision": "a16w8",
-            "reason": "16-bit activations, not searched: the attention mask's arithmetic, added to every layer's scores; "
-            "at 8 bits the QNN rules (one type per op) put all those scores through 8 bits (MiniLM: cosine "
-            "0.9984 against 0.9992, measured), and an HTP v68/v69 refuses the graph",
+            "reason": KEPT_REASONS[name],
         }
+        for name, tensors in fixed.items()
+        if tensors
     ]
 
 
@@ -267,7 +310,7 @@ def _reason(name: str, eight: bool, loss: float, order: list[str], chosen: int, 
     rank = f"rank {order.index(name) + 1} of {len(order)} by sensitivity"
     if eight:
         return (
-            f"8-bit activations: alone at 8 bits it lowers the proxy cosine by {loss:.5f} ({rank}); the "
+            f"8-bit activations: alone at 8 bits it lowers the proxy score by {loss:.5f} ({rank}); the "
             f"{chosen} least sensitive islands at 8 bits still meet the budget"
         )
     missed = evaluations.get(chosen + 1)
@@ -276,7 +319,16 @@ def _reason(name: str, eight: bool, loss: float, order: list[str], chosen: int, 
         if missed and missed["failures"]
         else "the islands before it in the order already take what the budget allows"
     )
-    return f"16-bit activations: alone at 8 bits it lowers the proxy cosine by {loss:.5f} ({rank}); {why}"
+    return f"16-bit activations: alone at 8 bits it lowers the proxy score by {loss:.5f} ({rank}); {why}"
+
+
+def _headline(task, metrics: dict) -> str:
+    """The task's headline fidelity metrics, as the note names them."""
+    from edgeq.tasks.metrics import COMMON, headline_order
+
+    order = headline_order(task.own_metrics + COMMON)
+    shown = [name for name in order if metrics.get(name) is not None][:2]
+    return ", ".join(f"{name} {metrics[name]:.5f}" for name in shown) or "no metric"
 
 
 def count_converts(model: onnx.ModelProto) -> int:
@@ -304,14 +356,15 @@ def override_path(folder: Path) -> Path:
     return folder / "activation_types.yaml"
 
 
-def choose_activation_types(job, quantization, feeds: list[dict], model16_path: Path) -> dict:
-    """The whole stage for a QDQ NPU: write job.out_folder/model.onnx; return the report's mixed_precision section.
-    `job` is a MixedPrecisionJob, `quantization` the recipe's QuantizationConfig (16-bit activations), `feeds`
-    the calibration batches, `model16_path` the quantize stage's all-16-bit model."""
+def choose_activation_types(job, quantize, feeds: list[dict], model16_path: Path) -> tuple[dict, dict[str, str]]:
+    """The whole stage for a QDQ NPU: write job.out_folder/model.onnx; return the report's mixed_precision section
+    and the activation overrides (tensor → type) the chosen model was quantized with. `job` is a MixedPrecisionJob,
+    `quantize(fp32, out, feeds, overrides=None, activation_type=None)` quantizes as the recipe says (16-bit
+    activations) with the quantize stage's weights, `feeds` the calibration batches, `model16_path` the quantize
+    stage's all-16-bit model."""
     import tempfile
 
     from edgeq.mixed_precision.evaluate import Runner
-    from edgeq.quantize import quantize_model
     from edgeq.tasks.judge import worst_case
 
     host = job.target.on_host_cpu()
@@ -336,9 +389,8 @@ def choose_activation_types(job, quantization, feeds: list[dict], model16_path: 
         worst, where = worst_case(list(per_shape.values()), list(per_shape))
         return {**worst, "worst_shape": where}
 
-    eight_bit = quantization.model_copy(update={"activation_type": "uint8"})
     with tempfile.TemporaryDirectory(prefix="edgeq-a8-") as tmp:
-        quantize_model(job.fp32_path, Path(tmp) / "model.onnx", eight_bit, job.op_types, feeds, "qnn")
+        quantize(job.fp32_path, Path(tmp) / "model.onnx", feeds, activation_type="uint8")
         model8 = onnx.load(str(Path(tmp) / "model.onnx"))
     model16 = onnx.load(str(model16_path))
     budget = Budget(**job.config.budget.model_dump())
@@ -348,8 +400,7 @@ def choose_activation_types(job, quantization, feeds: list[dict], model16_path: 
     def build(tensors: set[str]) -> onnx.ModelProto:
         if frozenset(tensors) not in built:
             say(f"  quantizing with {len(tensors)} activation tensors at 8 bits")
-            overrides = {tensor: "uint8" for tensor in tensors}
-            quantize_model(job.fp32_path, out, quantization, job.op_types, feeds, "qnn", activation_overrides=overrides)
+            quantize(job.fp32_path, out, feeds, {tensor: "uint8" for tensor in tensors})
             built[frozenset(tensors)] = onnx.load(str(out))
         return built[frozenset(tensors)]
 
@@ -359,7 +410,7 @@ def choose_activation_types(job, quantization, feeds: list[dict], model16_path: 
     final_metrics = found["evaluations_by_count"][found["chosen"]]["metrics"]
     overrides = found["eight_bit_tensors"]
     counts = {rung: sum(i["precision"] == rung for i in found["islands"]) for rung in RUNGS}
-    return {
+    section = {
         "kind": ACTIVATION_TYPES_KIND,
         "candidates": list(RUNGS),
         "shapes": [job.task.shape_label(*s) for s in job.shapes],
@@ -376,7 +427,7 @@ def choose_activation_types(job, quantization, feeds: list[dict], model16_path: 
         "notes": [
             f"scored on the CPU EP (QDQ computed exactly); the chosen model, quantized by onnxruntime's QNN "
             f"quantizer with {len(overrides)} activation tensors at 8 bits and {count_converts(final)} converts, "
-            f"scored {final_metrics.get('cosine_mean', float('nan')):.5f} cosine mean there; the validation "
+            f"scored {_headline(job.task, final_metrics)} there; the validation "
             f"stage measures it on the device"
         ],
         "proxy_score": job.task.proxy_name,
@@ -393,3 +444,4 @@ def choose_activation_types(job, quantization, feeds: list[dict], model16_path: 
         "chosen_configuration": found["chosen"],
         "final_on_cpu": final_metrics,
     }
+    return section, {tensor: "uint8" for tensor in overrides}

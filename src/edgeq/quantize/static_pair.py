@@ -73,6 +73,35 @@ def share_encodings(decode: onnx.ModelProto, prefill: onnx.ModelProto) -> tuple[
     return shared, left
 
 
+def share_weights(model_path: Path, source_path: Path) -> int:
+    """The quantized weights of the model at `model_path` replaced by `source_path`'s of the same name, in place:
+    every initializer a weight's DequantizeLinear reads (codes, scale, zero point; a 4-bit weight's low-power block
+    scales), not a bias's (its scale is its activation's times its weight's). Returns how many were replaced. So a
+    model quantized again (other activation types, the decode graph) keeps the codes chosen once (GPTQ's, the 4-bit
+    search's)."""
+    model, source = onnx.load(str(model_path)), onnx.load(str(source_path), load_external_data=False)
+    theirs = {t.name: t for t in source.graph.initializer}
+    ours = {t.name: t for t in model.graph.initializer}
+    replaced = 0
+    for node in model.graph.node:
+        codes = ours.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if codes is None or codes.data_type == onnx.TensorProto.INT32:
+            continue
+        for name in node.input:
+            mine, other = ours.get(name), theirs.get(name)
+            if (
+                mine is None
+                or other is None
+                or list(mine.dims) != list(other.dims)
+                or mine.data_type != other.data_type
+            ):
+                continue
+            mine.CopyFrom(other)
+            replaced += 1
+    onnx.save(model, str(model_path))
+    return replaced
+
+
 def _first_token(feed: dict, shape: KVShape) -> dict:
     """A decode step from a prefill feed: its first token at position 0, an empty cache."""
     cache = shape.cache

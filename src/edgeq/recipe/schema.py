@@ -592,13 +592,12 @@ class Recipe(Strict):
         mp, q = self.mixed_precision, self.quantization
         if mp is None or not mp.enabled:
             return self
-        if self.export.decoder == "static":
-            raise ValueError(
-                "mixed_precision on an export.decoder: static pair is not built yet: its search writes the prefill "
-                "graph, not the decode graph that shares its encodings (quantization.four_bit_budget chooses 4-bit "
-                "weights per MatMul on a pair)"
-            )
         activation_rungs = {"a8w8", "a16w8"}
+        if self.export.decoder == "static" and set(mp.candidates) != activation_rungs:
+            raise ValueError(
+                "mixed_precision on an export.decoder: static pair takes candidates [a8w8, a16w8] (activation types "
+                "per block, both graphs alike; quantization.four_bit_budget chooses 4-bit weights per MatMul)"
+            )
         if set(mp.candidates) & activation_rungs:
             if (
                 set(mp.candidates) != activation_rungs
