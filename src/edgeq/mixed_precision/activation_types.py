@@ -35,7 +35,7 @@ from onnx import numpy_helper
 
 from edgeq.graph import producers, readers
 from edgeq.mixed_precision.search import Budget
-from edgeq.progress import say
+from edgeq.progress import say, track
 from edgeq.rungs import BY_NAME, names
 
 LAYER = re.compile(r"^(layer|layers|h|block|blocks|encoder_layer|stages?)\.\d+$|^\w+\.\d+$")
@@ -222,7 +222,10 @@ def search_activation_types(job: ActivationSearch) -> dict:
     params8 = _params(job.model8)
     base = job.proxy(job.model16)
     say(f"  {len(islands)} blocks: sensitivity of each at 8-bit activations on the proxy texts")
-    loss = {name: base - job.proxy(with_eight_bit(job.model16, params8, tensors)) for name, tensors in islands.items()}
+    loss = {
+        name: base - job.proxy(with_eight_bit(job.model16, params8, islands[name]))
+        for name in track(list(islands), "blocks at 8-bit activations")
+    }
     order = sorted(islands, key=lambda name: loss[name])
     evaluations: dict[int, dict] = {}
 
@@ -283,7 +286,8 @@ KEPT_REASONS = {
     MODEL_LEVEL: "16-bit activations, not searched: the attention mask's arithmetic, added to every layer's scores; "
     "at 8 bits the QNN rules (one type per op) put all those scores through 8 bits (MiniLM: cosine 0.9984 against "
     "0.9992, measured), and an HTP v68/v69 refuses the graph",
-    HOST_HELD: "the type the host holds them in, not searched: computed from a graph input (a KV cache, an additive "
+    HOST_HELD: "the type the host holds them in (16-bit; the cache's own under quantization.kv_cache), not searched: "
+    "computed from a graph input (a KV cache, an additive "
     "mask) or written into the KV cache the host feeds back (the cache written must be the cache read); at another "
     "type a graph input's convert would be a QuantizeLinear of a graph input, which the HTP's execution provider "
     "does not take (measured on the emulated HTP: the node falls back to the CPU)",
