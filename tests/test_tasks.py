@@ -270,3 +270,31 @@ def test_greedy_prompts_of_chat_texts_differ():
     first, second, short = greedy_prompts(batch)
     assert len(first) == len(second) == 60 - GREEDY_TOKENS > PROMPT_TOKENS and len(short) == 9
     assert not np.array_equal(first, second) and np.array_equal(first[:20], second[:20])
+
+
+@pytest.mark.fast
+def test_a_context_shared_by_texts_counts_once():
+    """Chat texts share their system turn: a prediction made from the same tokens is counted once (its top-1, KL and
+    the likelihood of the same next token), so a few flips there cannot outweigh the texts' own positions."""
+    from edgeq.tasks.text_generation import compare_logits
+
+    rng = np.random.default_rng(0)
+    shared = [5, 6, 7, 8]
+    texts = [np.array(shared + [9, 10]), np.array(shared + [11, 12, 13])]
+    reference = [rng.normal(size=(len(t), 16)) for t in texts]
+    candidate = [r.copy() for r in reference]
+    for logits in candidate:  # the shared positions' top token changed in every text alike; the rest unchanged
+        logits[:4, :] = logits[:4, ::-1]
+    task = TASKS["text-generation"]
+    compared = [compare_logits(r, c, t) for r, c, t in zip(reference, candidate, texts)]
+    metrics = task.metrics(reference, compared, [], None)
+    assert metrics["tokens"] == 4 + 2 + 3 and metrics["repeated_contexts"] == 4  # the second text's first 4 again
+    flipped = np.concatenate([c.agree for c in compared[:1]])[:4]
+    expected = (flipped.sum() + 2 + 3) / 9
+    assert metrics["next_token_top1_agreement"] == pytest.approx(expected)
+    # a per-position mean over both texts would weigh the shared positions twice
+    both = np.concatenate([c.agree for c in compared]).mean()
+    assert not flipped.all() and both < expected
+    assert task.proxy_score(reference, compared) == pytest.approx(
+        -np.mean(np.concatenate([compared[0].kl, compared[1].kl[4:]]))
+    )
