@@ -224,7 +224,7 @@ def search_activation_types(job: ActivationSearch) -> dict:
     say(f"  {len(islands)} blocks: sensitivity of each at 8-bit activations on the proxy texts")
     loss = {
         name: base - job.proxy(with_eight_bit(job.model16, params8, islands[name]))
-        for name in track(list(islands), "blocks at 8-bit activations")
+        for name in track(list(islands), "blocks at 8-bit activations", len(islands))
     }
     order = sorted(islands, key=lambda name: loss[name])
     evaluations: dict[int, dict] = {}
