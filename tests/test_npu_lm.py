@@ -386,6 +386,13 @@ def test_activation_types_per_block_on_a_static_pair(graphs, write_recipe, tmp_p
     prefill, decode = eight_bit("model.onnx"), eight_bit("decode.onnx")
     assert len(prefill) > 20 and decode == prefill  # the decode graph's 8-bit tensors: the prefill's
 
+    def converts(graph: str) -> dict:
+        model = onnx.load(str(out / "mixed" / graph))
+        return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("_convert")}
+
+    own, theirs = converts("decode.onnx"), converts("model.onnx")  # the 8 <-> 16-bit converts' encodings too
+    assert own and all(name in theirs and np.array_equal(own[name], theirs[name]) for name in own)
+
     def codes(folder: str) -> dict:
         model = onnx.load(str(out / folder / "model.onnx"))
         return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("_quantized")}

@@ -13,7 +13,8 @@ from onnx import numpy_helper
 
 from edgeq.static_decoder import DECODE_FILE, KVShape, static_decoder
 
-ENCODING_SUFFIXES = ("_scale", "_zero_point")
+# a tensor's encodings, and those of a type convert onnxruntime's QNN quantizer inserts (8 <-> 16 bits)
+ENCODING_SUFFIXES = ("_scale", "_zero_point", "_scale_convert", "_zero_point_convert")
 
 
 def quantize_decode_graph(source: Path, folder: Path, quantize, prefill_feeds: list[dict]) -> dict:
