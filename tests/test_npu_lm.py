@@ -251,6 +251,37 @@ def _matmul_weight_scales(path) -> set[str]:
     return kinds
 
 
+def _initializers(path, suffix: str) -> dict:
+    """The initializers of the model at `path` whose names end with `suffix`, as arrays by name."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith(suffix)}
+
+
+def _static_pair_recipe(graphs, quantization: dict, **sections) -> dict:
+    """A recipe building the tiny Llama as a static pair (prefill 16, cache 32) for the Snapdragon's HTP, w8a16 with
+    GPTQ codes and `quantization` on top; `sections` (validation, mixed_precision) as given."""
+    return base_recipe(
+        str(graphs[0]),
+        model={"task": "text-generation"},
+        export={"decoder": "static", "batch_size": 1, "sequence_length": 16, "kv_cache_length": 32},
+        quantization={
+            "mode": "static",
+            "format": "qdq",
+            "activation_type": "uint16",
+            "weight_type": "uint8",
+            "weight_rounding": "gptq",
+            "op_types": None,
+            "calibration": {"data": {"path": "data/calibration.txt"}, "samples": 8},
+            **quantization,
+        },
+        targets=["snapdragon-8-gen-3"],
+        **sections,
+    )
+
+
 def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_recipe, tmp_path):
     """export.decoder: static end to end: the pair exported, quantized with one set of encodings (the 4-bit MatMuls
     chosen under a byte budget, low-power block scales), validated on the emulated HTP (the prefill's logits; greedy
@@ -261,24 +292,11 @@ def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_r
 
     from edgeq import api
 
-    folder = graphs[0]
-    recipe = base_recipe(
-        str(folder),
-        model={"task": "text-generation"},
-        export={"decoder": "static", "batch_size": 1, "sequence_length": 16, "kv_cache_length": 32},
-        quantization={
-            "mode": "static",
-            "format": "qdq",
-            "activation_type": "uint16",
-            "weight_type": "uint8",
-            "weight_rounding": "gptq",
-            "four_bit_budget": 0.45,  # 8-bit weights take 0.54 of FP16's here: edgeq chooses the 4-bit MatMuls
-            "four_bit_scales": "uint8",
-            "op_types": None,
-            "calibration": {"data": {"path": "data/calibration.txt"}, "samples": 8},
-        },
+    recipe = _static_pair_recipe(
+        graphs,
+        # 8-bit weights take 0.54 of FP16's here: edgeq chooses the 4-bit MatMuls
+        {"four_bit_budget": 0.45, "four_bit_scales": "uint8"},
         validation={"samples": 8, "warmup": 0, "thresholds": {}, "emulated_samples": 6, "emulated_follow_ups": 2},
-        targets=["snapdragon-8-gen-3"],
     )
     out = tmp_path / "out"
     report = api.build(write_recipe(recipe), output=out).report
@@ -311,14 +329,7 @@ def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_r
             past, present = scales[f"past_{name}_scale"], scales[f"present_{name}_scale"]
             assert numpy_helper.to_array(past) == numpy_helper.to_array(present) > 1e-6
     assert quantize["weight_rounding"]["matmuls"] > 0 and "weight_rounding" not in quantize["decode_graph"]
-    codes = [
-        {
-            t.name: numpy_helper.to_array(t)
-            for t in onnx.load(str(out / "final" / g)).graph.initializer
-            if t.name.endswith("_quantized")
-        }
-        for g in ("model.onnx", "decode.onnx")
-    ]
+    codes = [_initializers(out / "final" / g, "_quantized") for g in ("model.onnx", "decode.onnx")]
     assert codes[0].keys() == codes[1].keys() and all(np.array_equal(codes[0][n], codes[1][n]) for n in codes[0])
     four_bit = [
         n for n in codes[1] if codes[1][n].dtype.name == "int4"
@@ -340,31 +351,18 @@ def test_activation_types_per_block_on_a_static_pair(graphs, write_recipe, tmp_p
     (GPTQ's codes); both graphs run on the emulated HTP with no fallback (random weights: mechanics)."""
     pytest.importorskip("onnxruntime_qnn")
     import onnx
-    from onnx import numpy_helper
 
     from edgeq import api
 
-    recipe = base_recipe(
-        str(graphs[0]),
-        model={"task": "text-generation"},
-        export={"decoder": "static", "batch_size": 1, "sequence_length": 16, "kv_cache_length": 32},
-        quantization={
-            "mode": "static",
-            "format": "qdq",
-            "activation_type": "uint16",
-            "weight_type": "uint8",
-            "weight_rounding": "gptq",
-            "residual_stream": "float",
-            "op_types": None,
-            "calibration": {"data": {"path": "data/calibration.txt"}, "samples": 8},
-        },
+    recipe = _static_pair_recipe(
+        graphs,
+        {"residual_stream": "float"},
         mixed_precision={
             "candidates": ["a8w8", "a16w8"],
             "proxy_samples": 4,
             "budget": {"min_cosine_mean": None, "floors": {"next_token_top1_agreement": 0.0}},
         },
         validation={"samples": 6, "warmup": 0, "thresholds": {}, "emulated_samples": 4, "emulated_follow_ups": 1},
-        targets=["snapdragon-8-gen-3"],
     )
     out = tmp_path / "out"
     report = api.build(write_recipe(recipe), output=out).report
@@ -386,18 +384,10 @@ def test_activation_types_per_block_on_a_static_pair(graphs, write_recipe, tmp_p
     prefill, decode = eight_bit("model.onnx"), eight_bit("decode.onnx")
     assert len(prefill) > 20 and decode == prefill  # the decode graph's 8-bit tensors: the prefill's
 
-    def converts(graph: str) -> dict:
-        model = onnx.load(str(out / "mixed" / graph))
-        return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("_convert")}
-
-    own, theirs = converts("decode.onnx"), converts("model.onnx")  # the 8 <-> 16-bit converts' encodings too
+    # the 8 <-> 16-bit converts' encodings too
+    own, theirs = (_initializers(out / "mixed" / graph, "_convert") for graph in ("decode.onnx", "model.onnx"))
     assert own and all(name in theirs and np.array_equal(own[name], theirs[name]) for name in own)
-
-    def codes(folder: str) -> dict:
-        model = onnx.load(str(out / folder / "model.onnx"))
-        return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("_quantized")}
-
-    kept, searched = codes("w8a16"), codes("mixed")
+    kept, searched = (_initializers(out / folder / "model.onnx", "_quantized") for folder in ("w8a16", "mixed"))
     weights = [n for n in kept if kept[n].dtype != np.int32]
     assert weights and all(np.array_equal(kept[n], searched[n]) for n in weights)  # GPTQ's codes, not re-rounded
     entry = next(v for v in report["validations"] if v["artifact"] == "mixed")

@@ -65,13 +65,19 @@ def share_encodings(decode: onnx.ModelProto, prefill: onnx.ModelProto) -> tuple[
         encoding = tensor.name.endswith(ENCODING_SUFFIXES)
         if not encoding and tensor.name not in weights:
             continue
-        other = theirs.get(tensor.name)
-        if other is None or list(other.dims) != list(tensor.dims) or other.data_type != tensor.data_type:
+        if not _take(tensor, theirs.get(tensor.name)):  # the same name: the prefill's tensor as stored (4-bit packed)
             left += encoding
             continue
-        tensor.CopyFrom(other)  # the same name: the prefill's tensor as stored (4-bit codes stay packed)
         shared += encoding
     return shared, left
+
+
+def _take(tensor: onnx.TensorProto | None, other: onnx.TensorProto | None) -> bool:
+    """`tensor` made `other` where both are the same kind of tensor (shape and type); returns whether it was."""
+    if tensor is None or other is None or list(other.dims) != list(tensor.dims) or other.data_type != tensor.data_type:
+        return False
+    tensor.CopyFrom(other)
+    return True
 
 
 def share_weights(model_path: Path, source_path: Path) -> int:
@@ -88,17 +94,7 @@ def share_weights(model_path: Path, source_path: Path) -> int:
         codes = ours.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
         if codes is None or codes.data_type == onnx.TensorProto.INT32:
             continue
-        for name in node.input:
-            mine, other = ours.get(name), theirs.get(name)
-            if (
-                mine is None
-                or other is None
-                or list(mine.dims) != list(other.dims)
-                or mine.data_type != other.data_type
-            ):
-                continue
-            mine.CopyFrom(other)
-            replaced += 1
+        replaced += sum(_take(ours.get(name), theirs.get(name)) for name in node.input)
     onnx.save(model, str(model_path))
     return replaced
 

@@ -70,6 +70,11 @@ def distinct_contexts(comparisons: list[TokenComparison]) -> tuple[list[np.ndarr
     return positions, likelihoods
 
 
+def _kept(values: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
+    """Each text's values where its mask counts them, concatenated."""
+    return np.concatenate([v[m] for v, m in zip(values, masks)])
+
+
 @dataclass
 class TopTokens:
     """A stored reference: per position its most likely token ids, their log-probabilities and its top-1."""
@@ -242,7 +247,7 @@ class TextGeneration(Task):
     def proxy_score(self, reference: list, candidate: list[TokenComparison]) -> float:
         """Higher is better: minus the mean KL(FP32 ‖ candidate) per token."""
         counted, _ = distinct_contexts(candidate)
-        return -float(np.mean(np.concatenate([c.kl[m] for c, m in zip(candidate, counted)])))
+        return -float(np.mean(_kept([c.kl for c in candidate], counted)))
 
     def follow_up(self, session, batch: Batch, inputs, sibling=None) -> list[np.ndarray]:
         """Greedy continuations of the first samples' prompts, decoded through the KV cache (a static pair: the
@@ -259,9 +264,9 @@ class TextGeneration(Task):
     def metrics(self, reference, candidate: list[TokenComparison], samples, inputs, followed=None) -> dict:
         metrics = comparison_fidelity(candidate)
         counted, counted_next = distinct_contexts(candidate)
-        agree = np.concatenate([c.agree[m] for c, m in zip(candidate, counted)])
+        agree = _kept([c.agree for c in candidate], counted)
         metrics["next_token_top1_agreement"] = round(float(agree.mean()), 6)
-        metrics["kl_divergence_mean"] = _finite(np.mean(np.concatenate([c.kl[m] for c, m in zip(candidate, counted)])))
+        metrics["kl_divergence_mean"] = _finite(np.mean(_kept([c.kl for c in candidate], counted)))
         nll = [c.nll[m] for c, m in zip(candidate, counted_next) if m.any()]
         metrics["perplexity"] = _finite(np.exp(np.mean(np.concatenate(nll)))) if nll else None
         nll_ref = [c.nll_reference[m] for c, m in zip(candidate, counted_next) if c.nll_reference.size and m.any()]
@@ -311,8 +316,9 @@ def compare_logits(reference, candidate: np.ndarray, ids: np.ndarray) -> TokenCo
     log_q = log_softmax(candidate)
     following = ids[1 : len(candidate)]
     nll = -log_q[np.arange(len(following)), following]
+    contexts = prefix_hashes(ids[: len(candidate)])
     if isinstance(reference, TopTokens):
-        return _against_top_tokens(reference, candidate, log_q, nll, prefix_hashes(ids[: len(candidate)]))
+        return _against_top_tokens(reference, candidate, log_q, nll, contexts)
     log_p = log_softmax(reference)
     ref, cand = reference.astype(np.float64).ravel(), candidate.astype(np.float64).ravel()
     error = cand - ref
@@ -328,7 +334,7 @@ def compare_logits(reference, candidate: np.ndarray, ids: np.ndarray) -> TokenCo
         error_abs=float(np.abs(error).sum()),
         error_max=float(np.abs(error).max(initial=0.0)),
         values=error.size,
-        contexts=prefix_hashes(ids[: len(candidate)]),
+        contexts=contexts,
     )
 
 
