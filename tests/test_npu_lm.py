@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import base_recipe
+from conftest import DATA, base_recipe
 from tiny_models import make_decoder
 
 from edgeq.export.htp_decoder import export_htp_decoder
@@ -291,6 +291,7 @@ def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_r
     from onnx import numpy_helper
 
     from edgeq import api
+    from edgeq.recipe.schema import DataSource
 
     recipe = _static_pair_recipe(
         graphs,
@@ -343,6 +344,15 @@ def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_r
     assert "| rank | MatMul | KL per token vs FP32 | MB saved | weights |" in markdown
     assert {"model.onnx", "decode.onnx", "static_decoder.json"} <= {p.name for p in (out / "final").iterdir()}
     assert not (out / "final" / "genai_config.json").exists()  # onnxruntime-genai cannot run a static pair
+    # `edgeq validate` of the pair (CPU EP) reads its texts at the graph's 16 tokens, whatever length is asked
+    again = api.validate(
+        out / "final" / "model.onnx",
+        out / "fp32" / "model.onnx",
+        DataSource(path=DATA / "calibration.txt"),
+        samples=2,
+        sequence_length=64,
+    )
+    assert again["shapes"][0]["shape"] == "b1-s16" and again["metrics"]["tokens"] <= 2 * 16
 
 
 def test_activation_types_per_block_on_a_static_pair(graphs, write_recipe, tmp_path):
