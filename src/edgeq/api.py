@@ -217,9 +217,9 @@ def validate(
     folder = Path(tokenizer) if tokenizer else reference_path.parent
     chosen = _task_for(folder, task)
     items = chosen.read(data, samples, "--data", folder)
-    inputs = chosen.inputs(folder, sequence_length or default_length(folder), static)
-    # the tokens a text takes: the inputs' own (a static decoder graph's N, whatever was asked), else the length asked
-    sequence_length = inputs.sequence_length or sequence_length or default_length(folder)
+    asked = sequence_length or default_length(folder)
+    inputs = chosen.inputs(folder, asked, static)
+    sequence_length = inputs.sequence_length or asked  # a static decoder graph's own N, whatever was asked
     limits = (thresholds or Thresholds()).model_dump(exclude_none=True)
     if not profile.runs_float:
         from edgeq.artifact import is_quantized
