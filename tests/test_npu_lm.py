@@ -287,9 +287,6 @@ def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_r
     chosen under a byte budget, low-power block scales), validated on the emulated HTP (the prefill's logits; greedy
     continuations through the decode graph) beside its simulation."""
     pytest.importorskip("onnxruntime_qnn")
-    import onnx
-    from onnx import numpy_helper
-
     from edgeq import api
     from edgeq.recipe.schema import DataSource
 
@@ -323,12 +320,9 @@ def test_a_static_decoder_build_validates_both_graphs_on_the_htp(graphs, write_r
     # the cache inputs read what the graphs wrote: calibrated on an empty cache, their own scale would be ~1e-9
     assert quantize["decode_graph"]["cache_inputs_encoded_as_written"] == 2 * 2  # layers, K and V
     for graph in ("model.onnx", "decode.onnx"):
-        scales = {
-            t.name: t for t in onnx.load(str(out / "final" / graph)).graph.initializer if t.name.endswith("_scale")
-        }
+        scales = _initializers(out / "final" / graph, "_scale")
         for name in ("key.0", "value.1"):
-            past, present = scales[f"past_{name}_scale"], scales[f"present_{name}_scale"]
-            assert numpy_helper.to_array(past) == numpy_helper.to_array(present) > 1e-6
+            assert scales[f"past_{name}_scale"] == scales[f"present_{name}_scale"] > 1e-6
     assert quantize["weight_rounding"]["matmuls"] > 0 and "weight_rounding" not in quantize["decode_graph"]
     codes = [_initializers(out / "final" / g, "_quantized") for g in ("model.onnx", "decode.onnx")]
     assert codes[0].keys() == codes[1].keys() and all(np.array_equal(codes[0][n], codes[1][n]) for n in codes[0])
