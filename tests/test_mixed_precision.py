@@ -136,6 +136,10 @@ def test_fused_attention_islands_quantize_through_qattention(planted_bert, write
     quantized = [n for n in onnx.load(str(out / "mixed" / "model.onnx")).graph.node if n.op_type == "QAttention"]
     assert len(quantized) == sum(i["precision"] != "fp32" for i in attention) >= 1, ops
     assert report["validations"][-1]["metrics"]["cosine_mean"] >= 0.99995
+    # the fused norms in onnxruntime's fast CPU forms, in the model and in the report (edgeq.optimize.cpu_forms)
+    assert {"SkipLayerNormalization", "BiasGelu"}.isdisjoint(ops) and {"Sum", "LayerNormalization"} <= ops
+    assert report["mixed_precision"]["cpu_forms"]["skip_layer_norms_split"] == 4  # two layers, two norms each
+    assert "SkipLayerNormalization as Sum + LayerNormalization" in (out / "report.md").read_text()
 
 
 def test_promotions_with_no_run_time_scale_are_run_at_the_first_shape_only(planted_bert, write_recipe, tmp_path):

@@ -275,6 +275,7 @@ def mixed_precision_markdown(mp: dict) -> list[str]:
         f"{mp['full_evaluations']} full evaluations, {mp['search_seconds']:.1f} s. Budget met: {mp['budget_met']} "
         f"({', '.join(f'{k}: {v}' for k, v in (mp.get('budget_status') or {}).items())}).",
         *[f"- {note}" for note in mp["notes"]],
+        *_cpu_forms_lines(mp.get("cpu_forms")),
         "",
     ]
     judged = _budget_metrics(mp.get("budget") or {})
@@ -306,6 +307,17 @@ def mixed_precision_markdown(mp: dict) -> list[str]:
     return [*lines, "", table(["island", "params", "output SQNR dB", "proxy gain", "precision", "reason"], rows)]
 
 
+def _cpu_forms_lines(forms: dict | None) -> list[str]:
+    if not forms:
+        return []
+    split = forms.get("skip_layer_norms_split", 0), forms.get("bias_gelus_split", 0), forms.get("biases_into_gemm", 0)
+    return [
+        f"- Written in onnxruntime's fast CPU forms: {split[0]} SkipLayerNormalization as Sum + LayerNormalization, "
+        f"{split[1]} BiasGelu as Gelu, {split[2]} biases inside the integer GEMM before them (onnxruntime 1.32's "
+        "fused CPU kernels for these are scalar loops, 2-5x slower; `bench/cpu_kernels.py` measures them here)."
+    ]
+
+
 def activation_types_markdown(mp: dict) -> list[str]:
     counts = ", ".join(f"{k} {v}" for k, v in mp["precision_counts"].items())
     lines = [
@@ -316,6 +328,7 @@ def activation_types_markdown(mp: dict) -> list[str]:
         f"{mp['proxy_passes']} proxy passes, {mp['full_evaluations']} full evaluations, {mp['search_seconds']:.1f} s. "
         f"Budget met: {mp['budget_met']}.",
         *[f"- {note}" for note in mp["notes"]],
+        *_cpu_forms_lines(mp.get("cpu_forms")),
         "",
     ]
     judged = _budget_metrics(mp.get("budget") or {})

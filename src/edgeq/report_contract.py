@@ -78,6 +78,12 @@ class MixedPrecision(Open):
     )
     precision_counts: dict[str, int] = Field(description="Islands (or blocks) per precision.")
     size_ratio: float = Field(ge=0, description="The chosen model's bytes over FP32's.")
+    cpu_forms: dict[str, int] | None = Field(
+        default=None,
+        description="How the assembled model was rewritten into the forms onnxruntime's CPU EP runs fastest "
+        "(edgeq.optimize.cpu_forms): skip_layer_norms_split (SkipLayerNormalization → Add + LayerNormalization), "
+        "bias_gelus_split (BiasGelu → Gelu), biases_into_gemm (biases moved into an integer GEMM's bias input).",
+    )
 
 
 class Report(Open):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 
-from edgeq.mixed_precision.assemble import assemble, has_token_mask
+from edgeq.mixed_precision.assemble import assemble, compose, has_token_mask
 from edgeq.mixed_precision.evaluate import FullEvaluator, Runner
 from edgeq.mixed_precision.islands import (
     LADDER,
@@ -23,6 +23,7 @@ from edgeq.mixed_precision.islands import (
 from edgeq.mixed_precision.overrides import load_overrides, resolve, write_overrides
 from edgeq.mixed_precision.search import Budget, SearchResult, model_size, search
 from edgeq.mixed_precision.statistics import ActivationStats, StatisticsAccumulator
+from edgeq.optimize.cpu_forms import split_fused_norms
 from edgeq.progress import track
 from edgeq.rungs import RUNGS
 from edgeq.targets.target import Target
@@ -100,7 +101,9 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
         result = search(fp32, fp32_size, islands, ladder, budget, proxy, full, cfg.measure_top)
         assignment = result.assignment
     model_path = job.out_folder / "model.onnx"
-    onnx.save(assemble(fp32, islands, assignment), str(model_path))
+    model = compose(fp32, islands, assignment)
+    forms = split_fused_norms(model)
+    onnx.save(model, str(model_path))
     header = (
         f"edgeq mixed-precision overrides for {job.fp32_path.name}: pin this file with\n"
         f"  mixed_precision: {{overrides: <path to this file>}}\nto rebuild the same model with no search."
@@ -117,6 +120,8 @@ def choose_precisions(job: MixedPrecisionJob) -> dict:
         job.task.proxy_name,
     )
     report["size_ratio"] = round(model_path.stat().st_size / fp32_size, 4)  # the file's bytes, not an estimate
+    if forms:
+        report["cpu_forms"] = forms
     return report
 
 

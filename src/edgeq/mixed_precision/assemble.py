@@ -7,11 +7,21 @@ from onnx import helper
 
 from edgeq.mixed_precision.candidates import MS_DOMAIN, TOKEN_MASK, token_mask_nodes
 from edgeq.mixed_precision.islands import Island
+from edgeq.optimize.cpu_forms import split_fused_norms
 
 MASK_INPUT = "attention_mask"
 
 
 def assemble(fp32: onnx.ModelProto, islands: list[Island], assignment: dict[str, str]) -> onnx.ModelProto:
+    """A new model where each island uses `assignment[island.name]` (default: fp32), in the forms onnxruntime's CPU
+    EP runs fastest (edgeq.optimize.cpu_forms), so that every model the search times is the form it ships in. The
+    input is unchanged."""
+    model = compose(fp32, islands, assignment)
+    split_fused_norms(model)
+    return model
+
+
+def compose(fp32: onnx.ModelProto, islands: list[Island], assignment: dict[str, str]) -> onnx.ModelProto:
     """A new model where each island uses `assignment[island.name]` (default: fp32). The input is unchanged."""
     by_node = {i.node_name: i for i in islands}
     by_tied = {i.tied: i for i in islands if i.tied}

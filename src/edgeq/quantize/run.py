@@ -79,6 +79,8 @@ def quantize_model(
             # DefaultTensorType: fused contrib ops (Attention, SkipLayerNormalization) defeat shape inference
             extra = {"WeightSymmetric": q.symmetric_weights, "DefaultTensorType": onnx.TensorProto.FLOAT}
             quantize_dynamic(str(prepared), str(out_path), extra_options=extra, **common)
+            if forms := _in_cpu_forms(out_path):
+                done["cpu_forms"] = forms
         else:
             _quantize_static(prepared, out_path, q, common, calibration_feeds or [], power_of_two)
             if q.excluded_weights == "int8" and q.nodes_to_exclude:
@@ -87,6 +89,19 @@ def quantize_model(
                 done["power_of_two"] = _power_of_two(out_path, prepared, calibration_feeds or [])
             return _rounded(done, q, prepared, out_path, calibration_feeds, four_bit_budget)
     return done
+
+
+def _in_cpu_forms(path: Path) -> dict[str, int]:
+    """Rewrite the model at `path` in the forms onnxruntime's CPU EP runs fastest (edgeq.optimize.cpu_forms); a
+    model with external data (a language model) is left as written."""
+    from edgeq.optimize.cpu_forms import split_fused_norms
+
+    model = onnx.load(str(path), load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        return {}
+    if forms := split_fused_norms(model):
+        onnx.save(model, str(path))
+    return forms
 
 
 def _rounded(
