@@ -53,6 +53,7 @@ class Work:
     sessions: dict  # stage -> models loaded on this machine
     emulated_starts: dict  # stage -> stand-ins started (one per emulated target to validate, one to profile)
     profile_processes: int  # host processes the profile starts (one per model)
+    generates: bool = False  # a language model: its forward passes run other kernels (4-bit blocks, KV cache)
 
 
 def model_counts(config: dict, generates: bool) -> tuple[int, int, int]:
@@ -125,23 +126,32 @@ def work(config: dict, recipe, emulated: list[bool], generates: bool) -> Work:
     calibration = text_tokens(calib.data, calib.samples, "quantization.calibration.data") if calib else []
     calib_cap = recipe.sequence_length_for(calib) if calib else 0
 
-    def over_shapes(lengths: list[int]) -> int:
-        return sum(batch_tokens(lengths, b, s) for b, s in shapes) if lengths else 0
+    def over_shapes(lengths: list[int], which=shapes) -> int:
+        return sum(batch_tokens(lengths, b, s) for b, s in which) if lengths else 0
 
     tokens = {"search": 0, "validate": 0, "profile": 0}
     sessions = {"search": 0, "validate": 0, "profile": 0}
     emulated_tokens = {"validate": 0, "profile": 0}
     mp = recipe.mixed_precision if recipe.runs_mixed_precision else None
     if mp is not None:
-        from edgeq.mixed_precision.islands import STATS_RUNGS
+        from edgeq.mixed_precision.islands import LADDER, STATS_RUNGS
+        from edgeq.rungs import BY_NAME
 
         rungs = len(mp.candidates) - 1
         measured = min(islands(config, recipe, generates), (mp.measure_top + 2) if mp.measure_top else 10**9)
         passes = 4 + measured * rungs
+        # A model with no run-time activation scale computes a padded batch's texts as alone: the search takes its
+        # batched outputs from the first shape's, so only promotions to a batch-dependent rung (or every promotion,
+        # when the lowest rung is one) run at the other shapes.
+        ladder = [r for r in LADDER if r in mp.candidates]
+        dependent = [BY_NAME[r].batch_dependent for r in ladder]
+        batched_passes = 4 + measured * (rungs if dependent[0] else sum(dependent[1:]))
         statistics = batch_tokens(calibration, 1, calib_cap) if STATS_RUNGS & set(mp.candidates) else 0
+        proxy = calibration[: mp.proxy_samples]
         tokens["search"] = (
             statistics
-            + passes * over_shapes(calibration[: mp.proxy_samples])
+            + passes * over_shapes(proxy, shapes[:1])
+            + batched_passes * over_shapes(proxy, shapes[1:])
             + FULL_EVALUATIONS * over_shapes(validation)
         )
         sessions["search"] = passes + FULL_EVALUATIONS + 2 * len(shapes)
@@ -184,6 +194,7 @@ def work(config: dict, recipe, emulated: list[bool], generates: bool) -> Work:
         sessions,
         {"validate": emulated.count(True), "profile": emulated.count(True) * (recipe.profile is not None)},
         processes,
+        generates,
     )
 
 
@@ -203,20 +214,22 @@ def quantized_bytes(fp32: int, compute: int, recipe) -> int:
 
 
 def time_terms(w: Work) -> dict[str, dict[str, float]]:
-    """Per stage (export: start-up to quantization), what each seconds constant multiplies."""
+    """Per stage (export: start-up to quantization), what each seconds constant multiplies. A language model's
+    forward passes are priced apart from an encoder's: other kernels, measured at other rates."""
     e, c = w.fp32_bytes, w.compute_parameters
+    forward = "decoder_forward" if w.generates else "forward"
     return {
         "export": {"startup": 1.0, "export_per_byte": e, "optimize_per_byte": e * w.optimized_copy},
-        "search": {"session_per_byte": e * w.sessions["search"], "forward": c * w.tokens["search"]},
+        "search": {"session_per_byte": e * w.sessions["search"], forward: c * w.tokens["search"]},
         "validate": {
             "session_per_byte": e * w.sessions["validate"],
-            "forward": c * w.tokens["validate"],
+            forward: c * w.tokens["validate"],
             "emulated_start": w.emulated_starts["validate"],
             "emulated_forward": c * w.emulated_tokens["validate"],
         },
         "profile": {
             "session_per_byte": e * w.sessions["profile"],
-            "forward": c * w.tokens["profile"],
+            forward: c * w.tokens["profile"],
             "process_start": w.profile_processes,
             "emulated_start": w.emulated_starts["profile"],
             "emulated_forward": c * w.emulated_tokens["profile"],
