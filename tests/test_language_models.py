@@ -284,6 +284,16 @@ def test_the_plan_estimates_the_build_before_any_download(run_cli, tmp_path):
     assert costs[0]["recipe"] == str(tmp_path / "r8.yaml")
 
 
+@pytest.mark.fast
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")))
+def test_every_bundled_recipe_has_a_build_cost(recipe):
+    """Every candidate ladder counts: island rungs and a QDQ NPU's activation types (a8w8, a16w8) alike."""
+    from edgeq.build_cost import plan_build_cost
+
+    cost = plan_build_cost(ROOT / "examples" / "configs" / "llama-2-7b", None, ROOT / "recipes" / recipe)
+    assert cost["seconds"] > 0 and cost["peak_rss_bytes"] > 0
+
+
 def test_the_build_cost_fit_holds_on_every_measured_build():
     """bench/data's measured builds (the bundled recipes and their variants, one machine): the committed constants
     estimate each one's seconds and peak RSS within 30%."""

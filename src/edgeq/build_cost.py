@@ -134,8 +134,8 @@ def work(config: dict, recipe, emulated: list[bool], generates: bool) -> Work:
     emulated_tokens = {"validate": 0, "profile": 0}
     mp = recipe.mixed_precision if recipe.runs_mixed_precision else None
     if mp is not None:
-        from edgeq.mixed_precision.islands import LADDER, STATS_RUNGS
-        from edgeq.rungs import BY_NAME
+        from edgeq.mixed_precision.islands import STATS_RUNGS
+        from edgeq.rungs import BY_NAME, RUNG_NAMES
 
         rungs = len(mp.candidates) - 1
         measured = min(islands(config, recipe, generates), (mp.measure_top + 2) if mp.measure_top else 10**9)
@@ -143,8 +143,7 @@ def work(config: dict, recipe, emulated: list[bool], generates: bool) -> Work:
         # A model with no run-time activation scale computes a padded batch's texts as alone: the search takes its
         # batched outputs from the first shape's, so only promotions to a batch-dependent rung (or every promotion,
         # when the lowest rung is one) run at the other shapes.
-        ladder = [r for r in LADDER if r in mp.candidates]
-        dependent = [BY_NAME[r].batch_dependent for r in ladder]
+        dependent = [BY_NAME[r].batch_dependent for r in RUNG_NAMES if r in mp.candidates]  # cheapest first
         batched_passes = 4 + measured * (rungs if dependent[0] else sum(dependent[1:]))
         statistics = batch_tokens(calibration, 1, calib_cap) if STATS_RUNGS & set(mp.candidates) else 0
         proxy = calibration[: mp.proxy_samples]
