@@ -6,6 +6,8 @@ from collections import defaultdict
 
 import onnx
 
+MS_DOMAIN = "com.microsoft"  # onnxruntime's contrib operators
+
 
 def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     """tensor name → the node that writes it (graph inputs and initializers have none)."""

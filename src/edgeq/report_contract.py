@@ -81,7 +81,7 @@ class MixedPrecision(Open):
     cpu_forms: dict[str, int] | None = Field(
         default=None,
         description="How the assembled model was rewritten into the forms onnxruntime's CPU EP runs fastest "
-        "(edgeq.optimize.cpu_forms): skip_layer_norms_split (SkipLayerNormalization → Add + LayerNormalization), "
+        "(edgeq.optimize.cpu_forms): skip_layer_norms_split (SkipLayerNormalization → Sum + LayerNormalization), "
         "bias_gelus_split (BiasGelu → Gelu), biases_into_gemm (biases moved into an integer GEMM's bias input).",
     )
 

@@ -22,9 +22,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.errors import ModelError
+from edgeq.graph import MS_DOMAIN
 
 MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
-MS_DOMAIN = "com.microsoft"
 TIED_KEY = "edgeq.tied_embedding"  # metadata: "<gather node>,<head MatMul node>" when the two read one table
 
 

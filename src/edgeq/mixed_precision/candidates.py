@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgeq.graph import MS_DOMAIN
 from edgeq.mixed_precision.statistics import ActivationStats, best_alpha, smoothing_factors, static_range
 from edgeq.quantize.numerics import (  # noqa: F401  (re-exported for callers of this module)
     INT4_BLOCK,
@@ -36,7 +37,6 @@ from edgeq.quantize.numerics import (  # noqa: F401  (re-exported for callers of
     quantize_symmetric,
 )
 
-MS_DOMAIN = "com.microsoft"
 TOKEN_MASK = "edgeq_token_mask"  # [B, S, 1] float: 1 for real tokens, 0 for padding (made by assemble)
 
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-MS_DOMAIN = "com.microsoft"
+from edgeq.graph import MS_DOMAIN, producers, readers
+
 BIAS_INPUT = {"MatMulIntegerToFloat": 6, "DynamicQuantizeMatMul": 4}  # the integer GEMMs' optional bias
 LAYER_NORM_OPSET = 17  # ONNX LayerNormalization
 
@@ -30,20 +31,17 @@ def split_fused_norms(model: onnx.ModelProto) -> dict[str, int]:
     if _onnx_opset(model) < LAYER_NORM_OPSET:
         return {}
     graph = model.graph
-    producers = {out: node for node in graph.node for out in node.output}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
-    for output in graph.output:
-        readers[output.name] = readers.get(output.name, 0) + 1
+    made_by = producers(model)
+    read = {name: len(nodes) for name, nodes in readers(model).items()}
+    for output in graph.output:  # a graph output is read too
+        read[output.name] = read.get(output.name, 0) + 1
     counts = {"skip_layer_norms_split": 0, "bias_gelus_split": 0, "biases_into_gemm": 0}
     nodes = []
     for node in graph.node:
-        if node.domain == MS_DOMAIN and node.op_type == "SkipLayerNormalization" and _only_first_output(node, readers):
-            nodes += _split_skip_layer_norm(node, producers, readers, counts)
+        if node.domain == MS_DOMAIN and node.op_type == "SkipLayerNormalization" and _only_first_output(node, read):
+            nodes += _split_skip_layer_norm(node, made_by, read, counts)
         elif node.domain == MS_DOMAIN and node.op_type == "BiasGelu":
-            nodes += _split_bias_gelu(node, producers, readers, counts)
+            nodes += _split_bias_gelu(node, made_by, read, counts)
         else:
             nodes.append(node)
     del graph.node[:]
@@ -51,13 +49,13 @@ def split_fused_norms(model: onnx.ModelProto) -> dict[str, int]:
     return {k: v for k, v in counts.items() if v}
 
 
-def _split_skip_layer_norm(node, producers, readers, counts) -> list[onnx.NodeProto]:
+def _split_skip_layer_norm(node, made_by, read, counts) -> list[onnx.NodeProto]:
     x, skip, gamma = node.input[:3]
     beta = node.input[3] if len(node.input) > 3 else ""
     bias = node.input[4] if len(node.input) > 4 else ""
     epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-12)
     base = node.name or node.output[0]
-    nodes, x = _bias_added(x, bias, base, producers, readers, counts)
+    nodes, x = _bias_added(x, bias, base, made_by, read, counts)
     total = f"{base}_residual_sum"
     nodes += [
         helper.make_node("Sum", [x, skip], [total], name=f"{base}_residual"),
@@ -74,17 +72,17 @@ def _split_skip_layer_norm(node, producers, readers, counts) -> list[onnx.NodePr
     return nodes
 
 
-def _split_bias_gelu(node, producers, readers, counts) -> list[onnx.NodeProto]:
-    nodes, x = _bias_added(node.input[0], node.input[1], node.name or node.output[0], producers, readers, counts)
+def _split_bias_gelu(node, made_by, read, counts) -> list[onnx.NodeProto]:
+    nodes, x = _bias_added(node.input[0], node.input[1], node.name or node.output[0], made_by, read, counts)
     counts["bias_gelus_split"] += 1
     return [*nodes, helper.make_node("Gelu", [x], list(node.output), name=node.name, domain=MS_DOMAIN)]
 
 
-def _into_gemm(x: str, bias: str, producers, readers, counts) -> bool:
+def _into_gemm(x: str, bias: str, made_by, read, counts) -> bool:
     """Move `bias` into the integer GEMM that makes x, when it has a free bias input and x feeds nothing else."""
-    gemm = producers.get(x)
+    gemm = made_by.get(x)
     slot = BIAS_INPUT.get(gemm.op_type) if gemm is not None and gemm.domain == MS_DOMAIN else None
-    if slot is None or readers.get(x) != 1 or (len(gemm.input) > slot and gemm.input[slot]):
+    if slot is None or read.get(x) != 1 or (len(gemm.input) > slot and gemm.input[slot]):
         return False
     gemm.input.extend([""] * (slot - len(gemm.input)))
     gemm.input.append(bias)
@@ -92,18 +90,18 @@ def _into_gemm(x: str, bias: str, producers, readers, counts) -> bool:
     return True
 
 
-def _bias_added(x: str, bias: str, name: str, producers, readers, counts) -> tuple[list[onnx.NodeProto], str]:
+def _bias_added(x: str, bias: str, name: str, made_by, read, counts) -> tuple[list[onnx.NodeProto], str]:
     """`x + bias`: inside the integer GEMM that makes x (no node), else a separate Add. Returns the nodes to add
     and the name of the sum."""
-    if not bias or _into_gemm(x, bias, producers, readers, counts):
+    if not bias or _into_gemm(x, bias, made_by, read, counts):
         return [], x
     biased = f"{name}_biased"
     return [helper.make_node("Add", [x, bias], [biased], name=f"{name}_bias")], biased
 
 
-def _only_first_output(node: onnx.NodeProto, readers: dict[str, int]) -> bool:
+def _only_first_output(node: onnx.NodeProto, read: dict[str, int]) -> bool:
     """Nothing reads the node's optional outputs (mean, inverse deviation, the pre-norm sum)."""
-    return not any(readers.get(name) for name in node.output[1:] if name)
+    return not any(read.get(name) for name in node.output[1:] if name)
 
 
 def _onnx_opset(model: onnx.ModelProto) -> int:
